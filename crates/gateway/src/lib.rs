@@ -1,0 +1,28 @@
+//! # ravelin-gateway: the SMTP edge relay
+//!
+//! The mail's path is the module layout:
+//!
+//! - [`listener`]: binds the configured listeners, accepts connections, drops privileges.
+//! - [`session`]: drives a `ravelin_wire::server` session over one connection and applies the
+//!   gateway's policy (relay control, STARTTLS, limits, timeouts).
+//! - [`relay`]: relay control: which recipients a listener accepts.
+//! - [`cleanup`]: header processing before the spool (our Received line).
+//! - [`spool`]: durable message storage; nothing is acknowledged before it is on disk.
+//! - [`queue`]: the queue manager: scheduling, retry with backoff, expiry, bounces.
+//! - [`bounce`]: RFC 3464 delivery status notifications.
+//! - [`delivery`]: the SMTP client side: backends, smart host, TLS, connection reuse.
+//! - [`config`]: the TOML configuration, validated with file/line errors.
+//! - [`log`]: one JSON object per line for the SIEM.
+//! - [`server`]: `ravelin serve`: wires all of the above together.
+
+pub mod bounce;
+pub mod cleanup;
+pub mod config;
+pub mod delivery;
+pub mod listener;
+pub mod log;
+pub mod queue;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod spool;

@@ -1,0 +1,25 @@
+//! # ravelin-wire: SMTP as a pure state machine
+//!
+//! Bytes and events in, actions out: no sockets, no async runtime, no clock. The gateway's
+//! listeners and delivery agents drive these machines; the auditor reuses the reply parser and
+//! the client. Every parser here has a hard limit on what it buffers and refuses what RFC 5321
+//! does not allow rather than guessing (see `server` for the strictness rules).
+//!
+//! - [`reply`]: replies, written canonically by the server and parsed by the client.
+//! - [`address`]: reverse- and forward-paths, including the forms used for relay tricks.
+//! - [`command`]: command-line parsing with ESMTP parameters.
+//! - [`line`]: the strict CRLF line reader for commands.
+//! - [`data`]: the DATA reader (end-of-data, un-stuffing, bare CR/LF, size and line limits)
+//!   and the writer that always emits canonical CRLF and dot-stuffing.
+//! - [`server`]: the server session (sequence, limits, pipelining synchronisation).
+//! - [`client`]: the client transaction used to deliver a message.
+
+pub mod address;
+pub mod client;
+pub mod command;
+pub mod data;
+pub mod line;
+pub mod reply;
+pub mod server;
+
+pub use reply::{Enhanced, Reply, ReplyParser};
