@@ -55,7 +55,11 @@ pub struct Reply {
 impl Reply {
     /// A single-line reply. `enhanced` is written at the start of the text when present.
     pub fn new(code: u16, enhanced: Option<Enhanced>, text: impl Into<String>) -> Reply {
-        Reply { code, enhanced, lines: vec![text.into()] }
+        Reply {
+            code,
+            enhanced,
+            lines: vec![text.into()],
+        }
     }
 
     /// Shorthand for a reply with an enhanced code given as `(class, subject, detail)`.
@@ -65,8 +69,16 @@ impl Reply {
 
     /// A multi-line reply (EHLO).
     pub fn multi(code: u16, enhanced: Option<Enhanced>, lines: Vec<String>) -> Reply {
-        let lines = if lines.is_empty() { vec![String::new()] } else { lines };
-        Reply { code, enhanced, lines }
+        let lines = if lines.is_empty() {
+            vec![String::new()]
+        } else {
+            lines
+        };
+        Reply {
+            code,
+            enhanced,
+            lines,
+        }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -206,20 +218,21 @@ impl ReplyParser {
             }
             let line = String::from_utf8_lossy(&line).into_owned();
             let b = line.as_bytes();
-            if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) || !matches!(b[0], b'2'..=b'5') {
+            if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) || !matches!(b[0], b'2'..=b'5')
+            {
                 return Err(ReplyError::BadCode(line));
             }
-            let code: u16 = line[..3].parse().map_err(|_| ReplyError::BadCode(line.clone()))?;
+            let code: u16 = line[..3]
+                .parse()
+                .map_err(|_| ReplyError::BadCode(line.clone()))?;
             let (last, text) = match b.get(3) {
                 None => (true, ""),
                 Some(b' ') => (true, &line[4..]),
                 Some(b'-') => (false, &line[4..]),
                 Some(_) => return Err(ReplyError::BadCode(line.clone())),
             };
-            if let Some(c) = self.pending_code {
-                if c != code {
-                    return Err(ReplyError::CodeMismatch);
-                }
+            if self.pending_code.is_some_and(|c| c != code) {
+                return Err(ReplyError::CodeMismatch);
             }
             self.pending_code = Some(code);
             self.pending.push(text.to_string());
@@ -243,7 +256,11 @@ impl ReplyParser {
                         _ => l,
                     })
                     .collect();
-                return Ok(Some(Reply { code, enhanced, lines }));
+                return Ok(Some(Reply {
+                    code,
+                    enhanced,
+                    lines,
+                }));
             }
         }
     }
@@ -255,8 +272,19 @@ mod tests {
 
     #[test]
     fn writes_canonical_multiline() {
-        let r = Reply::multi(250, None, vec!["mx.example.org".into(), "PIPELINING".into(), "SIZE 100".into()]);
-        assert_eq!(r.to_bytes(), b"250-mx.example.org\r\n250-PIPELINING\r\n250 SIZE 100\r\n");
+        let r = Reply::multi(
+            250,
+            None,
+            vec![
+                "mx.example.org".into(),
+                "PIPELINING".into(),
+                "SIZE 100".into(),
+            ],
+        );
+        assert_eq!(
+            r.to_bytes(),
+            b"250-mx.example.org\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        );
         let r = Reply::ext(550, (5, 5, 2), "bad\r\n250 injected");
         assert_eq!(r.to_bytes(), b"550 5.5.2 bad250 injected\r\n");
     }
