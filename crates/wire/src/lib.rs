@@ -11,6 +11,7 @@
 //! - [`line`]: the strict CRLF line reader for commands.
 //! - [`data`]: the DATA reader (end-of-data, un-stuffing, bare CR/LF, size and line limits)
 //!   and the writer that always emits canonical CRLF and dot-stuffing.
+//! - [`date`]: RFC 5322 and RFC 3339 dates for trace headers and logs.
 //! - [`server`]: the server session (sequence, limits, pipelining synchronisation).
 //! - [`client`]: the client transaction used to deliver a message.
 
@@ -18,6 +19,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod date;
 pub mod line;
 pub mod reply;
 pub mod server;
