@@ -1,0 +1,244 @@
+//! Real rustls handshakes between the configurations of ravelin-tls, driven in memory: the
+//! client's and the server's TLS records are handed to each other until both are done or one
+//! fails. No sockets, so every run is deterministic.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ravelin_tls::testing::TestPki;
+use ravelin_tls::{
+    TlsError, Verify, client_config, describe, self_signed_server_config, server_config,
+};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+
+/// Moves records between the two ends until neither is handshaking; the first error wins.
+fn handshake(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+    name: &str,
+) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
+    let name = ServerName::try_from(name.to_string()).expect("test server name");
+    let mut c = ClientConnection::new(client, name)?;
+    let mut s = ServerConnection::new(server)?;
+    for _ in 0..20 {
+        if !c.is_handshaking() && !s.is_handshaking() {
+            return Ok((c, s));
+        }
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).expect("write to Vec");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            s.read_tls(&mut rd).expect("read from slice");
+            s.process_new_packets()?;
+        }
+        let mut buf = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut buf).expect("write to Vec");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).expect("read from slice");
+            c.process_new_packets()?;
+        }
+    }
+    panic!("handshake did not finish in 20 rounds");
+}
+
+fn pki_files(pki: &TestPki, dir: &Path) -> ravelin_tls::testing::TestPkiFiles {
+    pki.write_to(dir).expect("write test PKI")
+}
+
+#[test]
+fn self_signed_server_and_encrypt_only_client() {
+    let server = self_signed_server_config("mx.example.test").unwrap();
+    let client = client_config(&Verify::None).unwrap();
+    // The name the client asks for does not matter when nothing is verified.
+    let (c, s) = handshake(client, server, "other.example.test").unwrap();
+    let text = describe(&c);
+    assert!(text.starts_with("TLSv1.3 with cipher TLS13_"), "{text}");
+    assert_eq!(text, describe(&s));
+}
+
+#[test]
+fn webpki_with_the_test_ca_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki_files(&TestPki::new("mx.example.test").unwrap(), dir.path());
+    let server = server_config(&files.cert, &files.key).unwrap();
+    let client = client_config(&Verify::WebPki {
+        ca_file: Some(files.ca.clone()),
+    })
+    .unwrap();
+    handshake(client, server, "mx.example.test").unwrap();
+}
+
+#[test]
+fn webpki_with_a_wrong_ca_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki_files(&TestPki::new("mx.example.test").unwrap(), dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let other_files = pki_files(&TestPki::new("mx.example.test").unwrap(), other.path());
+    let server = server_config(&files.cert, &files.key).unwrap();
+    let client = client_config(&Verify::WebPki {
+        ca_file: Some(other_files.ca),
+    })
+    .unwrap();
+    let err = handshake(client, server, "mx.example.test").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn webpki_checks_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki_files(&TestPki::new("mx.example.test").unwrap(), dir.path());
+    let server = server_config(&files.cert, &files.key).unwrap();
+    let client = client_config(&Verify::WebPki {
+        ca_file: Some(files.ca.clone()),
+    })
+    .unwrap();
+    let err = handshake(client, server, "mail.example.test").unwrap_err();
+    assert!(
+        matches!(err, rustls::Error::InvalidCertificate(_)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn webpki_refuses_a_self_signed_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki_files(&TestPki::new("mx.example.test").unwrap(), dir.path());
+    let server = self_signed_server_config("mx.example.test").unwrap();
+    let client = client_config(&Verify::WebPki {
+        ca_file: Some(files.ca),
+    })
+    .unwrap();
+    assert!(handshake(client, server, "mx.example.test").is_err());
+}
+
+#[test]
+fn a_tls12_only_client_connects_and_versions_are_12_and_13_only() {
+    let versions: Vec<_> = ravelin_tls::PROTOCOL_VERSIONS
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            rustls::ProtocolVersion::TLSv1_3,
+            rustls::ProtocolVersion::TLSv1_2
+        ]
+    );
+
+    // A TLS 1.2-only client that trusts the test CA, against our server configuration.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("mx.example.test").unwrap();
+    let files = pki_files(&pki, dir.path());
+    let server = server_config(&files.cert, &files.key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let only12 = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let (c, _s) = handshake(Arc::new(only12), server, "mx.example.test").unwrap();
+    assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let text = describe(&c);
+    assert!(text.starts_with("TLSv1.2 with cipher TLS_ECDHE_"), "{text}");
+}
+
+#[test]
+fn encrypt_only_still_checks_the_handshake_signature() {
+    // A server that presents one certificate but signs with another key: chain and name checks
+    // are off in Verify::None, the signature check must still refuse it.
+    let presented = TestPki::new("mx.example.test").unwrap();
+    let signing = TestPki::new("mx.example.test").unwrap();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let cert =
+        rustls::pki_types::CertificateDer::from_pem_slice(presented.cert_pem.as_bytes()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(signing.key_pem.as_bytes()).unwrap();
+    let signer = provider.key_provider.load_private_key(key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(vec![cert], signer);
+    let server = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(ravelin_tls::PROTOCOL_VERSIONS)
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    let client = client_config(&Verify::None).unwrap();
+    let err = handshake(client, Arc::new(server), "mx.example.test").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+        ),
+        "{err:?}"
+    );
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[test]
+fn server_config_names_the_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki_files(&TestPki::new("mx.example.test").unwrap(), dir.path());
+
+    let missing = dir.path().join("missing.pem");
+    let err = server_config(&missing, &files.key).unwrap_err();
+    assert!(
+        matches!(&err, TlsError::File { path, .. } if path == &missing),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cannot open"), "{err}");
+
+    // A key file given as the certificate: no certificate in it.
+    let err = server_config(&files.key, &files.key).unwrap_err();
+    assert!(
+        matches!(&err, TlsError::File { path, .. } if path == &files.key),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no certificate in file"), "{err}");
+
+    // A certificate given as the key: no key in it.
+    let err = server_config(&files.cert, &files.cert).unwrap_err();
+    assert!(err.to_string().contains("no private key in file"), "{err}");
+
+    // The key of another certificate.
+    let other = tempfile::tempdir().unwrap();
+    let other_files = pki_files(&TestPki::new("mx.example.test").unwrap(), other.path());
+    let err = server_config(&files.cert, &other_files.key).unwrap_err();
+    assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
+
+    // Not PEM at all, and too large.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\n!!!!\n").unwrap();
+    assert!(server_config(&junk, &files.key).is_err());
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'a'; (ravelin_tls::MAX_PEM_BYTES + 1) as usize]).unwrap();
+    let err = server_config(&big, &files.key).unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+}
+
+#[test]
+fn a_ca_file_without_certificates_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let err = client_config(&Verify::WebPki {
+        ca_file: Some(empty),
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("no certificate in file"), "{err}");
+}
