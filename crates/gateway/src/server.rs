@@ -1,1 +1,209 @@
-//! (being written)
+//! `ravelin serve`: builds every stage from the configuration and runs them.
+//!
+//! Start-up order matters and each step fails with a message naming the setting to fix: TLS
+//! material is loaded (or, for listeners that only offer STARTTLS and have no `[tls]`, a
+//! self-signed certificate is made for `hostname`), every listener is bound, then — when
+//! started as root — the process gives the spool to `server.user` and becomes that user, then
+//! the spool is opened and recovered, the queue manager starts delivering what was found, and
+//! only then do the listeners accept connections.
+//!
+//! Shutdown (SIGTERM, SIGINT, or [`Gateway::shutdown`]): listeners stop accepting, sessions
+//! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
+//! flight complete; after the grace period whatever is left is dropped, which loses nothing,
+//! because a message is acknowledged only once it is on disk. SIGUSR1 retries deferred mail now.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ravelin_wire::server::ServerConfig;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
+use crate::delivery::{Delivery, DeliverySettings, Route, TlsPolicy};
+use crate::listener::{self, Bound};
+use crate::queue::{QueueHandle, QueueManager, QueueSettings};
+use crate::relay::RelayPolicy;
+use crate::session::{SessionSettings, Shared};
+use crate::spool::Spool;
+
+/// A running gateway.
+pub struct Gateway {
+    addresses: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    sessions: TaskTracker,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    queue: QueueHandle,
+}
+
+fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolicy {
+    match mode {
+        NextHopTls::None => TlsPolicy::None,
+        NextHopTls::May => TlsPolicy::May,
+        NextHopTls::Encrypt => TlsPolicy::Encrypt,
+        NextHopTls::Verify => TlsPolicy::Verify { ca_file: ca_file.map(|p| p.to_path_buf()) },
+    }
+}
+
+impl Gateway {
+    /// Binds, drops privileges, recovers the spool and starts accepting.
+    pub async fn start(config: &Config) -> Result<Gateway, String> {
+        let server_tls = server_tls(config)?;
+        let mut bound = Vec::new();
+        for l in &config.listen {
+            let std_listener = listener::bind(l.address)
+                .map_err(|e| format!("cannot listen on {} ([[listen]] {:?}): {e}", l.address, l.name))?;
+            bound.push((l, std_listener));
+        }
+        if listener::is_root() {
+            listener::drop_privileges(&config.server.user, config.server.group.as_deref(), &config.spool.path)?;
+        } else {
+            info!(event = "privileges", reason = "not started as root; running as the current user");
+        }
+        let (spool, recovered) = Spool::open(&config.spool.path)
+            .map_err(|e| format!("cannot open the spool {} ([spool] path): {e}", config.spool.path.display()))?;
+        info!(event = "spool_recovered", messages = recovered.len(), path = %config.spool.path.display());
+
+        let delivery = Delivery::new(
+            DeliverySettings {
+                helo_name: config.hostname.clone(),
+                connect_timeout: config.delivery.connect_timeout.0,
+                command_timeout: config.delivery.command_timeout.0,
+                idle_timeout: config.delivery.idle_timeout.0,
+                max_connections_per_route: config.delivery.concurrency as usize,
+            },
+            Route {
+                hosts: config.inbound.backend.iter().map(|b| (b.host.clone(), b.port)).collect(),
+                tls: next_hop_tls(config.inbound.backend_tls, config.inbound.backend_ca_file.as_deref()),
+            },
+            config.inbound.domains.clone(),
+            config.outbound.smart_host.as_ref().map(|h| Route {
+                hosts: vec![(h.host.clone(), h.port)],
+                tls: next_hop_tls(config.outbound.smart_host_tls, None),
+            }),
+        )?;
+        let queue = QueueManager::start(
+            spool.clone(),
+            recovered,
+            Arc::new(delivery),
+            QueueSettings {
+                concurrency: config.delivery.concurrency as usize,
+                retry_initial: config.delivery.retry_initial.0,
+                retry_max: config.delivery.retry_max.0,
+                max_lifetime: config.delivery.max_lifetime.0,
+                scan_interval: config.delivery.scan_interval.0,
+                hostname: config.hostname.clone(),
+            },
+        );
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Shared { spool, queue: queue.clone(), shutdown: shutdown_rx };
+        let relay = RelayPolicy::new(&config.inbound.domains);
+        let sessions = TaskTracker::new();
+        let mut addresses = Vec::new();
+        let mut accept_loops = Vec::new();
+        for (l, std_listener) in bound {
+            let tokio_listener = tokio::net::TcpListener::from_std(std_listener)
+                .map_err(|e| format!("cannot use the socket of {:?}: {e}", l.name))?;
+            let local = tokio_listener.local_addr().map_err(|e| e.to_string())?;
+            let mode = l.tls_mode();
+            if l.kind != ListenKind::Inbound {
+                warn!(event = "listener_kind", listener = %l.name, reason = "only inbound listeners are implemented; this one accepts mail for the inbound domains only");
+            }
+            let mut wire = ServerConfig::new(config.hostname.clone());
+            wire.max_message_size = config.limits.message_size;
+            wire.max_recipients = config.limits.recipients as usize;
+            wire.max_line_length = config.limits.line_length;
+            wire.soft_error_limit = config.limits.soft_errors;
+            wire.hard_error_limit = config.limits.hard_errors;
+            wire.offer_starttls = matches!(mode, TlsMode::Offer | TlsMode::Require);
+            wire.require_tls = mode == TlsMode::Require;
+            let settings = SessionSettings {
+                hostname: config.hostname.clone(),
+                listener: l.name.clone(),
+                wire,
+                tls: (mode != TlsMode::Off).then(|| server_tls.clone()).flatten(),
+                implicit_tls: mode == TlsMode::Implicit,
+                relay: relay.clone(),
+                received_client: config.inbound.received_client,
+                command_timeout: config.limits.command_timeout.0,
+                data_timeout: config.limits.data_timeout.0,
+                session_timeout: config.limits.session_timeout.0,
+                greet_pause: config.limits.greet_pause.0,
+            };
+            info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());
+            addresses.push((l.name.clone(), local));
+            let b = Bound { listener: tokio_listener, settings: Arc::new(settings), max_connections: l.max_connections as usize };
+            accept_loops.push(tokio::spawn(listener::accept_loop(b, shared.clone(), sessions.clone())));
+        }
+        Ok(Gateway { addresses, shutdown, sessions, accept_loops, queue })
+    }
+
+    /// The bound address of each listener, by name (useful with port 0).
+    pub fn addresses(&self) -> &[(String, SocketAddr)] {
+        &self.addresses
+    }
+
+    /// Makes every deferred message due now.
+    pub fn flush(&self) {
+        self.queue.flush();
+    }
+
+    /// Stops accepting, lets sessions and deliveries finish for up to `grace`, then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        info!(event = "shutdown", reason = "stopping listeners");
+        let _ = self.shutdown.send(true);
+        for a in self.accept_loops {
+            let _ = a.await;
+        }
+        self.sessions.close();
+        if tokio::time::timeout(grace, self.sessions.wait()).await.is_err() {
+            warn!(event = "shutdown", reason = "grace period over; unfinished sessions dropped (nothing they sent was acknowledged)");
+        }
+        if tokio::time::timeout(grace, self.queue.shutdown()).await.is_err() {
+            warn!(event = "shutdown", reason = "grace period over; deliveries in flight will be retried after restart");
+        }
+        info!(event = "stopped");
+    }
+}
+
+/// The rustls configuration for the listeners, if any uses TLS.
+fn server_tls(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+    if config.listen.iter().all(|l| l.tls_mode() == TlsMode::Off) {
+        return Ok(None);
+    }
+    let cfg = match &config.tls {
+        Some(t) => ravelin_tls::server_config(&t.certificate, &t.private_key).map_err(|e| format!("[tls]: {e}"))?,
+        None => {
+            warn!(event = "tls_self_signed", reason = "no [tls] certificate configured; offering STARTTLS with a self-signed certificate");
+            ravelin_tls::self_signed_server_config(&config.hostname).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(Some(TlsAcceptor::from(cfg)))
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(&config).await?;
+    if let Some(pid_file) = &config.server.pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            warn!(event = "pid_file", reason = %e, path = %pid_file.display());
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => gateway.flush(),
+        }
+    }
+    gateway.shutdown(config.limits.data_timeout.0.min(Duration::from_secs(60))).await;
+    Ok(())
+}
