@@ -1,0 +1,644 @@
+//! Tests of the configuration: valid files, every class of error with its exact line, and
+//! `load`'s path handling.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::*;
+
+/// The errors of `text`, as (line, message, fix).
+fn errors(text: &str) -> Vec<(usize, String, String)> {
+    match Config::parse(text, "ravelin.toml") {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(ConfigErrors(list)) => list
+            .into_iter()
+            .map(|e| (e.line, e.message, e.fix))
+            .collect(),
+    }
+}
+
+/// The single error of `text`.
+fn error(text: &str) -> (usize, String, String) {
+    let mut list = errors(text);
+    assert_eq!(list.len(), 1, "{list:#?}");
+    list.remove(0)
+}
+
+const MINIMAL: &str = r#"
+hostname = "mx1.example.org"
+
+[[listen]]
+name = "mx"
+address = "127.0.0.1:2525"
+kind = "inbound"
+
+[inbound]
+domains = ["Example.ORG"]
+backend = ["smtp://127.0.0.1:10025"]
+"#;
+
+#[test]
+fn minimal_file_gets_hardened_defaults() {
+    let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
+    assert_eq!(c.hostname, "mx1.example.org");
+    assert_eq!(c.listen.len(), 1);
+    let l = &c.listen[0];
+    assert_eq!(l.kind, ListenKind::Inbound);
+    assert_eq!(l.tls, None);
+    assert_eq!(l.tls_mode(), TlsMode::Offer);
+    assert_eq!(l.max_connections, 500);
+    assert_eq!(c.inbound.domains, vec!["example.org"]);
+    assert!(c.inbound.accepts_domain("EXAMPLE.org"));
+    assert_eq!(
+        c.inbound.backend,
+        vec![BackendUrl {
+            host: "127.0.0.1".into(),
+            port: 10025
+        }]
+    );
+    assert_eq!(c.inbound.backend_tls, NextHopTls::May);
+    assert!(c.inbound.received_client);
+    assert_eq!(c.outbound.smart_host_tls, NextHopTls::Encrypt);
+    assert_eq!(c.server.user, "ravelin");
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.message_size, 26_214_400);
+    assert_eq!(c.limits.session_timeout.get(), Duration::from_secs(1800));
+    assert_eq!(
+        c.delivery.max_lifetime.get(),
+        Duration::from_secs(5 * 86_400)
+    );
+    assert_eq!(c.spool.path, PathBuf::from("/var/spool/ravelin"));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.log.level, "info");
+    assert!(c.dns.nameservers.is_empty());
+    assert!(c.tls.is_none());
+    assert!(c.source.is_none());
+}
+
+const FULL: &str = r#"
+hostname = "MX1.Example.org"
+
+[server]
+user = "mail"
+group = "mail"
+pid_file = "/run/ravelin.pid"
+
+[[listen]]
+name = "mx"
+address = "127.0.0.1:2525"
+kind = "inbound"
+tls = "require"
+max_connections = 100
+
+[[listen]]
+name = "submission"
+address = "[::1]:2587"
+kind = "submission"
+
+[[listen]]
+name = "smtps"
+address = "127.0.0.1:2465"
+kind = "submissions"
+
+[[listen]]
+name = "relay"
+address = "127.0.0.2:2525"
+kind = "relay"
+tls = "off"
+
+[tls]
+certificate = "/etc/ravelin/fullchain.pem"
+private_key = "/etc/ravelin/key.pem"
+
+[inbound]
+domains = ["example.org", "example.net"]
+backend = ["smtp://mail.example.org", "smtp://[::1]:2526"]
+backend_tls = "verify"
+backend_ca_file = "/etc/ravelin/ca.pem"
+received_client = false
+
+[outbound]
+trusted_networks = ["10.0.0.0/8", "192.0.2.25", "2001:db8::/32"]
+smart_host = "smtp://smarthost.example.net:587"
+smart_host_tls = "verify"
+
+[limits]
+message_size = 10485760
+recipients = 50
+soft_errors = 2
+hard_errors = 5
+command_timeout = "1m"
+data_timeout = "10m"
+session_timeout = "1h"
+greet_pause = "3s"
+line_length = 2048
+
+[spool]
+path = "/srv/spool"
+
+[delivery]
+concurrency = 4
+connect_timeout = "10s"
+command_timeout = "2m"
+idle_timeout = "5s"
+retry_initial = "1m"
+retry_max = "2h"
+max_lifetime = "3d"
+scan_interval = "15s"
+
+[log]
+format = "text"
+level = "debug"
+
+[dns]
+nameservers = ["127.0.0.1:5353", "[::1]:53"]
+"#;
+
+#[test]
+fn full_file_sets_every_key() {
+    let c = Config::parse(FULL, "ravelin.toml").unwrap();
+    assert_eq!(c.hostname, "mx1.example.org");
+    assert_eq!(c.server.user, "mail");
+    assert_eq!(c.server.group.as_deref(), Some("mail"));
+    assert_eq!(c.server.pid_file, Some(PathBuf::from("/run/ravelin.pid")));
+    let modes: Vec<_> = c.listen.iter().map(Listen::tls_mode).collect();
+    assert_eq!(
+        modes,
+        [
+            TlsMode::Require,
+            TlsMode::Require,
+            TlsMode::Implicit,
+            TlsMode::Off
+        ]
+    );
+    assert_eq!(c.listen[0].max_connections, 100);
+    assert_eq!(c.listen[1].address, "[::1]:2587".parse().unwrap());
+    let tls = c.tls.as_ref().unwrap();
+    assert_eq!(tls.private_key, PathBuf::from("/etc/ravelin/key.pem"));
+    assert_eq!(c.inbound.backend[0].authority(), "mail.example.org:25");
+    assert_eq!(c.inbound.backend[1].authority(), "[::1]:2526");
+    assert_eq!(c.inbound.backend_tls, NextHopTls::Verify);
+    assert!(!c.inbound.received_client);
+    let trusted = |ip: &str| c.outbound.is_trusted(ip.parse::<IpAddr>().unwrap());
+    assert!(trusted("10.1.2.3") && trusted("192.0.2.25") && trusted("2001:db8::7"));
+    assert!(!trusted("192.0.2.26") && !trusted("127.0.0.1"));
+    assert_eq!(
+        c.outbound
+            .smart_host
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("smtp://smarthost.example.net:587")
+    );
+    assert_eq!(c.limits.greet_pause.get(), Duration::from_secs(3));
+    assert_eq!(c.limits.line_length, 2048);
+    assert_eq!(c.limits.hard_errors, 5);
+    assert_eq!(c.delivery.retry_max.get(), Duration::from_secs(7200));
+    assert_eq!(c.delivery.concurrency, 4);
+    assert_eq!(c.spool.path, PathBuf::from("/srv/spool"));
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.dns.nameservers.len(), 2);
+}
+
+#[test]
+fn example_parses_and_states_the_true_defaults() {
+    let c = Config::parse(example(), "example.toml").unwrap();
+    assert_eq!(c.server, ServerSection::default());
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.delivery, DeliverySection::default());
+    assert_eq!(c.spool, SpoolSection::default());
+    assert_eq!(c.log, LogSection::default());
+    assert_eq!(c.dns, DnsSection::default());
+    assert_eq!(c.outbound, Outbound::default());
+    assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
+    assert_eq!(
+        c.inbound.received_client,
+        Inbound::default().received_client
+    );
+    assert_eq!(c.listen[0].tls, Some(c.listen[0].kind.default_tls()));
+    assert_eq!(c.listen[0].max_connections, default_max_connections());
+}
+
+#[test]
+fn example_mentions_every_key() {
+    // Every key of every section appears in the example, commented out or not.
+    let text = example();
+    for key in [
+        "hostname",
+        "user",
+        "group",
+        "pid_file",
+        "name",
+        "address",
+        "kind",
+        "tls",
+        "max_connections",
+        "certificate",
+        "private_key",
+        "domains",
+        "backend",
+        "backend_tls",
+        "backend_ca_file",
+        "received_client",
+        "trusted_networks",
+        "smart_host",
+        "smart_host_tls",
+        "message_size",
+        "recipients",
+        "soft_errors",
+        "hard_errors",
+        "command_timeout",
+        "data_timeout",
+        "session_timeout",
+        "greet_pause",
+        "line_length",
+        "path",
+        "concurrency",
+        "connect_timeout",
+        "idle_timeout",
+        "retry_initial",
+        "retry_max",
+        "max_lifetime",
+        "scan_interval",
+        "format",
+        "level",
+        "nameservers",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} = "))),
+            "{key} is not in the example"
+        );
+    }
+}
+
+#[test]
+fn unknown_key_suggests_the_closest() {
+    let text = r#"hostname = "mx1.example.org"
+[[listen]]
+name = "mx"
+address = "127.0.0.1:2525"
+kind = "inbound"
+[inbound]
+domain = ["example.org"]
+"#;
+    let err = Config::parse(text, "ravelin.toml").unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(
+        err.to_string(),
+        "ravelin.toml:7: unknown key \"domain\" in [inbound] — fix: did you mean \"domains\"? \
+         valid keys: domains, backend, backend_tls, backend_ca_file, received_client"
+    );
+}
+
+#[test]
+fn unknown_keys_everywhere() {
+    let (line, message, fix) = error("hostnam = \"mx1.example.org\"\n");
+    assert_eq!(line, 1);
+    assert_eq!(message, "unknown key \"hostnam\" at the top level");
+    assert!(fix.starts_with("did you mean \"hostname\"?"), "{fix}");
+
+    let (line, message, fix) = error(&format!("{MINIMAL}\n[[listen]]\nname = \"b\"\nport = 25\n"));
+    assert_eq!(line, 15);
+    assert_eq!(message, "unknown key \"port\" in [[listen]]");
+    assert!(
+        fix.starts_with("remove it or correct it; valid keys: name, address"),
+        "{fix}"
+    );
+
+    let (line, message, _) = error(&format!("{MINIMAL}\n[limits]\n\nmessage_sise = 5\n"));
+    assert_eq!(line, 15);
+    assert_eq!(message, "unknown key \"message_sise\" in [limits]");
+
+    let (line, message, _) = error(&format!("{MINIMAL}\n[queue]\n"));
+    assert_eq!(line, 13);
+    assert_eq!(message, "unknown key \"queue\" at the top level");
+}
+
+#[test]
+fn unknown_value_suggests_the_closest() {
+    let text = MINIMAL.replace("kind = \"inbound\"", "kind = \"inbund\"");
+    let (line, message, fix) = error(&text);
+    assert_eq!(line, 7);
+    assert_eq!(message, "listen[0].kind: unknown value \"inbund\"");
+    assert_eq!(
+        fix,
+        "did you mean \"inbound\"? valid values: inbound, submission, submissions, relay"
+    );
+}
+
+#[test]
+fn bad_values_name_their_line() {
+    let (line, message, fix) = error(&format!(
+        "{MINIMAL}\n[limits]\ndata_timeout = \"5 minutes\"\n"
+    ));
+    assert_eq!(line, 14);
+    assert!(
+        message.starts_with("limits.data_timeout: invalid duration \"5 minutes\""),
+        "{message}"
+    );
+    assert!(fix.contains("\"30s\""), "{fix}");
+
+    let (line, message, fix) = error(&format!("{MINIMAL}\n[limits]\ncommand_timeout = 120\n"));
+    assert_eq!(line, 14);
+    assert!(
+        message.starts_with("limits.command_timeout: invalid type: integer `120`"),
+        "{message}"
+    );
+    assert!(fix.contains("\"30s\""), "{fix}");
+
+    let text = format!(
+        "{MINIMAL}\n[outbound]\ntrusted_networks = [\n  \"10.0.0.0/8\",\n  \"10.0.0.25/24\",\n]\n"
+    );
+    let (line, message, fix) = error(&text);
+    assert_eq!(line, 16);
+    assert!(
+        message.starts_with("outbound.trusted_networks[1]: invalid network"),
+        "{message}"
+    );
+    assert!(fix.contains("\"10.0.0.0/24\""), "{fix}");
+
+    let text = MINIMAL.replace("smtp://127.0.0.1:10025", "lmtp://127.0.0.1:24");
+    let (line, message, _) = error(&text);
+    assert_eq!(line, 11);
+    assert!(
+        message.contains("scheme \"lmtp\" is not supported"),
+        "{message}"
+    );
+
+    let text = MINIMAL.replace("127.0.0.1:2525", "127.0.0.1");
+    let (line, message, _) = error(&text);
+    assert_eq!(line, 6);
+    assert!(message.starts_with("listen[0].address: "), "{message}");
+
+    let (line, message, _) = error(&format!("{MINIMAL}\n[limits]\nrecipients = -1\n"));
+    assert_eq!(line, 14);
+    assert!(
+        message.starts_with("limits.recipients: invalid value"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    let (line, message, fix) = error("\n[spool]\npath = \"spool\"\n");
+    assert_eq!(line, 1);
+    assert_eq!(
+        message,
+        "required key \"hostname\" is missing at the top level"
+    );
+    assert_eq!(fix, "add hostname = ... (see the example configuration)");
+
+    let (line, message, fix) = error(&format!(
+        "{MINIMAL}\n\n[[listen]]\nname = \"b\"\nkind = \"relay\"\n"
+    ));
+    assert_eq!(line, 14);
+    assert_eq!(message, "required key \"address\" is missing in [[listen]]");
+    assert!(fix.starts_with("add listen[1].address"), "{fix}");
+
+    let (line, message, _) = error(&format!("{MINIMAL}\n[tls]\ncertificate = \"c.pem\"\n"));
+    assert_eq!(line, 13);
+    assert_eq!(message, "required key \"private_key\" is missing in [tls]");
+}
+
+#[test]
+fn syntax_errors_and_duplicates() {
+    let (line, message, _) = error(&format!("{MINIMAL}\n[limits\nrecipients = 5\n"));
+    assert_eq!(line, 13);
+    assert!(message.starts_with("TOML syntax error: "), "{message}");
+
+    let (line, message, _) = error(&format!(
+        "{MINIMAL}\n[limits]\nrecipients = 5\nrecipients = 6\n"
+    ));
+    assert_eq!(line, 15);
+    assert_eq!(message, "this key is set twice");
+}
+
+#[test]
+fn tls_listeners_need_a_certificate() {
+    // Explicit tls = "require": the error is on the tls line.
+    let text = MINIMAL.replace(
+        "kind = \"inbound\"",
+        "kind = \"inbound\"\ntls = \"require\"",
+    );
+    let (line, message, fix) = error(&text);
+    assert_eq!(line, 8);
+    assert_eq!(
+        message,
+        "listener \"mx\" has tls = \"require\" but there is no [tls] section"
+    );
+    assert!(fix.starts_with("add [tls] with certificate"), "{fix}");
+
+    // TLS by default of the kind: the error is on the kind line.
+    let text = format!(
+        "{MINIMAL}\n[[listen]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nkind = \"submission\"\n\n[[listen]]\nname = \"smtps\"\nkind = \"submissions\"\naddress = \"127.0.0.1:2465\"\n"
+    );
+    let list = errors(&text);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert_eq!(list[0].0, 16);
+    assert_eq!(
+        list[0].1,
+        "listener \"sub\" has kind = \"submission\" (tls = \"require\" by default) but there is no [tls] section"
+    );
+    assert_eq!(list[1].0, 20);
+    assert!(
+        list[1].1.contains("tls = \"implicit\" by default"),
+        "{}",
+        list[1].1
+    );
+
+    // Offer without [tls] is fine (self-signed), and so is require with [tls].
+    let text = format!(
+        "{}\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n",
+        MINIMAL.replace(
+            "kind = \"inbound\"",
+            "kind = \"inbound\"\ntls = \"implicit\""
+        )
+    );
+    assert!(Config::parse(&text, "t").is_ok());
+}
+
+#[test]
+fn listener_kinds_need_their_sections() {
+    // An inbound listener without domains or backend: both reported, on the kind line.
+    let text = "hostname = \"mx1.example.org\"\n[[listen]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"inbound\"\n";
+    let list = errors(text);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert_eq!(list[0].0, 5);
+    assert_eq!(
+        list[0].1,
+        "listener \"mx\" is kind = \"inbound\" but inbound.domains is empty"
+    );
+    assert_eq!(
+        list[0].2,
+        "add domains = [\"example.org\"] to the [inbound] section"
+    );
+    assert_eq!(list[1].0, 5);
+    assert!(list[1].1.ends_with("inbound.backend is empty"));
+
+    // An empty array written in the file: the error is on that line.
+    let text = MINIMAL.replace("backend = [\"smtp://127.0.0.1:10025\"]", "backend = []");
+    let (line, message, _) = error(&text);
+    assert_eq!(line, 11);
+    assert!(message.ends_with("inbound.backend is empty"));
+
+    // A relay listener without trusted networks.
+    let text = format!(
+        "{MINIMAL}\n[[listen]]\nname = \"relay\"\naddress = \"127.0.0.1:10026\"\nkind = \"relay\"\n"
+    );
+    let (line, message, fix) = error(&text);
+    assert_eq!(line, 16);
+    assert!(
+        message.contains("outbound.trusted_networks is empty"),
+        "{message}"
+    );
+    assert!(fix.contains("trusted_networks = ["), "{fix}");
+}
+
+#[test]
+fn all_semantic_errors_are_collected_in_line_order() {
+    let text = r#"hostname = "localhost"
+
+[server]
+user = "root"
+
+[[listen]]
+name = "mx"
+address = "127.0.0.1:2525"
+kind = "inbound"
+
+[[listen]]
+name = "mx"
+address = "127.0.0.1:2525"
+kind = "relay"
+tls = "off"
+max_connections = 0
+
+[inbound]
+domains = ["example.org", "not a domain"]
+backend = ["smtp://127.0.0.1:10025"]
+
+[outbound]
+trusted_networks = ["127.0.0.1"]
+
+[limits]
+line_length = 512
+soft_errors = 5
+hard_errors = 4
+session_timeout = "0s"
+
+[delivery]
+concurrency = 0
+retry_initial = "2h"
+retry_max = "1h"
+
+[log]
+level = "verbose"
+
+[spool]
+path = ""
+"#;
+    let list = errors(text);
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(
+        lines,
+        [1, 4, 12, 13, 16, 19, 26, 28, 29, 32, 34, 37, 40],
+        "{list:#?}"
+    );
+    assert!(
+        list[0]
+            .1
+            .contains("\"localhost\" is not a fully qualified domain name")
+    );
+    assert!(list[1].1.contains("root"));
+    assert!(list[2].1.contains("\"mx\" is used twice"));
+    assert!(
+        list[3]
+            .1
+            .contains("127.0.0.1:2525 is used by an earlier listener")
+    );
+    assert!(list[4].1.contains("max_connections is 0"));
+    assert!(list[5].1.contains("\"not a domain\" is not a domain name"));
+    assert!(list[6].1.contains("line_length = 512"));
+    assert!(
+        list[7]
+            .1
+            .contains("hard_errors = 4 is below soft_errors = 5")
+    );
+    assert!(list[8].1.contains("session_timeout is 0s"));
+    assert!(list[9].1.contains("concurrency is 0"));
+    assert!(
+        list[10]
+            .1
+            .contains("retry_max = \"1h\" is shorter than retry_initial = \"2h\"")
+    );
+    assert!(list[11].1.contains("log.level \"verbose\""));
+    assert!(list[12].1.contains("spool.path is empty"));
+    // Every error prints as FILE:LINE: message — fix: ...
+    let err = Config::parse(text, "ravelin.toml").unwrap_err();
+    let printed = err.to_string();
+    assert_eq!(printed.lines().count(), 13);
+    assert!(
+        printed
+            .lines()
+            .all(|l| l.starts_with("ravelin.toml:") && l.contains(" — fix: "))
+    );
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let (line, message, fix) = error("hostname = \"mx1.example.org\"\n");
+    assert_eq!(line, 1);
+    assert!(message.starts_with("no [[listen]] section"));
+    assert!(fix.contains("kind = \"inbound\""));
+}
+
+#[test]
+fn load_resolves_relative_paths_and_checks_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
+    let text = format!(
+        "{MINIMAL}\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\n[spool]\npath = \"spool\"\n"
+    );
+    let file = dir.path().join("ravelin.toml");
+    std::fs::write(&file, &text).unwrap();
+    let err = Config::load(&file).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(err.0[0].line, 15);
+    assert_eq!(err.0[0].file, file.display().to_string());
+    assert!(err.0[0].message.starts_with("tls.private_key: "), "{err}");
+    assert!(err.0[0].message.contains("key.pem cannot be read"), "{err}");
+
+    std::fs::write(dir.path().join("key.pem"), "x").unwrap();
+    let c = Config::load(&file).unwrap();
+    assert_eq!(c.source.as_deref(), Some(file.as_path()));
+    assert_eq!(c.spool.path, dir.path().join("spool"));
+    assert_eq!(c.tls.unwrap().certificate, dir.path().join("cert.pem"));
+
+    // Unreadable: line 0, printed without a line number.
+    let missing = dir.path().join("missing.toml");
+    let err = Config::load(&missing).unwrap_err();
+    assert_eq!(err.0[0].line, 0);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read", missing.display()))
+    );
+
+    // Too large, and not UTF-8.
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+    assert!(
+        Config::load(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than")
+    );
+    let latin1 = dir.path().join("latin1.toml");
+    std::fs::write(&latin1, b"hostname = \"caf\xe9.example.org\"\n").unwrap();
+    assert!(
+        Config::load(&latin1)
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8")
+    );
+}
