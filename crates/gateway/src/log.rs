@@ -267,30 +267,7 @@ fn text_line(ts: &str, level: &str, fields: &Fields) -> String {
 /// `2026-11-23T17:40:00.123Z`; times before 1970 are written as the epoch.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    ravelin_wire::date::rfc3339_millis(since.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -486,7 +463,8 @@ mod tests {
         // Every day of four centuries against a day-by-day count.
         let (mut y, mut m, mut d) = (1970u64, 1u64, 1u64);
         for days in 0..146_097u64 {
-            assert_eq!(civil_from_days(days), (y, m, d));
+            let c = ravelin_wire::date::civil(days * 86_400);
+            assert_eq!((c.year as u64, u64::from(c.month), u64::from(c.day)), (y, m, d));
             let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
             let len = [
                 31,

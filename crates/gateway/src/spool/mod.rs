@@ -1,0 +1,843 @@
+//! The spool: durable storage of accepted messages, one file per message.
+//!
+//! Nothing is acknowledged before it is on disk. A message is received into `incoming/ID`,
+//! then [`Incoming::commit`] writes the trailer, fsyncs the file, renames it into `queue/ID` and
+//! waits for an fsync of `queue/` (shared between concurrent commits, see [`commit`]); only then
+//! may the SMTP session answer 250. Layout under the spool path (directories 0700, files 0600):
+//!
+//! - `incoming/`: messages being received. Never acknowledged, so recovery deletes all of it.
+//! - `queue/`: acknowledged messages awaiting delivery (file format in [`format`]).
+//! - `hold/`: messages the operator put on hold; the queue manager does not touch them.
+//! - `state/`: per-message delivery state sidecars ([`state`]), one per message in `queue/` or
+//!   `hold/`, absent until the first attempt. Keeping them apart from the message lets hold and
+//!   release be a single rename of the message file.
+//! - `corrupt/`: files recovery or delivery found damaged, moved aside and logged, never
+//!   silently dropped.
+//! - `lock`: held (flock) by the one process running the queue ([`Spool::open`]); operator
+//!   tools use [`Spool::open_admin`], which neither recovers nor takes it.
+//! - `flush`: a marker an operator tool leaves to ask the running queue manager to retry all
+//!   deferred messages now ([`Spool::request_flush`]).
+//!
+//! Delivery and operator actions exclude each other with an exclusive lock on the message
+//! file (`File::lock`, i.e. flock). A delivery [`Lease`] holds it for the whole attempt and,
+//! after locking, checks that `queue/ID` still names the file it locked; `hold` and `delete`
+//! take the same lock before renaming or unlinking. So an operator's delete either happens
+//! before a delivery starts (which then finds nothing) or waits for the attempt in progress to
+//! finish; it is never followed by a delivery.
+//!
+//! Settings read: only the spool path. Failures are `io::Error`s returned to the caller: a
+//! write error or full disk surfaces from [`Incoming::write`] or [`Incoming::commit`], and the
+//! incoming file is removed, so nothing is half-stored (the session answers 452 4.3.1).
+//! Durability assumes a filesystem where rename is atomic and fsync of a directory makes its
+//! entries durable (ext4, xfs, btrfs, tmpfs for tests).
+
+mod commit;
+mod format;
+mod id;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, error, info, warn};
+
+use commit::{Committer, Counters};
+use format::Layout;
+pub use id::{BadQueueId, QueueId};
+pub use state::DeliveryState;
+
+const INCOMING: &str = "incoming";
+const QUEUE: &str = "queue";
+const HOLD: &str = "hold";
+const STATE: &str = "state";
+const CORRUPT: &str = "corrupt";
+const LOCK: &str = "lock";
+const FLUSH: &str = "flush";
+
+/// Write buffer of an incoming message.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// Most header octets returned by [`Lease::headers`] (for DSNs).
+pub const MAX_DSN_HEADERS: usize = 64 * 1024;
+
+/// The SMTP envelope and where the message came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Reverse-path without angle brackets; "" is the null sender.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Arrival time, seconds since the Unix epoch.
+    pub received_at: u64,
+    /// The client's address (`ip:port`), if it came over the network.
+    pub client: Option<String>,
+    /// The HELO/EHLO name the client gave.
+    pub helo: Option<String>,
+    /// Name of the listener it arrived on.
+    pub listener: String,
+    /// The SMTP session (connection) id.
+    pub session: String,
+    /// Octets of message data; filled in from the file when read back.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// A message found in `queue/` when the spool was opened.
+#[derive(Clone, Debug)]
+pub struct QueuedMessage {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    pub state: DeliveryState,
+}
+
+/// One line of `ravelin queue list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueEntry {
+    pub id: QueueId,
+    /// In `hold/` rather than `queue/`.
+    pub held: bool,
+    pub envelope: Envelope,
+    pub state: DeliveryState,
+}
+
+/// Counters of the group commit (for tests and metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// fsyncs of `queue/` done by the committer.
+    pub dir_syncs: u64,
+    /// Commits those fsyncs made durable.
+    pub commits: u64,
+}
+
+/// Handle to a spool directory; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    incoming: PathBuf,
+    queue: PathBuf,
+    hold: PathBuf,
+    state: PathBuf,
+    corrupt: PathBuf,
+    committer: Committer,
+    counters: Arc<Counters>,
+    /// The flock on `lock`, held as long as the spool is open for the queue.
+    _queue_lock: Option<File>,
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    let held = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.dev() == held.dev() && m.ino() == held.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn not_found(id: &QueueId) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no message {id} in the queue"),
+    )
+}
+
+/// Names in a directory that are queue ids, and the other names.
+fn read_ids(dir: &Path) -> io::Result<(Vec<QueueId>, Vec<String>)> {
+    let mut ids = Vec::new();
+    let mut other = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        match name.parse::<QueueId>() {
+            Ok(id) => ids.push(id),
+            Err(_) => other.push(name),
+        }
+    }
+    ids.sort();
+    Ok((ids, other))
+}
+
+impl Spool {
+    /// Opens the spool for the process that runs the queue: creates the directories, takes the
+    /// spool lock (failing with `WouldBlock` if another process has it), deletes everything in
+    /// `incoming/`, moves damaged files to `corrupt/`, and returns the messages in `queue/`.
+    pub fn open(path: &Path) -> io::Result<(Spool, Vec<QueuedMessage>)> {
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder.create(path)?;
+        for sub in [INCOMING, QUEUE, HOLD, STATE, CORRUPT] {
+            builder.create(path.join(sub))?;
+        }
+        sync_dir(path)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("spool {} is in use by another process", path.display()),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let spool = Spool::with_lock(path, Some(lock))?;
+        let recovered = spool.recover()?;
+        Ok((spool, recovered))
+    }
+
+    /// Opens an existing spool for operator tools (list, show, hold, release, delete, flush)
+    /// while the queue may be running in another process: no recovery, no spool lock.
+    pub fn open_admin(path: &Path) -> io::Result<Spool> {
+        for sub in [QUEUE, HOLD, STATE, CORRUPT] {
+            if !path.join(sub).is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no spool at {} (missing {sub}/)", path.display()),
+                ));
+            }
+        }
+        Spool::with_lock(path, None)
+    }
+
+    fn with_lock(path: &Path, lock: Option<File>) -> io::Result<Spool> {
+        let counters = Arc::new(Counters::default());
+        let queue = path.join(QUEUE);
+        let committer = Committer::start(queue.clone(), counters.clone())?;
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                root: path.to_path_buf(),
+                incoming: path.join(INCOMING),
+                queue,
+                hold: path.join(HOLD),
+                state: path.join(STATE),
+                corrupt: path.join(CORRUPT),
+                committer,
+                counters,
+                _queue_lock: lock,
+            }),
+        })
+    }
+
+    /// The spool directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            dir_syncs: self.inner.counters.dir_syncs.load(Ordering::Relaxed),
+            commits: self.inner.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    fn state_path(&self, id: &QueueId) -> PathBuf {
+        self.inner.state.join(id.to_string())
+    }
+
+    fn recover(&self) -> io::Result<Vec<QueuedMessage>> {
+        let inner = &self.inner;
+        let mut discarded = 0usize;
+        for entry in fs::read_dir(&inner.incoming)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    discarded += 1;
+                    info!(event = "spool_discard_incoming", queue_id = %name, "unacknowledged message removed");
+                }
+                Err(e) => warn!(event = "spool_discard_failed", queue_id = %name, error = %e),
+            }
+        }
+        let mut corrupt = 0usize;
+        let held: Vec<QueueId> = self
+            .recover_dir(&inner.hold, &mut corrupt)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut recovered = Vec::new();
+        for (id, layout) in self.recover_dir(&inner.queue, &mut corrupt)? {
+            if held.binary_search(&id).is_ok() {
+                // A hold interrupted between link and unlink (not possible with rename on a
+                // sane filesystem, but cheap to settle): the operator's hold wins.
+                warn!(event = "spool_duplicate", queue_id = %id, "in queue/ and hold/; keeping the held copy");
+                fs::remove_file(inner.queue.join(id.to_string()))?;
+                continue;
+            }
+            let state = self.load_state(&id);
+            recovered.push(QueuedMessage {
+                id,
+                envelope: layout.envelope,
+                state,
+            });
+        }
+        // State files: drop leftovers of interrupted writes and of messages no longer there.
+        let live: HashSet<QueueId> = held
+            .iter()
+            .copied()
+            .chain(recovered.iter().map(|m| m.id))
+            .collect();
+        let mut orphans = 0usize;
+        for entry in fs::read_dir(&inner.state)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let live = name
+                .parse::<QueueId>()
+                .map(|id| live.contains(&id))
+                .unwrap_or(false);
+            if !live {
+                fs::remove_file(entry.path())?;
+                orphans += 1;
+                debug!(event = "spool_state_removed", queue_id = %name, "state without a message");
+            }
+        }
+        for dir in [&inner.queue, &inner.hold, &inner.state, &inner.corrupt] {
+            sync_dir(dir)?;
+        }
+        info!(
+            event = "spool_recovered",
+            queued = recovered.len(),
+            held = held.len(),
+            discarded,
+            corrupt,
+            orphan_states = orphans,
+            path = %inner.root.display()
+        );
+        Ok(recovered)
+    }
+
+    /// Checks the structure of every file in `dir`, moving what is not a complete message file
+    /// to `corrupt/`; returns the good ones by id.
+    fn recover_dir(&self, dir: &Path, corrupt: &mut usize) -> io::Result<Vec<(QueueId, Layout)>> {
+        let (ids, other) = read_ids(dir)?;
+        for name in other {
+            self.quarantine(&dir.join(&name), &name, "not a queue id");
+            *corrupt += 1;
+        }
+        let mut good = Vec::with_capacity(ids.len());
+        for id in ids {
+            match File::open(dir.join(id.to_string())).and_then(|f| format::read_layout(&f)) {
+                Ok(layout) => good.push((id, layout)),
+                Err(e) => {
+                    self.quarantine_message(dir, &id, &e.to_string());
+                    *corrupt += 1;
+                }
+            }
+        }
+        Ok(good)
+    }
+
+    /// The delivery state of a message; a missing file is the initial state, a damaged one is
+    /// moved to `corrupt/` and replaced by the initial state (recipients already done may then
+    /// be tried again: a duplicate rather than a loss).
+    pub fn load_state(&self, id: &QueueId) -> DeliveryState {
+        let path = self.state_path(id);
+        match state::load(&path) {
+            Ok(state) => state.unwrap_or_default(),
+            Err(e) => {
+                self.quarantine(&path, &format!("{id}.state"), &e.to_string());
+                DeliveryState::default()
+            }
+        }
+    }
+
+    /// Moves a message file and its state to `corrupt/`.
+    fn quarantine_message(&self, dir: &Path, id: &QueueId, reason: &str) {
+        self.quarantine(&dir.join(id.to_string()), &id.to_string(), reason);
+        let state = self.state_path(id);
+        if state.exists() {
+            self.quarantine(&state, &format!("{id}.state"), reason);
+        }
+    }
+
+    /// Moves one file to `corrupt/` (under a fresh name if taken) and logs why.
+    fn quarantine(&self, from: &Path, name: &str, reason: &str) {
+        let corrupt = &self.inner.corrupt;
+        let mut target = corrupt.join(name);
+        let mut n = 1;
+        while target.exists() && n < 1000 {
+            target = corrupt.join(format!("{name}.{n}"));
+            n += 1;
+        }
+        let result = fs::rename(from, &target).and_then(|()| {
+            sync_dir(corrupt)?;
+            match from.parent() {
+                Some(dir) => sync_dir(dir),
+                None => Ok(()),
+            }
+        });
+        match result {
+            Ok(()) => {
+                error!(event = "spool_corrupt", queue_id = %name, reason, moved_to = %target.display())
+            }
+            Err(e) => {
+                error!(event = "spool_corrupt", queue_id = %name, reason, error = %e, "could not move aside")
+            }
+        }
+    }
+
+    /// Starts a new message in `incoming/` under a fresh queue id.
+    pub fn create(&self, envelope: Envelope) -> io::Result<Incoming> {
+        let header = format::encode_header(&envelope)?;
+        let id = QueueId::generate();
+        let path = self.inner.incoming.join(id.to_string());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let mut incoming = Incoming {
+            spool: self.clone(),
+            id,
+            path,
+            writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            failed: false,
+            armed: true,
+        };
+        if let Some(w) = incoming.writer.as_mut() {
+            w.write_all(&header)?;
+        }
+        Ok(incoming)
+    }
+
+    /// Finds a message in `queue/` or `hold/`: its path and whether it is held.
+    fn locate(&self, id: &QueueId) -> io::Result<(PathBuf, bool)> {
+        let name = id.to_string();
+        for (dir, held) in [(&self.inner.queue, false), (&self.inner.hold, true)] {
+            let path = dir.join(&name);
+            if path.exists() {
+                return Ok((path, held));
+            }
+        }
+        Err(not_found(id))
+    }
+
+    /// Reads a queued or held message without locking it (for `queue show`).
+    pub fn read(&self, id: &QueueId) -> io::Result<(Envelope, DeliveryState, BodyReader)> {
+        let (path, _) = self.locate(id)?;
+        let file = File::open(&path)?;
+        let layout = format::read_layout(&file)?;
+        let state = state::load(&self.state_path(id))?.unwrap_or_default();
+        let body = BodyReader::new(file, &layout);
+        Ok((layout.envelope, state, body))
+    }
+
+    /// Every message in `queue/` and `hold/`, by id. Files that vanish meanwhile (delivered)
+    /// are skipped; damaged ones are logged and skipped (recovery moves them aside).
+    pub fn list(&self) -> io::Result<Vec<QueueEntry>> {
+        let mut out = Vec::new();
+        for (dir, held) in [(&self.inner.queue, false), (&self.inner.hold, true)] {
+            for id in read_ids(dir)?.0 {
+                let layout = match File::open(dir.join(id.to_string()))
+                    .and_then(|f| format::read_layout(&f))
+                {
+                    Ok(l) => l,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        warn!(event = "spool_unreadable", queue_id = %id, error = %e);
+                        continue;
+                    }
+                };
+                let state = match state::load(&self.state_path(&id)) {
+                    Ok(s) => s.unwrap_or_default(),
+                    Err(e) => {
+                        warn!(event = "spool_state_unreadable", queue_id = %id, error = %e);
+                        DeliveryState::default()
+                    }
+                };
+                out.push(QueueEntry {
+                    id,
+                    held,
+                    envelope: layout.envelope,
+                    state,
+                });
+            }
+        }
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    /// Ids of the messages in `queue/` (the queue manager's rescan).
+    pub fn scan_queue(&self) -> io::Result<Vec<QueueId>> {
+        Ok(read_ids(&self.inner.queue)?.0)
+    }
+
+    /// Opens and locks `dir/ID` (waiting for a delivery in progress), returning the locked
+    /// file if `dir/ID` still names it afterwards.
+    fn lock_at(&self, dir: &Path, id: &QueueId) -> io::Result<Option<File>> {
+        let path = dir.join(id.to_string());
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        file.lock()?;
+        Ok(same_file(&file, &path)?.then_some(file))
+    }
+
+    /// Moves a message from `queue/` to `hold/` (durably). Waits for a delivery in progress.
+    /// Holding a held message succeeds.
+    pub fn hold(&self, id: &QueueId) -> io::Result<()> {
+        let name = id.to_string();
+        let Some(_lock) = self.lock_at(&self.inner.queue, id)? else {
+            return if self.inner.hold.join(&name).exists() {
+                Ok(())
+            } else {
+                Err(not_found(id))
+            };
+        };
+        fs::rename(self.inner.queue.join(&name), self.inner.hold.join(&name))?;
+        sync_dir(&self.inner.hold)?;
+        sync_dir(&self.inner.queue)?;
+        info!(event = "held", queue_id = %id);
+        Ok(())
+    }
+
+    /// Moves a message from `hold/` back to `queue/`, due at once (durably). Releasing a
+    /// message that is not held succeeds.
+    pub fn release(&self, id: &QueueId) -> io::Result<()> {
+        let name = id.to_string();
+        let Some(_lock) = self.lock_at(&self.inner.hold, id)? else {
+            return if self.inner.queue.join(&name).exists() {
+                Ok(())
+            } else {
+                Err(not_found(id))
+            };
+        };
+        let mut state = self.load_state(id);
+        if state.next_attempt_ms != 0 {
+            state.next_attempt_ms = 0;
+            state::store(&self.state_path(id), &state)?;
+        }
+        fs::rename(self.inner.hold.join(&name), self.inner.queue.join(&name))?;
+        sync_dir(&self.inner.queue)?;
+        sync_dir(&self.inner.hold)?;
+        info!(event = "released", queue_id = %id);
+        Ok(())
+    }
+
+    /// Removes a queued or held message for good (durably). Waits for a delivery in progress;
+    /// once this returns, the message is never delivered.
+    pub fn delete(&self, id: &QueueId) -> io::Result<()> {
+        let name = id.to_string();
+        for dir in [&self.inner.queue, &self.inner.hold] {
+            if let Some(_lock) = self.lock_at(dir, id)? {
+                fs::remove_file(dir.join(&name))?;
+                sync_dir(dir)?;
+                self.remove_state(id);
+                info!(event = "deleted", queue_id = %id);
+                return Ok(());
+            }
+        }
+        Err(not_found(id))
+    }
+
+    /// Removes a state file; a leftover is harmless (recovery removes orphans), so failures
+    /// are only logged.
+    fn remove_state(&self, id: &QueueId) {
+        match fs::remove_file(self.state_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!(event = "spool_state_remove_failed", queue_id = %id, error = %e),
+        }
+    }
+
+    /// Takes a message in `queue/` for a delivery attempt: locks it without waiting and checks
+    /// it completely (checksum included). A damaged file is moved to `corrupt/` and reported
+    /// as `InvalidData`.
+    pub fn lease(&self, id: &QueueId) -> io::Result<Leased> {
+        let path = self.inner.queue.join(id.to_string());
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Leased::Gone),
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(Leased::Busy),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        if !same_file(&file, &path)? {
+            return Ok(Leased::Gone);
+        }
+        let layout = match format::read_layout(&file)
+            .and_then(|l| format::verify_body(&file, &l).map(|()| l))
+        {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                self.quarantine_message(&self.inner.queue, id, &e.to_string());
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let state = self.load_state(id);
+        Ok(Leased::Ready(Box::new(Lease {
+            spool: self.clone(),
+            id: *id,
+            file,
+            layout,
+            state,
+        })))
+    }
+
+    /// Asks the running queue manager (possibly another process) to retry every deferred
+    /// message now; it notices at its next scan.
+    pub fn request_flush(&self) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.inner.root.join(FLUSH))?;
+        Ok(())
+    }
+
+    /// True (once) if a flush was requested since the last call.
+    pub fn take_flush_request(&self) -> io::Result<bool> {
+        match fs::remove_file(self.inner.root.join(FLUSH)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A message being received. Dropping it without [`Incoming::commit`] removes the file.
+pub struct Incoming {
+    spool: Spool,
+    id: QueueId,
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    crc: crc32fast::Hasher,
+    len: u64,
+    /// A write failed: the file is incomplete and can only be thrown away.
+    failed: bool,
+    /// The file in `incoming/` is ours to remove on drop.
+    armed: bool,
+}
+
+impl Incoming {
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Message octets written so far.
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends message bytes (buffered; a write error surfaces here or at commit, and every
+    /// later call fails too).
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let writer = match (self.failed, self.writer.as_mut()) {
+            (false, Some(w)) => w,
+            _ => return Err(io::Error::other("an earlier write to this message failed")),
+        };
+        if let Err(e) = writer.write_all(bytes) {
+            self.failed = true;
+            return Err(e);
+        }
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the message durable in `queue/` and returns its size. Returns only after the
+    /// file and its directory entry are fsynced; on any error the message is not in the queue.
+    pub async fn commit(mut self) -> io::Result<u64> {
+        let writer = match (self.failed, self.writer.take()) {
+            (false, Some(w)) => w,
+            _ => return Err(io::Error::other("an earlier write to this message failed")),
+        };
+        let trailer = format::encode_trailer(self.len, self.crc.clone().finalize());
+        let from = self.path.clone();
+        let to = self.spool.inner.queue.join(self.id.to_string());
+        let to_blocking = to.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut writer = writer;
+            writer.write_all(&trailer)?;
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            file.sync_data()?;
+            fs::rename(&from, &to_blocking)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        // The file is in queue/ now; from here on an error must take it out again.
+        self.armed = false;
+        if let Err(e) = self.spool.inner.committer.sync().await {
+            if let Err(e2) = fs::remove_file(&to) {
+                error!(event = "spool_commit_undo_failed", queue_id = %self.id, error = %e2);
+            }
+            return Err(e);
+        }
+        debug!(event = "spool_committed", queue_id = %self.id, size = self.len);
+        Ok(self.len)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.armed {
+            self.writer = None;
+            if let Err(e) = fs::remove_file(&self.path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!(event = "spool_discard_failed", queue_id = %self.id, error = %e);
+            }
+        }
+    }
+}
+
+/// The message data of a spooled message: reads exactly the body, from its own position.
+#[derive(Debug)]
+pub struct BodyReader {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl BodyReader {
+    fn new(file: File, layout: &Layout) -> BodyReader {
+        BodyReader {
+            file,
+            start: layout.body_start,
+            len: layout.body_len,
+            pos: 0,
+        }
+    }
+
+    /// Body length in octets.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Starts reading from the beginning again (for a retry to another next hop).
+    pub fn rewind(&mut self) {
+        self.pos = 0;
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.len - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.start + self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spool file shorter than its trailer says",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The result of [`Spool::lease`].
+pub enum Leased {
+    Ready(Box<Lease>),
+    /// No longer in `queue/` (delivered, held or deleted).
+    Gone,
+    /// Locked by an operator action in progress; try again shortly.
+    Busy,
+}
+
+/// A message locked for a delivery attempt. Dropping it releases the lock.
+pub struct Lease {
+    spool: Spool,
+    id: QueueId,
+    file: File,
+    layout: Layout,
+    state: DeliveryState,
+}
+
+impl Lease {
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.layout.envelope
+    }
+
+    pub fn state(&self) -> &DeliveryState {
+        &self.state
+    }
+
+    /// A reader over the body. It has its own open file (and position), so the lock lives
+    /// exactly as long as the lease, whatever happens to the reader.
+    pub fn body(&self) -> io::Result<BodyReader> {
+        let path = self.spool.inner.queue.join(self.id.to_string());
+        let file = File::open(&path)?;
+        // We hold the lock, so nobody renamed or unlinked the file; check anyway.
+        let (opened, locked) = (file.metadata()?, self.file.metadata()?);
+        if (opened.dev(), opened.ino()) != (locked.dev(), locked.ino()) {
+            return Err(io::Error::other("spool file replaced while leased"));
+        }
+        Ok(BodyReader::new(file, &self.layout))
+    }
+
+    /// The message's header section (up to and including the CRLF before the empty line), at
+    /// most `limit` octets, cut at a line end.
+    pub fn headers(&self, limit: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.body()?.take(limit as u64).read_to_end(&mut buf)?;
+        Ok(header_section(&buf).to_vec())
+    }
+
+    /// Stores a new delivery state durably.
+    pub fn record(&mut self, state: &DeliveryState) -> io::Result<()> {
+        state::store(&self.spool.state_path(&self.id), state)?;
+        self.state = state.clone();
+        Ok(())
+    }
+
+    /// Removes a message that needs no further attempt (durably), then its state.
+    pub fn remove_delivered(self) -> io::Result<()> {
+        let queue = &self.spool.inner.queue;
+        fs::remove_file(queue.join(self.id.to_string()))?;
+        sync_dir(queue)?;
+        self.spool.remove_state(&self.id);
+        Ok(())
+    }
+}
+
+/// The header section at the start of `message`: everything up to and including the CRLF
+/// that precedes the first empty line; if there is none, up to the last complete line.
+pub fn header_section(message: &[u8]) -> &[u8] {
+    if message.starts_with(b"\r\n") {
+        return &[];
+    }
+    if let Some(pos) = message.windows(4).position(|w| w == b"\r\n\r\n") {
+        return &message[..pos + 2];
+    }
+    match message.windows(2).rposition(|w| w == b"\r\n") {
+        Some(pos) => &message[..pos + 2],
+        None => &[],
+    }
+}

@@ -1,0 +1,479 @@
+//! Spool tests on the real filesystem.
+
+use super::*;
+use std::io::Read;
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub(crate) fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: sender.into(),
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        received_at: 1_700_000_000,
+        client: Some("127.0.0.2:40000".into()),
+        helo: Some("client.example".into()),
+        listener: "mx".into(),
+        session: "S1".into(),
+        size: 0,
+    }
+}
+
+const BODY: &[u8] = b"Subject: test\r\nFrom: <a@example.org>\r\n\r\nhello\r\n.leading dot kept\r\n";
+
+async fn store(spool: &Spool, rcpts: &[&str], body: &[u8]) -> QueueId {
+    let mut inc = spool.create(envelope("a@example.org", rcpts)).unwrap();
+    let id = *inc.id();
+    // Several writes, as the session does.
+    for chunk in body.chunks(7) {
+        inc.write(chunk).unwrap();
+    }
+    assert_eq!(inc.commit().await.unwrap(), body.len() as u64);
+    id
+}
+
+fn body_of(spool: &Spool, id: &QueueId) -> Vec<u8> {
+    let (_, _, mut body) = spool.read(id).unwrap();
+    let mut out = Vec::new();
+    body.read_to_end(&mut out).unwrap();
+    assert_eq!(out.len() as u64, body.len());
+    out
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn commit_then_reopen_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert!(recovered.is_empty());
+    let id = store(&spool, &["b@example.net", "c@example.net"], BODY).await;
+    assert_eq!(names(&dir.path().join("incoming")), Vec::<String>::new());
+    drop(spool);
+
+    let (spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert_eq!(recovered.len(), 1);
+    let m = &recovered[0];
+    assert_eq!(m.id, id);
+    assert_eq!(
+        m.envelope.recipients,
+        vec!["b@example.net", "c@example.net"]
+    );
+    assert_eq!(m.envelope.size, BODY.len() as u64);
+    assert_eq!(m.state, DeliveryState::default());
+    assert_eq!(body_of(&spool, &id), BODY);
+    // Files are private to the spool's owner.
+    let mode = fs::metadata(dir.path().join("queue").join(id.to_string()))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(dir.path().join("queue")).unwrap().mode() & 0o777,
+        0o700
+    );
+}
+
+#[tokio::test]
+async fn second_queue_process_is_refused_but_admin_may_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let err = Spool::open(dir.path())
+        .err()
+        .expect("second open must fail");
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    let admin = Spool::open_admin(dir.path()).unwrap();
+    let list = admin.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id);
+    assert!(!list[0].held);
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(
+        Spool::open_admin(empty.path()).err().map(|e| e.kind()),
+        Some(io::ErrorKind::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn dropped_and_leftover_incoming_files_are_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut inc = spool
+        .create(envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    inc.write(BODY).unwrap();
+    let path = dir.path().join("incoming").join(inc.id().to_string());
+    assert!(path.exists());
+    drop(inc);
+    assert!(!path.exists(), "an abandoned message is removed at once");
+
+    // What a crash mid-DATA leaves behind: a started file without trailer, and junk.
+    let mut torn = format::encode_header(&envelope("a@example.org", &["b@example.net"])).unwrap();
+    torn.extend_from_slice(b"Subject: half");
+    let torn_id = QueueId::generate();
+    fs::write(dir.path().join("incoming").join(torn_id.to_string()), &torn).unwrap();
+    fs::write(dir.path().join("incoming").join("junk"), b"x").unwrap();
+    drop(spool);
+
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert!(recovered.is_empty());
+    assert_eq!(names(&dir.path().join("incoming")), Vec::<String>::new());
+    assert_eq!(names(&dir.path().join("corrupt")), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn torn_and_damaged_files_go_to_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let good = store(&spool, &["b@example.net"], BODY).await;
+    let torn = store(&spool, &["b@example.net"], BODY).await;
+    let flipped = store(&spool, &["b@example.net"], BODY).await;
+    drop(spool);
+    let queue = dir.path().join("queue");
+    // Cut the end off one file (the trailer), flip a body byte in another.
+    let torn_path = queue.join(torn.to_string());
+    let len = fs::metadata(&torn_path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&torn_path)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let flipped_path = queue.join(flipped.to_string());
+    let mut bytes = fs::read(&flipped_path).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    fs::write(&flipped_path, &bytes).unwrap();
+    fs::write(queue.join("stray-file"), b"?").unwrap();
+
+    let (spool, recovered) = Spool::open(dir.path()).unwrap();
+    let ids: Vec<QueueId> = recovered.iter().map(|m| m.id).collect();
+    // The flipped byte keeps the structure; recovery checks structure only.
+    assert_eq!(ids, vec![good, flipped]);
+    assert_eq!(
+        names(&dir.path().join("corrupt")),
+        vec![torn.to_string(), "stray-file".to_string()]
+    );
+
+    // The checksum catches the flipped byte before delivery.
+    let err = spool
+        .lease(&flipped)
+        .err()
+        .expect("damaged body must not be delivered");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(!flipped_path.exists());
+    assert!(
+        dir.path()
+            .join("corrupt")
+            .join(flipped.to_string())
+            .exists()
+    );
+    assert!(matches!(spool.lease(&good).unwrap(), Leased::Ready(_)));
+}
+
+#[tokio::test]
+async fn hold_release_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let a = store(&spool, &["a@example.net"], BODY).await;
+    let b = store(&spool, &["b@example.net"], BODY).await;
+    let c = store(&spool, &["c@example.net"], BODY).await;
+
+    spool.hold(&a).unwrap();
+    spool.hold(&a).unwrap(); // idempotent
+    assert!(matches!(spool.lease(&a).unwrap(), Leased::Gone));
+    let list = spool.list().unwrap();
+    assert_eq!(
+        list.iter().map(|e| (e.id, e.held)).collect::<Vec<_>>(),
+        vec![(a, true), (b, false), (c, false)]
+    );
+    assert_eq!(spool.scan_queue().unwrap(), vec![b, c]);
+    // show works for held messages too.
+    assert_eq!(body_of(&spool, &a), BODY);
+
+    spool.delete(&b).unwrap();
+    assert!(matches!(spool.lease(&b).unwrap(), Leased::Gone));
+    assert_eq!(
+        spool.read(&b).err().map(|e| e.kind()),
+        Some(io::ErrorKind::NotFound)
+    );
+    assert_eq!(
+        spool.delete(&b).err().map(|e| e.kind()),
+        Some(io::ErrorKind::NotFound)
+    );
+
+    spool.hold(&c).unwrap();
+    spool.delete(&c).unwrap();
+
+    // A deferred message released is due at once.
+    assert!(spool.scan_queue().unwrap().is_empty());
+    assert!(spool.list().unwrap().iter().all(|e| e.id == a));
+
+    // A deferred message released is due at once.
+    let deferred = DeliveryState {
+        attempts: 2,
+        next_attempt_ms: u64::MAX / 2,
+        ..Default::default()
+    };
+    state::store(&spool.state_path(&a), &deferred).unwrap();
+    spool.release(&a).unwrap();
+    spool.release(&a).unwrap(); // idempotent
+    assert_eq!(spool.load_state(&a).next_attempt_ms, 0);
+    assert_eq!(spool.load_state(&a).attempts, 2);
+    assert_eq!(
+        spool.hold(&QueueId::generate()).err().map(|e| e.kind()),
+        Some(io::ErrorKind::NotFound)
+    );
+    drop(spool);
+
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(names(&dir.path().join("hold")), Vec::<String>::new());
+    assert_eq!(names(&dir.path().join("state")), vec![a.to_string()]);
+}
+
+#[tokio::test]
+async fn delete_waits_for_the_delivery_in_progress_and_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+        panic!("not leased")
+    };
+    // An operator tool in another "process" (its own handle, its own thread).
+    let admin = Spool::open_admin(dir.path()).unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let deleter = std::thread::spawn(move || {
+        done_tx
+            .send(admin.delete(&id).map_err(|e| e.kind()))
+            .unwrap()
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "delete must wait while the message is being delivered"
+    );
+    // A second delivery attempt cannot start meanwhile.
+    assert!(matches!(spool.lease(&id).unwrap(), Leased::Busy));
+    drop(lease);
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Ok(())
+    );
+    deleter.join().unwrap();
+    assert!(matches!(spool.lease(&id).unwrap(), Leased::Gone));
+
+    // Delivered while the operator waited: delete then finds nothing.
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+        panic!("not leased")
+    };
+    let admin = Spool::open_admin(dir.path()).unwrap();
+    let deleter = std::thread::spawn(move || admin.delete(&id).map_err(|e| e.kind()));
+    std::thread::sleep(Duration::from_millis(100));
+    lease.remove_delivered().unwrap();
+    assert_eq!(deleter.join().unwrap(), Err(io::ErrorKind::NotFound));
+}
+
+#[tokio::test]
+async fn lease_records_state_and_removes_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let id = store(&spool, &["b@example.net", "c@example.net"], BODY).await;
+    let Leased::Ready(mut lease) = spool.lease(&id).unwrap() else {
+        panic!("not leased")
+    };
+    assert_eq!(lease.envelope().size, BODY.len() as u64);
+    assert_eq!(
+        lease.headers(MAX_DSN_HEADERS).unwrap(),
+        b"Subject: test\r\nFrom: <a@example.org>\r\n"
+    );
+    let mut body = lease.body().unwrap();
+    let mut first = Vec::new();
+    body.read_to_end(&mut first).unwrap();
+    body.rewind();
+    let mut again = Vec::new();
+    body.read_to_end(&mut again).unwrap();
+    assert_eq!((first.as_slice(), again.as_slice()), (BODY, BODY));
+
+    let mut st = lease.state().clone();
+    st.attempts = 1;
+    st.delivered.push("b@example.net".into());
+    st.last_error
+        .insert("c@example.net".into(), "451 4.3.0 try later".into());
+    st.next_attempt_ms = 42;
+    lease.record(&st).unwrap();
+    assert_eq!(
+        st.pending(lease.envelope()),
+        vec!["c@example.net".to_string()]
+    );
+    drop(lease);
+    drop(spool);
+    // A state write interrupted before its rename leaves a .tmp file: ignored and removed.
+    fs::write(
+        dir.path().join("state").join(format!("{id}.tmp")),
+        b"{\"attem",
+    )
+    .unwrap();
+    fs::write(
+        dir.path()
+            .join("state")
+            .join(QueueId::generate().to_string()),
+        b"{}",
+    )
+    .unwrap();
+
+    let (spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert_eq!(recovered[0].state, st);
+    assert_eq!(names(&dir.path().join("state")), vec![id.to_string()]);
+    let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+        panic!("not leased")
+    };
+    lease.remove_delivered().unwrap();
+    assert_eq!(names(&dir.path().join("queue")), Vec::<String>::new());
+    assert_eq!(names(&dir.path().join("state")), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn damaged_state_file_is_moved_aside_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    fs::write(dir.path().join("state").join(id.to_string()), b"{not json").unwrap();
+    drop(spool);
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].state, DeliveryState::default());
+    assert_eq!(
+        names(&dir.path().join("corrupt")),
+        vec![format!("{id}.state")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_share_directory_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut inc = spool
+                .create(envelope("a@example.org", &["b@example.net"]))
+                .unwrap();
+            inc.write(format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes())
+                .unwrap();
+            let id = *inc.id();
+            inc.commit().await.unwrap();
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    let stats = spool.stats();
+    eprintln!("group commit: {stats:?}");
+    assert_eq!(stats.commits, 100);
+    assert!(stats.dir_syncs < 100, "no group commit: {stats:?}");
+    drop(spool);
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    ids.sort();
+    assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+}
+
+/// Runs only inside the child started by `write_error_surfaces_and_nothing_is_stored`, whose
+/// file size limit (RLIMIT_FSIZE) makes writes fail with EFBIG as a full disk would.
+#[tokio::test]
+#[ignore = "run by write_error_surfaces_and_nothing_is_stored in a child process"]
+async fn fsize_limited_child() {
+    let Some(path) = std::env::var_os("RAVELIN_SPOOL_FSIZE_DIR") else {
+        return;
+    };
+    let (spool, _) = Spool::open(Path::new(&path)).unwrap();
+    let mut inc = spool
+        .create(envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    let chunk = vec![b'x'; 1000];
+    let mut result = Ok(());
+    for _ in 0..1000 {
+        result = inc.write(&chunk);
+        if result.is_err() {
+            break;
+        }
+    }
+    let result = match result {
+        Ok(()) => inc.commit().await.map(|_| ()),
+        Err(e) => {
+            assert_eq!(e.kind(), io::ErrorKind::FileTooLarge, "{e}");
+            // Every later write and the commit fail too.
+            assert!(inc.write(b"more").is_err());
+            inc.commit().await.map(|_| ())
+        }
+    };
+    assert!(
+        result.is_err(),
+        "writing past the file size limit must fail"
+    );
+    // A small message still fits and commits.
+    let mut inc = spool
+        .create(envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    inc.write(BODY).unwrap();
+    inc.commit().await.unwrap();
+    println!("FSIZE-CHILD-OK");
+}
+
+#[test]
+fn write_error_surfaces_and_nothing_is_stored() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "spool::tests::fsize_limited_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("RAVELIN_SPOOL_FSIZE_DIR", dir.path());
+    // SAFETY: only async-signal-safe calls (setrlimit, sigaction) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::sys::resource::{Resource, setrlimit};
+            use nix::sys::signal::{SigHandler, Signal, signal};
+            setrlimit(Resource::RLIMIT_FSIZE, 256 * 1024, 256 * 1024)?;
+            signal(Signal::SIGXFSZ, SigHandler::SigIgn)?;
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("FSIZE-CHILD-OK"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert_eq!(recovered.len(), 1, "only the small message is stored");
+    assert_eq!(recovered[0].envelope.size, BODY.len() as u64);
+    assert_eq!(names(&dir.path().join("incoming")), Vec::<String>::new());
+    assert_eq!(names(&dir.path().join("corrupt")), Vec::<String>::new());
+    drop(spool);
+}
+
+#[test]
+fn header_section_cases() {
+    assert_eq!(
+        header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+        b"A: 1\r\nB: 2\r\n"
+    );
+    assert_eq!(header_section(b"\r\nbody\r\n"), b"");
+    assert_eq!(header_section(b"A: 1\r\nB: trunc"), b"A: 1\r\n");
+    assert_eq!(header_section(b"no line end"), b"");
+}
