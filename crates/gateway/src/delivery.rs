@@ -327,8 +327,9 @@ enum Attempt {
         error: String,
         /// Answers that are already final, one slot per recipient of the attempt.
         settled: Vec<Option<RcptOutcome>>,
-        /// Part of the body may have reached the server: do not try another host.
-        body_started: bool,
+        /// Part of the body may have reached the server, or the failure is ours (reading
+        /// the message): do not try another host.
+        no_failover: bool,
     },
 }
 
@@ -646,18 +647,22 @@ impl Delivery {
         };
         let mut last_error = String::from("no host tried");
         for (host, port) in &agent.route.hosts {
-            let open: Vec<usize> = which
-                .iter()
-                .copied()
-                .filter(|&i| results[i].is_none())
-                .collect();
-            if open.is_empty() {
-                return;
-            }
             let mut fresh_tried = false;
             loop {
+                let open: Vec<usize> = which
+                    .iter()
+                    .copied()
+                    .filter(|&i| results[i].is_none())
+                    .collect();
+                if open.is_empty() {
+                    return;
+                }
                 let (mut conn, reused) = match agent.take_idle(host, *port, settings.idle_timeout) {
-                    Some(conn) => (conn, true),
+                    Some(conn) => {
+                        tracing::debug!(event = "delivery_reuse", queue_id = %log_id,
+                            host = %host, port = *port);
+                        (conn, true)
+                    }
                     None if fresh_tried => break,
                     None => {
                         fresh_tried = true;
@@ -695,12 +700,12 @@ impl Delivery {
                     Attempt::Failed {
                         error,
                         settled,
-                        body_started,
+                        no_failover,
                     } => {
                         let label = conn.label();
                         drop(conn);
                         tracing::warn!(event = "delivery_host_failed", queue_id = %log_id,
-                            route = agent.kind.name(), host = %host, port = *port, reused, body_started,
+                            route = agent.kind.name(), host = %host, port = *port, reused, no_failover,
                             error = %error);
                         let error = format!("{label}: {error}");
                         for (&i, s) in open.iter().zip(settled) {
@@ -714,7 +719,7 @@ impl Delivery {
                                 Some(RcptOutcome::Transient(_)) | None => {}
                             }
                         }
-                        if body_started {
+                        if no_failover {
                             for &i in &open {
                                 if results[i].is_none() {
                                     results[i] = Some(Outcome::Transient(error.clone()));
@@ -869,13 +874,13 @@ impl Delivery {
     ) -> Attempt {
         let limit = self.inner.settings.command_timeout;
         let n = recipients.len();
-        let failed = |error: String, settled: Vec<Option<RcptOutcome>>, body_started: bool| {
+        let failed = |error: String, settled: Vec<Option<RcptOutcome>>, no_failover: bool| {
             let mut settled = settled;
             settled.resize(n, None);
             Attempt::Failed {
                 error,
                 settled,
-                body_started,
+                no_failover,
             }
         };
         let eight_bit = if conn.client.capabilities().eightbitmime {
