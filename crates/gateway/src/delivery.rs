@@ -1198,6 +1198,22 @@ mod tests {
     }
 
     #[test]
+    fn deliver_can_be_spawned() {
+        fn assert_send<T: Send + 'static>(_: &T) {}
+        let route = Route {
+            hosts: vec![("127.0.0.1".into(), 25)],
+            tls: TlsPolicy::None,
+        };
+        let d = Delivery::new(settings(), route, vec![], None).unwrap();
+        let fut = async move {
+            let body = std::io::Cursor::new(Vec::new());
+            d.deliver("", &["a@b.example".to_string()], body, 0, "Q")
+                .await
+        };
+        assert_send(&fut);
+    }
+
+    #[test]
     fn domains_compare_without_case_or_trailing_dot() {
         assert_eq!(domain_of("User@Example.ORG."), Some("example.org".into()));
         assert_eq!(domain_of("\"a@b\"@c.example"), Some("c.example".into()));
