@@ -51,11 +51,8 @@ use ravelin_wire::Reply;
 use ravelin_wire::client::{Client, ClientError, RcptOutcome, Step, Transaction, check_path};
 use ravelin_wire::data::DotStuffer;
 use rustls::ClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -333,98 +330,16 @@ enum Attempt {
     },
 }
 
-/// Accepts any certificate: `may` and `encrypt` encrypt without authenticating, as Postfix
-/// does. Handshake signatures are still checked, so the peer must hold the key it presents.
-#[derive(Debug)]
-struct UnverifiedServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for UnverifiedServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The rustls client configuration for a policy (`None` for [`TlsPolicy::None`]).
+/// The rustls client configuration for a policy (`None` for [`TlsPolicy::None`]). `may` and
+/// `encrypt` encrypt without authenticating, as Postfix does (handshake signatures are still
+/// checked); `verify` checks chain and name against the CA file or the system roots.
 fn tls_client_config(policy: &TlsPolicy) -> Result<Option<Arc<ClientConfig>>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?;
-    let config = match policy {
+    let verify = match policy {
         TlsPolicy::None => return Ok(None),
-        TlsPolicy::May | TlsPolicy::Encrypt => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(UnverifiedServer(provider)))
-            .with_no_client_auth(),
-        TlsPolicy::Verify { ca_file } => {
-            let mut roots = RootCertStore::empty();
-            match ca_file {
-                Some(path) => {
-                    let certs = CertificateDer::pem_file_iter(path)
-                        .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                    for cert in certs {
-                        let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                    }
-                    if roots.is_empty() {
-                        return Err(format!("CA file {}: no certificates in it", path.display()));
-                    }
-                }
-                None => {
-                    let found = rustls_native_certs::load_native_certs();
-                    roots.add_parsable_certificates(found.certs);
-                    if roots.is_empty() {
-                        return Err(
-                            "no system CA certificates found; set the route's ca_file".to_string()
-                        );
-                    }
-                }
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        TlsPolicy::May | TlsPolicy::Encrypt => ravelin_tls::Verify::None,
+        TlsPolicy::Verify { ca_file } => ravelin_tls::Verify::WebPki { ca_file: ca_file.clone() },
     };
-    Ok(Some(Arc::new(config)))
+    ravelin_tls::client_config(&verify).map(Some).map_err(|e| e.to_string())
 }
 
 fn check_route(name: &str, route: &Route) -> Result<(), String> {
@@ -1037,6 +952,31 @@ impl RouteAgent {
         }
         idle.retain(|_, l| !l.is_empty());
         out
+    }
+}
+
+/// The queue manager hands messages to the delivery agent through this.
+impl crate::queue::Transport for Delivery {
+    fn deliver<'a>(
+        &'a self,
+        id: &'a crate::spool::QueueId,
+        envelope: &'a crate::spool::Envelope,
+        recipients: &'a [String],
+        body: crate::spool::BodyReader,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<crate::queue::RcptResult>> + Send + 'a>> {
+        use crate::queue::RcptResult;
+        Box::pin(async move {
+            let len = body.len();
+            let outcomes = Delivery::deliver(self, &envelope.sender, recipients, body, len, &id.to_string()).await;
+            outcomes
+                .into_iter()
+                .map(|(rcpt, outcome)| match outcome {
+                    Outcome::Delivered(r) => RcptResult::Delivered { rcpt, reply: r.one_line() },
+                    Outcome::Transient(reply) => RcptResult::Transient { rcpt, reply },
+                    Outcome::Permanent(r) => RcptResult::Permanent { rcpt, reply: r.one_line() },
+                })
+                .collect()
+        })
     }
 }
 
