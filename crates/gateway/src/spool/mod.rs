@@ -2,13 +2,13 @@
 //!
 //! Nothing is acknowledged before it is on disk. A message is received into `incoming/ID`,
 //! then [`Incoming::commit`] writes the trailer, fsyncs the file, renames it into `queue/ID` and
-//! waits for an fsync of `queue/` (shared between concurrent commits, see [`commit`]); only then
+//! waits for an fsync of `queue/` (shared between concurrent commits, module `commit`); only then
 //! may the SMTP session answer 250. Layout under the spool path (directories 0700, files 0600):
 //!
 //! - `incoming/`: messages being received. Never acknowledged, so recovery deletes all of it.
-//! - `queue/`: acknowledged messages awaiting delivery (file format in [`format`]).
+//! - `queue/`: acknowledged messages awaiting delivery (file format in module `format`).
 //! - `hold/`: messages the operator put on hold; the queue manager does not touch them.
-//! - `state/`: per-message delivery state sidecars ([`state`]), one per message in `queue/` or
+//! - `state/`: per-message delivery state sidecars (module `state`), one per message in `queue/` or
 //!   `hold/`, absent until the first attempt. Keeping them apart from the message lets hold and
 //!   release be a single rename of the message file.
 //! - `corrupt/`: files recovery or delivery found damaged, moved aside and logged, never
@@ -25,6 +25,10 @@
 //! before a delivery starts (which then finds nothing) or waits for the attempt in progress to
 //! finish; it is never followed by a delivery.
 //!
+//! Recovery checks the structure of every file (magic, envelope, trailer, length); the body's
+//! CRC is checked before each delivery, where the body is read anyway. `hold` and `delete`
+//! wait for the delivery attempt in progress (at most the delivery timeouts).
+//!
 //! Settings read: only the spool path. Failures are `io::Error`s returned to the caller: a
 //! write error or full disk surfaces from [`Incoming::write`] or [`Incoming::commit`], and the
 //! incoming file is removed, so nothing is half-stored (the session answers 452 4.3.1).
@@ -36,7 +40,7 @@ mod format;
 mod id;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};

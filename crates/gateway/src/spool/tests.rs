@@ -1,6 +1,7 @@
 //! Spool tests on the real filesystem.
 
 use super::*;
+use std::collections::HashSet;
 use std::io::Read;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -387,12 +388,29 @@ async fn concurrent_commits_share_directory_syncs() {
     assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
 }
 
+/// Environment variable naming the spool directory of a child test process.
+const CHILD_DIR: &str = "RAVELIN_SPOOL_CHILD_DIR";
+
+/// This test binary, told to run one ignored test (`name`) on the spool at `dir`.
+fn child_command(name: &str, dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_DIR, dir);
+    cmd
+}
+
 /// Runs only inside the child started by `write_error_surfaces_and_nothing_is_stored`, whose
 /// file size limit (RLIMIT_FSIZE) makes writes fail with EFBIG as a full disk would.
 #[tokio::test]
 #[ignore = "run by write_error_surfaces_and_nothing_is_stored in a child process"]
 async fn fsize_limited_child() {
-    let Some(path) = std::env::var_os("RAVELIN_SPOOL_FSIZE_DIR") else {
+    let Some(path) = std::env::var_os(CHILD_DIR) else {
         return;
     };
     let (spool, _) = Spool::open(Path::new(&path)).unwrap();
@@ -433,15 +451,7 @@ async fn fsize_limited_child() {
 fn write_error_surfaces_and_nothing_is_stored() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "spool::tests::fsize_limited_child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("RAVELIN_SPOOL_FSIZE_DIR", dir.path());
+    let mut cmd = child_command("spool::tests::fsize_limited_child", dir.path());
     // SAFETY: only async-signal-safe calls (setrlimit, sigaction) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -465,6 +475,152 @@ fn write_error_surfaces_and_nothing_is_stored() {
     assert_eq!(names(&dir.path().join("incoming")), Vec::<String>::new());
     assert_eq!(names(&dir.path().join("corrupt")), Vec::<String>::new());
     drop(spool);
+}
+
+/// Runs only inside the child started by `sigkill_at_random_points_loses_nothing_acknowledged`:
+/// four writers commit messages of varying size and act on some of them as operators and
+/// deliveries do, printing each step only after it returned, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by sigkill_at_random_points_loses_nothing_acknowledged in a child process"]
+async fn crash_child() {
+    let Some(path) = std::env::var_os(CHILD_DIR) else {
+        return;
+    };
+    let (spool, _) = Spool::open(Path::new(&path)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let spool = spool.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = w;
+            while std::time::Instant::now() < deadline {
+                n += 1;
+                let body = vec![b'a' + (n % 26) as u8; (n * 7919 % 200_000) as usize];
+                let id = store(&spool, &["b@example.net"], &body).await;
+                println!("committed {id}");
+                let spool = spool.clone();
+                tokio::task::spawn_blocking(move || match n % 4 {
+                    1 => {
+                        println!("deleting {id}");
+                        spool.delete(&id).unwrap();
+                        println!("deleted {id}");
+                    }
+                    2 => {
+                        println!("holding {id}");
+                        spool.hold(&id).unwrap();
+                        println!("held {id}");
+                    }
+                    3 => {
+                        println!("removing {id}");
+                        let Leased::Ready(mut lease) = spool.lease(&id).unwrap() else {
+                            panic!("not leased")
+                        };
+                        let state = DeliveryState {
+                            attempts: 1,
+                            ..Default::default()
+                        };
+                        lease.record(&state).unwrap();
+                        lease.remove_delivered().unwrap();
+                        println!("removed {id}");
+                    }
+                    _ => {}
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_loses_nothing_acknowledged() {
+    use std::collections::HashMap;
+    use std::io::BufRead;
+    for round in 0..4u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = child_command("spool::tests::crash_child", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        let kill_after = 5 + (nanos + round * 131) % 300;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut steps: HashMap<QueueId, Vec<String>> = HashMap::new();
+        let mut seen = 0u64;
+        // "<step> <id>", possibly after the test harness's "test … ... " on the first line.
+        let mut record = |line: String| {
+            let mut words = line.split(' ').rev();
+            if let (Some(id), Some(step)) = (words.next(), words.next())
+                && let Ok(id) = id.parse::<QueueId>()
+            {
+                steps.entry(id).or_default().push(step.to_string());
+            }
+        };
+        for line in lines.by_ref() {
+            record(line.unwrap());
+            seen += 1;
+            if seen >= kill_after {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for line in lines {
+            match line {
+                Ok(l) => record(l),
+                Err(_) => break,
+            }
+        }
+        assert!(seen >= kill_after, "child stopped early after {seen} lines");
+
+        let (spool, recovered) = Spool::open(dir.path()).unwrap();
+        let queued: HashSet<QueueId> = recovered.iter().map(|m| m.id).collect();
+        let held: HashSet<QueueId> = spool
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.held)
+            .map(|e| e.id)
+            .collect();
+        for (id, done) in &steps {
+            let has = |s: &str| done.iter().any(|d| d == s);
+            let present = queued.contains(id) || held.contains(id);
+            if has("deleted") || has("removed") {
+                assert!(!present, "{id} {done:?} came back");
+            } else if has("held") {
+                assert!(held.contains(id), "{id} {done:?} not in hold/");
+            } else if has("committed") && !has("deleting") && !has("removing") {
+                assert!(present, "{id} {done:?} acknowledged but lost");
+            }
+        }
+        // Nothing unacknowledged or torn survives, and what is queued is whole.
+        assert_eq!(names(&dir.path().join("incoming")), Vec::<String>::new());
+        assert_eq!(
+            names(&dir.path().join("corrupt")),
+            Vec::<String>::new(),
+            "round {round}"
+        );
+        for id in &queued {
+            assert!(
+                matches!(spool.lease(id).unwrap(), Leased::Ready(_)),
+                "{id} not deliverable"
+            );
+        }
+        for name in names(&dir.path().join("state")) {
+            let id: QueueId = name.parse().unwrap();
+            assert!(
+                queued.contains(&id) || held.contains(&id),
+                "orphan state {name}"
+            );
+        }
+    }
 }
 
 #[test]
