@@ -26,7 +26,13 @@ pub struct Trace<'a> {
 pub fn received(t: &Trace<'_>) -> String {
     let mut h = String::from("Received:");
     if t.show_client {
-        let helo: String = t.helo.unwrap_or("unknown").chars().filter(|c| c.is_ascii_graphic() && !"()[]\\".contains(*c)).take(64).collect();
+        let helo: String = t
+            .helo
+            .unwrap_or("unknown")
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && !"()[]\\".contains(*c))
+            .take(64)
+            .collect();
         h.push_str(" from ");
         h.push_str(if helo.is_empty() { "unknown" } else { &helo });
         if let Some(ip) = t.client_ip {

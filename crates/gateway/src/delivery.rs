@@ -51,7 +51,6 @@ use ravelin_wire::Reply;
 use ravelin_wire::client::{Client, ClientError, RcptOutcome, Step, Transaction, check_path};
 use ravelin_wire::data::DotStuffer;
 use rustls::ClientConfig;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -337,9 +336,13 @@ fn tls_client_config(policy: &TlsPolicy) -> Result<Option<Arc<ClientConfig>>, St
     let verify = match policy {
         TlsPolicy::None => return Ok(None),
         TlsPolicy::May | TlsPolicy::Encrypt => ravelin_tls::Verify::None,
-        TlsPolicy::Verify { ca_file } => ravelin_tls::Verify::WebPki { ca_file: ca_file.clone() },
+        TlsPolicy::Verify { ca_file } => ravelin_tls::Verify::WebPki {
+            ca_file: ca_file.clone(),
+        },
     };
-    ravelin_tls::client_config(&verify).map(Some).map_err(|e| e.to_string())
+    ravelin_tls::client_config(&verify)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn check_route(name: &str, route: &Route) -> Result<(), String> {
@@ -963,17 +966,33 @@ impl crate::queue::Transport for Delivery {
         envelope: &'a crate::spool::Envelope,
         recipients: &'a [String],
         body: crate::spool::BodyReader,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<crate::queue::RcptResult>> + Send + 'a>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Vec<crate::queue::RcptResult>> + Send + 'a>,
+    > {
         use crate::queue::RcptResult;
         Box::pin(async move {
             let len = body.len();
-            let outcomes = Delivery::deliver(self, &envelope.sender, recipients, body, len, &id.to_string()).await;
+            let outcomes = Delivery::deliver(
+                self,
+                &envelope.sender,
+                recipients,
+                body,
+                len,
+                &id.to_string(),
+            )
+            .await;
             outcomes
                 .into_iter()
                 .map(|(rcpt, outcome)| match outcome {
-                    Outcome::Delivered(r) => RcptResult::Delivered { rcpt, reply: r.one_line() },
+                    Outcome::Delivered(r) => RcptResult::Delivered {
+                        rcpt,
+                        reply: r.one_line(),
+                    },
                     Outcome::Transient(reply) => RcptResult::Transient { rcpt, reply },
-                    Outcome::Permanent(r) => RcptResult::Permanent { rcpt, reply: r.one_line() },
+                    Outcome::Permanent(r) => RcptResult::Permanent {
+                        rcpt,
+                        reply: r.one_line(),
+                    },
                 })
                 .collect()
         })

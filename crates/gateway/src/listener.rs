@@ -70,7 +70,9 @@ pub async fn accept_loop(bound: Bound, shared: Shared, tracker: TaskTracker) {
                 tracker.spawn(async move {
                     let mut tcp = tcp;
                     let msg = format!("421 4.7.0 {hostname} Error: too many connections\r\n");
-                    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(msg.as_bytes())).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), tcp.write_all(msg.as_bytes()))
+                            .await;
                 });
             }
         }
@@ -90,16 +92,21 @@ pub fn drop_privileges(user: &str, group: Option<&str>, spool: &Path) -> Result<
         .map_err(|e| format!("cannot look up server.user {user:?}: {e}"))?
         .ok_or_else(|| format!("server.user {user:?} does not exist: create the account (useradd --system {user}) or set [server] user to an existing unprivileged account"))?;
     let gid = match group {
-        Some(g) => Group::from_name(g)
-            .map_err(|e| format!("cannot look up server.group {g:?}: {e}"))?
-            .ok_or_else(|| format!("server.group {g:?} does not exist"))?
-            .gid,
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| format!("cannot look up server.group {g:?}: {e}"))?
+                .ok_or_else(|| format!("server.group {g:?} does not exist"))?
+                .gid
+        }
         None => account.gid,
     };
     if account.uid.is_root() {
-        return Err(format!("server.user {user:?} is root: choose an unprivileged account"));
+        return Err(format!(
+            "server.user {user:?} is root: choose an unprivileged account"
+        ));
     }
-    chown_tree(spool, account.uid, gid, 2).map_err(|e| format!("cannot give {} to {user}: {e}", spool.display()))?;
+    chown_tree(spool, account.uid, gid, 2)
+        .map_err(|e| format!("cannot give {} to {user}: {e}", spool.display()))?;
     setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
     setgid(gid).map_err(|e| format!("setgid: {e}"))?;
     setuid(account.uid).map_err(|e| format!("setuid: {e}"))?;
@@ -108,7 +115,12 @@ pub fn drop_privileges(user: &str, group: Option<&str>, spool: &Path) -> Result<
 }
 
 /// Changes the owner of `path` and, `depth` levels down, of what it contains.
-fn chown_tree(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid, depth: u32) -> std::io::Result<()> {
+fn chown_tree(
+    path: &Path,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    depth: u32,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(path)?;
     nix::unistd::chown(path, Some(uid), Some(gid))?;
     if depth == 0 {

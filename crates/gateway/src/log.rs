@@ -464,7 +464,10 @@ mod tests {
         let (mut y, mut m, mut d) = (1970u64, 1u64, 1u64);
         for days in 0..146_097u64 {
             let c = ravelin_wire::date::civil(days * 86_400);
-            assert_eq!((c.year as u64, u64::from(c.month), u64::from(c.day)), (y, m, d));
+            assert_eq!(
+                (c.year as u64, u64::from(c.month), u64::from(c.day)),
+                (y, m, d)
+            );
             let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
             let len = [
                 31,

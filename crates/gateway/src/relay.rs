@@ -21,7 +21,9 @@ pub struct RelayPolicy {
 
 impl RelayPolicy {
     pub fn new(domains: &[String]) -> Self {
-        RelayPolicy { domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect() }
+        RelayPolicy {
+            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        }
     }
 
     pub fn accepts_domain(&self, domain: &str) -> bool {
@@ -38,21 +40,31 @@ impl RelayPolicy {
                     None => Err(denied("Relay access denied")),
                 };
             }
-            ForwardPath::Unqualified(_) => return Err(denied("Relay access denied: a domain is required")),
+            ForwardPath::Unqualified(_) => {
+                return Err(denied("Relay access denied: a domain is required"));
+            }
             ForwardPath::Path(p) => p,
         };
         if !path.route.is_empty() {
-            return Err(denied("Relay access denied: source routes are not accepted"));
+            return Err(denied(
+                "Relay access denied: source routes are not accepted",
+            ));
         }
         let domain = match &path.mailbox.domain {
-            Domain::Literal(_) => return Err(denied("Relay access denied: address literals are not accepted")),
+            Domain::Literal(_) => {
+                return Err(denied(
+                    "Relay access denied: address literals are not accepted",
+                ));
+            }
             Domain::Name(n) => n,
         };
         if !self.accepts_domain(domain) {
             return Err(denied("Relay access denied"));
         }
         if path.mailbox.has_routing_characters() {
-            return Err(denied("Relay access denied: routing characters in the local part are not accepted"));
+            return Err(denied(
+                "Relay access denied: routing characters in the local part are not accepted",
+            ));
         }
         let mut mailbox = path.mailbox.clone();
         mailbox.domain = Domain::Name(domain.to_ascii_lowercase());
@@ -71,15 +83,25 @@ mod tests {
 
     fn check(p: &RelayPolicy, s: &str) -> Result<String, u16> {
         let (inner, _) = split_bracketed(s).unwrap();
-        p.check(&parse_forward_path(inner).unwrap()).map_err(|r| r.code)
+        p.check(&parse_forward_path(inner).unwrap())
+            .map_err(|r| r.code)
     }
 
     #[test]
     fn accepts_only_plain_local_recipients() {
         let p = RelayPolicy::new(&["Example.org".to_string()]);
-        assert_eq!(check(&p, "<Alice@EXAMPLE.ORG>"), Ok("Alice@example.org".to_string()));
-        assert_eq!(check(&p, "<\"john doe\"@example.org>"), Ok("\"john doe\"@example.org".to_string()));
-        assert_eq!(check(&p, "<Postmaster>"), Ok("postmaster@example.org".to_string()));
+        assert_eq!(
+            check(&p, "<Alice@EXAMPLE.ORG>"),
+            Ok("Alice@example.org".to_string())
+        );
+        assert_eq!(
+            check(&p, "<\"john doe\"@example.org>"),
+            Ok("\"john doe\"@example.org".to_string())
+        );
+        assert_eq!(
+            check(&p, "<Postmaster>"),
+            Ok("postmaster@example.org".to_string())
+        );
         for trick in [
             "<a@other.net>",
             "<a@sub.example.org>",

@@ -44,7 +44,9 @@ fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolic
         NextHopTls::None => TlsPolicy::None,
         NextHopTls::May => TlsPolicy::May,
         NextHopTls::Encrypt => TlsPolicy::Encrypt,
-        NextHopTls::Verify => TlsPolicy::Verify { ca_file: ca_file.map(|p| p.to_path_buf()) },
+        NextHopTls::Verify => TlsPolicy::Verify {
+            ca_file: ca_file.map(|p| p.to_path_buf()),
+        },
     }
 }
 
@@ -54,17 +56,32 @@ impl Gateway {
         let server_tls = server_tls(config)?;
         let mut bound = Vec::new();
         for l in &config.listen {
-            let std_listener = listener::bind(l.address)
-                .map_err(|e| format!("cannot listen on {} ([[listen]] {:?}): {e}", l.address, l.name))?;
+            let std_listener = listener::bind(l.address).map_err(|e| {
+                format!(
+                    "cannot listen on {} ([[listen]] {:?}): {e}",
+                    l.address, l.name
+                )
+            })?;
             bound.push((l, std_listener));
         }
         if listener::is_root() {
-            listener::drop_privileges(&config.server.user, config.server.group.as_deref(), &config.spool.path)?;
+            listener::drop_privileges(
+                &config.server.user,
+                config.server.group.as_deref(),
+                &config.spool.path,
+            )?;
         } else {
-            info!(event = "privileges", reason = "not started as root; running as the current user");
+            info!(
+                event = "privileges",
+                reason = "not started as root; running as the current user"
+            );
         }
-        let (spool, recovered) = Spool::open(&config.spool.path)
-            .map_err(|e| format!("cannot open the spool {} ([spool] path): {e}", config.spool.path.display()))?;
+        let (spool, recovered) = Spool::open(&config.spool.path).map_err(|e| {
+            format!(
+                "cannot open the spool {} ([spool] path): {e}",
+                config.spool.path.display()
+            )
+        })?;
         info!(event = "spool_recovered", messages = recovered.len(), path = %config.spool.path.display());
 
         let delivery = Delivery::new(
@@ -76,8 +93,16 @@ impl Gateway {
                 max_connections_per_route: config.delivery.concurrency as usize,
             },
             Route {
-                hosts: config.inbound.backend.iter().map(|b| (b.host.clone(), b.port)).collect(),
-                tls: next_hop_tls(config.inbound.backend_tls, config.inbound.backend_ca_file.as_deref()),
+                hosts: config
+                    .inbound
+                    .backend
+                    .iter()
+                    .map(|b| (b.host.clone(), b.port))
+                    .collect(),
+                tls: next_hop_tls(
+                    config.inbound.backend_tls,
+                    config.inbound.backend_ca_file.as_deref(),
+                ),
             },
             config.inbound.domains.clone(),
             config.outbound.smart_host.as_ref().map(|h| Route {
@@ -100,7 +125,11 @@ impl Gateway {
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Shared { spool, queue: queue.clone(), shutdown: shutdown_rx };
+        let shared = Shared {
+            spool,
+            queue: queue.clone(),
+            shutdown: shutdown_rx,
+        };
         let relay = RelayPolicy::new(&config.inbound.domains);
         let sessions = TaskTracker::new();
         let mut addresses = Vec::new();
@@ -136,10 +165,24 @@ impl Gateway {
             };
             info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());
             addresses.push((l.name.clone(), local));
-            let b = Bound { listener: tokio_listener, settings: Arc::new(settings), max_connections: l.max_connections as usize };
-            accept_loops.push(tokio::spawn(listener::accept_loop(b, shared.clone(), sessions.clone())));
+            let b = Bound {
+                listener: tokio_listener,
+                settings: Arc::new(settings),
+                max_connections: l.max_connections as usize,
+            };
+            accept_loops.push(tokio::spawn(listener::accept_loop(
+                b,
+                shared.clone(),
+                sessions.clone(),
+            )));
         }
-        Ok(Gateway { addresses, shutdown, sessions, accept_loops, queue })
+        Ok(Gateway {
+            addresses,
+            shutdown,
+            sessions,
+            accept_loops,
+            queue,
+        })
     }
 
     /// The bound address of each listener, by name (useful with port 0).
@@ -160,11 +203,23 @@ impl Gateway {
             let _ = a.await;
         }
         self.sessions.close();
-        if tokio::time::timeout(grace, self.sessions.wait()).await.is_err() {
-            warn!(event = "shutdown", reason = "grace period over; unfinished sessions dropped (nothing they sent was acknowledged)");
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                event = "shutdown",
+                reason = "grace period over; unfinished sessions dropped (nothing they sent was acknowledged)"
+            );
         }
-        if tokio::time::timeout(grace, self.queue.shutdown()).await.is_err() {
-            warn!(event = "shutdown", reason = "grace period over; deliveries in flight will be retried after restart");
+        if tokio::time::timeout(grace, self.queue.shutdown())
+            .await
+            .is_err()
+        {
+            warn!(
+                event = "shutdown",
+                reason = "grace period over; deliveries in flight will be retried after restart"
+            );
         }
         info!(event = "stopped");
     }
@@ -176,9 +231,13 @@ fn server_tls(config: &Config) -> Result<Option<TlsAcceptor>, String> {
         return Ok(None);
     }
     let cfg = match &config.tls {
-        Some(t) => ravelin_tls::server_config(&t.certificate, &t.private_key).map_err(|e| format!("[tls]: {e}"))?,
+        Some(t) => ravelin_tls::server_config(&t.certificate, &t.private_key)
+            .map_err(|e| format!("[tls]: {e}"))?,
         None => {
-            warn!(event = "tls_self_signed", reason = "no [tls] certificate configured; offering STARTTLS with a self-signed certificate");
+            warn!(
+                event = "tls_self_signed",
+                reason = "no [tls] certificate configured; offering STARTTLS with a self-signed certificate"
+            );
             ravelin_tls::self_signed_server_config(&config.hostname).map_err(|e| e.to_string())?
         }
     };
@@ -204,6 +263,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
             _ = usr1.recv() => gateway.flush(),
         }
     }
-    gateway.shutdown(config.limits.data_timeout.0.min(Duration::from_secs(60))).await;
+    gateway
+        .shutdown(config.limits.data_timeout.0.min(Duration::from_secs(60)))
+        .await;
     Ok(())
 }

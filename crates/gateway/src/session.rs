@@ -73,7 +73,11 @@ enum Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
@@ -82,7 +86,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
@@ -107,7 +115,11 @@ pub fn next_session_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let start = *START.get_or_init(date::now_secs);
-    format!("{:x}-{}", start & 0xff_ffff, COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}-{}",
+        start & 0xff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The transaction being received.
@@ -132,7 +144,12 @@ struct Session<'a> {
 }
 
 /// Serves one accepted connection to its end.
-pub async fn serve_connection(tcp: TcpStream, peer: SocketAddr, settings: Arc<SessionSettings>, shared: Shared) {
+pub async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<SessionSettings>,
+    shared: Shared,
+) {
     let id = next_session_id();
     info!(event = "connect", session = %id, client = %peer.ip(), listener = %settings.listener);
     let mut s = Session {
@@ -214,7 +231,9 @@ impl Session<'_> {
                 return self.end(r.as_str());
             }
             if starttls {
-                let Conn::Plain(tcp) = conn else { return self.end("STARTTLS inside TLS") };
+                let Conn::Plain(tcp) = conn else {
+                    return self.end("STARTTLS inside TLS");
+                };
                 conn = match self.handshake(tcp).await {
                     Ok(c) => c,
                     Err(e) => return self.end(&format!("TLS handshake failed: {e}")),
@@ -222,7 +241,11 @@ impl Session<'_> {
                 wire.tls_established();
                 continue;
             }
-            let per_read = if wire.in_data() { self.settings.data_timeout } else { self.settings.command_timeout };
+            let per_read = if wire.in_data() {
+                self.settings.data_timeout
+            } else {
+                self.settings.command_timeout
+            };
             let read_deadline = (Instant::now() + per_read).min(deadline);
             tokio::select! {
                 r = timeout_at(read_deadline, conn.read(&mut buf)) => match r {
@@ -263,7 +286,11 @@ impl Session<'_> {
     }
 
     fn queue_id(&self) -> String {
-        self.tx.incoming.as_ref().map(|i| i.id().to_string()).unwrap_or_default()
+        self.tx
+            .incoming
+            .as_ref()
+            .map(|i| i.id().to_string())
+            .unwrap_or_default()
     }
 
     /// Handles one event; returns the verdict for decision events.
@@ -362,7 +389,9 @@ impl Session<'_> {
 
     async fn end_data(&mut self, size: u64) -> Verdict {
         let tx = std::mem::take(&mut self.tx);
-        let Some(incoming) = tx.incoming else { return Verdict::Reject(storage_error()) };
+        let Some(incoming) = tx.incoming else {
+            return Verdict::Reject(storage_error());
+        };
         let id = incoming.id().clone();
         if let Some(e) = tx.write_error {
             drop(incoming);
@@ -396,7 +425,11 @@ impl Session<'_> {
 }
 
 fn storage_error() -> Reply {
-    Reply::ext(452, (4, 3, 1), "Insufficient system storage, try again later")
+    Reply::ext(
+        452,
+        (4, 3, 1),
+        "Insufficient system storage, try again later",
+    )
 }
 
 /// Whether the client sent anything before our greeting: bytes already waiting on the socket

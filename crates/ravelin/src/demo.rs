@@ -35,7 +35,13 @@ struct Scenario {
 }
 
 fn scenario(name: &'static str, attack: bool, expect: u16, steps: &[&[u8]]) -> Scenario {
-    Scenario { name, steps: steps.iter().map(|s| s.to_vec()).collect(), talk_first: false, expect, attack }
+    Scenario {
+        name,
+        steps: steps.iter().map(|s| s.to_vec()).collect(),
+        talk_first: false,
+        expect,
+        attack,
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -50,9 +56,17 @@ fn scenarios() -> Vec<Scenario> {
         &[EHLO, MAIL, RCPT, b"DATA\r\n", b"Subject: first\r\n\r\nhello\n.\nMAIL FROM:<ceo@demo.example>\r\nRCPT TO:<alice@demo.example>\r\nDATA\r\nSubject: SMUGGLED\r\n\r\npay this invoice\r\n.\r\n"],
     );
     smuggle.steps.truncate(5);
-    let mut pregreet = scenario("Talking before the greeting", true, 554, &[b"EHLO impatient.test\r\n"]);
+    let mut pregreet = scenario(
+        "Talking before the greeting",
+        true,
+        554,
+        &[b"EHLO impatient.test\r\n"],
+    );
     pregreet.talk_first = true;
-    let big = format!("Subject: big\r\n\r\n{}.\r\n", format!("{}\r\n", "x".repeat(998)).repeat(1100));
+    let big = format!(
+        "Subject: big\r\n\r\n{}.\r\n",
+        format!("{}\r\n", "x".repeat(998)).repeat(1100)
+    );
     let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
     vec![
         scenario(
@@ -82,7 +96,9 @@ fn scenarios() -> Vec<Scenario> {
 /// The built-in sink: an SMTP server that accepts every message.
 async fn sink(listener: TcpListener, inbox: Inbox) {
     loop {
-        let Ok((mut tcp, _)) = listener.accept().await else { return };
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
         let inbox = inbox.clone();
         tokio::spawn(async move {
             let mut config = ServerConfig::new("sink.demo.example");
@@ -94,7 +110,9 @@ async fn sink(listener: TcpListener, inbox: Inbox) {
             loop {
                 while let Some(ev) = s.poll() {
                     match ev {
-                        Event::Mail { .. } | Event::Rcpt { .. } | Event::DataStart => s.decide(Verdict::Accept),
+                        Event::Mail { .. } | Event::Rcpt { .. } | Event::DataStart => {
+                            s.decide(Verdict::Accept)
+                        }
                         Event::Data(d) => message.extend_from_slice(&d),
                         Event::DataEnd { .. } => {
                             if let Ok(mut i) = inbox.lock() {
@@ -120,7 +138,9 @@ async fn sink(listener: TcpListener, inbox: Inbox) {
 
 /// Plays one scenario; returns the reply to its last step (or what went wrong).
 async fn play(addr: SocketAddr, sc: &Scenario) -> (Option<u16>, String) {
-    let Ok(mut tcp) = TcpStream::connect(addr).await else { return (None, "cannot connect".into()) };
+    let Ok(mut tcp) = TcpStream::connect(addr).await else {
+        return (None, "cannot connect".into());
+    };
     let mut parser = ReplyParser::new();
     let mut steps = sc.steps.iter();
     if sc.talk_first {
@@ -146,7 +166,9 @@ async fn play(addr: SocketAddr, sc: &Scenario) -> (Option<u16>, String) {
         }
     }
     let _ = tcp.write_all(b"QUIT\r\n").await;
-    last.map_or((None, "connection closed".into()), |r| (Some(r.code), r.one_line()))
+    last.map_or((None, "connection closed".into()), |r| {
+        (Some(r.code), r.one_line())
+    })
 }
 
 async fn read_reply(tcp: &mut TcpStream, parser: &mut ReplyParser) -> Option<ravelin_wire::Reply> {
@@ -165,7 +187,11 @@ async fn read_reply(tcp: &mut TcpStream, parser: &mut ReplyParser) -> Option<rav
 }
 
 pub fn run(json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ravelin demo: cannot start the runtime: {e}");
@@ -192,7 +218,9 @@ async fn demo(json: bool) -> Result<bool, String> {
 
 async fn demo_in(dir: &std::path::Path, json: bool) -> Result<bool, String> {
     let inbox: Inbox = Arc::default();
-    let sink_listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let sink_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let sink_addr = sink_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(sink(sink_listener, inbox.clone()));
 
@@ -239,8 +267,14 @@ retry_initial = "1s"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gateway.shutdown(Duration::from_secs(5)).await;
-    let legit = delivered.iter().filter(|m| contains(m, b"Subject: Hello from the demo")).count();
-    let smuggled = delivered.iter().filter(|m| contains(m, b"SMUGGLED")).count();
+    let legit = delivered
+        .iter()
+        .filter(|m| contains(m, b"Subject: Hello from the demo"))
+        .count();
+    let smuggled = delivered
+        .iter()
+        .filter(|m| contains(m, b"SMUGGLED"))
+        .count();
     let delivery_ok = legit == 1 && smuggled == 0 && delivered.len() == 1;
     all_ok &= delivery_ok;
 
@@ -256,7 +290,10 @@ retry_initial = "1s"
         return Ok(all_ok);
     }
     println!("Ravelin demo: gateway on {addr} in front of a built-in sink on {sink_addr}\n");
-    println!("{:<38} {:<10} {:<4} {}", "Scenario", "Outcome", "Code", "Gateway's reply");
+    println!(
+        "{:<38} {:<10} {:<4} {}",
+        "Scenario", "Outcome", "Code", "Gateway's reply"
+    );
     println!("{}", "-".repeat(110));
     for (name, attack, _, code, text, ok) in &rows {
         let outcome = match (attack, ok) {
@@ -274,7 +311,11 @@ retry_initial = "1s"
         delivered.len(),
         legit,
         smuggled,
-        if all_ok { "Every attack was stopped and the good mail went through." } else { "SOMETHING WENT WRONG: see the rows marked UNEXPECTED." }
+        if all_ok {
+            "Every attack was stopped and the good mail went through."
+        } else {
+            "SOMETHING WENT WRONG: see the rows marked UNEXPECTED."
+        }
     );
     Ok(all_ok)
 }

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use ravelin_gateway::config::Config;
 
 #[derive(Parser)]
-#[command(name = "ravelin", version, about = "Secure-by-default SMTP gateway and mail-security auditor")]
+#[command(
+    name = "ravelin",
+    version,
+    about = "Secure-by-default SMTP gateway and mail-security auditor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,7 +81,10 @@ fn main() -> ExitCode {
                 eprintln!("ravelin: cannot set up logging: {e}");
                 return ExitCode::from(1);
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("ravelin: cannot start the runtime: {e}");
@@ -93,14 +100,22 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Config { action: ConfigAction::Check { config } } => match load(&config) {
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => match load(&config) {
             Ok(c) => {
-                println!("{}: configuration is valid ({} listener(s))", config.display(), c.listen.len());
+                println!(
+                    "{}: configuration is valid ({} listener(s))",
+                    config.display(),
+                    c.listen.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
-        Command::Config { action: ConfigAction::Example } => {
+        Command::Config {
+            action: ConfigAction::Example,
+        } => {
             print!("{}", ravelin_gateway::config::example());
             ExitCode::SUCCESS
         }

@@ -63,7 +63,10 @@ pub enum QueueAction {
 fn open(config: &std::path::Path) -> Result<Spool, ExitCode> {
     let config = super::load(config)?;
     Spool::open_admin(&config.spool.path).map_err(|e| {
-        eprintln!("ravelin: cannot open the spool {}: {e}", config.spool.path.display());
+        eprintln!(
+            "ravelin: cannot open the spool {}: {e}",
+            config.spool.path.display()
+        );
         ExitCode::from(1)
     })
 }
@@ -95,20 +98,36 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
             let spool = open(&config)?;
             let entries = spool.list().map_err(|e| fail(&e))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&entries).unwrap_or_default()
+                );
             } else if entries.is_empty() {
                 println!("Mail queue is empty");
             } else {
-                println!("{:<28} {:>9} {:<31} {:<6} Sender / recipients", "Queue ID", "Size", "Arrival", "State");
+                println!(
+                    "{:<28} {:>9} {:<31} {:<6} Sender / recipients",
+                    "Queue ID", "Size", "Arrival", "State"
+                );
                 for e in &entries {
-                    let state = if e.held { "held" } else if e.state.attempts > 0 { "defer" } else { "active" };
+                    let state = if e.held {
+                        "held"
+                    } else if e.state.attempts > 0 {
+                        "defer"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{:<28} {:>9} {:<31} {:<6} {}",
                         e.id.to_string(),
                         e.envelope.size,
                         date::rfc5322(e.envelope.received_at),
                         state,
-                        if e.envelope.sender.is_empty() { "<>" } else { &e.envelope.sender }
+                        if e.envelope.sender.is_empty() {
+                            "<>"
+                        } else {
+                            &e.envelope.sender
+                        }
                     );
                     for r in &e.envelope.recipients {
                         let done = e.state.is_done(r);
@@ -122,12 +141,16 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
         QueueAction::Show { id, config, json } => {
             let spool = open(&config)?;
             let id = parse_ids(std::slice::from_ref(&id))?.remove(0);
-            let entry = spool.list().map_err(|e| fail(&e))?.into_iter().find(|e| e.id == id);
+            let entry = spool
+                .list()
+                .map_err(|e| fail(&e))?
+                .into_iter()
+                .find(|e| e.id == id);
             let Some(entry) = entry else {
                 eprintln!("ravelin: no message {id} in the queue");
                 return Err(ExitCode::from(1));
             };
-            let headers = spool.headers(&id, 64 * 1024).map_err(|e| fail(&e))?;
+            let headers = read_headers(&spool, &id).map_err(|e| fail(&e))?;
             if json {
                 let v = serde_json::json!({"entry": entry, "headers": String::from_utf8_lossy(&headers)});
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -136,30 +159,57 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
                 println!("State:     {}", if entry.held { "held" } else { "queued" });
                 println!("Sender:    <{}>", entry.envelope.sender);
                 for r in &entry.envelope.recipients {
-                    println!("Recipient: <{r}>{}", if entry.state.is_done(r) { " (delivered)" } else { "" });
+                    println!(
+                        "Recipient: <{r}>{}",
+                        if entry.state.is_done(r) {
+                            " (delivered)"
+                        } else {
+                            ""
+                        }
+                    );
                 }
                 println!("Arrival:   {}", date::rfc5322(entry.envelope.received_at));
-                println!("Client:    {}", entry.envelope.client.as_deref().unwrap_or("-"));
+                println!(
+                    "Client:    {}",
+                    entry.envelope.client.as_deref().unwrap_or("-")
+                );
                 println!("Attempts:  {}", entry.state.attempts);
                 println!();
                 print!("{}", String::from_utf8_lossy(&headers));
             }
             Ok(ExitCode::SUCCESS)
         }
-        QueueAction::Hold { ids, config, json } => each(&config, &ids, json, "held", |s, id| s.hold(id)),
-        QueueAction::Release { ids, config, json } => each(&config, &ids, json, "released", |s, id| s.release(id)),
-        QueueAction::Delete { ids, config, json } => each(&config, &ids, json, "deleted", |s, id| s.delete(id)),
+        QueueAction::Hold { ids, config, json } => {
+            each(&config, &ids, json, "held", |s, id| s.hold(id))
+        }
+        QueueAction::Release { ids, config, json } => {
+            each(&config, &ids, json, "released", |s, id| s.release(id))
+        }
+        QueueAction::Delete { ids, config, json } => {
+            each(&config, &ids, json, "deleted", |s, id| s.delete(id))
+        }
         QueueAction::Flush { config, json } => {
             let spool = open(&config)?;
             spool.request_flush().map_err(|e| fail(&e))?;
             if json {
                 println!("{}", serde_json::json!({"flush": "requested"}));
             } else {
-                println!("flush requested: the gateway retries deferred mail at its next queue scan");
+                println!(
+                    "flush requested: the gateway retries deferred mail at its next queue scan"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The header section of a queued message (at most 64 KiB).
+fn read_headers(spool: &Spool, id: &QueueId) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (_, _, body) = spool.read(id)?;
+    let mut buf = Vec::new();
+    body.take(64 * 1024).read_to_end(&mut buf)?;
+    Ok(ravelin_gateway::spool::header_section(&buf).to_vec())
 }
 
 fn fail(e: &std::io::Error) -> ExitCode {
@@ -193,10 +243,18 @@ fn each(
     } else {
         for r in &results {
             match r.get("error") {
-                Some(e) => eprintln!("{}: {}", r["id"].as_str().unwrap_or(""), e.as_str().unwrap_or("")),
+                Some(e) => eprintln!(
+                    "{}: {}",
+                    r["id"].as_str().unwrap_or(""),
+                    e.as_str().unwrap_or("")
+                ),
                 None => println!("{}: {verb}", r["id"].as_str().unwrap_or("")),
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

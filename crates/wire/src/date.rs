@@ -42,13 +42,15 @@ pub fn civil(secs: u64) -> Civil {
 }
 
 const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// RFC 5322 section 3.3 date-time in UTC.
 pub fn rfc5322(secs: u64) -> String {
     let c = civil(secs);
     format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
         DAYS[c.weekday as usize],
         c.day,
         MONTHS[(c.month - 1) as usize],
@@ -76,7 +78,10 @@ pub fn rfc3339_millis(millis: u64) -> String {
 
 /// Seconds since the Unix epoch now (0 if the clock is before 1970).
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -85,10 +90,16 @@ mod tests {
 
     #[test]
     fn known_dates() {
-        assert_eq!(rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
         assert_eq!(rfc5322(1_795_455_600), "Mon, 23 Nov 2026 17:40:00 +0000");
-        assert_eq!(rfc3339_millis(1_795_455_600_123), "2026-11-23T17:40:00.123Z");
-        assert_eq!(rfc3339_millis(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_millis(1_795_455_600_123),
+            "2026-11-23T17:40:00.123Z"
+        );
+        assert_eq!(
+            rfc3339_millis(4_107_542_399_999),
+            "2100-02-28T23:59:59.999Z"
+        );
     }
 }

@@ -762,6 +762,27 @@ impl Read for BodyReader {
     }
 }
 
+impl io::Seek for BodyReader {
+    /// Positions within the body (offset 0 is the first body octet).
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match target {
+            Some(t) if t <= self.len => {
+                self.pos = t;
+                Ok(t)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek outside the message body",
+            )),
+        }
+    }
+}
+
 /// The result of [`Spool::lease`].
 pub enum Leased {
     Ready(Box<Lease>),
