@@ -243,7 +243,7 @@ path = "{}"
 [delivery]
 retry_initial = "1s"
 "#,
-        dir.join("spool").display()
+        dir.display()
     );
     let config = Config::parse(&toml, "demo.toml").map_err(|e| e.to_string())?;
     let gateway = Gateway::start(&config).await?;
