@@ -1,0 +1,1420 @@
+//! Harness for the end-to-end tests: real peers on loopback, started and torn down per test.
+//!
+//! - Ports: [`free_port`], [`free_addr`], [`wait_for_port`]. Waiting reads the kernel's socket
+//!   table (/proc/net/tcp), so it never opens a session on the server it waits for.
+//! - [`SmtpSink`]: Postfix's smtp-sink writing one dump file per transaction;
+//!   [`SmtpSink::messages`] parses the completed ones into [`SinkMessage`]s.
+//! - [`Postfix`]: an alternate Postfix instance made by tests/peers/postfix-instance.sh, as a
+//!   backend (virtual(8) Maildir delivery, read back as [`MaildirMessage`]s) or as a relay.
+//! - [`Ravelin`]: the gateway under test (`ravelin serve --config FILE`) with a config written
+//!   from a [`RavelinConfig`], its stderr JSON log captured to a file.
+//! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
+//!   socket for bytes no well-behaved client sends.
+//!
+//! Settings: none from the environment. Everything lives in temporary directories that are
+//! removed on drop; Postfix and smtp-sink need root (they drop to postfix/nobody), as CI has.
+//! Failures panic with the reason: a missing peer program names scripts/install-test-deps.sh,
+//! a peer that does not come up shows the tail of its log, every wait has a time limit.
+//!
+//! Used as `mod support;` by the files in crates/ravelin/tests/; each test binary uses a
+//! different part of it, hence the dead_code allowance.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What every "peer missing" failure tells the reader to run.
+pub const INSTALL_HINT: &str = "install the test peers with scripts/install-test-deps.sh";
+
+/// How long a peer or the gateway may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Read and write time limit of a [`RawClient`].
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time limit of one swaks run.
+pub const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time limit of one smtp-source run.
+pub const SMTP_SOURCE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Whether the tests run as root (they do in CI; Postfix instances require it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The full path of an installed program, searched in PATH and then in /usr/sbin and /sbin
+/// (where Debian puts Postfix's tools). Panics naming the install script when it is missing.
+pub fn program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from);
+    for dir in std::env::split_paths(&path).chain(extra) {
+        let candidate = dir.join(name);
+        if let Ok(meta) = fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return candidate;
+        }
+    }
+    panic!("{name} is not installed (not in PATH, /usr/sbin or /sbin): {INSTALL_HINT}");
+}
+
+/// The Python interpreter of the repository's venv (dkimpy, dnspython).
+pub fn venv_python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    if !python.exists() {
+        panic!("{} does not exist: {INSTALL_HINT}", python.display());
+    }
+    python
+}
+
+/// A temporary directory that daemons running as postfix or nobody can traverse.
+pub fn daemon_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ravelin-test-")
+        .tempdir()
+        .expect("create a temporary directory");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("make the temporary directory traversable");
+    dir
+}
+
+/// Runs a command to completion with a time limit, capturing stdout and stderr.
+/// Panics when it cannot start or does not finish in time (it is killed then).
+pub fn run(mut cmd: Command, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{desc} did not finish within {timeout:?}");
+            }
+            Err(e) => panic!("waiting for {desc}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// The last `n` lines of a file, for failure messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports
+
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A TCP port on 127.0.0.1 that was free a moment ago and has not been handed out before in
+/// this test process (so parallel tests in one binary never get the same port).
+pub fn free_port() -> u16 {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local address").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no unused loopback port after 1000 tries");
+}
+
+/// `127.0.0.1:` a [`free_port`].
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port())
+}
+
+/// Whether some socket listens on `addr` (or on the wildcard address of its port).
+pub fn is_listening(addr: SocketAddr) -> bool {
+    fn hex_words(octets: &[u8]) -> String {
+        octets
+            .chunks(4)
+            .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()
+    }
+    let (table, ip, any) = match addr.ip() {
+        IpAddr::V4(ip) => ("/proc/net/tcp", hex_words(&ip.octets()), hex_words(&[0; 4])),
+        IpAddr::V6(ip) => (
+            "/proc/net/tcp6",
+            hex_words(&ip.octets()),
+            hex_words(&[0; 16]),
+        ),
+    };
+    let want = format!("{ip}:{:04X}", addr.port());
+    let want_any = format!("{any}:{:04X}", addr.port());
+    let Ok(text) = fs::read_to_string(table) else {
+        return false;
+    };
+    text.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1);
+        let state = fields.nth(1);
+        state == Some("0A") && (local == Some(&want) || local == Some(&want_any))
+    })
+}
+
+/// Waits until something listens on `addr`; false when `timeout` passes first.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if is_listening(addr) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// Runs swaks with `args` (e.g. `["--server", "127.0.0.1:2525", "--to", "a@example.org"]`).
+pub fn swaks(args: &[&str]) -> Output {
+    let mut cmd = Command::new(program("swaks"));
+    cmd.args(args);
+    run(cmd, SWAKS_TIMEOUT)
+}
+
+/// Sends `data` (header and body) with swaks from `from` to `to` through `server`, plus any
+/// `extra` swaks options. swaks turns every line ending into CRLF, dot-stuffs, and ends the
+/// data with CRLF.CRLF, so `data` without a final line break arrives as `data` + CRLF.
+/// swaks also expands its %TOKENS% (%DATE%, %TO_ADDRESS%, ...) in the data.
+/// An empty `from` sends the null reverse-path `<>`.
+pub fn swaks_send(server: SocketAddr, from: &str, to: &str, data: &[u8], extra: &[&str]) -> Output {
+    let from = if from.is_empty() { "<>" } else { from };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("message.eml");
+    fs::write(&file, data).expect("write the message for swaks");
+    let data_arg = format!("@{}", file.display());
+    let server = server.to_string();
+    let mut args = vec![
+        "--server", &server, "--from", from, "--to", to, "--data", &data_arg,
+    ];
+    args.extend_from_slice(extra);
+    swaks(&args)
+}
+
+/// Runs smtp-source with `args` (load generator; e.g. `["-s", "5", "-m", "100", "ADDR"]`).
+pub fn smtp_source(args: &[&str]) -> Output {
+    let mut cmd = Command::new(program("smtp-source"));
+    cmd.args(args);
+    run(cmd, SMTP_SOURCE_TIMEOUT)
+}
+
+/// One SMTP reply as read by [`RawClient`], with the exact bytes received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawReply {
+    pub code: u16,
+    /// Text of each line after `NNN-` / `NNN `.
+    pub lines: Vec<String>,
+    /// The reply as it came off the wire, CRLFs included.
+    pub raw: Vec<u8>,
+}
+
+impl RawReply {
+    /// All lines joined with a newline.
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// Most bytes one reply may have before [`RawClient::read_reply`] gives up.
+const MAX_RAW_REPLY: usize = 100 * 4096;
+
+/// A byte-exact SMTP client over a plain TCP socket, with [`IO_TIMEOUT`] on every read and
+/// write. It writes exactly what it is given and reads replies strictly: every reply line must
+/// end in CRLF and start with the same three-digit code.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connects from 127.0.0.1 (the kernel's choice).
+    pub fn connect(addr: SocketAddr) -> io::Result<RawClient> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        Self::with_stream(stream)
+    }
+
+    /// Connects from a chosen local address such as 127.0.0.2, to play a distinct client.
+    pub fn connect_from(local: IpAddr, addr: SocketAddr) -> io::Result<RawClient> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+        socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+        Self::with_stream(socket.into())
+    }
+
+    fn with_stream(stream: TcpStream) -> io::Result<RawClient> {
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(RawClient {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes `bytes` exactly as given.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Sends `line` + CRLF and reads the reply.
+    pub fn command(&mut self, line: &str) -> io::Result<RawReply> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.read_reply()
+    }
+
+    /// Reads one complete (possibly multi-line) reply.
+    pub fn read_reply(&mut self) -> io::Result<RawReply> {
+        loop {
+            if let Some(reply) = self.parse_reply()? {
+                return Ok(reply);
+            }
+            if self.buf.len() > MAX_RAW_REPLY {
+                return Err(invalid(format!("reply longer than {MAX_RAW_REPLY} bytes")));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed; unparsed: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn parse_reply(&mut self) -> io::Result<Option<RawReply>> {
+        let mut pos = 0;
+        let mut code = None;
+        let mut lines = Vec::new();
+        while let Some(nl) = self.buf[pos..].iter().position(|&b| b == b'\n') {
+            let line = &self.buf[pos..pos + nl + 1];
+            pos += nl + 1;
+            let Some(content) = line.strip_suffix(b"\r\n") else {
+                return Err(invalid(format!(
+                    "reply line without CRLF: {:?}",
+                    String::from_utf8_lossy(line)
+                )));
+            };
+            let text = String::from_utf8_lossy(content);
+            let digits = text
+                .get(..3)
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+            let sep = content.get(3).copied();
+            let (Some(digits), Some(b' ' | b'-') | None) = (digits, sep) else {
+                return Err(invalid(format!("malformed reply line: {text:?}")));
+            };
+            let this: u16 = digits
+                .parse()
+                .map_err(|_| invalid(format!("bad code in {text:?}")))?;
+            if *code.get_or_insert(this) != this {
+                return Err(invalid(format!("reply changes its code: {text:?}")));
+            }
+            lines.push(text.get(4..).unwrap_or("").to_string());
+            if sep != Some(b'-') {
+                let raw: Vec<u8> = self.buf.drain(..pos).collect();
+                return Ok(Some(RawReply {
+                    code: this,
+                    lines,
+                    raw,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the server closes the connection within [`IO_TIMEOUT`] (bytes it still sends
+    /// before closing are discarded).
+    pub fn is_closed(&mut self) -> bool {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut chunk = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Closes the sending side (the server sees end of input).
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.stream.shutdown(Shutdown::Write)
+    }
+
+    /// The underlying socket, e.g. to start TLS over it.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+// ---------------------------------------------------------------------------------------------
+// smtp-sink
+
+/// Postfix's smtp-sink on a loopback port, dumping each transaction to its own file.
+///
+/// Dump file format (one file per MAIL transaction, named by the `-d` template plus a random
+/// hex id; all lines end in LF): `X-Client-Addr: IP`, `X-Client-Proto: SMTP|ESMTP`,
+/// `X-Helo-Args: ARG` (when HELO/EHLO was seen), `X-Mail-Args: <sender> PARAMS`, one
+/// `X-Rcpt-Args: <rcpt> PARAMS` per RCPT, then a three-line `Received:` header
+/// (`from HELO ([IP])`, `\tby HOST (smtp-sink) with PROTO id HEX;`, `\tDATE`), then the
+/// message as received with every CR byte removed and dot-stuffing undone, then one LF.
+/// The file is created at MAIL, written until end of data, and unlinked if the transaction
+/// is aborted; so a file that smtp-sink no longer holds open is complete.
+pub struct SmtpSink {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    dump_dir: PathBuf,
+}
+
+/// One transaction dumped by smtp-sink.
+#[derive(Clone, Debug)]
+pub struct SinkMessage {
+    pub path: PathBuf,
+    pub client_addr: String,
+    pub client_proto: String,
+    pub helo: Option<String>,
+    /// MAIL arguments after `FROM:`, e.g. `<a@example.net> SIZE=123`.
+    pub mail_args: String,
+    /// RCPT arguments after `TO:`, one per recipient.
+    pub rcpt_args: Vec<String>,
+    /// The three lines of smtp-sink's own Received header.
+    pub sink_received: String,
+    /// The message as received, CR bytes removed, lines ending in LF.
+    pub message: Vec<u8>,
+}
+
+fn first_path(args: &str) -> String {
+    let first = args.split_whitespace().next().unwrap_or("");
+    first
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+impl SinkMessage {
+    /// The reverse-path without angle brackets.
+    pub fn sender(&self) -> String {
+        first_path(&self.mail_args)
+    }
+
+    /// The forward-paths without angle brackets.
+    pub fn recipients(&self) -> Vec<String> {
+        self.rcpt_args.iter().map(|a| first_path(a)).collect()
+    }
+
+    /// The message with LF turned back into CRLF (what a CRLF-clean sender put on the wire).
+    pub fn message_crlf(&self) -> Vec<u8> {
+        lf_to_crlf(&self.message)
+    }
+
+    /// Parses a dump file; the error says what did not match the format.
+    pub fn parse(path: PathBuf, bytes: &[u8]) -> Result<SinkMessage, String> {
+        let mut cursor = Lines::new(bytes);
+        let mut field = |name: &str, required: bool| -> Result<Option<String>, String> {
+            match cursor.peek_value(name) {
+                Some(v) => {
+                    cursor.advance();
+                    Ok(Some(v))
+                }
+                None if required => Err(format!("expected {name} at byte {}", cursor.pos)),
+                None => Ok(None),
+            }
+        };
+        let client_addr = field("X-Client-Addr", true)?.unwrap_or_default();
+        let client_proto = field("X-Client-Proto", true)?.unwrap_or_default();
+        let helo = field("X-Helo-Args", false)?;
+        let mail_args = field("X-Mail-Args", true)?.unwrap_or_default();
+        let mut rcpt_args = Vec::new();
+        while let Some(v) = field("X-Rcpt-Args", false)? {
+            rcpt_args.push(v);
+        }
+        let start = cursor.pos;
+        if cursor.peek_value("Received").is_none() {
+            return Err(format!(
+                "expected smtp-sink's Received header at byte {start}"
+            ));
+        }
+        cursor.advance();
+        cursor.skip_continuations();
+        let sink_received = String::from_utf8_lossy(&bytes[start..cursor.pos]).into_owned();
+        let body = &bytes[cursor.pos..];
+        let Some(message) = body.strip_suffix(b"\n") else {
+            return Err("dump does not end with smtp-sink's final LF".into());
+        };
+        Ok(SinkMessage {
+            path,
+            client_addr,
+            client_proto,
+            helo,
+            mail_args,
+            rcpt_args,
+            sink_received,
+            message: message.to_vec(),
+        })
+    }
+}
+
+/// A cursor over LF-terminated header lines.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Lines { bytes, pos: 0 }
+    }
+
+    fn line(&self) -> Option<&'a [u8]> {
+        let rest = &self.bytes[self.pos..];
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        Some(&rest[..nl])
+    }
+
+    /// The value of the current line if it is the header `name` (case-sensitive, as written
+    /// by the programs whose files we read).
+    fn peek_value(&self, name: &str) -> Option<String> {
+        let line = self.line()?;
+        let value = line.strip_prefix(name.as_bytes())?.strip_prefix(b":")?;
+        Some(String::from_utf8_lossy(value).trim_start().to_string())
+    }
+
+    fn advance(&mut self) {
+        if let Some(line) = self.line() {
+            self.pos += line.len() + 1;
+        }
+    }
+
+    fn skip_continuations(&mut self) {
+        while let Some(line) = self.line() {
+            if !matches!(line.first(), Some(b' ' | b'\t')) {
+                break;
+            }
+            self.advance();
+        }
+    }
+}
+
+/// LF → CRLF on every line (input is expected to hold no CR).
+pub fn lf_to_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    for &b in bytes {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// CRLF → LF (how Postfix and smtp-sink store what a CRLF-clean sender sent).
+pub fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The user id and group id of `nobody`.
+fn nobody() -> (u32, u32) {
+    let user = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("the system has a nobody account");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+impl SmtpSink {
+    /// Starts smtp-sink on a free loopback port with default behaviour (accepts everything).
+    pub fn start() -> SmtpSink {
+        Self::start_with(&[])
+    }
+
+    /// Starts smtp-sink with extra options, e.g. `["-f", "RCPT"]` to refuse every RCPT with
+    /// 5xx, `["-r", "."]` to answer end-of-data with 4xx, `["-Q", "DATA"]` to drop at DATA.
+    pub fn start_with(options: &[&str]) -> SmtpSink {
+        let exe = program("smtp-sink");
+        let dir = daemon_tempdir();
+        let dump_dir = dir.path().join("dump");
+        fs::create_dir(&dump_dir).expect("create the dump directory");
+        let addr = free_addr();
+        let mut cmd = Command::new(exe);
+        if is_root() {
+            // smtp-sink refuses to run as root; it drops to nobody after binding.
+            let (uid, gid) = nobody();
+            std::os::unix::fs::chown(&dump_dir, Some(uid), Some(gid))
+                .expect("chown the dump directory");
+            cmd.args(["-u", "nobody"]);
+        }
+        cmd.arg("-d")
+            .arg(format!("{}/%Y%m%d%H%M%S.", dump_dir.display()))
+            .args(["-h", "sink.test.example"])
+            .args(options)
+            .arg(addr.to_string())
+            .arg("128")
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join("sink.out")).expect("create sink.out"))
+            .stderr(File::create(dir.path().join("sink.err")).expect("create sink.err"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start smtp-sink: {e}; {INSTALL_HINT}"));
+        let mut sink = SmtpSink {
+            child,
+            addr,
+            dir,
+            dump_dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !is_listening(addr) {
+            if let Ok(Some(status)) = sink.child.try_wait() {
+                panic!(
+                    "smtp-sink exited with {status}: {}",
+                    tail(&sink.dir.path().join("sink.err"), 20)
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!("smtp-sink is not listening on {addr} after {START_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        sink
+    }
+
+    /// Dump files smtp-sink still holds open (transactions in progress).
+    fn open_files(&self) -> BTreeSet<PathBuf> {
+        let fd_dir = format!("/proc/{}/fd", self.child.id());
+        let Ok(entries) = fs::read_dir(fd_dir) else {
+            return BTreeSet::new();
+        };
+        entries
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .collect()
+    }
+
+    /// Completed transactions, oldest first.
+    pub fn messages(&self) -> Vec<SinkMessage> {
+        let mut files: Vec<(SystemTime, PathBuf)> = fs::read_dir(&self.dump_dir)
+            .expect("read the dump directory")
+            .filter_map(|e| {
+                let e = e.ok()?;
+                Some((e.metadata().ok()?.modified().ok()?, e.path()))
+            })
+            .collect();
+        let open = self.open_files();
+        files.retain(|(_, path)| !open.contains(path));
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|(_, path)| {
+                let bytes = fs::read(&path).ok()?; // aborted meanwhile: unlinked
+                Some(
+                    SinkMessage::parse(path.clone(), &bytes).unwrap_or_else(|e| {
+                        panic!("{}: not in smtp-sink's dump format: {e}", path.display())
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` transactions completed and returns them all.
+    pub fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<SinkMessage> {
+        wait_until(
+            &format!("{n} message(s) at smtp-sink {}", self.addr),
+            timeout,
+            || {
+                let messages = self.messages();
+                (messages.len() >= n).then_some(messages)
+            },
+        )
+    }
+
+    /// smtp-sink's diagnostics so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sink.err")).unwrap_or_default()
+    }
+
+    /// Stops the sink (the port closes; later deliveries to it fail to connect).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Postfix
+
+/// What a [`Postfix`] instance does with mail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PostfixMode {
+    /// Final destination: virtual(8) delivers to Maildirs; unknown users get 550 at RCPT.
+    Backend,
+    /// Relays everything from loopback to the given next hop.
+    Relay(SocketAddr),
+}
+
+/// How to create a [`Postfix`] instance (see tests/peers/postfix-instance.sh).
+#[derive(Clone, Debug)]
+pub struct PostfixOptions {
+    pub mode: PostfixMode,
+    pub domain: String,
+    pub users: Vec<String>,
+    /// Extra main.cf settings `(name, value)`, applied last.
+    pub settings: Vec<(String, String)>,
+}
+
+impl PostfixOptions {
+    pub fn backend(users: &[&str]) -> Self {
+        PostfixOptions {
+            mode: PostfixMode::Backend,
+            domain: "example.org".into(),
+            users: users.iter().map(|u| u.to_string()).collect(),
+            settings: Vec::new(),
+        }
+    }
+
+    pub fn relay(next_hop: SocketAddr) -> Self {
+        PostfixOptions {
+            mode: PostfixMode::Relay(next_hop),
+            ..Self::backend(&["user"])
+        }
+    }
+
+    pub fn domain(mut self, domain: &str) -> Self {
+        self.domain = domain.into();
+        self
+    }
+
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// An alternate Postfix instance in a temporary directory; stopped on drop.
+pub struct Postfix {
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub domain: String,
+    running: bool,
+}
+
+/// One message delivered by a backend [`Postfix`] into a Maildir.
+#[derive(Clone, Debug)]
+pub struct MaildirMessage {
+    pub path: PathBuf,
+    /// The mailbox (local part) it was delivered to.
+    pub user: String,
+    /// Envelope sender, from virtual(8)'s Return-Path header, without angle brackets.
+    pub return_path: String,
+    /// Envelope recipient, from the Delivered-To header.
+    pub delivered_to: String,
+    /// The header lines Postfix added: Return-Path, X-Original-To, Delivered-To and the
+    /// Received header of the receiving smtpd.
+    pub postfix_headers: Vec<u8>,
+    /// The message as the client sent it (after un-stuffing), lines ending in LF: Postfix stores
+    /// CRLF as LF.
+    pub message: Vec<u8>,
+}
+
+impl MaildirMessage {
+    /// Parses a Maildir file written by virtual(8).
+    pub fn parse(path: PathBuf, user: String, bytes: &[u8]) -> Result<MaildirMessage, String> {
+        let mut cursor = Lines::new(bytes);
+        let (mut return_path, mut delivered_to) = (None, None);
+        loop {
+            if let Some(v) = cursor.peek_value("Return-Path") {
+                return_path = Some(v.trim_start_matches('<').trim_end_matches('>').to_string());
+            } else if let Some(v) = cursor.peek_value("Delivered-To") {
+                delivered_to = Some(v);
+            } else if cursor.peek_value("X-Original-To").is_none() {
+                break;
+            }
+            cursor.advance();
+        }
+        let (Some(return_path), Some(delivered_to)) = (return_path, delivered_to) else {
+            return Err("no Return-Path and Delivered-To headers at the top".into());
+        };
+        if cursor.peek_value("Received").is_none() {
+            return Err(format!(
+                "expected Postfix's Received header at byte {}",
+                cursor.pos
+            ));
+        }
+        cursor.advance();
+        cursor.skip_continuations();
+        Ok(MaildirMessage {
+            path,
+            user,
+            return_path,
+            delivered_to,
+            postfix_headers: bytes[..cursor.pos].to_vec(),
+            message: bytes[cursor.pos..].to_vec(),
+        })
+    }
+
+    /// The message with LF turned back into CRLF.
+    pub fn message_crlf(&self) -> Vec<u8> {
+        lf_to_crlf(&self.message)
+    }
+}
+
+impl Postfix {
+    fn script() -> PathBuf {
+        repo_root().join("tests/peers/postfix-instance.sh")
+    }
+
+    /// A backend for example.org with these mailboxes.
+    pub fn backend(users: &[&str]) -> Postfix {
+        Self::start(PostfixOptions::backend(users))
+    }
+
+    /// A relay that forwards everything to `next_hop`.
+    pub fn relay(next_hop: SocketAddr) -> Postfix {
+        Self::start(PostfixOptions::relay(next_hop))
+    }
+
+    /// Creates and starts an instance on a free loopback port.
+    pub fn start(options: PostfixOptions) -> Postfix {
+        program("postfix");
+        program("postconf");
+        assert!(
+            is_root(),
+            "Postfix test instances need root (CI runs tests as root)"
+        );
+        let dir = daemon_tempdir();
+        let addr = free_addr();
+        let instance = dir.path().join("postfix");
+        let mut cmd = Command::new("bash");
+        cmd.arg(Self::script()).arg("create").arg(&instance);
+        cmd.args([
+            "--port",
+            &addr.port().to_string(),
+            "--domain",
+            &options.domain,
+        ]);
+        cmd.args(["--users", &options.users.join(",")]);
+        match options.mode {
+            PostfixMode::Backend => cmd.args(["--mode", "backend"]),
+            PostfixMode::Relay(next) => {
+                cmd.args(["--mode", "relay", "--relayhost", &next.to_string()])
+            }
+        };
+        for (name, value) in &options.settings {
+            cmd.arg("--set").arg(format!("{name}={value}"));
+        }
+        let created = run(cmd, START_TIMEOUT);
+        assert!(
+            created.status.success(),
+            "postfix-instance.sh create failed: {}",
+            describe(&created)
+        );
+        let postfix = Postfix {
+            dir,
+            addr,
+            domain: options.domain,
+            running: true,
+        };
+        let mut cmd = Command::new("bash");
+        cmd.arg(Self::script()).arg("start").arg(&instance);
+        let started = run(cmd, START_TIMEOUT);
+        assert!(
+            started.status.success(),
+            "postfix-instance.sh start failed: {}\n{}",
+            describe(&started),
+            postfix.maillog()
+        );
+        if !wait_for_port(addr, START_TIMEOUT) {
+            panic!(
+                "Postfix is not listening on {addr}; maillog:\n{}",
+                postfix.maillog()
+            );
+        }
+        postfix
+    }
+
+    /// The instance's directory (etc/, queue/, data/, mail/, maillog).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().join("postfix")
+    }
+
+    /// The instance's log so far.
+    pub fn maillog(&self) -> String {
+        fs::read_to_string(self.dir().join("maillog")).unwrap_or_default()
+    }
+
+    /// Delivered messages (all mailboxes), oldest first.
+    pub fn messages(&self) -> Vec<MaildirMessage> {
+        let base = self.dir().join("mail").join(&self.domain);
+        let mut found: Vec<(SystemTime, PathBuf, String)> = Vec::new();
+        for user in fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = user.file_name().to_string_lossy().into_owned();
+            for sub in ["new", "cur"] {
+                for file in fs::read_dir(user.path().join(sub))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(modified) = file.metadata().and_then(|m| m.modified()) {
+                        found.push((modified, file.path(), name.clone()));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+            .into_iter()
+            .map(|(_, path, user)| {
+                let bytes =
+                    fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+                MaildirMessage::parse(path.clone(), user, &bytes).unwrap_or_else(|e| {
+                    panic!("{}: not a virtual(8) delivery: {e}", path.display())
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` messages were delivered and returns them all.
+    pub fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<MaildirMessage> {
+        let what = format!("{n} message(s) delivered by Postfix {}", self.addr);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; maillog:\n{}",
+                    self.maillog()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the instance (its port closes).
+    pub fn stop(&mut self) {
+        if self.running {
+            let mut cmd = Command::new("bash");
+            cmd.arg(Self::script()).arg("stop").arg(self.dir());
+            let out = run(cmd, Duration::from_secs(30));
+            assert!(
+                out.status.success(),
+                "postfix-instance.sh stop failed: {}",
+                describe(&out)
+            );
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if self.running {
+            // Never panic here: this may run while a failed test unwinds.
+            let _ = Command::new("bash")
+                .arg(Self::script())
+                .arg("stop")
+                .arg(self.dir())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Exit status, stdout and stderr of a finished command, for failure messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ravelin
+
+/// One `[[listen]]` entry.
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub kind: String,
+    pub tls: String,
+}
+
+/// A gateway configuration, rendered to TOML by [`Ravelin::start`]. Holds the keys of the
+/// configuration contract; [`RavelinConfig::set`] adds any other `key = value` line to a
+/// section and [`RavelinConfig::extra`] appends raw TOML.
+#[derive(Clone, Debug)]
+pub struct RavelinConfig {
+    pub hostname: String,
+    pub listeners: Vec<ListenerSpec>,
+    pub domains: Vec<String>,
+    pub backends: Vec<String>,
+    pub retry_initial: String,
+    /// `(section, "key = value")`; section "" is the top level.
+    pub lines: Vec<(String, String)>,
+    pub extra: String,
+}
+
+/// A TOML basic string (JSON's string escapes are valid TOML).
+pub fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings always serialise")
+}
+
+fn toml_array(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| toml_string(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl RavelinConfig {
+    /// One inbound listener "mx" (tls = "offer") on a free port, accepting example.org and
+    /// relaying to `backend`; retries after 1 s; JSON logs.
+    pub fn inbound(backend: SocketAddr) -> Self {
+        RavelinConfig {
+            hostname: "mx.test.example".into(),
+            listeners: vec![ListenerSpec {
+                name: "mx".into(),
+                address: free_addr(),
+                kind: "inbound".into(),
+                tls: "offer".into(),
+            }],
+            domains: vec!["example.org".into()],
+            backends: vec![format!("smtp://{backend}")],
+            retry_initial: "1s".into(),
+            lines: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// Adds a listener on a free port.
+    pub fn listener(mut self, name: &str, kind: &str, tls: &str) -> Self {
+        self.listeners.push(ListenerSpec {
+            name: name.into(),
+            address: free_addr(),
+            kind: kind.into(),
+            tls: tls.into(),
+        });
+        self
+    }
+
+    /// Sets `tls` of every listener.
+    pub fn tls(mut self, tls: &str) -> Self {
+        for l in &mut self.listeners {
+            l.tls = tls.into();
+        }
+        self
+    }
+
+    pub fn domains(mut self, domains: &[&str]) -> Self {
+        self.domains = domains.iter().map(|d| d.to_string()).collect();
+        self
+    }
+
+    pub fn backends(mut self, backends: &[&str]) -> Self {
+        self.backends = backends.iter().map(|b| b.to_string()).collect();
+        self
+    }
+
+    pub fn retry_initial(mut self, duration: &str) -> Self {
+        self.retry_initial = duration.into();
+        self
+    }
+
+    /// Adds `line` (e.g. `max_attempts = 3`) to `[section]` ("" for the top level).
+    pub fn set(mut self, section: &str, line: &str) -> Self {
+        self.lines.push((section.into(), line.into()));
+        self
+    }
+
+    /// Appends raw TOML after everything else (whole tables only).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    fn section_lines(&self, section: &str, out: &mut String) {
+        for (s, line) in &self.lines {
+            if s == section {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+
+    /// The TOML text, with the spool at `spool`.
+    pub fn render(&self, spool: &Path) -> String {
+        let mut out = format!("hostname = {}\n", toml_string(&self.hostname));
+        self.section_lines("", &mut out);
+        out.push_str("\n[server]\n");
+        if is_root() {
+            out.push_str("user = \"nobody\"\n");
+        }
+        self.section_lines("server", &mut out);
+        for l in &self.listeners {
+            out.push_str(&format!(
+                "\n[[listen]]\nname = {}\naddress = {}\nkind = {}\ntls = {}\n",
+                toml_string(&l.name),
+                toml_string(&l.address.to_string()),
+                toml_string(&l.kind),
+                toml_string(&l.tls)
+            ));
+        }
+        out.push_str(&format!(
+            "\n[inbound]\ndomains = {}\nbackend = {}\n",
+            toml_array(&self.domains),
+            toml_array(&self.backends)
+        ));
+        self.section_lines("inbound", &mut out);
+        out.push_str(&format!(
+            "\n[spool]\npath = {}\n",
+            toml_string(&spool.to_string_lossy())
+        ));
+        self.section_lines("spool", &mut out);
+        out.push_str(&format!(
+            "\n[delivery]\nretry_initial = {}\n",
+            toml_string(&self.retry_initial)
+        ));
+        self.section_lines("delivery", &mut out);
+        out.push_str("\n[log]\nformat = \"json\"\n");
+        self.section_lines("log", &mut out);
+        let known = ["", "server", "inbound", "spool", "delivery", "log"];
+        let others: BTreeSet<&str> = self
+            .lines
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .filter(|s| !known.contains(s))
+            .collect();
+        for section in others {
+            out.push_str(&format!("\n[{section}]\n"));
+            self.section_lines(section, &mut out);
+        }
+        if !self.extra.is_empty() {
+            out.push('\n');
+            out.push_str(&self.extra);
+        }
+        out
+    }
+}
+
+/// The gateway binary under test, serving from a temporary directory:
+/// `ravelin.toml` (config), `spool/` (left for the gateway to create), `ravelin.log`
+/// (stderr, JSON lines, appended across restarts), `ravelin.out` (stdout).
+pub struct Ravelin {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    spool: PathBuf,
+    listeners: Vec<(String, SocketAddr)>,
+    child: Option<Child>,
+}
+
+impl Ravelin {
+    /// Writes the config and starts `ravelin serve`, returning once every listener listens.
+    pub fn start(config: RavelinConfig) -> Ravelin {
+        let dir = daemon_tempdir();
+        let spool = dir.path().join("spool");
+        let config_path = dir.path().join("ravelin.toml");
+        fs::write(&config_path, config.render(&spool)).expect("write ravelin.toml");
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address))
+            .collect();
+        let mut ravelin = Ravelin {
+            dir,
+            config_path,
+            spool,
+            listeners,
+            child: None,
+        };
+        ravelin.spawn();
+        ravelin
+    }
+
+    fn exe() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_ravelin"))
+    }
+
+    fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open ravelin.log");
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ravelin.out"))
+            .expect("open ravelin.out");
+        let child = Command::new(Self::exe())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Self::exe().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.listeners.iter().all(|(_, addr)| is_listening(*addr)) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                panic!(
+                    "ravelin exited with {status} before listening on {:?}; config:\n{}\nlog:\n{}",
+                    self.listeners,
+                    fs::read_to_string(&self.config_path).unwrap_or_default(),
+                    tail(&self.log_path(), 40)
+                );
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "ravelin is not listening on {:?} after {START_TIMEOUT:?}; log:\n{}",
+                    self.listeners,
+                    tail(&self.log_path(), 40)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of the first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners[0].1
+    }
+
+    /// The address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn spool(&self) -> &Path {
+        &self.spool
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("ravelin.log")
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Everything written to stderr so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The log as JSON objects; panics on a line that is not one (the log contract).
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(v) if v.is_object() => v,
+                _ => panic!("ravelin log line is not a JSON object: {l}"),
+            })
+            .collect()
+    }
+
+    /// Log objects whose `event` is `event`.
+    pub fn events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.log_events()
+            .into_iter()
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    /// Waits for a log object with `event` for which `matches` holds.
+    pub fn wait_for_event(
+        &self,
+        event: &str,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.events(event).into_iter().find(|v| matches(v)) {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no {event:?} log event within {timeout:?}; log:\n{}",
+                    tail(&self.log_path(), 40)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs another subcommand against the same config, e.g. `["queue", "list", "--json"]`
+    /// (`--config FILE` is appended).
+    pub fn command(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(Self::exe());
+        cmd.args(args).arg("--config").arg(&self.config_path);
+        run(cmd, Duration::from_secs(60))
+    }
+
+    /// SIGKILL: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (at most 30 s) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("ravelin is not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "ravelin did not exit within 30 s of SIGTERM; log:\n{}",
+                        tail(&self.log_path(), 40)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops it with SIGTERM if it still runs, then starts it again with the same config,
+    /// spool and log file.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Ravelin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
