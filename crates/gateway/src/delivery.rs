@@ -1004,6 +1004,7 @@ mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use rustls::ServerConfig;
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::PrivateKeyDer;
     use tokio_rustls::TlsAcceptor;
 

@@ -251,10 +251,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
     let gateway = Gateway::start(&config).await?;
-    if let Some(pid_file) = &config.server.pid_file {
-        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-            warn!(event = "pid_file", reason = %e, path = %pid_file.display());
-        }
+    if let Some(pid_file) = &config.server.pid_file
+        && let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id()))
+    {
+        warn!(event = "pid_file", reason = %e, path = %pid_file.display());
     }
     loop {
         tokio::select! {

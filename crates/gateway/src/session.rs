@@ -325,10 +325,10 @@ impl Session<'_> {
             },
             Event::DataStart => Some(self.start_data()),
             Event::Data(chunk) => {
-                if let (Some(inc), None) = (&mut self.tx.incoming, &self.tx.write_error) {
-                    if let Err(e) = inc.write(&chunk) {
-                        self.tx.write_error = Some(e);
-                    }
+                if let (Some(inc), None) = (&mut self.tx.incoming, &self.tx.write_error)
+                    && let Err(e) = inc.write(&chunk)
+                {
+                    self.tx.write_error = Some(e);
                 }
                 None
             }
@@ -392,7 +392,7 @@ impl Session<'_> {
         let Some(incoming) = tx.incoming else {
             return Verdict::Reject(storage_error());
         };
-        let id = incoming.id().clone();
+        let id = *incoming.id();
         if let Some(e) = tx.write_error {
             drop(incoming);
             self.rejected += 1;
@@ -412,7 +412,7 @@ impl Session<'_> {
                     size,
                     decision = "accept"
                 );
-                self.shared.queue.enqueue(id.clone());
+                self.shared.queue.enqueue(id);
                 Verdict::AcceptWith(Reply::ext(250, (2, 0, 0), format!("Ok: queued as {id}")))
             }
             Err(e) => {

@@ -143,11 +143,11 @@ async fn play(addr: SocketAddr, sc: &Scenario) -> (Option<u16>, String) {
     };
     let mut parser = ReplyParser::new();
     let mut steps = sc.steps.iter();
-    if sc.talk_first {
-        if let Some(first) = steps.next() {
-            let _ = tcp.write_all(first).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    if sc.talk_first
+        && let Some(first) = steps.next()
+    {
+        let _ = tcp.write_all(first).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut last = read_reply(&mut tcp, &mut parser).await;
     if sc.talk_first {
@@ -291,8 +291,8 @@ retry_initial = "1s"
     }
     println!("Ravelin demo: gateway on {addr} in front of a built-in sink on {sink_addr}\n");
     println!(
-        "{:<38} {:<10} {:<4} {}",
-        "Scenario", "Outcome", "Code", "Gateway's reply"
+        "{:<38} {:<10} {:<4} Gateway's reply",
+        "Scenario", "Outcome", "Code"
     );
     println!("{}", "-".repeat(110));
     for (name, attack, _, code, text, ok) in &rows {
