@@ -53,6 +53,13 @@ fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolic
 impl Gateway {
     /// Binds, drops privileges, recovers the spool and starts accepting.
     pub async fn start(config: &Config) -> Result<Gateway, String> {
+        if let Some(l) = config.listen.iter().find(|l| l.kind != ListenKind::Inbound) {
+            return Err(format!(
+                "[[listen]] {:?}: kind = \"{}\" is not available in this version; only \"inbound\" listeners can be served",
+                l.name,
+                l.kind.as_str()
+            ));
+        }
         let server_tls = server_tls(config)?;
         let mut bound = Vec::new();
         for l in &config.listen {
@@ -139,9 +146,6 @@ impl Gateway {
                 .map_err(|e| format!("cannot use the socket of {:?}: {e}", l.name))?;
             let local = tokio_listener.local_addr().map_err(|e| e.to_string())?;
             let mode = l.tls_mode();
-            if l.kind != ListenKind::Inbound {
-                warn!(event = "listener_kind", listener = %l.name, reason = "only inbound listeners are implemented; this one accepts mail for the inbound domains only");
-            }
             let mut wire = ServerConfig::new(config.hostname.clone());
             wire.max_message_size = config.limits.message_size;
             wire.max_recipients = config.limits.recipients as usize;

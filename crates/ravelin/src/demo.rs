@@ -238,6 +238,7 @@ domains = ["demo.example"]
 backend = ["smtp://{sink_addr}"]
 [limits]
 message_size = 1048576
+greet_pause = "150ms"
 [spool]
 path = "{}"
 [delivery]

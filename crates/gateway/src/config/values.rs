@@ -44,7 +44,7 @@ where
     })
 }
 
-/// A duration written as a number and a unit: `"30s"`, `"5m"`, `"1h"`, `"5d"`, or several
+/// A duration written as a number and a unit: `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"5d"`, or several
 /// such parts added together (`"1h30m"`). `"0s"` is zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HumanDuration(pub Duration);
@@ -82,7 +82,7 @@ impl FromStr for HumanDuration {
         let bad = |why: &str| {
             format!(
                 "invalid duration \"{}\": {why}{FIX_SEPARATOR}write a whole number followed by \
-                 s, m, h or d, e.g. \"30s\", \"5m\", \"1h\", \"5d\" or \"1h30m\"",
+                 ms, s, m, h or d, e.g. \"30s\", \"5m\", \"1h\", \"5d\" or \"1h30m\"",
                 text.escape_debug()
             )
         };
@@ -104,10 +104,11 @@ impl FromStr for HumanDuration {
             let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
             let (unit, after) = after.split_at(unit_len);
             let scale = match unit {
-                "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
+                "ms" => 1,
+                "s" => 1000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
                 "" => return Err(bad("the number has no unit")),
                 _ => return Err(bad("unknown unit")),
             };
@@ -117,21 +118,27 @@ impl FromStr for HumanDuration {
                 .ok_or_else(|| bad("the number is too large"))?;
             rest = after;
         }
-        Ok(HumanDuration(Duration::from_secs(total)))
+        Ok(HumanDuration(Duration::from_millis(total)))
     }
 }
 
 impl fmt::Display for HumanDuration {
     /// The largest units that express the value exactly, e.g. `1h30m`, `5d`, `0s`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut secs = self.0.as_secs();
-        if secs == 0 {
+        let mut ms = self.0.as_millis();
+        if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, scale) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-            if secs >= scale {
-                write!(f, "{}{unit}", secs / scale)?;
-                secs %= scale;
+        for (unit, scale) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+            ("ms", 1),
+        ] {
+            if ms >= scale {
+                write!(f, "{}{unit}", ms / scale)?;
+                ms %= scale;
             }
         }
         Ok(())
@@ -407,8 +414,12 @@ mod tests {
         assert_eq!(secs("5d"), Ok(432_000));
         assert_eq!(secs("0s"), Ok(0));
         assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().get(),
+            Duration::from_millis(250)
+        );
         for bad in [
-            "", "30", "s", "5 m", " 5m", "5m ", "5x", "5ms", "-5s", "1.5h", "5m3",
+            "", "30", "s", "5 m", " 5m", "5m ", "5x", "5us", "-5s", "1.5h", "5m3",
         ] {
             let err = secs(bad).unwrap_err();
             assert!(
@@ -419,7 +430,7 @@ mod tests {
         assert!(secs("9999999999s").unwrap_err().contains("too large"));
         assert!(secs("999999999d999999999d999999999d").is_ok());
         assert!(secs("30").unwrap_err().contains("no unit"));
-        for text in ["0s", "30s", "5m", "1h30m", "5d", "1d1h1m1s"] {
+        for text in ["0s", "30s", "5m", "1h30m", "5d", "1d1h1m1s", "1s500ms"] {
             assert_eq!(text.parse::<HumanDuration>().unwrap().to_string(), text);
         }
         assert_eq!(HumanDuration::from_secs(90).to_string(), "1m30s");
