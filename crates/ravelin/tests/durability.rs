@@ -4,7 +4,8 @@
 //! - SIGKILL under load, several times, restarting on the same spool: every queue id a client
 //!   saw in a `250 ... queued as ID` reaches the backend (duplicates are counted, not failed).
 //! - A backend that is down: mail waits deferred in the queue and goes out at the next retry
-//!   once the backend listens; `ravelin queue flush` sends it at once despite a long retry.
+//!   once the backend listens; `ravelin queue flush` sends it at once despite a long retry;
+//!   `ravelin queue hold` and `release` run as root keep the message's delivery state.
 //! - A permanent refusal by a Postfix backend: an RFC 3464 DSN reaches the original sender's
 //!   Maildir (parsed by Python's email package); a bounce of a null-sender message does not.
 //! - SIGTERM while clients are in DATA: each either gets 250 and its message is delivered, or
@@ -523,6 +524,74 @@ fn queue_flush_sends_a_deferred_message_at_once() {
         "queue flush: delivered {:.1} s after `ravelin queue flush` (retry was due in about 1 h)",
         took.as_secs_f64()
     );
+}
+
+#[test]
+fn hold_and_release_by_root_keep_the_delivery_state() {
+    // The gateway runs as an unprivileged user; the operator's tools are often run as root.
+    // Whatever they write into the spool must stay readable by the gateway, or the state of
+    // a message (attempts, recipients already delivered) is lost.
+    let backend = free_addr();
+    let config = RavelinConfig::inbound(backend)
+        .tls("off")
+        .retry_initial("1s")
+        .set("delivery", "retry_max = \"2s\"")
+        .set("delivery", "scan_interval = \"1s\"");
+    let gw = Ravelin::start(config);
+    let data = simple_message("sender@example.net", "user@example.org", "hold-1");
+    let id = send_accepted(gw.addr(), "sender@example.net", "user@example.org", &data);
+    let attempts = |gw: &Ravelin| {
+        queue_list(gw)
+            .into_iter()
+            .find(|e| e["id"] == id.as_str())
+            .and_then(|e| e["state"]["attempts"].as_u64())
+    };
+    wait_until("two failed attempts", WAIT, || {
+        (attempts(&gw)? >= 2).then_some(())
+    });
+
+    for action in ["hold", "release"] {
+        let out = gw.command(&["queue", action, &id]);
+        assert!(out.status.success(), "queue {action}: {}", describe(&out));
+    }
+    let at_release = attempts(&gw).expect("listed after release");
+    assert!(
+        at_release >= 2,
+        "release lost the attempt count: {at_release}"
+    );
+    // The gateway picks the released message up and tries it again, counting on: the
+    // attempt numbers it logs run 1, 2, 3, ... without starting over.
+    let logged = |gw: &Ravelin| -> Vec<u64> {
+        gw.events("deferred")
+            .iter()
+            .filter(|v| v["queue_id"] == id.as_str())
+            .filter_map(|v| v["attempts"].as_u64())
+            .collect()
+    };
+    let seen = logged(&gw).len();
+    let sequence = wait_until("an attempt after the release", WAIT, || {
+        let l = logged(&gw);
+        (l.len() > seen).then_some(l)
+    });
+    let counting: Vec<u64> = (1..=sequence.len() as u64).collect();
+    assert_eq!(
+        sequence, counting,
+        "the attempt count started over after hold and release (delivery state lost)"
+    );
+    assert!(
+        gw.events("spool_corrupt").is_empty(),
+        "the gateway could not read what the operator's tool wrote: {:?}",
+        gw.events("spool_corrupt")
+    );
+    assert_eq!(spool_files(&gw, "corrupt"), Vec::<String>::new());
+
+    let sink = SmtpSink::start_on(backend, &[]);
+    let messages = sink.wait_for_messages(1, WAIT);
+    assert_eq!(
+        gateway_queue_id(&messages[0].message).as_deref(),
+        Some(id.as_str())
+    );
+    wait_queue_empty(&gw, WAIT);
 }
 
 // ---------------------------------------------------------------------------------------------
