@@ -6,11 +6,16 @@
 //! `state/ID`, and the directory fsynced. A crash leaves the old or the new state, and at most a
 //! `.tmp` file that recovery removes. A missing state file means "never tried, due now".
 //! Files over [`MAX_STATE`] octets are refused as corrupt rather than read.
+//!
+//! A state file always belongs to the owner of `state/` (the gateway's `server.user`), also
+//! when an operator tool running as root writes it (`queue release`): otherwise the gateway
+//! could not read it, would move it to `corrupt/` and forget the message's attempts and
+//! delivered recipients.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -92,6 +97,7 @@ pub(crate) fn store(path: &Path, state: &DeliveryState) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(tmp)?;
+        match_dir_owner(&f, tmp)?;
         f.write_all(&json)?;
         f.sync_data()?;
         fs::rename(tmp, path)
@@ -104,4 +110,19 @@ pub(crate) fn store(path: &Path, state: &DeliveryState) -> io::Result<()> {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// Gives a new file the owner and group of the directory it is in, when they differ (which
+/// only root can change; anyone else could not have written into the 0700 directory).
+fn match_dir_owner(file: &File, path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let want = fs::metadata(dir)?;
+    let have = file.metadata()?;
+    if (have.uid(), have.gid()) != (want.uid(), want.gid()) {
+        std::os::unix::fs::fchown(file, Some(want.uid()), Some(want.gid()))?;
+    }
+    Ok(())
 }

@@ -625,11 +625,15 @@ impl SmtpSink {
     /// Starts smtp-sink with extra options, e.g. `["-f", "RCPT"]` to refuse every RCPT with
     /// 5xx, `["-r", "."]` to answer end-of-data with 4xx, `["-Q", "DATA"]` to drop at DATA.
     pub fn start_with(options: &[&str]) -> SmtpSink {
+        Self::start_on(free_addr(), options)
+    }
+
+    /// Starts smtp-sink on a given loopback address (e.g. a next hop that was down until now).
+    pub fn start_on(addr: SocketAddr, options: &[&str]) -> SmtpSink {
         let exe = program("smtp-sink");
         let dir = daemon_tempdir();
         let dump_dir = dir.path().join("dump");
         fs::create_dir(&dump_dir).expect("create the dump directory");
-        let addr = free_addr();
         let mut cmd = Command::new(exe);
         if is_root() {
             // smtp-sink refuses to run as root; it drops to nobody after binding.
@@ -1213,6 +1217,12 @@ pub struct Ravelin {
 impl Ravelin {
     /// Writes the config and starts `ravelin serve`, returning once every listener listens.
     pub fn start(config: RavelinConfig) -> Ravelin {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`Ravelin::start`], but calls `prepare` with the spool path (which does not exist
+    /// yet) before starting the gateway, e.g. to mount a small file system there.
+    pub fn start_with(config: RavelinConfig, prepare: impl FnOnce(&Path)) -> Ravelin {
         let dir = daemon_tempdir();
         let spool = dir.path().join("spool");
         let config_path = dir.path().join("ravelin.toml");
@@ -1229,6 +1239,7 @@ impl Ravelin {
             listeners,
             child: None,
         };
+        prepare(&ravelin.spool);
         ravelin.spawn();
         ravelin
     }
@@ -1378,6 +1389,30 @@ impl Ravelin {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to the running gateway without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("ravelin is not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal ravelin");
+    }
+
+    /// Waits at most `timeout` for the gateway to exit; `None` if it still runs then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("ravelin is not running");
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => return None,
+                Err(e) => panic!("waiting for ravelin: {e}"),
+            }
         }
     }
 
