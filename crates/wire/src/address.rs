@@ -60,19 +60,24 @@ impl Mailbox {
 impl fmt::Display for Mailbox {
     /// Writes the mailbox in canonical SMTP form, quoting the local part when needed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if is_dot_string(&self.local) {
-            write!(f, "{}@{}", self.local, self.domain)
-        } else {
-            f.write_str("\"")?;
-            for c in self.local.chars() {
-                if c == '"' || c == '\\' {
-                    f.write_str("\\")?;
-                }
-                write!(f, "{c}")?;
-            }
-            write!(f, "\"@{}", self.domain)
-        }
+        write_local_part(f, &self.local)?;
+        write!(f, "@{}", self.domain)
     }
+}
+
+/// Writes a local part as a dot-string when it is one, else as a quoted string.
+fn write_local_part(f: &mut fmt::Formatter<'_>, local: &str) -> fmt::Result {
+    if is_dot_string(local) {
+        return f.write_str(local);
+    }
+    f.write_str("\"")?;
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            f.write_str("\\")?;
+        }
+        write!(f, "{c}")?;
+    }
+    f.write_str("\"")
 }
 
 /// A path: an optional (obsolete) source route and a mailbox.
@@ -119,7 +124,7 @@ impl fmt::Display for ForwardPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ForwardPath::Path(p) => write!(f, "{}", p.mailbox),
-            ForwardPath::Unqualified(l) => f.write_str(l),
+            ForwardPath::Unqualified(l) => write_local_part(f, l),
         }
     }
 }
@@ -381,6 +386,10 @@ mod tests {
             ForwardPath::Unqualified("other.net!user".into())
         );
         assert!(fwd("<Postmaster>").unwrap().is_bare_postmaster());
+        // Found by fuzzing: an unqualified quoted local part must print quoted again.
+        let q = fwd("<\")@\">").unwrap();
+        assert_eq!(q.to_string(), "\")@\"");
+        assert_eq!(fwd(&format!("<{q}>")).unwrap(), q);
     }
 
     #[test]
