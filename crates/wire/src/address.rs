@@ -234,12 +234,25 @@ fn parse_path(inner: &str) -> Result<ForwardPath, AddressError> {
     }))
 }
 
-/// `@a,@b:` → (["a","b"], rest).
+/// `@a,@b:` → (["a","b"], rest). The route ends at the first colon outside an address
+/// literal (`@[IPv6:::1]:user@host` has colons inside the brackets).
 fn parse_route(s: &str) -> Result<(Vec<String>, &str), AddressError> {
     if !s.starts_with('@') {
         return Ok((Vec::new(), s));
     }
-    let colon = s.find(':').ok_or(AddressError::BadSourceRoute)?;
+    let mut in_literal = false;
+    let colon = s
+        .char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '[' => in_literal = true,
+                ']' => in_literal = false,
+                _ => {}
+            }
+            c == ':' && !in_literal
+        })
+        .map(|(i, _)| i)
+        .ok_or(AddressError::BadSourceRoute)?;
     let mut route = Vec::new();
     for hop in s[..colon].split(',') {
         let d = hop.strip_prefix('@').ok_or(AddressError::BadSourceRoute)?;
@@ -379,6 +392,13 @@ mod tests {
         );
         match fwd("<@example.org,@b.example:user@other.net>").unwrap() {
             ForwardPath::Path(p) => assert_eq!(p.route, vec!["example.org", "b.example"]),
+            other => panic!("{other:?}"),
+        }
+        match fwd("<@[IPv6:::1],@[192.0.2.1]:user@other.net>").unwrap() {
+            ForwardPath::Path(p) => {
+                assert_eq!(p.route, vec!["[IPv6:::1]", "[192.0.2.1]"]);
+                assert!(p.mailbox.domain.eq_name("other.net"));
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(

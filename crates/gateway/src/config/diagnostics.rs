@@ -210,6 +210,33 @@ impl<'t> Locator<'t> {
         self.error(self.line(path), message, fix)
     }
 
+    /// For a serde error inside an entry (unknown key, wrong type, bad value): the entry's
+    /// path as the file spells it (`listen[0].tls`) and the byte ranges of its key and value,
+    /// nested entries included. `None` when the error is not inside an entry.
+    pub fn entry_of(&self, err: &toml::de::Error) -> Option<(String, Vec<Range<usize>>)> {
+        let doc = self.doc.as_ref()?;
+        let offset = err.span()?.start;
+        let mut path = Vec::new();
+        let mut found = None;
+        find_entry(doc.get_ref(), offset, &mut path, &mut found);
+        let (depth, key, value) = found?;
+        let mut ranges = Vec::new();
+        entry_ranges(key, value, &mut ranges);
+        Some((dotted(&path[..depth]), ranges))
+    }
+
+    /// For a "missing field" error: the path of the missing key (`listen[1].address`).
+    pub fn missing_key(&self, err: &toml::de::Error) -> Option<String> {
+        let raw = err.message();
+        if !raw.starts_with("missing field") {
+            return None;
+        }
+        let name = backticked(raw).first().copied().unwrap_or("");
+        let mut path = self.path_at(err.span().unwrap_or(0..0).start);
+        path.push(Seg::Key(name));
+        Some(dotted(&path))
+    }
+
     /// Turns an error of the TOML reader or of serde into a located, explained one.
     pub fn explain_toml(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
@@ -218,6 +245,98 @@ impl<'t> Locator<'t> {
         let path = self.path_at(span.start);
         let (message, fix) = explain(&raw, &path, self.doc.is_some());
         self.error(line, message, fix)
+    }
+}
+
+/// Whether `text` is syntactically valid TOML.
+pub fn is_toml(text: &str) -> bool {
+    DeTable::parse(text).is_ok()
+}
+
+/// Replaces the bytes in `ranges` with spaces, keeping line breaks (so every line keeps its
+/// number). False when nothing changed or the result would not be UTF-8.
+pub fn blank(text: &mut String, ranges: &[Range<usize>]) -> bool {
+    let mut bytes = std::mem::take(text).into_bytes();
+    let mut changed = false;
+    for range in ranges {
+        for b in bytes.get_mut(range.clone()).into_iter().flatten() {
+            if !matches!(*b, b'\n' | b'\r' | b' ') {
+                *b = b' ';
+                changed = true;
+            }
+        }
+    }
+    match String::from_utf8(bytes) {
+        Ok(blanked) => {
+            *text = blanked;
+            changed
+        }
+        Err(_) => false,
+    }
+}
+
+/// The deepest table entry whose key or value holds `offset`: its depth in `path`, its key's
+/// span and its value.
+type Entry<'a, 't> = Option<(usize, Range<usize>, &'a Spanned<DeValue<'t>>)>;
+
+fn find_entry<'a, 't>(
+    table: &'a DeTable<'t>,
+    offset: usize,
+    path: &mut Vec<Seg<'a>>,
+    found: &mut Entry<'a, 't>,
+) {
+    for (key, value) in table.iter() {
+        let in_key = contains(&key.span(), offset);
+        if !in_key && !contains(&value.span(), offset) && !holds(value.get_ref(), offset) {
+            continue;
+        }
+        path.push(Seg::Key(key.get_ref().as_ref()));
+        *found = Some((path.len(), key.span(), value));
+        if in_key {
+            return;
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => find_entry(t, offset, path, found),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let DeValue::Table(t) = item.get_ref()
+                        && (contains(&item.span(), offset) || holds(item.get_ref(), offset))
+                    {
+                        path.push(Seg::Index(i));
+                        find_entry(t, offset, path, found);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+        return;
+    }
+}
+
+/// The byte ranges of one `key = value` entry: from its key through its value (for a
+/// `[section]` header, the header), then every entry nested in it (a section's entries follow
+/// its header), and the headers of `[[array]]` items.
+fn entry_ranges(key: Range<usize>, value: &Spanned<DeValue<'_>>, out: &mut Vec<Range<usize>>) {
+    let span = value.span();
+    out.push(key.start.min(span.start)..key.end.max(span.end));
+    match value.get_ref() {
+        DeValue::Table(t) => {
+            for (k, v) in t.iter() {
+                entry_ranges(k.span(), v, out);
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items.iter() {
+                out.push(item.span());
+                if let DeValue::Table(t) = item.get_ref() {
+                    for (k, v) in t.iter() {
+                        entry_ranges(k.span(), v, out);
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }
 

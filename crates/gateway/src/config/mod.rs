@@ -7,11 +7,15 @@
 //!
 //! How it fails: [`Config::load`] and [`Config::parse`] return [`ConfigErrors`], each naming
 //! the file, the line and what to write instead. Unknown keys are errors (with the closest valid
-//! key suggested), so a typo never silently falls back to a default. The TOML reader stops at
-//! the first syntax or type error; the semantic checks (host names, listener TLS needing a
-//! certificate, inbound listeners needing domains and a backend, limits, durations, and, for
-//! `load`, that the named certificate and CA files exist) are all collected and reported
-//! together.
+//! key suggested), so a typo never silently falls back to a default. A TOML syntax error stops
+//! reading. Every unknown key, wrong type and bad value is reported, not only the first: the
+//! offending entry is set aside (blanked, so lines keep their numbers) and the file read again,
+//! at most [`MAX_READER_ERRORS`] times; a required key reported missing only because its entry
+//! was set aside is not reported. Once the file reads cleanly, the semantic checks (host names,
+//! listener TLS needing a certificate, inbound listeners needing domains and a backend, limits,
+//! durations, and, for `load`, that the named certificate and CA files exist) are all collected
+//! and reported together; they wait for a clean read because defaults standing in for entries
+//! set aside would make them wrong.
 //!
 //! Relative paths in a file read by [`Config::load`] are taken relative to that file's
 //! directory.
@@ -34,6 +38,10 @@ use self::diagnostics::{Locator, toml_path};
 
 /// The largest configuration file read (1 MiB).
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The most errors of the TOML reader (unknown keys, wrong types, bad values) reported for
+/// one file; each costs one more reading of the file.
+pub const MAX_READER_ERRORS: usize = 50;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -435,9 +443,11 @@ impl Config {
 }
 
 fn parse_text(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let mut config = read_all(text, origin).map_err(|mut errors| {
+        errors.sort_by_key(|e| e.line);
+        ConfigErrors(errors)
+    })?;
     let locator = Locator::new(text, origin);
-    let mut config: Config =
-        toml::from_str(text).map_err(|e| ConfigErrors(vec![locator.explain_toml(&e)]))?;
     normalize(&mut config);
     if let Some(base) = base {
         resolve_paths(&mut config, base);
@@ -452,6 +462,41 @@ fn parse_text(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, C
         errors.sort_by_key(|e| e.line);
         Err(ConfigErrors(errors))
     }
+}
+
+/// Deserializes the text, collecting every error of the TOML reader: after each unknown key,
+/// wrong type or bad value, the entry holding it is blanked and the text read again. Stops at a
+/// syntax error, at a missing required key (not reported if its entry was set aside), when an
+/// entry cannot be set aside, and after [`MAX_READER_ERRORS`] errors.
+fn read_all(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut set_aside: Vec<String> = Vec::new();
+    let mut current = text.to_string();
+    while errors.len() < MAX_READER_ERRORS {
+        let err = match toml::from_str::<Config>(&current) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        // Located in the text as read this time, so entries set aside are not found again;
+        // blanking keeps every line where it was.
+        let locator = Locator::new(&current, origin);
+        if let Some(missing) = locator.missing_key(&err) {
+            if !set_aside.contains(&missing) {
+                errors.push(locator.explain_toml(&err));
+            }
+            break;
+        }
+        errors.push(locator.explain_toml(&err));
+        let Some((path, ranges)) = locator.entry_of(&err) else {
+            break;
+        };
+        if !diagnostics::blank(&mut current, &ranges) || !diagnostics::is_toml(&current) {
+            break;
+        }
+        set_aside.push(path);
+    }
+    Err(errors)
 }
 
 /// Canonical forms: lower-case names.

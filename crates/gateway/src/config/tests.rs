@@ -293,13 +293,27 @@ domain = ["example.org"]
 
 #[test]
 fn unknown_keys_everywhere() {
-    let (line, message, fix) = error("hostnam = \"mx1.example.org\"\n");
-    assert_eq!(line, 1);
+    let list = errors("hostnam = \"mx1.example.org\"\n");
+    assert_eq!(list.len(), 2, "{list:#?}");
+    let (line, message, fix) = &list[0];
+    assert_eq!(*line, 1);
     assert_eq!(message, "unknown key \"hostnam\" at the top level");
     assert!(fix.starts_with("did you mean \"hostname\"?"), "{fix}");
+    // With the misspelt key set aside, the real one is missing too.
+    assert_eq!(
+        list[1].1,
+        "required key \"hostname\" is missing at the top level"
+    );
 
-    let (line, message, fix) = error(&format!("{MINIMAL}\n[[listen]]\nname = \"b\"\nport = 25\n"));
-    assert_eq!(line, 15);
+    // The listener also lacks its address, reported once the unknown key is set aside.
+    let list = errors(&format!("{MINIMAL}\n[[listen]]\nname = \"b\"\nport = 25\n"));
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert_eq!(
+        list[0].1,
+        "required key \"address\" is missing in [[listen]]"
+    );
+    let (line, message, fix) = &list[1];
+    assert_eq!(*line, 15);
     assert_eq!(message, "unknown key \"port\" in [[listen]]");
     assert!(
         fix.starts_with("remove it or correct it; valid keys: name, address"),
@@ -583,6 +597,81 @@ path = ""
             .lines()
             .all(|l| l.starts_with("ravelin.toml:") && l.contains(" — fix: "))
     );
+}
+
+#[test]
+fn every_reader_error_is_reported_in_line_order() {
+    let text = r#"hostname = "mx1.example.org"
+
+[server]
+usr = "nobody"
+
+[[listen]]
+name = "mx"
+address = "127.0.0.1:2525"
+kind = "inbound"
+tls = "sometimes"
+
+[inbound]
+domains = ["example.org"]
+backend = ["smtp://127.0.0.1:10025"]
+received_client = "yes"
+
+[queue]
+path = "/var/spool"
+max = 5
+
+[delivery]
+retry_max = "5 parsecs"
+retry_initial = 30
+"#;
+    let list = errors(text);
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(lines, [4, 10, 15, 17, 22, 23], "{list:#?}");
+    assert_eq!(list[0].1, "unknown key \"usr\" in [server]");
+    assert_eq!(list[1].1, "listen[0].tls: unknown value \"sometimes\"");
+    assert!(
+        list[2].1.starts_with("inbound.received_client: "),
+        "{list:#?}"
+    );
+    assert_eq!(list[3].1, "unknown key \"queue\" at the top level");
+    assert!(
+        list[4]
+            .1
+            .starts_with("delivery.retry_max: invalid duration \"5 parsecs\""),
+        "{list:#?}"
+    );
+    assert!(
+        list[5].1.starts_with("delivery.retry_initial: "),
+        "{list:#?}"
+    );
+
+    // A required key set aside for its bad value is not also reported missing; one that is
+    // really missing is.
+    let list = errors(&MINIMAL.replace("name = \"mx\"", "name = 5"));
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert!(
+        list[0].1.starts_with("listen[0].name: invalid type"),
+        "{list:#?}"
+    );
+    let list = errors(&format!(
+        "{MINIMAL}\n[log]\nformat = \"xml\"\n\n[tls]\ncertificate = \"c.pem\"\n"
+    ));
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(lines, [14, 16], "{list:#?}");
+    assert_eq!(
+        list[1].1,
+        "required key \"private_key\" is missing in [tls]"
+    );
+
+    // Semantic checks wait until the file reads cleanly (defaults standing in for entries set
+    // aside would make them wrong).
+    let list = errors(&MINIMAL.replace(
+        "hostname = \"mx1.example.org\"",
+        "hostname = \"localhost\"\ncolour = \"blue\"",
+    ));
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0].1, "unknown key \"colour\" at the top level");
 }
 
 #[test]

@@ -416,6 +416,27 @@ impl RawClient {
         false
     }
 
+    /// Everything the server sends until it closes the connection, starting with bytes
+    /// already received but not yet parsed as a reply. Fails if the connection is still open
+    /// after [`IO_TIMEOUT`].
+    pub fn read_until_closed(&mut self) -> io::Result<Vec<u8>> {
+        let mut bytes = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(bytes),
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(bytes),
+                Err(e) => return Err(e),
+            }
+            if bytes.len() > MAX_RAW_REPLY {
+                return Err(invalid(format!(
+                    "more than {MAX_RAW_REPLY} bytes before close"
+                )));
+            }
+        }
+    }
+
     /// Closes the sending side (the server sees end of input).
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         self.stream.shutdown(Shutdown::Write)
