@@ -35,6 +35,7 @@
 # Must run as root (Postfix's master drops to mail_owner=postfix). Fails with a message
 # naming scripts/install-test-deps.sh when Postfix is not installed.
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/sbin"
 
 die() { echo "postfix-instance: $*" >&2; exit 1; }
 
@@ -246,9 +247,9 @@ cmd_stop() {
         kill -0 "$pid" 2>/dev/null || { echo "stopped $dir"; return 0; }
         sleep 0.1
     done
-    # The master did not go within 10 s: take it and its children down.
-    pkill -KILL -P "$pid" 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null || true
+    # The master did not go within 10 s: take down its process group (the master is a
+    # session leader; its daemons share the group).
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     echo "killed $dir (master pid $pid did not stop within 10 s)"
 }
 

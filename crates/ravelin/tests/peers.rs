@@ -331,3 +331,51 @@ fn raw_client_binds_distinct_loopback_addresses() {
     let (_, peer) = listener.accept().expect("accept");
     assert_eq!(peer.ip(), local);
 }
+
+#[test]
+fn ravelin_config_renders_the_contract_keys_as_valid_toml() {
+    let backend = free_addr();
+    let config = RavelinConfig::inbound(backend)
+        .listener("sub", "submission", "require")
+        .domains(&["example.org", "example.com"])
+        .set("delivery", "max_attempts = 3")
+        .set("dns", "nameservers = [\"127.0.0.1:5353\"]")
+        .extra("[outbound]\ntrusted_networks = [\"127.0.0.1/32\"]");
+    let spool = std::path::Path::new("/tmp/spool \"quoted\"");
+    let text = config.render(spool);
+    let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(doc["hostname"].as_str(), Some("mx.test.example"));
+    let listen = doc["listen"].as_array().expect("[[listen]]");
+    assert_eq!(listen.len(), 2);
+    assert_eq!(listen[0]["name"].as_str(), Some("mx"));
+    assert_eq!(listen[0]["kind"].as_str(), Some("inbound"));
+    assert_eq!(listen[0]["tls"].as_str(), Some("offer"));
+    assert_eq!(listen[1]["tls"].as_str(), Some("require"));
+    let mx: std::net::SocketAddr = listen[0]["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("addr");
+    assert!(mx.ip().is_loopback());
+    assert_eq!(
+        doc["inbound"]["backend"][0].as_str(),
+        Some(format!("smtp://{backend}").as_str())
+    );
+    assert_eq!(doc["inbound"]["domains"].as_array().map(Vec::len), Some(2));
+    assert_eq!(doc["spool"]["path"].as_str(), Some("/tmp/spool \"quoted\""));
+    assert_eq!(doc["delivery"]["retry_initial"].as_str(), Some("1s"));
+    assert_eq!(doc["delivery"]["max_attempts"].as_integer(), Some(3));
+    assert_eq!(
+        doc["dns"]["nameservers"][0].as_str(),
+        Some("127.0.0.1:5353")
+    );
+    assert_eq!(
+        doc["outbound"]["trusted_networks"][0].as_str(),
+        Some("127.0.0.1/32")
+    );
+    assert_eq!(doc["log"]["format"].as_str(), Some("json"));
+    assert_eq!(
+        doc["server"].get("user").and_then(|u| u.as_str()) == Some("nobody"),
+        is_root()
+    );
+}
