@@ -119,12 +119,18 @@ free_port() {
     die "no free port found"
 }
 
+# log_tail [LOG]: the last lines of LOG on a new line, for an error message ("" without LOG).
+log_tail() {
+    [ -n "${1:-}" ] || return 0
+    printf '\n%s' "$(tail -n 20 "$1" 2>/dev/null || true)"
+}
+
 wait_listening() { # PORT PID WHAT [LOG]
-    local deadline=$((SECONDS + 20)) log=""
-    [ -n "${4:-}" ] && log=$'\n'"$(tail -n 20 "$4" 2>/dev/null)"
+    local deadline=$((SECONDS + 20))
     until listening "$1"; do
-        kill -0 "$2" 2>/dev/null || die "$3 exited before listening on port $1$log"
-        [ $SECONDS -lt $deadline ] || die "$3 is not listening on port $1 after 20 s$log"
+        kill -0 "$2" 2>/dev/null || die "$3 exited before listening on port $1$(log_tail "${4:-}")"
+        [ $SECONDS -lt $deadline ] \
+            || die "$3 is not listening on port $1 after 20 s$(log_tail "${4:-}")"
         sleep 0.05
     done
 }
