@@ -115,7 +115,7 @@ pub struct QueueEntry {
 pub struct SpoolStats {
     /// fsyncs of `queue/` done by the committer.
     pub dir_syncs: u64,
-    /// Commits those fsyncs made durable.
+    /// Commits and removals those fsyncs made durable.
     pub commits: u64,
 }
 
@@ -842,12 +842,18 @@ impl Lease {
         Ok(())
     }
 
-    /// Removes a message that needs no further attempt (durably), then its state.
+    /// Removes a message that needs no further attempt (durably: the unlink is covered by a
+    /// group sync of `queue/`, shared with concurrent commits and removals), then its state.
+    /// Blocks; call it from a blocking thread.
     pub fn remove_delivered(self) -> io::Result<()> {
-        let queue = &self.spool.inner.queue;
-        fs::remove_file(queue.join(self.id.to_string()))?;
-        sync_dir(queue)?;
-        self.spool.remove_state(&self.id);
+        let Lease {
+            spool, id, file, ..
+        } = self;
+        fs::remove_file(spool.inner.queue.join(id.to_string()))?;
+        // Gone from queue/: nobody else can lease it, so the lock need not wait for the sync.
+        drop(file);
+        spool.inner.committer.sync_blocking()?;
+        spool.remove_state(&id);
         Ok(())
     }
 }

@@ -388,6 +388,46 @@ async fn concurrent_commits_share_directory_syncs() {
     assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_removals_share_directory_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(store(&spool, &["b@example.net"], BODY).await);
+    }
+    let before = spool.stats();
+    let barrier = Arc::new(std::sync::Barrier::new(ids.len()));
+    let removers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (spool, id, barrier) = (spool.clone(), *id, barrier.clone());
+            std::thread::spawn(move || {
+                let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+                    panic!("not leased")
+                };
+                barrier.wait();
+                lease.remove_delivered().unwrap();
+            })
+        })
+        .collect();
+    for r in removers {
+        r.join().unwrap();
+    }
+    let after = spool.stats();
+    let (syncs, removals) = (
+        after.dir_syncs - before.dir_syncs,
+        after.commits - before.commits,
+    );
+    eprintln!("removals: {removals} in {syncs} directory syncs");
+    assert_eq!(removals, 50);
+    assert!(syncs < 50, "removals do not share syncs: {syncs}");
+    assert_eq!(names(&dir.path().join("queue")), Vec::<String>::new());
+    drop(spool);
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert!(recovered.is_empty());
+}
+
 /// Environment variable naming the spool directory of a child test process.
 const CHILD_DIR: &str = "RAVELIN_SPOOL_CHILD_DIR";
 
