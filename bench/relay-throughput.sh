@@ -135,13 +135,16 @@ wait_listening() { # PORT PID WHAT [LOG]
     done
 }
 
-# sink_count: messages the sink has completed so far (smtp-sink -c counters).
-sink_count() {
+# sink_counter NAME: the sink's counter NAME so far (smtp-sink -c: sess, quit, mesg).
+sink_counter() {
     local n
-    n=$(tail -c 256 "$WORK/sink.out" 2>/dev/null | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -n 1 || true)
-    n=${n#mesg=}
+    n=$(tail -c 256 "$WORK/sink.out" 2>/dev/null | tr '\r' '\n' | grep -o "$1=[0-9]*" | tail -n 1 || true)
+    n=${n#"$1"=}
     echo "${n:-0}"
 }
+
+# sink_count: messages the sink has completed so far.
+sink_count() { sink_counter mesg; }
 
 # sample_memory PID OUT: until killed, every 200 ms, append "rss_kib pss_kib" summed over
 # PID and all its descendants to OUT. One awk per sample walks the process tree
@@ -178,7 +181,7 @@ peak_column() { # FILE COLUMN -> MiB with one decimal
     awk -v c="$2" '$c > m { m = $c } END { printf "%.1f", m / 1024 }' "$1"
 }
 
-# run_load NAME PORT SERVER_PID: drive the load, print "elapsed accepted_elapsed".
+# run_load NAME PORT: drive the load, print "elapsed accepted_elapsed".
 run_load() {
     local name=$1 port=$2 base target t0 t_acc t_end limit rc
     base=$(sink_count)
@@ -204,6 +207,19 @@ run_load() {
     awk -v a="$t0" -v b="$t_end" -v c="$t_acc" 'BEGIN { printf "%.3f %.3f\n", b - a, c - a }'
 }
 
+# sink_sessions_since BASE: sessions the sink has finished since its counter was BASE, once
+# the relay has stopped (a relay keeps connections open for reuse; stopping ends them).
+sink_sessions_since() {
+    local before=-1 n
+    for _ in $(seq 1 50); do
+        n=$(sink_counter sess)
+        [ "$n" = "$before" ] && break
+        before=$n
+        sleep 0.1
+    done
+    echo $((n - $1))
+}
+
 rate() { awk -v n="$MESSAGES" -v t="$1" 'BEGIN { printf "%.0f", n / t }'; }
 
 # --- the sink ----------------------------------------------------------------------------
@@ -227,6 +243,7 @@ if [ "$ONLY" != ravelin ]; then
     : >"$WORK/postfix.mem"
     sample_memory "$PF_MASTER" "$WORK/postfix.mem" &
     SAMPLER_PID=$!
+    SESS0=$(sink_counter sess)
     result=$(run_load postfix "$PF_PORT")
     read -r PF_TIME PF_ACC <<<"$result"
     stop_sampler
@@ -234,8 +251,10 @@ if [ "$ONLY" != ravelin ]; then
     PF_MEM=$(peak_column "$WORK/postfix.mem" 1)
     PF_PSS=$(peak_column "$WORK/postfix.mem" 2)
     "$PFI" stop "$WORK/postfix" >/dev/null
+    PF_SESS=$(sink_sessions_since "$SESS0")
     echo "postfix $PF_VERSION: $MESSAGES messages in ${PF_TIME} s = $PF_RATE msg/s" \
-        "(all accepted after ${PF_ACC} s); peak memory: Rss sum $PF_MEM MiB, Pss sum $PF_PSS MiB"
+        "(all accepted after ${PF_ACC} s); peak memory: Rss sum $PF_MEM MiB, Pss sum $PF_PSS MiB;" \
+        "$PF_SESS connections to the sink"
 fi
 
 # --- Ravelin -----------------------------------------------------------------------------
@@ -275,6 +294,7 @@ TOML
     : >"$WORK/ravelin.mem"
     sample_memory "$RAVELIN_PID" "$WORK/ravelin.mem" &
     SAMPLER_PID=$!
+    SESS0=$(sink_counter sess)
     result=$(run_load ravelin "$RV_PORT")
     read -r RV_TIME RV_ACC <<<"$result"
     stop_sampler
@@ -286,9 +306,15 @@ TOML
     kill -KILL "$RAVELIN_PID" 2>/dev/null || true
     wait "$RAVELIN_PID" 2>/dev/null || true
     RAVELIN_PID=""
+    RV_SESS=$(sink_sessions_since "$SESS0")
     RV_VERSION=$("$RAVELIN" --version 2>/dev/null | awk '{ print $NF }' || true)
+    # Group commit, from the stopped line: commits and removals per fsync of queue/.
+    RV_GROUP=$(grep '"event":"stopped"' "$WORK/ravelin/ravelin.log" | tail -n 1 \
+        | sed -n 's/.*"spool_dir_syncs":\([0-9]*\).*"spool_synced":\([0-9]*\).*/\2 in \1/p')
     echo "ravelin ${RV_VERSION:-?}: $MESSAGES messages in ${RV_TIME} s = $RV_RATE msg/s" \
-        "(all accepted after ${RV_ACC} s); peak memory: VmHWM $RV_MEM MiB, Pss $RV_PSS MiB"
+        "(all accepted after ${RV_ACC} s); peak memory: VmHWM $RV_MEM MiB, Pss $RV_PSS MiB;" \
+        "$RV_SESS connections to the sink; spool commits and removals in queue/ fsyncs:" \
+        "${RV_GROUP:-unknown}"
 fi
 
 # --- summary -----------------------------------------------------------------------------

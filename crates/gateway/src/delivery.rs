@@ -854,7 +854,9 @@ impl Delivery {
             .map_err(|e| format!("cannot read the message: {e}"))?;
         let mut stuffer = DotStuffer::new();
         let mut chunk = vec![0u8; BODY_CHUNK];
-        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 32);
+        // Stuffed output waits here until it fills a chunk, so the last piece of the body and
+        // the final dot leave in one write (one segment for a small message).
+        let mut out = Vec::with_capacity(2 * BODY_CHUNK + BODY_CHUNK / 16);
         let mut total: u64 = 0;
         loop {
             let n = body
@@ -864,11 +866,12 @@ impl Delivery {
                 break;
             }
             total += n as u64;
-            out.clear();
             stuffer.push(&chunk[..n], &mut out);
-            timed(limit, "write body", conn.stream.write_all(&out)).await?;
+            if out.len() >= BODY_CHUNK {
+                timed(limit, "write body", conn.stream.write_all(&out)).await?;
+                out.clear();
+            }
         }
-        out.clear();
         stuffer.finish(&mut out);
         timed(limit, "write body", conn.stream.write_all(&out)).await?;
         if total != body.len {
