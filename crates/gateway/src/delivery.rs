@@ -44,6 +44,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,9 @@ struct RouteAgent {
     tls: Option<Arc<ClientConfig>>,
     slots: Semaphore,
     idle: Mutex<HashMap<(String, u16), Vec<IdleConn>>>,
+    /// Whether a task closing this route's expired idle connections is running (one per
+    /// route, not one per parked connection: a busy route parks one per message).
+    reaper: AtomicBool,
 }
 
 struct IdleConn {
@@ -398,6 +402,7 @@ impl Delivery {
                 route,
                 slots: Semaphore::new(settings.max_connections_per_route),
                 idle: Mutex::new(HashMap::new()),
+                reaper: AtomicBool::new(false),
             })
         };
         let local = agent(RouteKind::Local, local_route)?;
@@ -884,7 +889,8 @@ impl Delivery {
         Ok(())
     }
 
-    /// Parks a healthy connection for reuse and schedules its expiry.
+    /// Parks a healthy connection for reuse and makes sure the route's reaper will close it
+    /// once it has waited `idle_timeout`.
     fn put_idle(&self, agent: &RouteAgent, conn: Conn) {
         let key = (conn.host.clone(), conn.port);
         let extra = {
@@ -904,19 +910,14 @@ impl Delivery {
             tokio::spawn(conn.close());
             return;
         }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let wait = self.inner.settings.idle_timeout;
-        let kind = agent.kind;
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            if let Some(inner) = weak.upgrade()
-                && let Some(agent) = inner.agent(kind)
-            {
-                for conn in agent.drain_idle(Some(wait)) {
-                    conn.close().await;
-                }
-            }
-        });
+        if !agent.reaper.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(&self.inner);
+            tokio::spawn(reap_idle(
+                weak,
+                agent.kind,
+                self.inner.settings.idle_timeout,
+            ));
+        }
     }
 
     /// Closes every idle connection with QUIT (for shutdown).
@@ -931,7 +932,45 @@ impl Delivery {
     }
 }
 
+/// The reaper of one route: sleeps until its oldest idle connection has waited `wait`, closes
+/// what has expired, and ends when nothing is parked (or the agent is gone). It holds only a
+/// weak reference while sleeping, so it never keeps a dropped agent alive.
+async fn reap_idle(weak: Weak<Inner>, kind: RouteKind, wait: Duration) {
+    loop {
+        let (expired, next) = {
+            let Some(inner) = weak.upgrade() else { return };
+            let Some(agent) = inner.agent(kind) else {
+                return;
+            };
+            let expired = agent.drain_idle(Some(wait));
+            let mut next = agent.oldest_idle();
+            if next.is_none() {
+                agent.reaper.store(false, Ordering::Release);
+                // A connection parked after the check saw the flag still set: keep going.
+                next = agent.oldest_idle();
+                if next.is_some() && agent.reaper.swap(true, Ordering::AcqRel) {
+                    next = None;
+                }
+            }
+            (expired, next)
+        };
+        for conn in expired {
+            conn.close().await;
+        }
+        match next {
+            Some(since) => tokio::time::sleep_until((since + wait).into()).await,
+            None => return,
+        }
+    }
+}
+
 impl RouteAgent {
+    /// When the longest-waiting idle connection was parked.
+    fn oldest_idle(&self) -> Option<Instant> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().flatten().map(|p| p.since).min()
+    }
+
     /// The most recently parked connection to this host that has not waited too long.
     fn take_idle(&self, host: &str, port: u16, max_idle: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
