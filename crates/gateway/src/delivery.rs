@@ -31,10 +31,11 @@
 //! [`DeliverySettings::max_connections_per_route`] deliveries use a route at once.
 //!
 //! The body is read from the caller's reader in 64 KiB chunks and written through
-//! `DotStuffer`; it is never held in memory whole. The reader must be seekable: a message is
-//! read once per route and again after a failover. Reads block the calling worker thread
-//! (on a multi-threaded runtime they are marked with `block_in_place`). A failure to read the
-//! body defers the message.
+//! `DotStuffer`; this module never holds it in memory whole. The reader must be seekable: a
+//! message is read once per route and again after a failover. Reads block the calling worker
+//! thread (on a multi-threaded runtime they are marked with `block_in_place`), except from a
+//! spool body the lease already holds in memory. A failure to read the body defers the
+//! message.
 //!
 //! Logs: `delivery_connect`, `delivery_tls` (protocol and cipher), `delivery_host_failed`,
 //! `delivery_tls_fallback`, and one `delivered` / `deferred` / `bounced` line per recipient,
@@ -275,6 +276,8 @@ struct Body<R> {
     start: u64,
     len: u64,
     eight_bit: Option<bool>,
+    /// Reads may wait for the disk (so they leave the runtime's worker thread).
+    may_block: bool,
 }
 
 impl<R: Read + Seek> Body<R> {
@@ -290,6 +293,9 @@ impl<R: Read + Seek> Body<R> {
                 r => return r,
             }
         };
+        if !self.may_block {
+            return read();
+        }
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
             _ => read(),
@@ -435,6 +441,20 @@ impl Delivery {
         body_len: u64,
         log_id: &str,
     ) -> Vec<(String, Outcome)> {
+        self.deliver_from(sender, recipients, body, body_len, true, log_id)
+            .await
+    }
+
+    /// [`Delivery::deliver`]; `may_block` says whether reading `body` may wait for the disk.
+    async fn deliver_from(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        body: impl Read + Seek + Send,
+        body_len: u64,
+        may_block: bool,
+        log_id: &str,
+    ) -> Vec<(String, Outcome)> {
         let mut results: Vec<Option<Outcome>> = vec![None; recipients.len()];
         let mut body = body;
         let start = match body.stream_position() {
@@ -449,6 +469,7 @@ impl Delivery {
             start,
             len: body_len,
             eight_bit: None,
+            may_block,
         };
         if let Err(e) = check_path(sender) {
             let reply = Reply::ext(553, (5, 1, 7), format!("invalid sender address: {e}"));
@@ -1014,15 +1035,17 @@ impl crate::queue::Transport for Delivery {
         use crate::queue::RcptResult;
         Box::pin(async move {
             let len = body.len();
-            let outcomes = Delivery::deliver(
-                self,
-                &envelope.sender,
-                recipients,
-                body,
-                len,
-                &id.to_string(),
-            )
-            .await;
+            let may_block = !body.in_memory();
+            let outcomes = self
+                .deliver_from(
+                    &envelope.sender,
+                    recipients,
+                    body,
+                    len,
+                    may_block,
+                    &id.to_string(),
+                )
+                .await;
             outcomes
                 .into_iter()
                 .map(|(rcpt, outcome)| match outcome {

@@ -32,7 +32,9 @@
 //! finish; it is never followed by a delivery.
 //!
 //! Recovery checks the structure of every file (magic, envelope, trailer, length); the body's
-//! CRC is checked before each delivery, where the body is read anyway. `hold` and `delete`
+//! CRC is checked before each delivery, where the body is read anyway. A body of at most
+//! [`MEMORY_BODY`] octets is kept from that check for the attempt, so delivery reads it from
+//! memory instead of the file a second time. `hold` and `delete`
 //! wait for the delivery attempt in progress (at most the delivery timeouts).
 //!
 //! Settings read: only the spool path. Failures are `io::Error`s returned to the caller: a
@@ -73,6 +75,9 @@ const FREE: &str = "free";
 const LOCK: &str = "lock";
 const FLUSH: &str = "flush";
 
+/// Largest body a [`Lease`] keeps in memory for the delivery attempt (read once, when its
+/// checksum is verified); larger ones are read from the file as they are sent.
+pub const MEMORY_BODY: u64 = 128 * 1024;
 /// Most empty files kept in `free/` for reuse.
 pub const MAX_FREE: usize = 1024;
 /// Write buffer of an incoming message.
@@ -674,10 +679,10 @@ impl Spool {
         if !same_file(&file, &path)? {
             return Ok(Leased::Gone);
         }
-        let layout = match format::read_layout(&file)
-            .and_then(|l| format::verify_body(&file, &l).map(|()| l))
+        let (layout, body) = match format::read_layout(&file)
+            .and_then(|l| format::verify_body(&file, &l, MEMORY_BODY).map(|b| (l, b)))
         {
-            Ok(l) => l,
+            Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 self.quarantine_message(&self.inner.queue, id, &e.to_string());
                 return Err(e);
@@ -690,6 +695,7 @@ impl Spool {
             id: *id,
             file,
             layout,
+            body: body.map(Arc::from),
             state,
         })))
     }
@@ -802,23 +808,44 @@ impl Drop for Incoming {
     }
 }
 
-/// The message data of a spooled message: reads exactly the body, from its own position.
+/// The message data of a spooled message: reads exactly the body, from its own position,
+/// out of the file or out of memory (see [`MEMORY_BODY`]).
 #[derive(Debug)]
 pub struct BodyReader {
-    file: File,
-    start: u64,
+    source: Source,
     len: u64,
     pos: u64,
+}
+
+#[derive(Debug)]
+enum Source {
+    File { file: File, start: u64 },
+    Memory(Arc<[u8]>),
 }
 
 impl BodyReader {
     fn new(file: File, layout: &Layout) -> BodyReader {
         BodyReader {
-            file,
-            start: layout.body_start,
+            source: Source::File {
+                file,
+                start: layout.body_start,
+            },
             len: layout.body_len,
             pos: 0,
         }
+    }
+
+    fn memory(body: Arc<[u8]>) -> BodyReader {
+        BodyReader {
+            len: body.len() as u64,
+            source: Source::Memory(body),
+            pos: 0,
+        }
+    }
+
+    /// Whether reads come from memory (they never block).
+    pub fn in_memory(&self) -> bool {
+        matches!(self.source, Source::Memory(_))
     }
 
     /// Body length in octets.
@@ -842,7 +869,14 @@ impl Read for BodyReader {
         if want == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..want], self.start + self.pos)?;
+        let n = match &self.source {
+            Source::File { file, start } => file.read_at(&mut buf[..want], start + self.pos)?,
+            Source::Memory(body) => {
+                let from = self.pos as usize;
+                buf[..want].copy_from_slice(&body[from..from + want]);
+                want
+            }
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -890,6 +924,8 @@ pub struct Lease {
     id: QueueId,
     file: File,
     layout: Layout,
+    /// The body, when it is small enough to keep (checksum verified).
+    body: Option<Arc<[u8]>>,
     state: DeliveryState,
 }
 
@@ -906,9 +942,13 @@ impl Lease {
         &self.state
     }
 
-    /// A reader over the body. It has its own open file (and position), so the lock lives
-    /// exactly as long as the lease, whatever happens to the reader.
+    /// A reader over the body: from memory when the lease keeps it, otherwise over its own
+    /// open file (and position), so the lock lives exactly as long as the lease, whatever
+    /// happens to the reader.
     pub fn body(&self) -> io::Result<BodyReader> {
+        if let Some(body) = &self.body {
+            return Ok(BodyReader::memory(body.clone()));
+        }
         let path = self.spool.inner.queue.join(self.id.to_string());
         let file = File::open(&path)?;
         // We hold the lock, so nobody renamed or unlinked the file; check anyway.

@@ -504,6 +504,47 @@ async fn recovery_empties_free_files_and_keeps_a_bounded_number() {
     assert_eq!(body_of(&spool, &id), BODY);
 }
 
+#[tokio::test]
+async fn small_bodies_are_leased_in_memory_large_ones_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut large = b"Subject: large\r\n\r\n".to_vec();
+    while (large.len() as u64) <= MEMORY_BODY {
+        large.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc\r\n",
+        );
+    }
+    for (body, in_memory) in [(BODY, true), (large.as_slice(), false)] {
+        let id = store(&spool, &["b@example.net"], body).await;
+        let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+            panic!("not leased")
+        };
+        let mut reader = lease.body().unwrap();
+        assert_eq!(reader.in_memory(), in_memory, "{} octets", body.len());
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert!(got == body, "body differs ({} octets)", body.len());
+        // Seek and read again, as a failover does.
+        io::Seek::seek(&mut reader, io::SeekFrom::Start(9)).unwrap();
+        let mut tail = Vec::new();
+        reader.read_to_end(&mut tail).unwrap();
+        assert!(tail == body[9..]);
+        assert_eq!(
+            lease.headers(MAX_DSN_HEADERS).unwrap(),
+            header_section(body).to_vec()
+        );
+    }
+    // A damaged small body is still caught by the checksum before delivery.
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    let path = dir.path().join("queue").join(id.to_string());
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    fs::write(&path, &bytes).unwrap();
+    let err = spool.lease(&id).err().expect("damage not detected");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
 /// Environment variable naming the spool directory of a child test process.
 const CHILD_DIR: &str = "RAVELIN_SPOOL_CHILD_DIR";
 
