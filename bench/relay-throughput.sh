@@ -12,7 +12,10 @@
 #   - Ravelin: `ravelin serve` with one inbound listener for example.org whose backend is the
 #     sink, spool in this run's temporary directory (same file system as Postfix's queue).
 # Measured per relay: wall time from the start of smtp-source until the sink has counted all
-# N messages (smtp-sink -c), and the time until smtp-source finished (all accepted).
+# N messages (smtp-sink -c), and the time until smtp-source finished (all accepted). After
+# each relay has stopped, the sink's counters give the messages it received from that relay
+# (must be exactly N, or the script exits 1) and the connections the relay used; Ravelin's
+# `stopped` log line gives its group commit (commits and removals per fsync of queue/).
 # Memory:
 #   - Postfix: every 200 ms, the master and all its descendant processes are listed
 #     (/proc/PID/task/PID/children) and their Rss and Pss summed (/proc/PID/smaps_rollup);
@@ -119,23 +122,32 @@ free_port() {
     die "no free port found"
 }
 
+# log_tail [LOG]: the last lines of LOG on a new line, for an error message ("" without LOG).
+log_tail() {
+    [ -n "${1:-}" ] || return 0
+    printf '\n%s' "$(tail -n 20 "$1" 2>/dev/null || true)"
+}
+
 wait_listening() { # PORT PID WHAT [LOG]
-    local deadline=$((SECONDS + 20)) log=""
-    [ -n "${4:-}" ] && log=$'\n'"$(tail -n 20 "$4" 2>/dev/null)"
+    local deadline=$((SECONDS + 20))
     until listening "$1"; do
-        kill -0 "$2" 2>/dev/null || die "$3 exited before listening on port $1$log"
-        [ $SECONDS -lt $deadline ] || die "$3 is not listening on port $1 after 20 s$log"
+        kill -0 "$2" 2>/dev/null || die "$3 exited before listening on port $1$(log_tail "${4:-}")"
+        [ $SECONDS -lt $deadline ] \
+            || die "$3 is not listening on port $1 after 20 s$(log_tail "${4:-}")"
         sleep 0.05
     done
 }
 
-# sink_count: messages the sink has completed so far (smtp-sink -c counters).
-sink_count() {
+# sink_counter NAME: the sink's counter NAME so far (smtp-sink -c: sess, quit, mesg).
+sink_counter() {
     local n
-    n=$(tail -c 256 "$WORK/sink.out" 2>/dev/null | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -n 1 || true)
-    n=${n#mesg=}
+    n=$(tail -c 256 "$WORK/sink.out" 2>/dev/null | tr '\r' '\n' | grep -o "$1=[0-9]*" | tail -n 1 || true)
+    n=${n#"$1"=}
     echo "${n:-0}"
 }
+
+# sink_count: messages the sink has completed so far.
+sink_count() { sink_counter mesg; }
 
 # sample_memory PID OUT: until killed, every 200 ms, append "rss_kib pss_kib" summed over
 # PID and all its descendants to OUT. One awk per sample walks the process tree
@@ -172,7 +184,7 @@ peak_column() { # FILE COLUMN -> MiB with one decimal
     awk -v c="$2" '$c > m { m = $c } END { printf "%.1f", m / 1024 }' "$1"
 }
 
-# run_load NAME PORT SERVER_PID: drive the load, print "elapsed accepted_elapsed".
+# run_load NAME PORT: drive the load, print "elapsed accepted_elapsed".
 run_load() {
     local name=$1 port=$2 base target t0 t_acc t_end limit rc
     base=$(sink_count)
@@ -198,6 +210,20 @@ run_load() {
     awk -v a="$t0" -v b="$t_end" -v c="$t_acc" 'BEGIN { printf "%.3f %.3f\n", b - a, c - a }'
 }
 
+# sink_since NAME BASE: how much the sink's counter NAME grew since it was BASE, read once it
+# has stopped moving (after the relay has stopped: a relay keeps connections open for reuse,
+# and a duplicate delivery would come late).
+sink_since() {
+    local before=-1 n
+    for _ in $(seq 1 50); do
+        n=$(sink_counter "$1")
+        [ "$n" = "$before" ] && break
+        before=$n
+        sleep 0.1
+    done
+    echo $((n - $2))
+}
+
 rate() { awk -v n="$MESSAGES" -v t="$1" 'BEGIN { printf "%.0f", n / t }'; }
 
 # --- the sink ----------------------------------------------------------------------------
@@ -207,7 +233,7 @@ smtp-sink -u nobody -c -h sink.bench.example "127.0.0.1:$SINK_PORT" 1024 \
 SINK_PID=$!
 wait_listening "$SINK_PORT" "$SINK_PID" smtp-sink
 
-PF_RATE=""; PF_MEM=""; PF_PSS=""; RV_RATE=""; RV_MEM=""; RV_PSS=""
+PF_RATE=""; PF_MEM=""; PF_PSS=""; PF_GOT=""; RV_RATE=""; RV_MEM=""; RV_PSS=""; RV_GOT=""
 PF_VERSION=$(postconf -d mail_version 2>/dev/null | awk '{ print $3 }')
 
 # --- Postfix -----------------------------------------------------------------------------
@@ -221,6 +247,8 @@ if [ "$ONLY" != ravelin ]; then
     : >"$WORK/postfix.mem"
     sample_memory "$PF_MASTER" "$WORK/postfix.mem" &
     SAMPLER_PID=$!
+    SESS0=$(sink_counter sess)
+    MESG0=$(sink_count)
     result=$(run_load postfix "$PF_PORT")
     read -r PF_TIME PF_ACC <<<"$result"
     stop_sampler
@@ -228,8 +256,11 @@ if [ "$ONLY" != ravelin ]; then
     PF_MEM=$(peak_column "$WORK/postfix.mem" 1)
     PF_PSS=$(peak_column "$WORK/postfix.mem" 2)
     "$PFI" stop "$WORK/postfix" >/dev/null
+    PF_SESS=$(sink_since sess "$SESS0")
+    PF_GOT=$(sink_since mesg "$MESG0")
     echo "postfix $PF_VERSION: $MESSAGES messages in ${PF_TIME} s = $PF_RATE msg/s" \
-        "(all accepted after ${PF_ACC} s); peak memory: Rss sum $PF_MEM MiB, Pss sum $PF_PSS MiB"
+        "(all accepted after ${PF_ACC} s); peak memory: Rss sum $PF_MEM MiB, Pss sum $PF_PSS MiB;" \
+        "$PF_SESS connections to the sink; the sink received $PF_GOT of $MESSAGES messages"
 fi
 
 # --- Ravelin -----------------------------------------------------------------------------
@@ -269,6 +300,8 @@ TOML
     : >"$WORK/ravelin.mem"
     sample_memory "$RAVELIN_PID" "$WORK/ravelin.mem" &
     SAMPLER_PID=$!
+    SESS0=$(sink_counter sess)
+    MESG0=$(sink_count)
     result=$(run_load ravelin "$RV_PORT")
     read -r RV_TIME RV_ACC <<<"$result"
     stop_sampler
@@ -280,9 +313,16 @@ TOML
     kill -KILL "$RAVELIN_PID" 2>/dev/null || true
     wait "$RAVELIN_PID" 2>/dev/null || true
     RAVELIN_PID=""
+    RV_SESS=$(sink_since sess "$SESS0")
+    RV_GOT=$(sink_since mesg "$MESG0")
     RV_VERSION=$("$RAVELIN" --version 2>/dev/null | awk '{ print $NF }' || true)
+    # Group commit, from the stopped line: commits and removals per fsync of queue/.
+    RV_GROUP=$({ grep '"event":"stopped"' "$WORK/ravelin/ravelin.log" || true; } | tail -n 1 \
+        | sed -n 's/.*"spool_dir_syncs":\([0-9]*\).*"spool_synced":\([0-9]*\).*/\2 in \1/p')
     echo "ravelin ${RV_VERSION:-?}: $MESSAGES messages in ${RV_TIME} s = $RV_RATE msg/s" \
-        "(all accepted after ${RV_ACC} s); peak memory: VmHWM $RV_MEM MiB, Pss $RV_PSS MiB"
+        "(all accepted after ${RV_ACC} s); peak memory: VmHWM $RV_MEM MiB, Pss $RV_PSS MiB;" \
+        "$RV_SESS connections to the sink; spool commits and removals in queue/ fsyncs:" \
+        "${RV_GROUP:-unknown}; the sink received $RV_GOT of $MESSAGES messages"
 fi
 
 # --- summary -----------------------------------------------------------------------------
@@ -296,8 +336,23 @@ fi
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 MEM_GIB=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
 MACHINE="$(nproc) x ${CPU:-unknown CPU}, ${MEM_GIB} GiB, $(uname -r)"
+FS=$(df -PT "$WORK" | awk 'NR == 2 { print $2 " on " $1 }')
+echo "machine: $MACHINE; queues on ${FS:-unknown file system}; Postfix $PF_VERSION"
 echo
 echo "| date | machine | messages | size | sessions | postfix msg/s | ravelin msg/s | ratio | postfix peak Pss MiB | ravelin peak Pss MiB | ravelin VmHWM MiB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 echo "| $(date -u +%Y-%m-%d) | $MACHINE | $MESSAGES | ${SIZE_KIB} KiB | $SESSIONS |" \
     "${PF_RATE:-n/a} | ${RV_RATE:-n/a} | $RATIO | ${PF_PSS:-n/a} | ${RV_PSS:-n/a} | ${RV_MEM:-n/a} |"
+
+# Both relays must have delivered every message exactly once (the sink's count, read after
+# each relay stopped); otherwise the numbers above mean nothing.
+STATUS=0
+for got in "postfix:$PF_GOT" "ravelin:$RV_GOT"; do
+    name=${got%%:*}
+    n=${got#*:}
+    if [ -n "$n" ] && [ "$n" != "$MESSAGES" ]; then
+        echo "relay-throughput: error: the sink received $n messages from $name, not $MESSAGES" >&2
+        STATUS=1
+    fi
+done
+exit "$STATUS"

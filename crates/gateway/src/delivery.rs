@@ -31,10 +31,11 @@
 //! [`DeliverySettings::max_connections_per_route`] deliveries use a route at once.
 //!
 //! The body is read from the caller's reader in 64 KiB chunks and written through
-//! `DotStuffer`; it is never held in memory whole. The reader must be seekable: a message is
-//! read once per route and again after a failover. Reads block the calling worker thread
-//! (on a multi-threaded runtime they are marked with `block_in_place`). A failure to read the
-//! body defers the message.
+//! `DotStuffer`; this module never holds it in memory whole. The reader must be seekable: a
+//! message is read once per route and again after a failover. Reads block the calling worker
+//! thread (on a multi-threaded runtime they are marked with `block_in_place`), except from a
+//! spool body the lease already holds in memory. A failure to read the body defers the
+//! message.
 //!
 //! Logs: `delivery_connect`, `delivery_tls` (protocol and cipher), `delivery_host_failed`,
 //! `delivery_tls_fallback`, and one `delivered` / `deferred` / `bounced` line per recipient,
@@ -44,6 +45,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -158,6 +160,9 @@ struct RouteAgent {
     tls: Option<Arc<ClientConfig>>,
     slots: Semaphore,
     idle: Mutex<HashMap<(String, u16), Vec<IdleConn>>>,
+    /// Whether a task closing this route's expired idle connections is running (one per
+    /// route, not one per parked connection: a busy route parks one per message).
+    reaper: AtomicBool,
 }
 
 struct IdleConn {
@@ -271,6 +276,8 @@ struct Body<R> {
     start: u64,
     len: u64,
     eight_bit: Option<bool>,
+    /// Reads may wait for the disk (so they leave the runtime's worker thread).
+    may_block: bool,
 }
 
 impl<R: Read + Seek> Body<R> {
@@ -286,6 +293,9 @@ impl<R: Read + Seek> Body<R> {
                 r => return r,
             }
         };
+        if !self.may_block {
+            return read();
+        }
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
             _ => read(),
@@ -398,6 +408,7 @@ impl Delivery {
                 route,
                 slots: Semaphore::new(settings.max_connections_per_route),
                 idle: Mutex::new(HashMap::new()),
+                reaper: AtomicBool::new(false),
             })
         };
         let local = agent(RouteKind::Local, local_route)?;
@@ -430,6 +441,20 @@ impl Delivery {
         body_len: u64,
         log_id: &str,
     ) -> Vec<(String, Outcome)> {
+        self.deliver_from(sender, recipients, body, body_len, true, log_id)
+            .await
+    }
+
+    /// [`Delivery::deliver`]; `may_block` says whether reading `body` may wait for the disk.
+    async fn deliver_from(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        body: impl Read + Seek + Send,
+        body_len: u64,
+        may_block: bool,
+        log_id: &str,
+    ) -> Vec<(String, Outcome)> {
         let mut results: Vec<Option<Outcome>> = vec![None; recipients.len()];
         let mut body = body;
         let start = match body.stream_position() {
@@ -444,6 +469,7 @@ impl Delivery {
             start,
             len: body_len,
             eight_bit: None,
+            may_block,
         };
         if let Err(e) = check_path(sender) {
             let reply = Reply::ext(553, (5, 1, 7), format!("invalid sender address: {e}"));
@@ -854,7 +880,9 @@ impl Delivery {
             .map_err(|e| format!("cannot read the message: {e}"))?;
         let mut stuffer = DotStuffer::new();
         let mut chunk = vec![0u8; BODY_CHUNK];
-        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 32);
+        // Stuffed output waits here until it fills a chunk, so the last piece of the body and
+        // the final dot leave in one write (one segment for a small message).
+        let mut out = Vec::with_capacity(2 * BODY_CHUNK + BODY_CHUNK / 16);
         let mut total: u64 = 0;
         loop {
             let n = body
@@ -864,11 +892,12 @@ impl Delivery {
                 break;
             }
             total += n as u64;
-            out.clear();
             stuffer.push(&chunk[..n], &mut out);
-            timed(limit, "write body", conn.stream.write_all(&out)).await?;
+            if out.len() >= BODY_CHUNK {
+                timed(limit, "write body", conn.stream.write_all(&out)).await?;
+                out.clear();
+            }
         }
-        out.clear();
         stuffer.finish(&mut out);
         timed(limit, "write body", conn.stream.write_all(&out)).await?;
         if total != body.len {
@@ -881,7 +910,8 @@ impl Delivery {
         Ok(())
     }
 
-    /// Parks a healthy connection for reuse and schedules its expiry.
+    /// Parks a healthy connection for reuse and makes sure the route's reaper will close it
+    /// once it has waited `idle_timeout`.
     fn put_idle(&self, agent: &RouteAgent, conn: Conn) {
         let key = (conn.host.clone(), conn.port);
         let extra = {
@@ -901,19 +931,14 @@ impl Delivery {
             tokio::spawn(conn.close());
             return;
         }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let wait = self.inner.settings.idle_timeout;
-        let kind = agent.kind;
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            if let Some(inner) = weak.upgrade()
-                && let Some(agent) = inner.agent(kind)
-            {
-                for conn in agent.drain_idle(Some(wait)) {
-                    conn.close().await;
-                }
-            }
-        });
+        if !agent.reaper.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(&self.inner);
+            tokio::spawn(reap_idle(
+                weak,
+                agent.kind,
+                self.inner.settings.idle_timeout,
+            ));
+        }
     }
 
     /// Closes every idle connection with QUIT (for shutdown).
@@ -928,7 +953,45 @@ impl Delivery {
     }
 }
 
+/// The reaper of one route: sleeps until its oldest idle connection has waited `wait`, closes
+/// what has expired, and ends when nothing is parked (or the agent is gone). It holds only a
+/// weak reference while sleeping, so it never keeps a dropped agent alive.
+async fn reap_idle(weak: Weak<Inner>, kind: RouteKind, wait: Duration) {
+    loop {
+        let (expired, next) = {
+            let Some(inner) = weak.upgrade() else { return };
+            let Some(agent) = inner.agent(kind) else {
+                return;
+            };
+            let expired = agent.drain_idle(Some(wait));
+            let mut next = agent.oldest_idle();
+            if next.is_none() {
+                agent.reaper.store(false, Ordering::Release);
+                // A connection parked after the check saw the flag still set: keep going.
+                next = agent.oldest_idle();
+                if next.is_some() && agent.reaper.swap(true, Ordering::AcqRel) {
+                    next = None;
+                }
+            }
+            (expired, next)
+        };
+        for conn in expired {
+            conn.close().await;
+        }
+        match next {
+            Some(since) => tokio::time::sleep_until((since + wait).into()).await,
+            None => return,
+        }
+    }
+}
+
 impl RouteAgent {
+    /// When the longest-waiting idle connection was parked.
+    fn oldest_idle(&self) -> Option<Instant> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().flatten().map(|p| p.since).min()
+    }
+
     /// The most recently parked connection to this host that has not waited too long.
     fn take_idle(&self, host: &str, port: u16, max_idle: Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -972,15 +1035,17 @@ impl crate::queue::Transport for Delivery {
         use crate::queue::RcptResult;
         Box::pin(async move {
             let len = body.len();
-            let outcomes = Delivery::deliver(
-                self,
-                &envelope.sender,
-                recipients,
-                body,
-                len,
-                &id.to_string(),
-            )
-            .await;
+            let may_block = !body.in_memory();
+            let outcomes = self
+                .deliver_from(
+                    &envelope.sender,
+                    recipients,
+                    body,
+                    len,
+                    may_block,
+                    &id.to_string(),
+                )
+                .await;
             outcomes
                 .into_iter()
                 .map(|(rcpt, outcome)| match outcome {

@@ -11,6 +11,8 @@
 //! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
 //! flight complete; after the grace period whatever is left is dropped, which loses nothing,
 //! because a message is acknowledged only once it is on disk. SIGUSR1 retries deferred mail now.
+//! The `stopped` line reports the spool's group commit: `spool_synced` commits and removals
+//! made durable by `spool_dir_syncs` fsyncs of `queue/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ pub struct Gateway {
     sessions: TaskTracker,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
     queue: QueueHandle,
+    spool: Spool,
 }
 
 fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolicy {
@@ -133,7 +136,7 @@ impl Gateway {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Shared {
-            spool,
+            spool: spool.clone(),
             queue: queue.clone(),
             shutdown: shutdown_rx,
         };
@@ -186,6 +189,7 @@ impl Gateway {
             sessions,
             accept_loops,
             queue,
+            spool,
         })
     }
 
@@ -225,7 +229,12 @@ impl Gateway {
                 reason = "grace period over; deliveries in flight will be retried after restart"
             );
         }
-        info!(event = "stopped");
+        let stats = self.spool.stats();
+        info!(
+            event = "stopped",
+            spool_dir_syncs = stats.dir_syncs,
+            spool_synced = stats.commits
+        );
     }
 }
 

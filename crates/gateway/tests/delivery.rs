@@ -362,6 +362,30 @@ async fn reuses_a_connection_and_expires_it() {
 }
 
 #[tokio::test]
+async fn parked_connections_share_one_expiry_task() {
+    let sink = Sink::start(&[]);
+    let d = agent(route(&[sink.port]), None);
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for i in 0..50 {
+        let out = send(
+            &d,
+            &["u@example.org"],
+            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+        assert!(delivered(&out[0].1), "{out:?}");
+    }
+    // Every delivery parked the connection again; one task expires them all.
+    let alive = metrics.num_alive_tasks();
+    assert!(
+        alive <= 2,
+        "{alive} tasks alive after 50 deliveries on one connection"
+    );
+    d.close_idle().await;
+    assert_eq!(sink.wait_counters((1, 1, 50)).await, (1, 1, 50));
+}
+
+#[tokio::test]
 async fn a_dead_pooled_connection_is_replaced() {
     // smtp-sink gives up on a client silent for a second.
     let sink = Sink::start(&["-t", "1"]);

@@ -8,6 +8,10 @@
 //! next batch. No timer, no added latency when idle. If the sync fails, every waiter of that
 //! batch gets the error (and undoes its rename; see `Incoming::commit`).
 //!
+//! Removals use the same batches: a delivered message's unlink is made durable by waiting for
+//! a sync that started after it ([`Committer::sync_blocking`], from a blocking thread), so a
+//! busy queue pays one directory fsync for a batch of arrivals and departures together.
+//!
 //! The thread ends when the spool (the last sender) is dropped.
 
 use std::fs::File;
@@ -19,7 +23,23 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), (io::ErrorKind, String)>>;
+type Answer = Result<(), (io::ErrorKind, String)>;
+
+/// Who waits for a sync: a task or a blocking thread.
+enum Waiter {
+    Task(oneshot::Sender<Answer>),
+    Thread(mpsc::Sender<Answer>),
+}
+
+impl Waiter {
+    /// A waiter that gave up (its future was dropped) needs no answer.
+    fn answer(self, answer: Answer) {
+        let _ = match self {
+            Waiter::Task(tx) => tx.send(answer),
+            Waiter::Thread(tx) => tx.send(answer).map_err(|e| e.0),
+        };
+    }
+}
 
 /// Counters for tests and metrics.
 #[derive(Debug, Default)]
@@ -51,8 +71,7 @@ impl Committer {
                             .as_ref()
                             .map(|_| ())
                             .map_err(|e| (e.kind(), e.to_string()));
-                        // A waiter that gave up (its future was dropped) needs no answer.
-                        let _ = waiter.send(answer);
+                        waiter.answer(answer);
                     }
                 }
             })?;
@@ -62,16 +81,31 @@ impl Committer {
     /// Waits until a directory sync that started after this call has completed.
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
+        self.request(Waiter::Task(tx))?;
+        answer(rx.await.ok())
+    }
+
+    /// [`Committer::sync`] for a thread that may block (not a runtime worker).
+    pub fn sync_blocking(&self) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.request(Waiter::Thread(tx))?;
+        answer(rx.recv().ok())
+    }
+
+    fn request(&self, waiter: Waiter) -> io::Result<()> {
         self.tx
-            .send(tx)
-            .map_err(|_| io::Error::other("spool commit thread is gone"))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((kind, msg))) => Err(io::Error::new(
-                kind,
-                format!("fsync of queue directory: {msg}"),
-            )),
-            Err(_) => Err(io::Error::other("spool commit thread is gone")),
-        }
+            .send(waiter)
+            .map_err(|_| io::Error::other("spool commit thread is gone"))
+    }
+}
+
+fn answer(received: Option<Answer>) -> io::Result<()> {
+    match received {
+        Some(Ok(())) => Ok(()),
+        Some(Err((kind, msg))) => Err(io::Error::new(
+            kind,
+            format!("fsync of queue directory: {msg}"),
+        )),
+        None => Err(io::Error::other("spool commit thread is gone")),
     }
 }

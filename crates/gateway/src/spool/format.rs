@@ -139,8 +139,21 @@ pub(crate) fn read_layout(file: &File) -> io::Result<Layout> {
     })
 }
 
-/// Recomputes the body's CRC and compares it with the trailer's.
-pub(crate) fn verify_body(file: &File, layout: &Layout) -> io::Result<()> {
+/// Recomputes the body's CRC and compares it with the trailer's. A body of at most `keep`
+/// octets is read in one piece and returned, so the caller need not read it again.
+pub(crate) fn verify_body(file: &File, layout: &Layout, keep: u64) -> io::Result<Option<Vec<u8>>> {
+    if layout.body_len <= keep {
+        let mut body = vec![0u8; layout.body_len as usize];
+        file.read_exact_at(&mut body, layout.body_start)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => invalid("file ends inside the body"),
+                _ => e,
+            })?;
+        if crc32fast::hash(&body) != layout.crc {
+            return Err(invalid("body checksum mismatch"));
+        }
+        return Ok(Some(body));
+    }
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0u64;
@@ -156,7 +169,7 @@ pub(crate) fn verify_body(file: &File, layout: &Layout) -> io::Result<()> {
     if hasher.finalize() != layout.crc {
         return Err(invalid("body checksum mismatch"));
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -388,6 +388,163 @@ async fn concurrent_commits_share_directory_syncs() {
     assert_eq!(recovered.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_removals_share_directory_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(store(&spool, &["b@example.net"], BODY).await);
+    }
+    let before = spool.stats();
+    let barrier = Arc::new(std::sync::Barrier::new(ids.len()));
+    let removers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (spool, id, barrier) = (spool.clone(), *id, barrier.clone());
+            std::thread::spawn(move || {
+                let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+                    panic!("not leased")
+                };
+                barrier.wait();
+                lease.remove_delivered().unwrap();
+            })
+        })
+        .collect();
+    for r in removers {
+        r.join().unwrap();
+    }
+    let after = spool.stats();
+    let (syncs, removals) = (
+        after.dir_syncs - before.dir_syncs,
+        after.commits - before.commits,
+    );
+    eprintln!("removals: {removals} in {syncs} directory syncs");
+    assert_eq!(removals, 50);
+    assert!(syncs < 50, "removals do not share syncs: {syncs}");
+    assert_eq!(names(&dir.path().join("queue")), Vec::<String>::new());
+    drop(spool);
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert!(recovered.is_empty());
+}
+
+#[tokio::test]
+async fn delivered_files_are_emptied_and_reused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let first = store(&spool, &["b@example.net"], BODY).await;
+    let ino = fs::metadata(dir.path().join("queue").join(first.to_string()))
+        .unwrap()
+        .ino();
+    let Leased::Ready(lease) = spool.lease(&first).unwrap() else {
+        panic!("not leased")
+    };
+    lease.remove_delivered().unwrap();
+    assert_eq!(names(&dir.path().join("queue")), Vec::<String>::new());
+    let free = dir.path().join("free").join(first.to_string());
+    assert_eq!(fs::metadata(&free).unwrap().len(), 0, "content left behind");
+
+    // The next message is written into that file: same inode, new name, new content only.
+    let body = b"Subject: second\r\n\r\nshort\r\n";
+    let second = store(&spool, &["c@example.net"], body).await;
+    assert_eq!(names(&dir.path().join("free")), Vec::<String>::new());
+    let path = dir.path().join("queue").join(second.to_string());
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.ino(), ino, "file not reused");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(body_of(&spool, &second), body);
+    let Leased::Ready(lease) = spool.lease(&second).unwrap() else {
+        panic!("not leased")
+    };
+    assert_eq!(
+        lease.envelope().recipients,
+        vec!["c@example.net".to_string()]
+    );
+    drop(lease);
+    drop(spool);
+    let (_spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert_eq!(
+        recovered.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![second]
+    );
+}
+
+#[tokio::test]
+async fn recovery_empties_free_files_and_keeps_a_bounded_number() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Spool::open(dir.path()).unwrap());
+    let free = dir.path().join("free");
+    // A crash between a removal and its truncation leaves content; junk may be there too.
+    fs::write(free.join("left-with-content"), BODY).unwrap();
+    fs::create_dir(free.join("a-directory")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), free.join("a-symlink")).unwrap();
+    for i in 0..MAX_FREE + 5 {
+        fs::write(free.join(format!("f{i}")), b"").unwrap();
+    }
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut kept = names(&free);
+    kept.retain(|n| n != "a-directory");
+    assert!(
+        free.join("a-directory").is_dir(),
+        "directories are left alone"
+    );
+    assert_eq!(kept.len(), MAX_FREE);
+    assert!(!kept.iter().any(|n| n == "a-symlink"));
+    for name in &kept {
+        assert_eq!(
+            fs::metadata(free.join(name)).unwrap().len(),
+            0,
+            "{name} not emptied"
+        );
+    }
+    // Reused files hold exactly the new message.
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    assert_eq!(names(&free).len(), MAX_FREE);
+    assert_eq!(body_of(&spool, &id), BODY);
+}
+
+#[tokio::test]
+async fn small_bodies_are_leased_in_memory_large_ones_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut large = b"Subject: large\r\n\r\n".to_vec();
+    while (large.len() as u64) <= MEMORY_BODY {
+        large.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc\r\n",
+        );
+    }
+    for (body, in_memory) in [(BODY, true), (large.as_slice(), false)] {
+        let id = store(&spool, &["b@example.net"], body).await;
+        let Leased::Ready(lease) = spool.lease(&id).unwrap() else {
+            panic!("not leased")
+        };
+        let mut reader = lease.body().unwrap();
+        assert_eq!(reader.in_memory(), in_memory, "{} octets", body.len());
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert!(got == body, "body differs ({} octets)", body.len());
+        // Seek and read again, as a failover does.
+        io::Seek::seek(&mut reader, io::SeekFrom::Start(9)).unwrap();
+        let mut tail = Vec::new();
+        reader.read_to_end(&mut tail).unwrap();
+        assert!(tail == body[9..]);
+        assert_eq!(
+            lease.headers(MAX_DSN_HEADERS).unwrap(),
+            header_section(body).to_vec()
+        );
+    }
+    // A damaged small body is still caught by the checksum before delivery.
+    let id = store(&spool, &["b@example.net"], BODY).await;
+    let path = dir.path().join("queue").join(id.to_string());
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    fs::write(&path, &bytes).unwrap();
+    let err = spool.lease(&id).err().expect("damage not detected");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
 /// Environment variable naming the spool directory of a child test process.
 const CHILD_DIR: &str = "RAVELIN_SPOOL_CHILD_DIR";
 
