@@ -461,7 +461,7 @@ impl Delivery {
             Ok(p) => p,
             Err(e) => {
                 let text = format!("cannot read the message: {e}");
-                return self.finish(recipients, results, &text, log_id);
+                return Self::finish(recipients, results, &text);
             }
         };
         let mut body = Body {
@@ -474,7 +474,7 @@ impl Delivery {
         if let Err(e) = check_path(sender) {
             let reply = Reply::ext(553, (5, 1, 7), format!("invalid sender address: {e}"));
             results.fill(Some(Outcome::Permanent(reply)));
-            return self.finish(recipients, results, "", log_id);
+            return Self::finish(recipients, results, "");
         }
         let (mut local, mut remote) = (Vec::new(), Vec::new());
         for (i, rcpt) in recipients.iter().enumerate() {
@@ -535,39 +535,24 @@ impl Delivery {
                 }
             }
         }
-        self.finish(
-            recipients,
-            results,
-            "delivery ended without a result",
-            log_id,
-        )
+        Self::finish(recipients, results, "delivery ended without a result")
     }
 
-    /// Fills any open result with `fallback`, logs each recipient, pairs them up.
+    /// Fills any open result with `fallback` and pairs them up. The queue manager logs each
+    /// recipient's outcome when it records it.
     fn finish(
-        &self,
         recipients: &[String],
         results: Vec<Option<Outcome>>,
         fallback: &str,
-        log_id: &str,
     ) -> Vec<(String, Outcome)> {
         recipients
             .iter()
             .zip(results)
             .map(|(rcpt, outcome)| {
-                let outcome = outcome.unwrap_or_else(|| Outcome::Transient(fallback.to_string()));
-                match &outcome {
-                    Outcome::Delivered(r) => {
-                        tracing::info!(event = "delivered", queue_id = %log_id, rcpt = %rcpt, reply = %r.one_line())
-                    }
-                    Outcome::Transient(t) => {
-                        tracing::info!(event = "deferred", queue_id = %log_id, rcpt = %rcpt, reason = %t)
-                    }
-                    Outcome::Permanent(r) => {
-                        tracing::info!(event = "bounced", queue_id = %log_id, rcpt = %rcpt, reply = %r.one_line())
-                    }
-                }
-                (rcpt.clone(), outcome)
+                (
+                    rcpt.clone(),
+                    outcome.unwrap_or_else(|| Outcome::Transient(fallback.to_string())),
+                )
             })
             .collect()
     }
