@@ -406,6 +406,10 @@ mod tests {
             ForwardPath::Unqualified("other.net!user".into())
         );
         assert!(fwd("<Postmaster>").unwrap().is_bare_postmaster());
+        match fwd("<@[IPv6:::1]:relaytest@other.net>").unwrap() {
+            ForwardPath::Path(p) => assert_eq!(p.route, vec!["[IPv6:::1]"]),
+            other => panic!("{other:?}"),
+        }
         // Found by fuzzing: an unqualified quoted local part must print quoted again.
         let q = fwd("<\")@\">").unwrap();
         assert_eq!(q.to_string(), "\")@\"");
