@@ -263,13 +263,6 @@ impl ServerSession {
         }
     }
 
-    /// Whether the driver should read more input now.
-    pub fn wants_input(&self) -> bool {
-        self.pending.is_none()
-            && self.events.is_empty()
-            && matches!(self.phase, Phase::Command | Phase::Data(_))
-    }
-
     /// Whether the session is reading message content (the driver uses the DATA timeout).
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
@@ -277,15 +270,6 @@ impl ServerSession {
 
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed) && self.events.is_empty()
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
-
-    /// Errors counted so far.
-    pub fn errors(&self) -> u32 {
-        self.errors
     }
 
     /// Bytes to write to the client (possibly empty).

@@ -240,13 +240,6 @@ impl Default for Inbound {
     }
 }
 
-impl Inbound {
-    /// Whether `domain` (any case) is one of ours.
-    pub fn accepts_domain(&self, domain: &str) -> bool {
-        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-    }
-}
-
 /// `[outbound]`: mail from our networks to the world.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

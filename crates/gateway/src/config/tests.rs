@@ -48,7 +48,7 @@ fn minimal_file_gets_hardened_defaults() {
     assert_eq!(l.tls_mode(), TlsMode::Offer);
     assert_eq!(l.max_connections, 500);
     assert_eq!(c.inbound.domains, vec!["example.org"]);
-    assert!(c.inbound.accepts_domain("EXAMPLE.org"));
+    assert!(crate::relay::RelayPolicy::new(&c.inbound.domains).accepts_domain("EXAMPLE.org"));
     assert_eq!(
         c.inbound.backend,
         vec![BackendUrl {
