@@ -55,13 +55,15 @@ pub(crate) struct Committer {
 impl Committer {
     pub fn start(dir: PathBuf, counters: Arc<Counters>) -> io::Result<Committer> {
         let (tx, rx) = mpsc::channel::<Waiter>();
+        // Opened once: an fsync of this descriptor covers every later rename in the directory.
+        let dir = File::open(&dir)?;
         std::thread::Builder::new()
             .name("spool-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    let result = File::open(&dir).and_then(|d| d.sync_all());
+                    let result = dir.sync_all();
                     counters.dir_syncs.fetch_add(1, Ordering::Relaxed);
                     counters
                         .commits

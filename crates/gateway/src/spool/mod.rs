@@ -445,12 +445,17 @@ impl Spool {
     /// moved to `corrupt/` and replaced by the initial state (recipients already done may then
     /// be tried again: a duplicate rather than a loss).
     pub fn load_state(&self, id: &QueueId) -> DeliveryState {
+        self.stored_state(id).unwrap_or_default()
+    }
+
+    /// The state file's content, `None` when there is none (a damaged one is moved aside).
+    fn stored_state(&self, id: &QueueId) -> Option<DeliveryState> {
         let path = self.state_path(id);
         match state::load(&path) {
-            Ok(state) => state.unwrap_or_default(),
+            Ok(state) => state,
             Err(e) => {
                 self.quarantine(&path, &format!("{id}.state"), &e.to_string());
-                DeliveryState::default()
+                None
             }
         }
     }
@@ -689,14 +694,15 @@ impl Spool {
             }
             Err(e) => return Err(e),
         };
-        let state = self.load_state(id);
+        let stored = self.stored_state(id);
         Ok(Leased::Ready(Box::new(Lease {
             spool: self.clone(),
             id: *id,
             file,
             layout,
             body: body.map(Arc::from),
-            state,
+            state_on_disk: stored.is_some(),
+            state: stored.unwrap_or_default(),
         })))
     }
 
@@ -927,6 +933,8 @@ pub struct Lease {
     /// The body, when it is small enough to keep (checksum verified).
     body: Option<Arc<[u8]>>,
     state: DeliveryState,
+    /// Whether `state/ID` exists (a first attempt that succeeds never writes one).
+    state_on_disk: bool,
 }
 
 impl Lease {
@@ -971,6 +979,7 @@ impl Lease {
     pub fn record(&mut self, state: &DeliveryState) -> io::Result<()> {
         state::store(&self.spool.state_path(&self.id), state)?;
         self.state = state.clone();
+        self.state_on_disk = true;
         Ok(())
     }
 
@@ -980,7 +989,11 @@ impl Lease {
     /// Blocks; call it from a blocking thread.
     pub fn remove_delivered(self) -> io::Result<()> {
         let Lease {
-            spool, id, file, ..
+            spool,
+            id,
+            file,
+            state_on_disk,
+            ..
         } = self;
         let name = id.to_string();
         fs::rename(spool.inner.queue.join(&name), spool.inner.free.join(&name))?;
@@ -988,7 +1001,9 @@ impl Lease {
         drop(file);
         spool.inner.committer.sync_blocking()?;
         spool.keep_free(name);
-        spool.remove_state(&id);
+        if state_on_disk {
+            spool.remove_state(&id);
+        }
         Ok(())
     }
 }
