@@ -690,6 +690,17 @@ mod tests {
         }
     }
 
+    /// A fresh spool in a temporary directory, with a queue manager delivering through `t`.
+    fn start(
+        t: &Arc<Scripted>,
+        settings: QueueSettings,
+    ) -> (tempfile::TempDir, Spool, QueueHandle) {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, recovered) = Spool::open(dir.path()).unwrap();
+        let q = QueueManager::start(spool.clone(), recovered, t.clone(), settings);
+        (dir, spool, q)
+    }
+
     /// An envelope received just now.
     fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         Envelope {
@@ -722,13 +733,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delivers_at_once_and_removes_the_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| ok(r));
-        let q = QueueManager::start(
-            spool.clone(),
-            recovered,
-            t.clone(),
+        let (dir, spool, q) = start(
+            &t,
             QueueSettings {
                 scan_interval: Duration::from_secs(3600),
                 ..settings()
@@ -763,10 +770,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retries_with_exponential_backoff_up_to_the_maximum() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, attempt| if attempt < 5 { later(r) } else { ok(r) });
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), settings());
+        let (_dir, spool, q) = start(&t, settings());
         let id = store(&spool, envelope("a@example.org", &["b@example.net"])).await;
         q.enqueue(id);
         eventually("first attempt recorded", || {
@@ -799,8 +804,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partial_delivery_never_retries_done_recipients() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, attempt| {
             if r == "slow@example.net" && attempt == 1 {
                 later(r)
@@ -808,7 +811,7 @@ mod tests {
                 ok(r)
             }
         });
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), settings());
+        let (_dir, spool, q) = start(&t, settings());
         let id = store(
             &spool,
             envelope("a@example.org", &["fast@example.net", "slow@example.net"]),
@@ -836,8 +839,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn permanent_failure_bounces_to_the_sender_with_null_sender() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| {
             if r == "gone@example.net" {
                 never(r)
@@ -845,7 +846,7 @@ mod tests {
                 ok(r)
             }
         });
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), settings());
+        let (_dir, spool, q) = start(&t, settings());
         let id = store(
             &spool,
             envelope(
@@ -885,8 +886,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expiry_bounces_remaining_recipients() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| {
             if r == "alice@example.org" {
                 ok(r)
@@ -894,10 +893,8 @@ mod tests {
                 later(r)
             }
         });
-        let q = QueueManager::start(
-            spool.clone(),
-            recovered,
-            t.clone(),
+        let (_dir, spool, q) = start(
+            &t,
             QueueSettings {
                 max_lifetime: Duration::from_secs(60),
                 ..settings()
@@ -925,8 +922,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn next_retry_is_not_later_than_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| {
             if r == "alice@example.org" {
                 ok(r)
@@ -940,7 +935,7 @@ mod tests {
             retry_max: Duration::from_secs(3600),
             ..settings()
         };
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), s);
+        let (_dir, spool, q) = start(&t, s);
         let env = envelope("alice@example.org", &["stuck@example.net"]);
         let id = store(&spool, env).await;
         q.enqueue(id);
@@ -954,10 +949,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn null_sender_is_never_bounced() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| never(r));
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), settings());
+        let (_dir, spool, q) = start(&t, settings());
         let id = store(&spool, envelope("", &["gone@example.net"])).await;
         q.enqueue(id);
         eventually("given up", || queue_empty(&spool)).await;
@@ -974,10 +967,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn held_messages_wait_until_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| ok(r));
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), settings());
+        let (dir, spool, q) = start(&t, settings());
         let id = store(&spool, envelope("a@example.org", &["b@example.net"])).await;
         // The operator's tool is another process with its own handle.
         let admin = Spool::open_admin(dir.path()).unwrap();
@@ -997,15 +988,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleted_messages_are_not_delivered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, _| later(r));
         let s = QueueSettings {
             retry_initial: Duration::from_secs(3600),
             retry_max: Duration::from_secs(3600),
             ..settings()
         };
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), s);
+        let (dir, spool, q) = start(&t, s);
         let admin = Spool::open_admin(dir.path()).unwrap();
         // Deleted before its first attempt.
         let first = store(&spool, envelope("a@example.org", &["b@example.net"])).await;
@@ -1039,15 +1028,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flush_makes_deferred_messages_due_now() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Scripted::new(|r, attempt| if attempt == 1 { later(r) } else { ok(r) });
         let s = QueueSettings {
             retry_initial: Duration::from_secs(3600),
             retry_max: Duration::from_secs(3600),
             ..settings()
         };
-        let q = QueueManager::start(spool.clone(), recovered, t.clone(), s);
+        let (_dir, spool, q) = start(&t, s);
         let id = store(&spool, envelope("a@example.org", &["b@example.net"])).await;
         q.enqueue(id);
         eventually("deferred", || {
@@ -1091,16 +1078,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrency_limit_and_shutdown_waits_for_deliveries() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(dir.path()).unwrap();
         let t = Arc::new(Scripted {
             hold_for: Duration::from_millis(150),
             ..Arc::into_inner(Scripted::new(|r, _| ok(r))).unwrap()
         });
-        let q = QueueManager::start(
-            spool.clone(),
-            recovered,
-            t.clone(),
+        let (_dir, spool, q) = start(
+            &t,
             QueueSettings {
                 concurrency: 2,
                 ..settings()
