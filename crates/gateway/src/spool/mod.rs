@@ -602,42 +602,51 @@ impl Spool {
     /// Moves a message from `queue/` to `hold/` (durably). Waits for a delivery in progress.
     /// Holding a held message succeeds.
     pub fn hold(&self, id: &QueueId) -> io::Result<()> {
-        let name = id.to_string();
-        let Some(_lock) = self.lock_at(&self.inner.queue, id)? else {
-            return if self.inner.hold.join(&name).exists() {
-                Ok(())
-            } else {
-                Err(not_found(id))
-            };
-        };
-        fs::rename(self.inner.queue.join(&name), self.inner.hold.join(&name))?;
-        sync_dir(&self.inner.hold)?;
-        sync_dir(&self.inner.queue)?;
-        info!(event = "held", queue_id = %id);
+        if self.move_message(id, &self.inner.queue, &self.inner.hold, || Ok(()))? {
+            info!(event = "held", queue_id = %id);
+        }
         Ok(())
     }
 
     /// Moves a message from `hold/` back to `queue/`, due at once (durably). Releasing a
     /// message that is not held succeeds.
     pub fn release(&self, id: &QueueId) -> io::Result<()> {
+        let due_now = || {
+            let mut state = self.load_state(id);
+            if state.next_attempt_ms == 0 {
+                return Ok(());
+            }
+            state.next_attempt_ms = 0;
+            state::store(&self.state_path(id), &state)
+        };
+        if self.move_message(id, &self.inner.hold, &self.inner.queue, due_now)? {
+            info!(event = "released", queue_id = %id);
+        }
+        Ok(())
+    }
+
+    /// Moves `id` from `from/` to `to/` under its lock, running `prepare` first, with both
+    /// directories fsynced. `Ok(false)` when it is already in `to/`.
+    fn move_message(
+        &self,
+        id: &QueueId,
+        from: &Path,
+        to: &Path,
+        prepare: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<bool> {
         let name = id.to_string();
-        let Some(_lock) = self.lock_at(&self.inner.hold, id)? else {
-            return if self.inner.queue.join(&name).exists() {
-                Ok(())
+        let Some(_lock) = self.lock_at(from, id)? else {
+            return if to.join(&name).exists() {
+                Ok(false)
             } else {
                 Err(not_found(id))
             };
         };
-        let mut state = self.load_state(id);
-        if state.next_attempt_ms != 0 {
-            state.next_attempt_ms = 0;
-            state::store(&self.state_path(id), &state)?;
-        }
-        fs::rename(self.inner.hold.join(&name), self.inner.queue.join(&name))?;
-        sync_dir(&self.inner.queue)?;
-        sync_dir(&self.inner.hold)?;
-        info!(event = "released", queue_id = %id);
-        Ok(())
+        prepare()?;
+        fs::rename(from.join(&name), to.join(&name))?;
+        sync_dir(to)?;
+        sync_dir(from)?;
+        Ok(true)
     }
 
     /// Removes a queued or held message for good (durably). Waits for a delivery in progress;
