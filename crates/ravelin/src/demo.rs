@@ -63,11 +63,16 @@ fn scenarios() -> Vec<Scenario> {
         &[b"EHLO impatient.test\r\n"],
     );
     pregreet.talk_first = true;
-    let big = format!(
-        "Subject: big\r\n\r\n{}.\r\n",
-        format!("{}\r\n", "x".repeat(998)).repeat(1100)
+    let mut oversized = scenario(
+        "Oversized message (streamed)",
+        true,
+        552,
+        &[EHLO, MAIL, RCPT, b"DATA\r\n"],
     );
-    let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
+    let line = format!("{}\r\n", "x".repeat(998));
+    oversized
+        .steps
+        .push(format!("Subject: big\r\n\r\n{}.\r\n", line.repeat(1100)).into_bytes());
     vec![
         scenario(
             "Legitimate message",
@@ -86,7 +91,7 @@ fn scenarios() -> Vec<Scenario> {
         scenario("VRFY harvesting", true, 252, &[EHLO, b"VRFY root\r\n"]),
         scenario("EXPN harvesting", true, 502, &[EHLO, b"EXPN staff\r\n"]),
         scenario("Oversized message (declared SIZE)", true, 552, &[EHLO, b"MAIL FROM:<s@elsewhere.test> SIZE=99999999\r\n"]),
-        scenario("Oversized message (streamed)", true, 552, &[EHLO, MAIL, RCPT, b"DATA\r\n", big]),
+        oversized,
         scenario("Bare LF in a command", true, 550, &[EHLO, b"MAIL FROM:<s@elsewhere.test>\nRCPT TO:<alice@demo.example>\r\n"]),
         scenario("Unauthorised pipelining", true, 554, &[b"EHLO fast.test\r\nMAIL FROM:<s@elsewhere.test>\r\n"]),
         pregreet,
