@@ -1,0 +1,17 @@
+//! # ravelin-audit: the mail-security auditor
+//!
+//! `ravelin audit` tests a domain or a mail host from outside, and a Postfix configuration from
+//! inside, against the hardening baseline (PRODUCT.md), and reports every gap as a [`Finding`]
+//! with evidence and the exact fix.
+//!
+//! - [`finding`]: the finding model shared by every check and every renderer (the JSON schema
+//!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
+//!
+//! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
+//! and only produce findings; renderers only read them. How it fails: a check that cannot run
+//! (network error, timeout) reports a finding with status `error` or `skipped` and the reason
+//! as evidence; it never aborts the run.
+
+pub mod finding;
+
+pub use finding::{Finding, Report, Severity, Status, TargetReport};
