@@ -13,6 +13,8 @@
 //! - [`delivery`]: the SMTP client side: backends, smart host, TLS, connection reuse.
 //! - [`config`]: the TOML configuration, validated with file/line errors.
 //! - [`log`]: one JSON object per line for the SIEM.
+//! - [`state`]: the state store (embedded redb or Redis) and what sits on it: bans, rate
+//!   limits, connection counts, greylisting, the admin socket.
 //! - [`server`]: `ravelin serve`: wires all of the above together.
 
 pub mod bounce;
@@ -26,3 +28,4 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod state;

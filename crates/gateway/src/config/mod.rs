@@ -20,7 +20,11 @@
 //! Relative paths in a file read by [`Config::load`] are taken relative to that file's
 //! directory.
 
+mod bans;
 mod diagnostics;
+mod greylist;
+mod rate_limits;
+mod state;
 mod values;
 
 use std::collections::HashSet;
@@ -30,7 +34,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
+pub use self::greylist::GreylistSection;
+pub use self::rate_limits::RateLimitsSection;
+pub use self::state::{StateSection, StoreUrl, redact_url};
 pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain};
 pub use crate::log::LogFormat;
 
@@ -69,6 +77,14 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub dns: DnsSection,
+    #[serde(default)]
+    pub state: StateSection,
+    #[serde(default)]
+    pub bans: BansSection,
+    #[serde(default)]
+    pub rate_limits: RateLimitsSection,
+    #[serde(default)]
+    pub greylist: GreylistSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -509,6 +525,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     paths.extend(config.inbound.backend_ca_file.as_mut());
     paths.extend(config.server.pid_file.as_mut());
+    paths.extend(config.state.path.as_mut());
     for p in paths {
         if p.is_relative() && !p.as_os_str().is_empty() {
             *p = base.join(&*p);
@@ -661,6 +678,10 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             "write one of error, warn, info, debug, trace",
         );
     }
+    config.state.validate(loc, &mut err);
+    config.bans.validate(loc, &mut err);
+    config.rate_limits.validate(loc, &mut err);
+    config.greylist.validate(loc, &mut err);
     if config.spool.path.as_os_str().is_empty() {
         err(
             loc.line(&toml_path!["spool", "path"]),

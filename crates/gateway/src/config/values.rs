@@ -169,6 +169,23 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network of `prefix` bits containing `addr` (host bits cleared; the prefix is capped
+    /// at the family's width).
+    pub fn around(addr: IpAddr, prefix: u8) -> Cidr {
+        match addr {
+            IpAddr::V4(a) => {
+                let prefix = prefix.min(32);
+                let network = IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix)));
+                Cidr { network, prefix }
+            }
+            IpAddr::V6(a) => {
+                let prefix = prefix.min(128);
+                let network = IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix)));
+                Cidr { network, prefix }
+            }
+        }
+    }
+
     /// The network address (host bits are always zero).
     pub fn network(&self) -> IpAddr {
         self.network
