@@ -31,6 +31,7 @@ use crate::queue::{QueueHandle, QueueManager, QueueSettings};
 use crate::relay::RelayPolicy;
 use crate::session::{SessionSettings, Shared};
 use crate::spool::Spool;
+use crate::state::{Defences, Store, admin};
 
 /// A running gateway.
 pub struct Gateway {
@@ -40,6 +41,8 @@ pub struct Gateway {
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
     queue: QueueHandle,
     spool: Spool,
+    store: Store,
+    state_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolicy {
@@ -135,9 +138,23 @@ impl Gateway {
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let store = Store::open(config)
+            .map_err(|e| format!("cannot open the state store ([state] store): {e}"))?;
+        info!(event = "state_store", store = %store.describe());
+        let defences = Arc::new(Defences::new(config, store.clone()));
+        let mut state_tasks =
+            vec![store.spawn_sweeper(config.state.sweep_interval.0, shutdown_rx.clone())];
+        let socket = admin::socket_path(&config.spool.path);
+        match admin::start(socket.clone(), defences.bans.clone(), shutdown_rx.clone()) {
+            Ok(task) => state_tasks.push(task),
+            Err(e) => {
+                warn!(event = "admin_error", path = %socket.display(), reason = %e, decision = "continue without the admin socket (ravelin ban needs it while the gateway runs)");
+            }
+        }
         let shared = Shared {
             spool: spool.clone(),
             queue: queue.clone(),
+            defences,
             shutdown: shutdown_rx,
         };
         let relay = RelayPolicy::new(&config.inbound.domains);
@@ -190,6 +207,8 @@ impl Gateway {
             accept_loops,
             queue,
             spool,
+            store,
+            state_tasks,
         })
     }
 
@@ -229,6 +248,10 @@ impl Gateway {
                 reason = "grace period over; deliveries in flight will be retried after restart"
             );
         }
+        for t in self.state_tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
         let stats = self.spool.stats();
         info!(
             event = "stopped",

@@ -34,9 +34,12 @@ use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use crate::cleanup::{self, Trace};
+use crate::config::AbuseKind;
 use crate::queue::QueueHandle;
 use crate::relay::RelayPolicy;
 use crate::spool::{Envelope, Incoming, Spool};
+use crate::state::greylist::GreyVerdict;
+use crate::state::{ConnectionGuard, Decision, Defences, Exceeded};
 
 /// Per-listener settings of the sessions it accepts.
 pub struct SessionSettings {
@@ -62,6 +65,8 @@ pub struct SessionSettings {
 pub struct Shared {
     pub spool: Spool,
     pub queue: QueueHandle,
+    /// Bans, rate limits, connection counts and greylisting over the state store.
+    pub defences: Arc<Defences>,
     /// Turns true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -126,6 +131,8 @@ pub fn next_session_id() -> String {
 #[derive(Default)]
 struct Transaction {
     sender: String,
+    /// The sender's domain (`None` for the null sender), for the per-domain rate limits.
+    sender_domain: Option<String>,
     recipients: Vec<String>,
     incoming: Option<Incoming>,
     write_error: Option<io::Error>,
@@ -152,6 +159,14 @@ pub async fn serve_connection(
 ) {
     let id = next_session_id();
     info!(event = "connect", session = %id, client = %peer.ip(), listener = %settings.listener);
+    let _slot = match admit(&id, peer, &settings, &shared).await {
+        Ok(slot) => slot,
+        Err(reply) => {
+            refuse_at_connect(tcp, &settings, &reply).await;
+            info!(event = "disconnect", session = %id, client = %peer.ip(), reason = %reply.one_line(), accepted = 0, rejected = 0);
+            return;
+        }
+    };
     let mut s = Session {
         settings: &settings,
         shared: &shared,
@@ -191,6 +206,7 @@ impl Session<'_> {
             if pregreet(&tcp, self.settings.greet_pause).await {
                 warn!(event = "pregreet", session = %self.id, client = %self.peer.ip(), decision = "reject", reason = "client talked before the greeting");
                 wire.reject_pregreet();
+                self.record(AbuseKind::Pregreet).await;
             }
             Conn::Plain(tcp)
         };
@@ -227,6 +243,17 @@ impl Session<'_> {
                 let _ = timeout(Duration::from_secs(5), conn.shutdown()).await;
                 if r.is_abuse() {
                     warn!(event = "protocol_violation", session = %self.id, client = %self.peer.ip(), decision = "disconnect", reason = r.as_str());
+                }
+                match r {
+                    CloseReason::Framing(_)
+                    | CloseReason::Pipelining(_)
+                    | CloseReason::Chunking => {
+                        self.record(AbuseKind::ProtocolAbuse).await;
+                    }
+                    CloseReason::TooManyErrors => {
+                        self.record(AbuseKind::TooManyErrors).await;
+                    }
+                    _ => {}
                 }
                 return self.end(r.as_str());
             }
@@ -304,23 +331,31 @@ impl Session<'_> {
             }
             Event::Mail { from, .. } => {
                 self.tx = Transaction::default();
-                self.tx.sender = match &from {
-                    ReversePath::Null => String::new(),
-                    ReversePath::Path(_) => from.to_string(),
+                (self.tx.sender, self.tx.sender_domain) = match &from {
+                    ReversePath::Null => (String::new(), None),
+                    ReversePath::Path(p) => (from.to_string(), Some(p.mailbox.domain.to_string())),
                 };
+                let limits = &self.shared.defences.limits;
+                if let Err(e) = limits
+                    .message(self.peer.ip(), self.tx.sender_domain.as_deref())
+                    .await
+                {
+                    self.rejected += 1;
+                    self.rate_limited(&e, "mail");
+                    return Some(Verdict::Reject(rate_limit_reply()));
+                }
                 info!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender);
                 Some(Verdict::Accept)
             }
             Event::Rcpt { to } => match self.settings.relay.check(&to) {
-                Ok(rcpt) => {
-                    info!(event = "rcpt", session = %self.id, client = %self.peer.ip(), to = %rcpt, decision = "accept");
-                    self.tx.recipients.push(rcpt);
-                    Some(Verdict::Accept)
-                }
+                Ok(rcpt) => Some(self.accept_rcpt(rcpt).await),
                 Err(reply) => {
                     self.rejected += 1;
                     warn!(event = "rcpt", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, to = %to, decision = "reject", reason = %reply.one_line());
-                    Some(Verdict::Reject(reply))
+                    Some(match self.record(AbuseKind::RelayProbing).await {
+                        Decision::Ban(_) => Verdict::RejectAndClose(reply),
+                        _ => Verdict::Reject(reply),
+                    })
                 }
             },
             Event::DataStart => Some(self.start_data()),
@@ -345,6 +380,49 @@ impl Session<'_> {
             }
             Event::StartTls | Event::Close(_) => None,
         }
+    }
+
+    /// Rate limit and greylisting of a recipient the relay policy accepted.
+    async fn accept_rcpt(&mut self, rcpt: String) -> Verdict {
+        let d = self.shared.defences.clone();
+        let client = self.peer.ip();
+        if let Err(e) = d
+            .limits
+            .recipient(client, self.tx.sender_domain.as_deref())
+            .await
+        {
+            self.rejected += 1;
+            self.rate_limited(&e, "rcpt");
+            return Verdict::Reject(rate_limit_reply());
+        }
+        if let Some(g) = &d.greylist
+            && let GreyVerdict::Defer(_) = g.check(client, &self.tx.sender, &rcpt).await
+        {
+            self.rejected += 1;
+            info!(event = "rcpt", session = %self.id, client = %client, from = %self.tx.sender, to = %rcpt, decision = "defer", reason = "greylisted");
+            return Verdict::Reject(Reply::ext(
+                450,
+                (4, 7, 1),
+                "Greylisted, please try again later",
+            ));
+        }
+        info!(event = "rcpt", session = %self.id, client = %client, to = %rcpt, decision = "accept");
+        self.tx.recipients.push(rcpt);
+        Verdict::Accept
+    }
+
+    fn rate_limited(&self, e: &Exceeded, command: &str) {
+        warn!(event = "rate_limit", session = %self.id, client = %self.peer.ip(), command, limit = e.limit, subject = %e.subject, count = e.count, max = e.max, decision = "tempfail");
+    }
+
+    /// Records an abuse event of this client; sleeps through a tarpit delay. A ban takes
+    /// effect at the client's next connection (the caller may also close this one).
+    async fn record(&self, kind: AbuseKind) -> Decision {
+        let decision = self.shared.defences.bans.record(self.peer.ip(), kind).await;
+        if let Decision::Delay(d) = &decision {
+            tokio::time::sleep(*d).await;
+        }
+        decision
     }
 
     fn start_data(&mut self) -> Verdict {
@@ -422,6 +500,59 @@ impl Session<'_> {
             }
         }
     }
+}
+
+fn rate_limit_reply() -> Reply {
+    Reply::ext(
+        451,
+        (4, 7, 1),
+        "Rate limit exceeded, please try again later",
+    )
+}
+
+/// The checks made before anything is sent: connection counts, bans, connection rate. The
+/// slot is held for the whole session; `Err` is the reply to refuse with.
+async fn admit(
+    id: &str,
+    peer: SocketAddr,
+    settings: &SessionSettings,
+    shared: &Shared,
+) -> Result<ConnectionGuard, Reply> {
+    let d = &shared.defences;
+    let client = peer.ip();
+    let slot = d.connections.try_acquire(client).map_err(|e| {
+        warn!(event = "connection_limit", session = %id, client = %client, listener = %settings.listener, limit = e.limit, subject = %e.subject, max = e.max, decision = "reject", reason = "too many connections");
+        Reply::ext(421, (4, 7, 0), format!("{} Error: too many connections", settings.hostname))
+    })?;
+    if let Ok(Some(ban)) = d.bans.check(client).await {
+        warn!(event = "banned", session = %id, client = %client, ban = %ban.target, reason = ban.reason.as_str(), expires = %ban.expires_text(), count = ban.count, decision = "reject");
+        return Err(Reply::ext(554, (5, 7, 1), "Access denied"));
+    }
+    if let Err(e) = d.limits.connection(client).await {
+        warn!(event = "connection_limit", session = %id, client = %client, listener = %settings.listener, limit = e.limit, subject = %e.subject, count = e.count, max = e.max, decision = "reject", reason = "connection rate");
+        return Err(Reply::ext(
+            421,
+            (4, 7, 0),
+            format!(
+                "{} Error: too many connections, try again later",
+                settings.hostname
+            ),
+        ));
+    }
+    Ok(slot)
+}
+
+/// Sends `reply` to a client refused at connect and closes (on an implicit-TLS listener the
+/// client expects a handshake, not clear text: the connection is only closed).
+async fn refuse_at_connect(mut tcp: TcpStream, settings: &SessionSettings, reply: &Reply) {
+    if settings.implicit_tls {
+        return;
+    }
+    let _ = timeout(Duration::from_secs(5), async {
+        tcp.write_all(&reply.to_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 fn storage_error() -> Reply {

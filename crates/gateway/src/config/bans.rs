@@ -145,7 +145,8 @@ pub struct AbuseRuleSetting {
 pub struct BansSection {
     /// Whether abuse is counted and bans enforced at all.
     pub enabled: bool,
-    /// Clients never banned or delayed (in addition to `[outbound] trusted_networks`).
+    /// Clients never banned or delayed (in addition to `[outbound] trusted_networks`);
+    /// default: loopback.
     pub exempt: Vec<Cidr>,
     /// An IPv6 client is banned with its whole prefix of this length (one host usually holds
     /// a /64).
@@ -170,7 +171,7 @@ impl Default for BansSection {
     fn default() -> Self {
         BansSection {
             enabled: true,
-            exempt: Vec::new(),
+            exempt: super::loopback(),
             ipv6_prefix: 64,
             max_duration: HumanDuration::from_secs(7 * 86_400),
             remember: HumanDuration::from_secs(30 * 86_400),

@@ -27,7 +27,8 @@ pub struct GreylistSection {
     /// host of the same farm).
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
-    /// Clients never greylisted (in addition to `[outbound] trusted_networks`).
+    /// Clients never greylisted (in addition to `[outbound] trusted_networks`); default:
+    /// loopback.
     pub exempt: Vec<Cidr>,
 }
 
@@ -40,7 +41,7 @@ impl Default for GreylistSection {
             allow_ttl: HumanDuration::from_secs(35 * 86_400),
             ipv4_prefix: 24,
             ipv6_prefix: 64,
-            exempt: Vec::new(),
+            exempt: super::loopback(),
         }
     }
 }

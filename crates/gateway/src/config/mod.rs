@@ -39,7 +39,7 @@ pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::greylist::GreylistSection;
 pub use self::rate_limits::RateLimitsSection;
 pub use self::state::{StateSection, StoreUrl, redact_url};
-pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain};
+pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain, loopback};
 pub use crate::log::LogFormat;
 
 use self::diagnostics::{Locator, toml_path};

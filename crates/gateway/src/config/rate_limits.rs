@@ -38,7 +38,8 @@ pub struct RateLimitsSection {
     /// The prefix lengths that group IPv4 and IPv6 clients into one network.
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
-    /// Clients no rate limit applies to (in addition to `[outbound] trusted_networks`).
+    /// Clients no rate limit applies to (in addition to `[outbound] trusted_networks`);
+    /// default: loopback.
     pub exempt: Vec<Cidr>,
 }
 
@@ -46,18 +47,18 @@ impl Default for RateLimitsSection {
     fn default() -> Self {
         RateLimitsSection {
             window: HumanDuration::from_secs(3600),
-            messages_per_address: 1000,
-            recipients_per_address: 5000,
+            messages_per_address: 3000,
+            recipients_per_address: 10_000,
             messages_per_sender_domain: 0,
             recipients_per_sender_domain: 0,
-            connections_per_address: 20,
-            connections_per_prefix: 100,
-            connection_rate_per_address: 120,
-            connection_rate_per_prefix: 600,
+            connections_per_address: 50,
+            connections_per_prefix: 200,
+            connection_rate_per_address: 300,
+            connection_rate_per_prefix: 0,
             connection_window: HumanDuration::from_secs(60),
             ipv4_prefix: 24,
             ipv6_prefix: 64,
-            exempt: Vec::new(),
+            exempt: super::loopback(),
         }
     }
 }

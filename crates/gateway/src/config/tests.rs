@@ -731,3 +731,62 @@ fn load_resolves_relative_paths_and_checks_files() {
             .contains("not UTF-8")
     );
 }
+
+#[test]
+fn example_states_the_state_ban_and_limit_defaults() {
+    let c = Config::parse(example(), "example.toml").unwrap();
+    assert_eq!(c.state, StateSection::default());
+    assert_eq!(c.rate_limits, RateLimitsSection::default());
+    assert_eq!(c.greylist, GreylistSection::default());
+    let d = BansSection::default();
+    for kind in AbuseKind::ALL {
+        assert_eq!(c.bans.rule(kind), d.rule(kind), "{kind}");
+        assert_eq!(c.bans.rule(kind), kind.defaults(), "{kind}");
+    }
+    let strip = |b: &BansSection| BansSection {
+        relay_probing: AbuseRuleSetting::default(),
+        harvesting: AbuseRuleSetting::default(),
+        pregreet: AbuseRuleSetting::default(),
+        protocol_abuse: AbuseRuleSetting::default(),
+        too_many_errors: AbuseRuleSetting::default(),
+        auth_failures: AbuseRuleSetting::default(),
+        ..b.clone()
+    };
+    assert_eq!(strip(&c.bans), d);
+}
+
+#[test]
+fn state_sections_are_checked() {
+    let base = MINIMAL.to_string();
+    let (line, message, _) = error(&format!("{base}\n[bans]\nipv6_prefix = 62\n"));
+    assert!(message.contains("ipv6_prefix = 62"), "{message}");
+    assert_eq!(line, base.lines().count() + 3);
+    let (_, message, _) = error(&format!(
+        "{base}\n[bans.auth_failures]\nthreshold = 3\nduration = \"0s\"\n"
+    ));
+    assert!(message.contains("bans.auth_failures.duration"), "{message}");
+    let (_, message, _) = error(&format!(
+        "{base}\n[greylist]\ndelay = \"1h\"\nretry_window = \"30m\"\n"
+    ));
+    assert!(message.contains("retry_window"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[rate_limits]\nipv4_prefix = 33\n"));
+    assert!(message.contains("ipv4_prefix = 33"), "{message}");
+    let (_, message, fix) = error(&format!(
+        "{base}\n[state]\nstore = \"memcached://:hunter2@cache\"\n"
+    ));
+    assert!(
+        !message.contains("hunter2") && fix.contains("redis://"),
+        "{message}"
+    );
+    let c = Config::parse(
+        &format!("{base}\n[state]\nstore = \"redis://127.0.0.1:6379/3\"\n[bans.pregreet]\nthreshold = 1\n"),
+        "t",
+    )
+    .unwrap();
+    assert!(matches!(c.state.store, StoreUrl::Redis(_)));
+    let rule = c.bans.rule(AbuseKind::Pregreet);
+    assert_eq!(
+        (rule.threshold, rule.window),
+        (1, AbuseKind::Pregreet.defaults().window)
+    );
+}

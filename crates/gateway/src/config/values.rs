@@ -285,6 +285,15 @@ impl Serialize for Cidr {
     }
 }
 
+/// The loopback networks (127.0.0.0/8 and ::1): local processes, exempt from abuse counting
+/// and rate limits by default, as Postfix exempts `$mynetworks` from its client limits.
+pub fn loopback() -> Vec<Cidr> {
+    vec![
+        Cidr::around(IpAddr::V4(Ipv4Addr::LOCALHOST), 8),
+        Cidr::around(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+    ]
+}
+
 /// A next-hop SMTP server: `smtp://host:port`, the port defaulting to 25. The host is a DNS
 /// name, an IPv4 address or a bracketed IPv6 address; it is stored without brackets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -482,7 +482,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// counts and greylisting, sharing one store.
 pub struct Defences {
     pub store: Store,
-    pub bans: Bans,
+    pub bans: Arc<Bans>,
     pub limits: RateLimits,
     pub connections: ConnectionTracker,
     pub greylist: Option<Greylist>,
@@ -493,7 +493,7 @@ impl Defences {
     pub fn new(config: &Config, store: Store) -> Defences {
         let trusted = &config.outbound.trusted_networks;
         Defences {
-            bans: Bans::new(store.clone(), &config.bans, trusted),
+            bans: Arc::new(Bans::new(store.clone(), &config.bans, trusted)),
             limits: RateLimits::new(store.clone(), &config.rate_limits, trusted),
             connections: ConnectionTracker::new(&config.rate_limits, trusted),
             greylist: config

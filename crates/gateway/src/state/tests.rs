@@ -321,6 +321,7 @@ fn connection_tracker_counts_held_connections() {
     let config = RateLimitsSection {
         connections_per_address: 2,
         connections_per_prefix: 3,
+        exempt: vec![],
         ..RateLimitsSection::default()
     };
     let t = ConnectionTracker::new(&config, &[]);
@@ -339,6 +340,11 @@ fn connection_tracker_counts_held_connections() {
     drop((b, c));
     assert_eq!(t.held(ip("127.0.0.2")), 0);
     assert!(t.try_acquire(ip("2001:db8::1")).is_ok());
+    let defaults = ConnectionTracker::new(&RateLimitsSection::default(), &[]);
+    let held: Vec<_> = (0..100)
+        .map(|_| defaults.try_acquire(ip("127.0.0.2")).unwrap())
+        .collect();
+    assert_eq!(held.len(), 100, "loopback is exempt by default");
 }
 
 #[tokio::test]
@@ -347,6 +353,7 @@ async fn greylisting_defers_then_passes_and_allowlists_the_network() {
     let config = GreylistSection {
         enabled: true,
         delay: HumanDuration(Duration::from_millis(300)),
+        exempt: vec![],
         ..GreylistSection::default()
     };
     let g = Greylist::new(store(&dir), &config, &[]);
