@@ -3,7 +3,8 @@
 #
 # Debian packages: postfix (smtp-sink, smtp-source, posttls-finger and an alternate
 # instance per test), swaks, libnet-ssleay-perl and libio-socket-ssl-perl (swaks' TLS),
-# openssl, python3-venv. Postfix is preseeded to "No configuration" and the system
+# openssl, python3-venv, redis-server (the shared state store; tests start their own server
+# on a high port, so the system service is stopped and disabled). Postfix is preseeded to "No configuration" and the system
 # instance is kept stopped and disabled: tests start their own instances on high ports.
 # Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
 # independent DKIM verifier.
@@ -16,7 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
 PY_PACKAGES=(dkimpy dnspython)
-DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
+DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv redis-server)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -59,7 +60,7 @@ install_debs() {
 
 check_tools() {
     local t
-    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl; do
+    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl redis-server; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
@@ -81,6 +82,21 @@ quiet_system_postfix() {
     elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
         as_root update-rc.d postfix disable >/dev/null 2>&1 || true
         say "disabled the system Postfix service (init scripts)"
+    fi
+}
+
+# The system Redis is not used: tests start their own redis-server on a high port.
+quiet_system_redis() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet redis-server 2>/dev/null \
+            || systemctl is-active --quiet redis-server 2>/dev/null; then
+            as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+            say "stopped and disabled the system Redis service (systemd)"
+        fi
+    elif ls /etc/rc[2-5].d/S*redis-server >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+        as_root service redis-server stop >/dev/null 2>&1 || true
+        as_root update-rc.d redis-server disable >/dev/null 2>&1 || true
+        say "stopped and disabled the system Redis service (init scripts)"
     fi
 }
 
@@ -107,5 +123,6 @@ install_venv() {
 install_debs
 check_tools
 quiet_system_postfix
+quiet_system_redis
 install_venv
 say "ready"

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the operation failed (invalid configuration, spool error, demo
 //! expectation not met); 2 usage error (from clap).
 
+mod ban_cmd;
 mod demo;
 mod queue_cmd;
 
@@ -41,6 +42,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         action: queue_cmd::QueueAction,
+    },
+    /// List, add and remove bans (works while the gateway runs).
+    Ban {
+        #[command(subcommand)]
+        action: ban_cmd::BanAction,
     },
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
@@ -120,6 +126,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Queue { action } => queue_cmd::run(action),
+        Command::Ban { action } => ban_cmd::run(action),
         Command::Demo { json } => demo::run(json),
     }
 }

@@ -6,6 +6,8 @@
 //!   [`SmtpSink::messages`] parses the completed ones into [`SinkMessage`]s.
 //! - [`Postfix`]: an alternate Postfix instance made by tests/peers/postfix-instance.sh, as a
 //!   backend (virtual(8) Maildir delivery, read back as [`MaildirMessage`]s) or as a relay.
+//! - [`RedisServer`]: a redis-server on a high loopback port with its own configuration and no
+//!   persistence, for the shared state store; stop and start it again to play an outage.
 //! - [`Ravelin`]: the gateway under test (`ravelin serve --config FILE`) with a config written
 //!   from a [`RavelinConfig`], its stderr JSON log captured to a file.
 //! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
@@ -1054,6 +1056,103 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A redis-server of its own: loopback, a free port, no persistence (`save ""`, no AOF), its
+/// files in a temporary directory. Killed on drop.
+pub struct RedisServer {
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port and waits until it listens.
+    pub fn start() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("ravelin-redis-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let mut server = RedisServer {
+            addr: free_addr(),
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `redis://ADDR/DB`.
+    pub fn url(&self, db: u8) -> String {
+        format!("redis://{}/{db}", self.addr)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("redis.conf");
+        fs::write(
+            &conf,
+            format!(
+                "bind {}\nport {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n",
+                self.addr.ip(),
+                self.addr.port(),
+                self.dir.path().display(),
+                self.log_path().display()
+            ),
+        )
+        .expect("write redis.conf");
+        let child = Command::new(program("redis-server"))
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}; {INSTALL_HINT}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !is_listening(self.addr) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                panic!(
+                    "redis-server exited with {status}: {}",
+                    tail(&self.log_path(), 20)
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "redis-server is not listening on {} after {START_TIMEOUT:?}",
+                    self.addr
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (its data is gone: nothing is persisted).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh, empty server on the same address.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

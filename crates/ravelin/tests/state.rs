@@ -1,0 +1,289 @@
+//! End-to-end proofs of the state store: bans and rate limits survive a restart of
+//! `ravelin serve` with the embedded store and `ravelin ban` works beside the running
+//! gateway; two gateway nodes on one real redis-server share bans (made by abuse) and rate
+//! limits; with Redis stopped mid-run mail is still accepted and the outage logged, and when
+//! it is back the limits apply again. Also the Redis store's operations against the real
+//! server. Clients play distinct hosts from 127.0.0.x (loopback is exempt by default, so the
+//! configurations here clear the exemptions).
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ravelin_gateway::state::{StateError, Store, Window};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const OUTSIDE: &str = "someone@elsewhere.test";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("an address")
+}
+
+/// A config with no exemptions, relay probing banning at the 3rd refused recipient and at
+/// most 2 messages per client address per hour.
+fn config(backend: SocketAddr) -> RavelinConfig {
+    RavelinConfig::inbound(backend)
+        .set("bans", "exempt = []")
+        .set("rate_limits", "exempt = []")
+        .set("rate_limits", "messages_per_address = 2")
+        .extra("[bans.relay_probing]\nthreshold = 3")
+}
+
+/// The first reply a client from `from` gets on connecting to `addr`.
+fn first_reply(from: &str, addr: SocketAddr) -> RawReply {
+    let mut c = RawClient::connect_from(ip(from), addr).expect("connect");
+    c.read_reply().expect("a first reply")
+}
+
+/// A session from `from`, greeted and past EHLO.
+fn session_from(from: &str, addr: SocketAddr) -> RawClient {
+    let mut c = RawClient::connect_from(ip(from), addr).expect("connect");
+    let greeting = c.read_reply().expect("greeting");
+    assert_eq!(greeting.code, 220, "{from}: {greeting:?}");
+    assert_eq!(c.command("EHLO client.test").expect("EHLO").code, 250);
+    c
+}
+
+/// Three refused relay recipients from `from`: the third bans it and closes the session.
+fn probe_relay(from: &str, addr: SocketAddr) {
+    let mut c = session_from(from, addr);
+    assert_eq!(
+        c.command("MAIL FROM:<p@probe.test>").expect("MAIL").code,
+        250
+    );
+    for n in 1..=3 {
+        let reply = c.command(&format!("RCPT TO:<{OUTSIDE}>")).expect("RCPT");
+        assert_eq!(reply.code, 554, "relay attempt {n}: {reply:?}");
+        assert!(reply.text().starts_with("5.7.1"), "{reply:?}");
+    }
+    assert!(c.is_closed(), "the banning attempt closes the session");
+}
+
+/// MAIL FROM from `from`: the reply code (RSET after each).
+fn mail_code(from: &str, addr: SocketAddr) -> u16 {
+    let mut c = session_from(from, addr);
+    let reply = c.command("MAIL FROM:<s@example.net>").expect("MAIL");
+    if reply.code == 451 {
+        assert!(reply.text().starts_with("4.7.1"), "{reply:?}");
+    }
+    let _ = c.command("QUIT");
+    reply.code
+}
+
+fn assert_banned(from: &str, addr: SocketAddr) {
+    let reply = first_reply(from, addr);
+    assert_eq!(reply.code, 554, "{from} should be refused: {reply:?}");
+    assert_eq!(reply.text(), "5.7.1 Access denied");
+}
+
+fn ban_list(ravelin: &Ravelin) -> Vec<serde_json::Value> {
+    let out = ravelin.command(&["ban", "list", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    serde_json::from_slice(&out.stdout).expect("ban list --json is JSON")
+}
+
+#[test]
+fn bans_and_limits_survive_a_restart_with_the_embedded_store() {
+    let sink = SmtpSink::start();
+    let mut ravelin = Ravelin::start(config(sink.addr));
+    let addr = ravelin.addr();
+
+    probe_relay("127.0.0.5", addr);
+    assert_banned("127.0.0.5", addr);
+    let banned = ravelin.wait_for_event("banned", WAIT, |e| e["client"] == "127.0.0.5");
+    assert_eq!(banned["reason"], "relay_probing");
+    assert!(banned["expires"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(mail_code("127.0.0.6", addr), 250);
+    assert_eq!(mail_code("127.0.0.6", addr), 250);
+    assert_eq!(
+        mail_code("127.0.0.6", addr),
+        451,
+        "the third message in the hour"
+    );
+    ravelin.wait_for_event("rate_limit", WAIT, |e| {
+        e["client"] == "127.0.0.6" && e["limit"] == "messages_per_address"
+    });
+
+    // The CLI beside the running gateway (through its admin socket).
+    let list = ban_list(&ravelin);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["target"], "127.0.0.5/32");
+    assert_eq!(list[0]["reason"], "relay_probing");
+    assert_eq!(list[0]["count"], 1);
+    let out = ravelin.command(&["ban", "add", "127.0.0.8", "--duration", "2h", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(added["reason"], "manual");
+    assert_eq!(
+        added["expires"].as_u64().unwrap() - added["created"].as_u64().unwrap(),
+        7200
+    );
+    assert_banned("127.0.0.8", addr);
+    ravelin.wait_for_event("ban_added", WAIT, |e| e["client"] == "127.0.0.8/32");
+
+    ravelin.restart();
+    assert_banned("127.0.0.5", addr);
+    assert_banned("127.0.0.8", addr);
+    assert_eq!(
+        mail_code("127.0.0.6", addr),
+        451,
+        "the window survived the restart"
+    );
+    assert_eq!(
+        mail_code("127.0.0.7", addr),
+        250,
+        "other clients are served"
+    );
+
+    let out = ravelin.command(&["ban", "remove", "127.0.0.5"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(first_reply("127.0.0.5", addr).code, 220, "ban lifted");
+
+    // Without a running gateway the command opens the store itself.
+    ravelin.terminate();
+    let list = ban_list(&ravelin);
+    let targets: Vec<_> = list.iter().map(|b| b["target"].clone()).collect();
+    assert_eq!(targets, ["127.0.0.8/32"]);
+    let out = ravelin.command(&["ban", "add", "2001:db8::/48", "--reason", "harvesting"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = ravelin.command(&["ban", "add", "2001:db8::/47"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(ban_list(&ravelin).len(), 2);
+    ravelin.restart();
+    assert_banned("127.0.0.8", addr);
+}
+
+fn redis_config(backend: SocketAddr, redis: &RedisServer) -> RavelinConfig {
+    config(backend)
+        .set("state", &format!("store = {}", toml_string(&redis.url(0))))
+        .set("state", "timeout = \"300ms\"")
+}
+
+#[test]
+fn two_nodes_share_bans_and_limits_through_redis_and_fail_open_without_it() {
+    let sink = SmtpSink::start();
+    let mut redis = RedisServer::start();
+    let a = Ravelin::start(redis_config(sink.addr, &redis));
+    let b = Ravelin::start(redis_config(sink.addr, &redis));
+
+    // A ban earned by abuse on node A refuses the client on node B.
+    probe_relay("127.0.0.5", a.addr());
+    assert_banned("127.0.0.5", b.addr());
+    b.wait_for_event("banned", WAIT, |e| {
+        e["client"] == "127.0.0.5" && e["reason"] == "relay_probing"
+    });
+    assert_eq!(first_reply("127.0.0.9", b.addr()).code, 220);
+
+    // A rate limit counted on A limits on B.
+    assert_eq!(mail_code("127.0.0.6", a.addr()), 250);
+    assert_eq!(mail_code("127.0.0.6", a.addr()), 250);
+    assert_eq!(mail_code("127.0.0.6", b.addr()), 451);
+
+    // Redis gone: mail is still accepted, and the outage is logged once.
+    redis.stop();
+    for n in 0..3 {
+        let out = swaks_send(
+            a.addr(),
+            "s@example.net",
+            "user@example.org",
+            format!("Subject: during the outage {n}\r\n\r\nbody\r\n").as_bytes(),
+            &["--local-interface", "127.0.0.6"],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    a.wait_for_event("state_unavailable", WAIT, |_| true);
+    assert_eq!(
+        a.events("state_unavailable").len(),
+        1,
+        "logged once per outage"
+    );
+    sink.wait_for_messages(3, WAIT);
+
+    // Redis back (empty: it keeps nothing): the limits apply again.
+    redis.restart();
+    for node in [&a, &b] {
+        wait_until("the node to reach Redis again", WAIT, || {
+            let _ = mail_code("127.0.0.20", node.addr());
+            (!node.events("state_recovered").is_empty()).then_some(())
+        });
+    }
+    assert_eq!(mail_code("127.0.0.10", a.addr()), 250);
+    assert_eq!(mail_code("127.0.0.10", b.addr()), 250);
+    assert_eq!(mail_code("127.0.0.10", a.addr()), 451);
+    probe_relay("127.0.0.11", b.addr());
+    assert_banned("127.0.0.11", a.addr());
+
+    // The CLI reaches the shared list through either node's configuration.
+    let list = ban_list(&b);
+    assert!(
+        list.iter().any(|x| x["target"] == "127.0.0.11/32"),
+        "{list:?}"
+    );
+}
+
+/// The Redis implementation of the store interface, against the real server.
+#[test]
+fn redis_store_operations() {
+    let mut redis = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let s = Store::open_redis(&redis.url(1), "t:", Duration::from_secs(2)).expect("open");
+        let ttl = Duration::from_millis(300);
+        assert_eq!(s.incr("c", 1, ttl).await.unwrap(), 1);
+        assert_eq!(s.incr("c", 2, ttl).await.unwrap(), 3);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.get("c").await.unwrap(), None);
+        assert_eq!(s.incr("c", 1, ttl).await.unwrap(), 1);
+        s.set("ban:a", b"A", None).await.unwrap();
+        s.set("ban:b", b"B", Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        s.set("ban:c*", b"C", Some(Duration::from_millis(100)))
+            .await
+            .unwrap();
+        s.set("other", b"O", None).await.unwrap();
+        let keys = |v: Vec<ravelin_gateway::state::Entry>| {
+            v.into_iter().map(|e| e.key).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(s.list("ban:", 10).await.unwrap()),
+            ["ban:a", "ban:b", "ban:c*"]
+        );
+        assert_eq!(keys(s.list("ban:", 1).await.unwrap()), ["ban:a"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(keys(s.list("ban:", 10).await.unwrap()), ["ban:a", "ban:b"]);
+        assert_eq!(
+            s.get_many(&["ban:b".into(), "nope".into()]).await.unwrap(),
+            vec![Some(b"B".to_vec()), None]
+        );
+        assert!(s.delete("ban:a").await.unwrap());
+        assert!(!s.delete("ban:a").await.unwrap());
+        let w = Window::Sliding(Duration::from_secs(60));
+        assert_eq!(s.hit("h", 2, w).await.unwrap(), 2);
+        assert_eq!(s.hit("h", 1, w).await.unwrap(), 3);
+
+        redis.stop();
+        assert!(matches!(
+            s.get("ban:b").await,
+            Err(StateError::Unavailable(_))
+        ));
+        redis.restart();
+        let back = async {
+            loop {
+                if s.set("k", b"v", None).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, back)
+            .await
+            .expect("the store reconnects when Redis is back");
+        assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    });
+}
