@@ -227,6 +227,19 @@ impl Session<'_> {
                     }
                 }
             }
+            // Recorded before the closing reply leaves, so a client that reconnects at once
+            // already meets the ban it earned.
+            match &close_reason {
+                Some(
+                    CloseReason::Framing(_) | CloseReason::Pipelining(_) | CloseReason::Chunking,
+                ) => {
+                    self.record(AbuseKind::ProtocolAbuse).await;
+                }
+                Some(CloseReason::TooManyErrors) => {
+                    self.record(AbuseKind::TooManyErrors).await;
+                }
+                _ => {}
+            }
             let delay = wire.take_delay();
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -244,17 +257,7 @@ impl Session<'_> {
                 if r.is_abuse() {
                     warn!(event = "protocol_violation", session = %self.id, client = %self.peer.ip(), decision = "disconnect", reason = r.as_str());
                 }
-                match r {
-                    CloseReason::Framing(_)
-                    | CloseReason::Pipelining(_)
-                    | CloseReason::Chunking => {
-                        self.record(AbuseKind::ProtocolAbuse).await;
-                    }
-                    CloseReason::TooManyErrors => {
-                        self.record(AbuseKind::TooManyErrors).await;
-                    }
-                    _ => {}
-                }
+
                 return self.end(r.as_str());
             }
             if starttls {

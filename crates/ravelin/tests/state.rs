@@ -287,3 +287,120 @@ fn redis_store_operations() {
         assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     });
 }
+
+/// Where abuse is detected, it is recorded: pregreets, bare LF (protocol abuse) and sessions
+/// closed for too many errors each ban the client after their threshold, and the ban shows
+/// in the log with its reason.
+#[test]
+fn pregreet_protocol_abuse_and_errors_earn_bans() {
+    let sink = SmtpSink::start();
+    let ravelin = Ravelin::start(
+        config(sink.addr)
+            .set("limits", "greet_pause = \"300ms\"")
+            .set("limits", "soft_errors = 9")
+            .set("limits", "hard_errors = 10"),
+    );
+    let addr = ravelin.addr();
+
+    for _ in 0..2 {
+        let mut c = RawClient::connect_from(ip("127.0.0.12"), addr).expect("connect");
+        c.send(b"EHLO early.test\r\n").expect("send");
+        let reply = c.read_reply().expect("reply");
+        assert_eq!(
+            (reply.code, &reply.text()[..5]),
+            (554, "5.5.1"),
+            "{reply:?}"
+        );
+    }
+    assert_banned("127.0.0.12", addr);
+
+    for _ in 0..3 {
+        let mut c = session_from("127.0.0.13", addr);
+        c.send(b"MAIL FROM:<a@example.net>\n").expect("send");
+        c.send(b"\r\n").expect("send");
+        let reply = c.read_reply().expect("reply");
+        assert_eq!(reply.code, 550, "{reply:?}");
+        assert!(c.is_closed());
+    }
+    assert_banned("127.0.0.13", addr);
+
+    for _ in 0..3 {
+        let mut c = session_from("127.0.0.14", addr);
+        for _ in 0..9 {
+            assert_eq!(c.command("FROB").expect("reply").code, 500);
+        }
+        assert_eq!(c.command("FROB").expect("reply").code, 421);
+        assert!(c.is_closed());
+    }
+    assert_banned("127.0.0.14", addr);
+    assert_eq!(first_reply("127.0.0.15", addr).code, 220);
+
+    let reasons: Vec<(String, String)> = ravelin
+        .events("ban_added")
+        .iter()
+        .map(|e| {
+            (
+                e["client"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("127.0.0.12/32".into(), "pregreet".into()),
+            ("127.0.0.13/32".into(), "protocol_abuse".into()),
+            ("127.0.0.14/32".into(), "too_many_errors".into()),
+        ]
+    );
+}
+
+/// Greylisting: a new triplet gets 450 4.7.1, a retry after the delay passes, and the
+/// client's /24 is then allowlisted for other senders and recipients.
+#[test]
+fn greylisting_defers_new_triplets_and_allowlists_clients_that_retry() {
+    let sink = SmtpSink::start();
+    let ravelin = Ravelin::start(
+        config(sink.addr)
+            .set("greylist", "enabled = true")
+            .set("greylist", "delay = \"1s\"")
+            .set("greylist", "exempt = []"),
+    );
+    let addr = ravelin.addr();
+    let rcpt = |from_ip: &str, sender: &str, to: &str| {
+        let mut c = session_from(from_ip, addr);
+        assert_eq!(
+            c.command(&format!("MAIL FROM:<{sender}>"))
+                .expect("MAIL")
+                .code,
+            250
+        );
+        let reply = c.command(&format!("RCPT TO:<{to}>")).expect("RCPT");
+        let _ = c.command("QUIT");
+        reply
+    };
+    let first = rcpt("127.0.3.1", "a@example.net", "u@example.org");
+    assert_eq!(
+        (first.code, &first.text()[..5]),
+        (450, "4.7.1"),
+        "{first:?}"
+    );
+    assert_eq!(
+        rcpt("127.0.3.1", "a@example.net", "u@example.org").code,
+        450
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        rcpt("127.0.3.2", "a@example.net", "u@example.org").code,
+        250
+    );
+    assert_eq!(
+        rcpt("127.0.3.9", "b@example.com", "v@example.org").code,
+        250
+    );
+    assert_eq!(
+        rcpt("127.0.4.1", "b@example.com", "v@example.org").code,
+        450
+    );
+    ravelin.wait_for_event("greylist", WAIT, |e| e["decision"] == "pass");
+}

@@ -1454,9 +1454,12 @@ impl Ravelin {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// The log as JSON objects; panics on a line that is not one (the log contract).
+    /// The log as JSON objects; panics on a line that is not one (the log contract). A last
+    /// line still being written (no newline yet) is left for the next read.
     pub fn log_events(&self) -> Vec<serde_json::Value> {
-        self.log_text()
+        let text = self.log_text();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
