@@ -37,16 +37,11 @@ use crate::config::{BansSection, Cidr};
 
 pub use crate::config::AbuseKind;
 
-/// Why a client is banned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Why a client is banned: a kind of abuse, or an operator's decision. Written as the
+/// kind's name (`relay_probing`, `auth_failures`, ...) or `manual`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BanReason {
-    RelayProbing,
-    Harvesting,
-    Pregreet,
-    ProtocolAbuse,
-    TooManyErrors,
-    AuthFailures,
+    Abuse(AbuseKind),
     /// Added by an operator.
     Manual,
 }
@@ -54,12 +49,7 @@ pub enum BanReason {
 impl BanReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            BanReason::RelayProbing => "relay_probing",
-            BanReason::Harvesting => "harvesting",
-            BanReason::Pregreet => "pregreet",
-            BanReason::ProtocolAbuse => "protocol_abuse",
-            BanReason::TooManyErrors => "too_many_errors",
-            BanReason::AuthFailures => "auth_failures",
+            BanReason::Abuse(kind) => kind.as_str(),
             BanReason::Manual => "manual",
         }
     }
@@ -67,14 +57,7 @@ impl BanReason {
 
 impl From<AbuseKind> for BanReason {
     fn from(kind: AbuseKind) -> BanReason {
-        match kind {
-            AbuseKind::RelayProbing => BanReason::RelayProbing,
-            AbuseKind::Harvesting => BanReason::Harvesting,
-            AbuseKind::Pregreet => BanReason::Pregreet,
-            AbuseKind::ProtocolAbuse => BanReason::ProtocolAbuse,
-            AbuseKind::TooManyErrors => BanReason::TooManyErrors,
-            AbuseKind::AuthFailures => BanReason::AuthFailures,
-        }
+        BanReason::Abuse(kind)
     }
 }
 
@@ -90,12 +73,25 @@ impl FromStr for BanReason {
         if s == "manual" {
             return Ok(BanReason::Manual);
         }
-        s.parse::<AbuseKind>().map(BanReason::from).map_err(|_| {
+        s.parse::<AbuseKind>().map(BanReason::Abuse).map_err(|_| {
             format!(
                 "unknown ban reason {:?}: write manual, relay_probing, harvesting, pregreet, protocol_abuse, too_many_errors or auth_failures",
                 s.escape_debug().to_string()
             )
         })
+    }
+}
+
+impl Serialize for BanReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for BanReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -284,13 +280,7 @@ impl Bans {
             None => {
                 let base = match reason {
                     BanReason::Manual => self.config.manual_duration.0,
-                    other => {
-                        let kind = AbuseKind::ALL
-                            .into_iter()
-                            .find(|k| BanReason::from(*k) == other)
-                            .unwrap_or(AbuseKind::ProtocolAbuse);
-                        self.config.rule(kind).duration.0
-                    }
+                    BanReason::Abuse(kind) => self.config.rule(kind).duration.0,
                 };
                 let factor = 1u32
                     .checked_shl(count.saturating_sub(1))

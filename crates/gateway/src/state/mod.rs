@@ -122,6 +122,15 @@ struct Health {
     down: Mutex<Option<(Instant, Instant)>>,
 }
 
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Instant)>> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The time limit of one [`Store::list`].
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Time between two probes of a store that is down.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -202,20 +211,25 @@ impl Store {
         matches!(self.inner.backend, Backend::Embedded(_))
     }
 
-    /// Runs one operation with the time limit and the outage bookkeeping.
+    /// Runs one operation with `[state] timeout` and the outage bookkeeping.
     async fn run<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, StateError>>,
     ) -> Result<T, StateError> {
+        self.run_for(op, self.inner.timeout, fut).await
+    }
+
+    /// Runs one operation with the time limit `limit` and the outage bookkeeping.
+    async fn run_for<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
         let now = Instant::now();
         {
-            let mut down = self
-                .inner
-                .health
-                .down
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut down = self.inner.health.lock();
             if let Some((since, next_probe)) = down.as_mut() {
                 if now < *next_probe {
                     return Err(StateError::Unavailable(format!(
@@ -226,19 +240,13 @@ impl Store {
                 *next_probe = now + PROBE_INTERVAL;
             }
         }
-        let result = match tokio::time::timeout(self.inner.timeout, fut).await {
+        let result = match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
             Err(_) => Err(StateError::Unavailable(format!(
-                "no answer within {:?}",
-                self.inner.timeout
+                "no answer within {limit:?}"
             ))),
         };
-        let mut down = self
-            .inner
-            .health
-            .down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut down = self.inner.health.lock();
         match &result {
             Err(StateError::Unavailable(why)) => {
                 if down.is_none() {
@@ -344,16 +352,11 @@ impl Store {
         Self::check_key(prefix)?;
         let limit = limit.min(MAX_LIST);
         // A listing may take longer than a single lookup; it is an operator's action.
-        let fut = async {
+        self.run_for("list", LIST_TIMEOUT, async {
             match &self.inner.backend {
                 Backend::Embedded(e) => e.list(prefix, limit).await,
                 Backend::Redis(r) => r.list(prefix, limit).await,
             }
-        };
-        self.run("list", async {
-            tokio::time::timeout(Duration::from_secs(30), fut)
-                .await
-                .unwrap_or_else(|_| Err(StateError::Unavailable("listing took over 30s".into())))
         })
         .await
     }

@@ -152,7 +152,7 @@ async fn auth_failures_delay_then_ban_and_repeat_bans_grow() {
         panic!("the fifth failure bans");
     };
     assert_eq!(ban.target, net("127.0.0.5/32"));
-    assert_eq!(ban.reason, BanReason::AuthFailures);
+    assert_eq!(ban.reason, BanReason::Abuse(AbuseKind::AuthFailures));
     assert_eq!(ban.count, 1);
     assert_eq!(ban.expires - ban.created, 3600);
     assert_eq!(bans.check(client).await.unwrap(), Some(ban.clone()));
@@ -189,7 +189,7 @@ async fn ipv6_bans_cover_the_prefix_and_manual_bans_any_allowed_prefix() {
     }
     let ban = bans.check(ip("2001:db8:1:2::99")).await.unwrap().unwrap();
     assert_eq!(ban.target, net("2001:db8:1:2::/64"));
-    assert_eq!(ban.reason, BanReason::Pregreet);
+    assert_eq!(ban.reason, BanReason::Abuse(AbuseKind::Pregreet));
     assert_eq!(bans.check(ip("2001:db8:1:3::5")).await.unwrap(), None);
 
     let manual = bans
@@ -244,7 +244,7 @@ async fn kinds_have_their_own_thresholds_and_a_disabled_recorder_allows() {
     assert!(matches!(
         bans.record(client, AbuseKind::RelayProbing).await,
         Decision::Ban(Ban {
-            reason: BanReason::RelayProbing,
+            reason: BanReason::Abuse(AbuseKind::RelayProbing),
             ..
         })
     ));
