@@ -159,7 +159,7 @@ pub async fn serve_connection(
 ) {
     let id = next_session_id();
     info!(event = "connect", session = %id, client = %peer.ip(), listener = %settings.listener);
-    let _slot = match admit(&id, peer, &settings, &shared).await {
+    let slot = match admit(&id, peer, &settings, &shared).await {
         Ok(slot) => slot,
         Err(reply) => {
             refuse_at_connect(tcp, &settings, &reply).await;
@@ -179,6 +179,8 @@ pub async fn serve_connection(
         rejected: 0,
     };
     let reason = s.run(tcp).await;
+    // The connection's slot is free once its end is logged.
+    drop(slot);
     info!(
         event = "disconnect",
         session = %s.id,

@@ -404,3 +404,48 @@ fn greylisting_defers_new_triplets_and_allowlists_clients_that_retry() {
     );
     ravelin.wait_for_event("greylist", WAIT, |e| e["decision"] == "pass");
 }
+
+/// Connection limits at accept time: a third concurrent connection from one address, and a
+/// connection past the per-address rate, get `421 4.7.0` and are closed; others are served.
+#[test]
+fn connection_concurrency_and_rate_are_limited_at_connect() {
+    let sink = SmtpSink::start();
+    let ravelin = Ravelin::start(
+        config(sink.addr)
+            .set("rate_limits", "connections_per_address = 2")
+            .set("rate_limits", "connection_rate_per_address = 4")
+            .set("rate_limits", "connection_window = \"1h\""),
+    );
+    let addr = ravelin.addr();
+    let held = [
+        session_from("127.0.0.30", addr),
+        session_from("127.0.0.30", addr),
+    ];
+    let third = first_reply("127.0.0.30", addr);
+    assert_eq!(
+        (third.code, &third.text()[..5]),
+        (421, "4.7.0"),
+        "{third:?}"
+    );
+    assert_eq!(first_reply("127.0.0.31", addr).code, 220);
+    drop(held);
+    wait_until("the slots to be given back", WAIT, || {
+        (ravelin.events("disconnect").len() >= 4).then_some(())
+    });
+    // Two connections counted so far (the one refused for concurrency was not): two more
+    // are within the rate of four, the next is over it.
+    for _ in 0..2 {
+        assert_eq!(first_reply("127.0.0.30", addr).code, 220);
+    }
+    let over = first_reply("127.0.0.30", addr);
+    assert_eq!((over.code, &over.text()[..5]), (421, "4.7.0"), "{over:?}");
+    let limits: Vec<_> = ravelin
+        .events("connection_limit")
+        .iter()
+        .map(|e| e["limit"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        limits,
+        ["connections_per_address", "connection_rate_per_address"]
+    );
+}
