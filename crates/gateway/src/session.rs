@@ -1,9 +1,15 @@
 //! One SMTP connection: drives a `ravelin_wire::server` session over TCP (and TLS after
 //! STARTTLS or on an implicit-TLS listener) and applies the gateway's policy to its decisions.
 //!
-//! Order of events on a connection: pregreet check (bytes that arrived before our greeting
-//! mean a client that does not wait for replies), greeting, then the command loop. MAIL is
-//! accepted from anyone, RCPT goes through [`crate::relay`], DATA opens a spool file that starts
+//! Order of events on a connection: on a `relay` listener, a client outside
+//! `outbound.trusted_networks` is refused at once (`554 5.7.1`) and closed; then the pregreet
+//! check (bytes that arrived before our greeting mean a client that does not wait for replies),
+//! greeting, then the command loop. On `submission` / `submissions` listeners the wire session
+//! offers AUTH inside TLS and refuses MAIL before it; AUTH is checked by [`crate::auth`] and
+//! logged as `event=auth` with the result and login name (never the password), and the
+//! envelope sender must belong to the authenticated user (`553 5.7.1` otherwise). Mail from
+//! these listeners may go to any domain and is marked outbound in the spool envelope. On
+//! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`], DATA opens a spool file that starts
 //! with our Received line, the content streams to disk as it arrives, and the `250` carrying the
 //! queue id is sent only after [`crate::spool`] reports the message durable; then the queue
 //! manager is told. A write or fsync error answers `452 4.3.1` and leaves nothing behind.
@@ -33,10 +39,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
+use crate::auth::{Authenticator, Outcome};
 use crate::cleanup::{self, Trace};
+use crate::config::{Cidr, ListenKind};
 use crate::queue::QueueHandle;
 use crate::relay::RelayPolicy;
-use crate::spool::{Envelope, Incoming, Spool};
+use crate::spool::{Direction, Envelope, Incoming, Spool};
 
 /// Per-listener settings of the sessions it accepts.
 pub struct SessionSettings {
@@ -55,6 +63,24 @@ pub struct SessionSettings {
     pub session_timeout: Duration,
     /// How long to wait for a client that talks before the greeting.
     pub greet_pause: Duration,
+    /// What the listener is for: relay control, AUTH and the direction of its mail follow.
+    pub kind: ListenKind,
+    /// Password checks; present on submission listeners.
+    pub auth: Option<Arc<Authenticator>>,
+    /// The only clients a relay listener serves (`outbound.trusted_networks`).
+    pub trusted_networks: Vec<Cidr>,
+}
+
+impl SessionSettings {
+    /// Whether mail received here goes out to the world.
+    pub fn direction(&self) -> Direction {
+        match self.kind {
+            ListenKind::Inbound => Direction::Inbound,
+            ListenKind::Submission | ListenKind::Submissions | ListenKind::Relay => {
+                Direction::Outbound
+            }
+        }
+    }
 }
 
 /// What all sessions share.
@@ -138,6 +164,8 @@ struct Session<'a> {
     peer: SocketAddr,
     helo: Option<(String, bool)>,
     tls_info: Option<String>,
+    /// The login name once AUTH succeeded.
+    auth_user: Option<String>,
     tx: Transaction,
     accepted: u32,
     rejected: u32,
@@ -159,6 +187,7 @@ pub async fn serve_connection(
         peer,
         helo: None,
         tls_info: None,
+        auth_user: None,
         tx: Transaction::default(),
         accepted: 0,
         rejected: 0,
@@ -182,13 +211,14 @@ impl Session<'_> {
         } else {
             ServerSession::new(self.settings.wire.clone())
         };
+        let untrusted = self.refuse_untrusted(&mut wire);
         let mut conn = if self.settings.implicit_tls {
             match self.handshake(tcp).await {
                 Ok(c) => c,
                 Err(e) => return format!("TLS handshake failed: {e}"),
             }
         } else {
-            if pregreet(&tcp, self.settings.greet_pause).await {
+            if !untrusted && pregreet(&tcp, self.settings.greet_pause).await {
                 warn!(event = "pregreet", session = %self.id, client = %self.peer.ip(), decision = "reject", reason = "client talked before the greeting");
                 wire.reject_pregreet();
             }
@@ -213,6 +243,7 @@ impl Session<'_> {
             }
             let delay = wire.take_delay();
             if !delay.is_zero() {
+                info!(event = "tarpit", session = %self.id, client = %self.peer.ip(), delay_ms = delay.as_millis() as u64);
                 tokio::time::sleep(delay).await;
             }
             let out = wire.take_output();
@@ -266,6 +297,89 @@ impl Session<'_> {
         }
     }
 
+    /// On a relay listener, refuses a client outside the trusted networks; true if refused.
+    fn refuse_untrusted(&self, wire: &mut ServerSession) -> bool {
+        let ip = self.peer.ip();
+        if self.settings.kind != ListenKind::Relay
+            || self
+                .settings
+                .trusted_networks
+                .iter()
+                .any(|n| n.contains(ip))
+        {
+            return false;
+        }
+        warn!(event = "refused", session = %self.id, client = %ip, listener = %self.settings.listener, decision = "reject", reason = "client not in outbound.trusted_networks");
+        wire.refuse_connection(Reply::ext(
+            554,
+            (5, 7, 1),
+            format!("{} Access denied", self.settings.hostname),
+        ));
+        true
+    }
+
+    /// Verifies AUTH credentials and logs the result (never the password).
+    async fn authenticate(&mut self, credentials: ravelin_wire::auth::Credentials) -> Verdict {
+        let mechanism = credentials.mechanism.as_str();
+        let outcome = match &self.settings.auth {
+            Some(auth) => auth.authenticate(&credentials).await,
+            None => Outcome::Unavailable {
+                reason: "no password source configured".into(),
+            },
+        };
+        match outcome {
+            Outcome::Accepted { user, source } => {
+                info!(event = "auth", session = %self.id, client = %self.peer.ip(), result = "success", user = %user, mechanism, source);
+                self.auth_user = Some(user);
+                Verdict::Accept
+            }
+            Outcome::Rejected { reason } => {
+                self.rejected += 1;
+                warn!(event = "auth", session = %self.id, client = %self.peer.ip(), result = "failure", user = %credentials.authcid, mechanism, reason);
+                self.auth_failed();
+                Verdict::Reject(Reply::ext(
+                    535,
+                    (5, 7, 8),
+                    "Authentication credentials invalid",
+                ))
+            }
+            Outcome::Unavailable { reason } => {
+                warn!(event = "auth", session = %self.id, client = %self.peer.ip(), result = "unavailable", user = %credentials.authcid, mechanism, reason = %reason);
+                Verdict::Reject(Reply::ext(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure",
+                ))
+            }
+        }
+    }
+
+    /// The one place a failed AUTH from this client is reported beyond the session: the
+    /// cross-session ban (`record(client_ip, AbuseKind::AuthFailure)`) is called from here.
+    /// Within the session, the wire session delays each failure and closes at
+    /// `limits.auth_failures`.
+    fn auth_failed(&self) {
+        info!(event = "abuse", session = %self.id, client = %self.peer.ip(), kind = "auth_failure");
+    }
+
+    /// On a submission listener, the reply refusing a sender the user does not own.
+    fn sender_refusal(&self, from: &ReversePath) -> Option<Reply> {
+        let (Some(auth), Some(user)) = (&self.settings.auth, &self.auth_user) else {
+            return None;
+        };
+        let owned = match from {
+            ReversePath::Null => false,
+            ReversePath::Path(p) => auth.may_send_as(user, &p.mailbox.to_string()),
+        };
+        (!owned).then(|| {
+            Reply::ext(
+                553,
+                (5, 7, 1),
+                format!("<{from}>: Sender address rejected: not owned by user {user}"),
+            )
+        })
+    }
+
     /// Discards a transaction left unfinished and returns the reason for the log.
     fn end(&mut self, reason: &str) -> String {
         self.tx = Transaction::default();
@@ -308,10 +422,17 @@ impl Session<'_> {
                     ReversePath::Null => String::new(),
                     ReversePath::Path(_) => from.to_string(),
                 };
+                if let Some(reply) = self.sender_refusal(&from) {
+                    self.rejected += 1;
+                    warn!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
+                    self.tx = Transaction::default();
+                    return Some(Verdict::Reject(reply));
+                }
                 info!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender);
                 Some(Verdict::Accept)
             }
-            Event::Rcpt { to } => match self.settings.relay.check(&to) {
+            Event::Auth(credentials) => Some(self.authenticate(credentials).await),
+            Event::Rcpt { to } => match self.check_recipient(&to) {
                 Ok(rcpt) => {
                     info!(event = "rcpt", session = %self.id, client = %self.peer.ip(), to = %rcpt, decision = "accept");
                     self.tx.recipients.push(rcpt);
@@ -347,6 +468,14 @@ impl Session<'_> {
         }
     }
 
+    /// Relay control: outbound listeners may send anywhere, inbound ones to our domains only.
+    fn check_recipient(&self, to: &ravelin_wire::address::ForwardPath) -> Result<String, Reply> {
+        match self.settings.direction() {
+            Direction::Outbound => self.settings.relay.check_outbound(to),
+            Direction::Inbound => self.settings.relay.check(to),
+        }
+    }
+
     fn start_data(&mut self) -> Verdict {
         let (helo, extended) = match &self.helo {
             Some((h, e)) => (Some(h.as_str()), *e),
@@ -361,6 +490,8 @@ impl Session<'_> {
             listener: self.settings.listener.clone(),
             session: self.id.clone(),
             size: 0,
+            direction: self.settings.direction(),
+            auth_user: self.auth_user.clone(),
         };
         let mut incoming = match self.shared.spool.create(envelope) {
             Ok(i) => i,
@@ -410,6 +541,7 @@ impl Session<'_> {
                     from = %tx.sender,
                     recipients = tx.recipients.len(),
                     size,
+                    direction = self.settings.direction().as_str(),
                     decision = "accept"
                 );
                 self.shared.queue.enqueue(id);
