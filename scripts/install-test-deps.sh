@@ -5,6 +5,9 @@
 # instance per test), swaks, libnet-ssleay-perl and libio-socket-ssl-perl (swaks' TLS),
 # openssl, python3-venv. Postfix is preseeded to "No configuration" and the system
 # instance is kept stopped and disabled: tests start their own instances on high ports.
+# slapd and ldap-utils (LDAP AUTH tests): preseeded to "omit server configuration", so the
+# package creates no database; the system slapd is kept stopped and disabled, as each test
+# starts its own slapd with its own configuration on a high port.
 # Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
 # independent DKIM verifier.
 #
@@ -17,6 +20,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
 PY_PACKAGES=(dkimpy dnspython)
 DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
+DEB_PACKAGES+=(slapd ldap-utils)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -47,6 +51,7 @@ install_debs() {
     say "installing Debian packages: ${missing[*]}"
     # "No configuration": the package writes no main.cf and starts no system instance.
     echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    echo "slapd slapd/no_configuration boolean true" | as_root debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -59,7 +64,8 @@ install_debs() {
 
 check_tools() {
     local t
-    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl; do
+    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl \
+        slapd slapadd ldapsearch; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
@@ -81,6 +87,25 @@ quiet_system_postfix() {
     elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
         as_root update-rc.d postfix disable >/dev/null 2>&1 || true
         say "disabled the system Postfix service (init scripts)"
+    fi
+}
+
+# Nor may the system slapd: tests run their own.
+quiet_system_slapd() {
+    local pid
+    if pid=$(pidof slapd 2>/dev/null) && [ -r /run/slapd/slapd.pid ] \
+        && [ "$(tr -d ' \n' </run/slapd/slapd.pid)" = "$pid" ]; then
+        say "stopping the system slapd (pid $pid)"
+        as_root kill "$pid" || true
+    fi
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet slapd 2>/dev/null; then
+            as_root systemctl disable --now slapd >/dev/null 2>&1 || true
+            say "disabled the system slapd service (systemd)"
+        fi
+    elif ls /etc/rc[2-5].d/S*slapd >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+        as_root update-rc.d slapd disable >/dev/null 2>&1 || true
+        say "disabled the system slapd service (init scripts)"
     fi
 }
 
@@ -107,5 +132,6 @@ install_venv() {
 install_debs
 check_tools
 quiet_system_postfix
+quiet_system_slapd
 install_venv
 say "ready"
