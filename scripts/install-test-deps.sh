@@ -71,6 +71,20 @@ check_tools() {
     done
 }
 
+# Keeps a system service from starting at boot (systemd or init scripts): $1 the service,
+# $2 its name in messages.
+disable_service() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet "$1" 2>/dev/null; then
+            as_root systemctl disable --now "$1" >/dev/null 2>&1 || true
+            say "disabled the system $2 service (systemd)"
+        fi
+    elif ls /etc/rc[2-5].d/S*"$1" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+        as_root update-rc.d "$1" disable >/dev/null 2>&1 || true
+        say "disabled the system $2 service (init scripts)"
+    fi
+}
+
 # The system Postfix instance must neither run nor start at boot: tests run their own.
 quiet_system_postfix() {
     local pidfile=/var/spool/postfix/pid/master.pid pid
@@ -79,34 +93,18 @@ quiet_system_postfix() {
         say "stopping the system Postfix instance (master pid $pid)"
         as_root postfix stop >/dev/null 2>&1 || as_root kill "$pid"
     fi
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-enabled --quiet postfix 2>/dev/null; then
-            as_root systemctl disable --now postfix >/dev/null 2>&1 || true
-            say "disabled the system Postfix service (systemd)"
-        fi
-    elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-        as_root update-rc.d postfix disable >/dev/null 2>&1 || true
-        say "disabled the system Postfix service (init scripts)"
-    fi
+    disable_service postfix Postfix
 }
 
 # Nor may the system slapd: tests run their own.
 quiet_system_slapd() {
-    local pid
-    if pid=$(pidof slapd 2>/dev/null) && [ -r /run/slapd/slapd.pid ] \
-        && [ "$(tr -d ' \n' </run/slapd/slapd.pid)" = "$pid" ]; then
+    local pidfile=/run/slapd/slapd.pid pid
+    if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
+        && kill -0 "$pid" 2>/dev/null; then
         say "stopping the system slapd (pid $pid)"
         as_root kill "$pid" || true
     fi
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-enabled --quiet slapd 2>/dev/null; then
-            as_root systemctl disable --now slapd >/dev/null 2>&1 || true
-            say "disabled the system slapd service (systemd)"
-        fi
-    elif ls /etc/rc[2-5].d/S*slapd >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-        as_root update-rc.d slapd disable >/dev/null 2>&1 || true
-        say "disabled the system slapd service (init scripts)"
-    fi
+    disable_service slapd slapd
 }
 
 install_venv() {

@@ -87,51 +87,69 @@ fn execute(action: UserAction) -> Result<(), String> {
             Ok(())
         }
         UserAction::Add { login, config } => {
-            let cfg = load(&config)?;
-            let file = users_file(&cfg, &config)?;
-            let user = users::login_name(&login).map_err(|why| format!("{login:?}: {why}"))?;
-            let mut entries = existing(&file)?;
+            let mut edit = Edit::open(&config, &login)?;
+            let user = edit.user.clone();
             let password = read_password(&user)?;
             let hash = users::hash_password(&password)?;
-            let replaced = match entries.iter_mut().find(|e| e.user == user) {
+            let replaced = match edit.entries.iter_mut().find(|e| e.user == user) {
                 Some(e) => {
                     e.hash = hash;
                     true
                 }
                 None => {
-                    entries.push(Entry {
+                    edit.entries.push(Entry {
                         user: user.clone(),
                         hash,
                     });
                     false
                 }
             };
-            save(&file, &entries, &cfg)?;
-            println!(
-                "{user}: {} in {}",
-                if replaced {
-                    "password changed"
-                } else {
-                    "added"
-                },
-                file.display()
-            );
-            Ok(())
+            edit.save(if replaced {
+                "password changed in"
+            } else {
+                "added to"
+            })
         }
         UserAction::Remove { login, config } => {
-            let cfg = load(&config)?;
-            let file = users_file(&cfg, &config)?;
-            let user = users::login_name(&login).map_err(|why| format!("{login:?}: {why}"))?;
-            let mut entries = existing(&file)?;
-            let before = entries.len();
-            entries.retain(|e| e.user != user);
-            if entries.len() == before {
-                return Err(format!("{user} is not in {}", file.display()));
+            let mut edit = Edit::open(&config, &login)?;
+            let before = edit.entries.len();
+            edit.entries.retain(|e| e.user != edit.user);
+            if edit.entries.len() == before {
+                return Err(format!("{} is not in {}", edit.user, edit.file.display()));
             }
-            save(&file, &entries, &cfg)?;
-            println!("{user}: removed from {}", file.display());
-            Ok(())
+            edit.save("removed from")
         }
+    }
+}
+
+/// What `add` and `remove` start from.
+struct Edit {
+    cfg: Config,
+    file: PathBuf,
+    /// The login name in its canonical form.
+    user: String,
+    entries: Vec<Entry>,
+}
+
+impl Edit {
+    fn open(config: &Path, login: &str) -> Result<Edit, String> {
+        let cfg = load(config)?;
+        let file = users_file(&cfg, config)?;
+        let user = users::login_name(login).map_err(|why| format!("{login:?}: {why}"))?;
+        let entries = existing(&file)?;
+        Ok(Edit {
+            cfg,
+            file,
+            user,
+            entries,
+        })
+    }
+
+    /// Writes the entries and says what was done (`what` the file).
+    fn save(&self, what: &str) -> Result<(), String> {
+        save(&self.file, &self.entries, &self.cfg)?;
+        println!("{}: {what} {}", self.user, self.file.display());
+        Ok(())
     }
 }
 
