@@ -7,7 +7,10 @@
 //! greeting, then the command loop. On `submission` / `submissions` listeners the wire session
 //! offers AUTH inside TLS and refuses MAIL before it; AUTH is checked by [`crate::auth`] and
 //! logged as `event=auth` with the result and login name (never the password), and the
-//! envelope sender must belong to the authenticated user (`553 5.7.1` otherwise). Mail from
+//! envelope sender must belong to the authenticated user (`553 5.7.1` otherwise), and so must
+//! every From field of the message: the header block (at most [`MAX_HEADER_SCAN`] octets, more
+//! is refused with `552 5.3.4`) is kept while it streams to the spool and checked at the end of
+//! data, before the message is committed (`553 5.7.1`, nothing stored). Mail from
 //! these listeners may go to any domain and is marked outbound in the spool envelope. On
 //! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`], DATA opens a spool file that starts
 //! with our Received line, the content streams to disk as it arrives, and the `250` carrying the
@@ -155,6 +158,42 @@ struct Transaction {
     recipients: Vec<String>,
     incoming: Option<Incoming>,
     write_error: Option<io::Error>,
+    /// The header block, kept for the From check of submitted mail.
+    header: Option<HeaderScan>,
+}
+
+/// Most octets of a submitted message's header block kept for the From check.
+pub const MAX_HEADER_SCAN: usize = 256 * 1024;
+
+/// The header block of a message as it streams past: everything up to the empty line.
+#[derive(Default)]
+struct HeaderScan {
+    bytes: Vec<u8>,
+    /// The empty line that ends the header block was seen.
+    complete: bool,
+}
+
+impl HeaderScan {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.complete || self.bytes.len() > MAX_HEADER_SCAN {
+            return;
+        }
+        let from = self.bytes.len().saturating_sub(3);
+        let room = MAX_HEADER_SCAN + 1 - self.bytes.len();
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if self.bytes.starts_with(b"\r\n") {
+            self.bytes.truncate(2);
+            self.complete = true;
+        } else if let Some(i) = memchr::memmem::find(&self.bytes[from..], b"\r\n\r\n") {
+            self.bytes.truncate(from + i + 4);
+            self.complete = true;
+        }
+    }
+
+    fn too_large(&self) -> bool {
+        self.bytes.len() > MAX_HEADER_SCAN
+    }
 }
 
 struct Session<'a> {
@@ -380,6 +419,33 @@ impl Session<'_> {
         })
     }
 
+    /// For submitted mail, the reply refusing a header block that is too large or has a From
+    /// field the user does not own.
+    fn header_refusal(&self, scan: &HeaderScan) -> Option<Reply> {
+        let (Some(auth), Some(user)) = (&self.settings.auth, &self.auth_user) else {
+            return None;
+        };
+        if scan.too_large() {
+            return Some(Reply::ext(
+                552,
+                (5, 3, 4),
+                format!("Error: message header exceeds {MAX_HEADER_SCAN} octets"),
+            ));
+        }
+        let mut header = std::borrow::Cow::Borrowed(&scan.bytes[..]);
+        if !scan.complete {
+            // A message that is all header: end the block for the parser.
+            header.to_mut().extend_from_slice(b"\r\n");
+        }
+        auth.foreign_from(user, &header).map(|from| {
+            Reply::ext(
+                553,
+                (5, 7, 1),
+                format!("From: {from}: Sender address rejected: not owned by user {user}"),
+            )
+        })
+    }
+
     /// Discards a transaction left unfinished and returns the reason for the log.
     fn end(&mut self, reason: &str) -> String {
         self.tx = Transaction::default();
@@ -446,6 +512,9 @@ impl Session<'_> {
             },
             Event::DataStart => Some(self.start_data()),
             Event::Data(chunk) => {
+                if let Some(scan) = &mut self.tx.header {
+                    scan.feed(&chunk);
+                }
                 if let (Some(inc), None) = (&mut self.tx.incoming, &self.tx.write_error)
                     && let Err(e) = inc.write(&chunk)
                 {
@@ -515,6 +584,9 @@ impl Session<'_> {
             self.tx.write_error = Some(e);
         }
         self.tx.incoming = Some(incoming);
+        if self.auth_user.is_some() {
+            self.tx.header = Some(HeaderScan::default());
+        }
         Verdict::Accept
     }
 
@@ -529,6 +601,12 @@ impl Session<'_> {
             self.rejected += 1;
             warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
             return Verdict::Reject(storage_error());
+        }
+        if let Some(reply) = tx.header.as_ref().and_then(|h| self.header_refusal(h)) {
+            drop(incoming);
+            self.rejected += 1;
+            warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
+            return Verdict::Reject(reply);
         }
         match incoming.commit().await {
             Ok(_) => {

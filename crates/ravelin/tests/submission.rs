@@ -322,13 +322,16 @@ fn wrong_passwords_are_delayed_logged_and_end_the_session() {
 }
 
 /// The envelope sender must belong to the authenticated user: another address of our domain
-/// gets 553 5.7.1 and so does the null sender; nothing is queued.
+/// gets 553 5.7.1 at MAIL and so does the null sender. So must the From header: a message
+/// whose From (or one of two From fields) names someone else gets 553 5.7.1 at the end of data
+/// and is not stored; one from an address the sender map gives the user is delivered.
 #[test]
 fn a_sender_the_user_does_not_own_is_refused() {
     let sink = SmtpSink::start();
     let ravelin = gateway(sink.addr);
+    let sub = ravelin.listener("sub");
     for from in ["ceo@example.org", ""] {
-        let (out, transcript) = alice_sends(ravelin.listener("sub"), from, "bob@example.net");
+        let (out, transcript) = alice_sends(sub, from, "bob@example.net");
         assert!(!out.status.success());
         assert!(
             transcript.contains("<~* 553 5.7.1 ")
@@ -338,6 +341,38 @@ fn a_sender_the_user_does_not_own_is_refused() {
         );
     }
     assert!(ravelin.events("queued").is_empty());
+
+    let auth = [
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        ALICE,
+        "--auth-password",
+        ALICE_PASSWORD,
+    ];
+    for header in [
+        "From: \"Alice\" <ceo@example.org>",
+        "From: alice@example.org\r\nFrom: ceo@example.org",
+    ] {
+        let data = format!("{header}\r\nSubject: spoof\r\n\r\nbody");
+        let out = swaks_send(sub, ALICE, "bob@example.net", data.as_bytes(), &auth);
+        let transcript = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{header}: {transcript}");
+        assert!(
+            transcript.contains("<~* 553 5.7.1 From: ")
+                && transcript.contains("ceo@example.org")
+                && transcript.contains("not owned by user alice@example.org"),
+            "{header}: {transcript}"
+        );
+    }
+    assert!(ravelin.events("queued").is_empty());
+    assert!(ravelin.queue_list().is_empty());
+
+    let data = "From: Sales <sales@example.org>\r\nSubject: ok\r\n\r\nbody";
+    let out = swaks_send(sub, ALICE, "bob@example.net", data.as_bytes(), &auth);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@
 //!
 //! [`Authenticator::may_send_as`] is the sender ownership rule: a user may use as envelope
 //! sender and From address its own login name, and what `auth.sender_map` lists for it (whole
-//! addresses, or `@domain`). Comparison ignores ASCII case.
+//! addresses, or `@domain`). Comparison ignores ASCII case. [`Authenticator::foreign_from`]
+//! applies it to the From fields of a message's header block (parsed with mail-parser): every
+//! From field, if there are several, and every address in it must be the user's, and a From
+//! field with no address in it (which nobody can be said to own) is refused too.
 //!
 //! Reads: `[auth]`. Fails at start (with the setting named) when a source cannot be read; at
 //! run time a source that cannot answer is [`Outcome::Unavailable`], never a success.
@@ -143,6 +146,42 @@ impl Authenticator {
     pub fn may_send_as(&self, user: &str, address: &str) -> bool {
         sender_allowed(&self.senders, user, address)
     }
+
+    /// The first From field of `header` (the header block of a message) that names an address
+    /// `user` may not send as, or no address at all; `None` when every From field is the
+    /// user's (or there is none).
+    pub fn foreign_from(&self, user: &str, header: &[u8]) -> Option<String> {
+        foreign_from(&self.senders, user, header)
+    }
+}
+
+fn foreign_from(map: &BTreeMap<String, Vec<String>>, user: &str, header: &[u8]) -> Option<String> {
+    use mail_parser::{HeaderName, HeaderValue, MessageParser};
+    let message = MessageParser::new().parse_headers(header)?;
+    message
+        .headers()
+        .iter()
+        .filter(|h| h.name == HeaderName::From)
+        .find_map(|h| {
+            let addresses: Vec<&str> = match &h.value {
+                HeaderValue::Address(list) => list.iter().filter_map(|a| a.address()).collect(),
+                _ => Vec::new(),
+            };
+            let owned =
+                !addresses.is_empty() && addresses.iter().all(|a| sender_allowed(map, user, a));
+            (!owned).then(|| {
+                let raw = header
+                    .get(h.offset_start as usize..h.offset_end as usize)
+                    .unwrap_or_default();
+                String::from_utf8_lossy(raw)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
+                    .trim()
+                    .to_string()
+            })
+        })
 }
 
 fn sender_allowed(map: &BTreeMap<String, Vec<String>>, user: &str, address: &str) -> bool {
@@ -183,5 +222,23 @@ mod tests {
         assert!(ok("bob", "bob@example.org"));
         assert!(!ok("bob", "bob@example.net"));
         assert!(!ok("carol@example.org", "alice@example.org"));
+
+        let from = |header: &str| foreign_from(&map, "alice@example.org", header.as_bytes());
+        assert_eq!(
+            from("From: Alice <alice@example.org>\r\nTo: b@example.net\r\n\r\n"),
+            None
+        );
+        assert_eq!(from("Subject: no from\r\n\r\n"), None);
+        assert_eq!(
+            from("From: \"Sales\" <SALES@example.org>, x@example.net\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            from("From: \"alice@example.org\" <ceo@example.org>\r\n\r\n").as_deref(),
+            Some("\"alice@example.org\" <ceo@example.org>")
+        );
+        assert!(from("From: alice@example.org\r\nFrom: ceo@example.org\r\n\r\n").is_some());
+        assert!(from("From: undisclosed\r\n\r\n").is_some());
+        assert!(from("From: alice@example.org,\r\n ceo@example.org\r\n\r\n").is_some());
     }
 }
