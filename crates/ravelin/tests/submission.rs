@@ -499,20 +499,27 @@ fn user_command_maintains_the_file_and_the_gateway_reloads_it() {
 // LDAP
 
 /// LDAP simple bind against a real slapd: with a DN template over `ldap://` on loopback, and
-/// with an anonymous search over `ldaps://` verified against the test CA, the right password
-/// is accepted (and the mail delivered) and a wrong one, or an unknown user, is refused with
-/// 535. Neither password is logged.
+/// with a search by a service account (its password in a 0600 file) over `ldaps://` verified
+/// against the test CA, the right password is accepted (and the mail delivered) and a wrong
+/// one, or an unknown user, is refused with 535. No password is logged.
 #[test]
 fn ldap_bind_accepts_the_right_password_only() {
     let ldap_password = "carol-ldap-8812";
+    let service_password = "svc-ldap-4410";
     let pki = ravelin_tls::testing::TestPki::new("127.0.0.1").expect("LDAP test PKI");
     let slapd = Slapd::start(
-        &[("carol", "carol@example.org", ldap_password)],
+        &[
+            ("carol", "carol@example.org", ldap_password),
+            ("ravelin", "ravelin@example.org", service_password),
+        ],
         &pki,
         "127.0.0.1",
     );
     let ca_dir = daemon_tempdir();
     let ca = pki.write_to(ca_dir.path()).expect("write the CA").ca;
+    let password_file = ca_dir.path().join("ldap-password");
+    fs::write(&password_file, format!("{service_password}\n")).expect("write the password file");
+    fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).expect("chmod");
     let sink = SmtpSink::start();
     let sender_map =
         "sender_map = { \"carol\" = [\"carol@example.org\"], \"alice@example.org\" = [] }";
@@ -522,8 +529,9 @@ fn ldap_bind_accepts_the_right_password_only() {
             toml_string(&slapd.url)
         ),
         format!(
-            "[auth.ldap]\nurl = {}\nsearch_base = \"{LDAP_SUFFIX}\"\nsearch_filter = \"(&(objectClass=inetOrgPerson)(uid={{user}}))\"\nca_file = {}\n",
+            "[auth.ldap]\nurl = {}\nsearch_base = \"{LDAP_SUFFIX}\"\nsearch_filter = \"(&(objectClass=inetOrgPerson)(uid={{user}}))\"\nsearch_bind_dn = \"uid=ravelin,ou=people,{LDAP_SUFFIX}\"\nsearch_bind_password_file = {}\nca_file = {}\n",
             toml_string(&slapd.ldaps_url),
+            toml_string(&password_file.to_string_lossy()),
             toml_string(&ca.to_string_lossy())
         ),
     ];
@@ -577,6 +585,7 @@ fn ldap_bind_accepts_the_right_password_only() {
             "{results:?}"
         );
         assert_not_logged(&ravelin, ldap_password);
+        assert_not_logged(&ravelin, service_password);
         assert_not_logged(&ravelin, "wrong-ldap-1");
         let delivered = sink.wait_for_messages(i + 1, WAIT);
         assert!(delivered.iter().any(|m| m.recipients() == [to.clone()]));

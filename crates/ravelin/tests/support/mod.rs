@@ -1528,7 +1528,8 @@ pub const LDAP_SUFFIX: &str = "dc=example,dc=org";
 /// An OpenLDAP server of its own: `slapd -f` with a generated slapd.conf (core, cosine and
 /// inetorgperson schemas, one mdb database under [`LDAP_SUFFIX`], people in
 /// `ou=people`), loaded with slapadd before it starts, listening on `ldap://` (StartTLS
-/// offered) and `ldaps://` on free loopback ports with a certificate from `pki`.
+/// offered) and `ldaps://` on free loopback ports with a certificate from `pki`. Operations
+/// other than bind need an authenticated client (`require authc`): a search must bind first.
 pub struct Slapd {
     child: Child,
     dir: tempfile::TempDir,
@@ -1564,6 +1565,7 @@ impl Slapd {
                  pidfile {pid}\n\
                  TLSCertificateFile {cert}\n\
                  TLSCertificateKeyFile {key}\n\
+                 require authc\n\
                  database mdb\n\
                  suffix \"{LDAP_SUFFIX}\"\n\
                  rootdn \"cn=admin,{LDAP_SUFFIX}\"\n\
