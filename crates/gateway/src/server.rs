@@ -2,10 +2,18 @@
 //!
 //! Start-up order matters and each step fails with a message naming the setting to fix: TLS
 //! material is loaded (or, for listeners that only offer STARTTLS and have no `[tls]`, a
-//! self-signed certificate is made for `hostname`), every listener is bound, then — when
+//! self-signed certificate is made for `hostname`), the password sources of `[auth]` are read
+//! when a submission listener needs them (users file, LDAP service password), every listener
+//! is bound, then — when
 //! started as root — the process gives the spool to `server.user` and becomes that user, then
 //! the spool is opened and recovered, the queue manager starts delivering what was found, and
 //! only then do the listeners accept connections.
+//!
+//! Listener kinds: `inbound` (relay control by `inbound.domains`), `submission` and
+//! `submissions` (AUTH inside TLS, required before MAIL; any destination), `relay` (only
+//! `outbound.trusted_networks`; any destination). Mail from the last three is outbound: it goes
+//! to `outbound.smart_host` (a warning is logged at start when there is none: such mail then
+//! waits in the queue).
 //!
 //! Shutdown (SIGTERM, SIGINT, or [`Gateway::shutdown`]): listeners stop accepting, sessions
 //! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
