@@ -6,6 +6,9 @@
 # openssl, python3-venv, redis-server (the shared state store; tests start their own server
 # on a high port, so the system service is stopped and disabled). Postfix is preseeded to "No configuration" and the system
 # instance is kept stopped and disabled: tests start their own instances on high ports.
+# slapd and ldap-utils (LDAP AUTH tests): preseeded to "omit server configuration", so the
+# package creates no database; the system slapd is kept stopped and disabled, as each test
+# starts its own slapd with its own configuration on a high port.
 # Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
 # independent DKIM verifier.
 #
@@ -17,7 +20,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
 PY_PACKAGES=(dkimpy dnspython)
-DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv redis-server)
+DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
+DEB_PACKAGES+=(redis-server)
+DEB_PACKAGES+=(slapd ldap-utils)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -48,6 +53,7 @@ install_debs() {
     say "installing Debian packages: ${missing[*]}"
     # "No configuration": the package writes no main.cf and starts no system instance.
     echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+    echo "slapd slapd/no_configuration boolean true" | as_root debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -60,10 +66,25 @@ install_debs() {
 
 check_tools() {
     local t
-    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl redis-server; do
+    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl \
+        redis-server slapd slapadd ldapsearch; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
+}
+
+# Keeps a system service from starting at boot (systemd or init scripts): $1 the service,
+# $2 its name in messages.
+disable_service() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet "$1" 2>/dev/null; then
+            as_root systemctl disable --now "$1" >/dev/null 2>&1 || true
+            say "disabled the system $2 service (systemd)"
+        fi
+    elif ls /etc/rc[2-5].d/S*"$1" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+        as_root update-rc.d "$1" disable >/dev/null 2>&1 || true
+        say "disabled the system $2 service (init scripts)"
+    fi
 }
 
 # The system Postfix instance must neither run nor start at boot: tests run their own.
@@ -74,15 +95,18 @@ quiet_system_postfix() {
         say "stopping the system Postfix instance (master pid $pid)"
         as_root postfix stop >/dev/null 2>&1 || as_root kill "$pid"
     fi
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-enabled --quiet postfix 2>/dev/null; then
-            as_root systemctl disable --now postfix >/dev/null 2>&1 || true
-            say "disabled the system Postfix service (systemd)"
-        fi
-    elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-        as_root update-rc.d postfix disable >/dev/null 2>&1 || true
-        say "disabled the system Postfix service (init scripts)"
+    disable_service postfix Postfix
+}
+
+# Nor may the system slapd: tests run their own.
+quiet_system_slapd() {
+    local pidfile=/run/slapd/slapd.pid pid
+    if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
+        && kill -0 "$pid" 2>/dev/null; then
+        say "stopping the system slapd (pid $pid)"
+        as_root kill "$pid" || true
     fi
+    disable_service slapd slapd
 }
 
 # The system Redis is not used: tests start their own redis-server on a high port.
@@ -124,5 +148,6 @@ install_debs
 check_tools
 quiet_system_postfix
 quiet_system_redis
+quiet_system_slapd
 install_venv
 say "ready"

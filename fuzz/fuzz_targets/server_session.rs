@@ -7,6 +7,7 @@ use ravelin_wire::server::{Event, ServerConfig, ServerSession, Verdict};
 fuzz_target!(|data: &[u8]| {
     let mut c = ServerConfig::new("mx.example.org");
     c.offer_starttls = true;
+    c.offer_auth = true;
     c.max_message_size = 2048;
     let mut s = ServerSession::new(c);
     s.greet();
@@ -18,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         s.push_input(chunk);
         while let Some(ev) = s.poll() {
             match ev {
-                Event::Mail { .. } | Event::Rcpt { .. } | Event::DataStart | Event::DataEnd { .. } => s.decide(Verdict::Accept),
+                Event::Mail { .. } | Event::Rcpt { .. } | Event::DataStart | Event::DataEnd { .. } | Event::Auth(_) => s.decide(Verdict::Accept),
                 Event::StartTls => s.tls_established(),
                 _ => {}
             }

@@ -324,6 +324,8 @@ mod tests {
             listener: "mx".into(),
             session: "S1".into(),
             size: 100,
+            direction: crate::spool::Direction::Inbound,
+            auth_user: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`session`]: drives a `ravelin_wire::server` session over one connection and applies the
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
 //! - [`relay`]: relay control: which recipients a listener accepts.
+//! - [`auth`]: SMTP AUTH for submission (users file, LDAP) and sender ownership.
 //! - [`cleanup`]: header processing before the spool (our Received line).
 //! - [`spool`]: durable message storage; nothing is acknowledged before it is on disk.
 //! - [`queue`]: the queue manager: scheduling, retry with backoff, expiry, bounces.
@@ -17,6 +18,7 @@
 //!   limits, connection counts, greylisting, the admin socket.
 //! - [`server`]: `ravelin serve`: wires all of the above together.
 
+pub mod auth;
 pub mod bounce;
 pub mod cleanup;
 pub mod config;

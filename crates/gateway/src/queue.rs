@@ -570,6 +570,8 @@ async fn spool_dsn(
         listener: "bounce".into(),
         session: lease.id().to_string(),
         size: 0,
+        direction: original.direction.reverse(),
+        auth_user: None,
     };
     let mut incoming = ctx.spool.create(envelope)?;
     let dsn_id = *incoming.id();

@@ -8,6 +8,12 @@
 //! `"u@elsewhere"`), whether the domain is ours or not. `<Postmaster>` without a domain is
 //! accepted as RFC 5321 4.5.1 requires and delivered to postmaster at the first domain.
 //!
+//! Outbound (a submission client that authenticated, or a client of a `relay` listener in
+//! `outbound.trusted_networks`): [`RelayPolicy::check_outbound`] accepts any domain. A recipient
+//! at one of our domains gets the inbound rules above (the backend must not be asked to route
+//! onwards); elsewhere, source routes and address literals are refused (delivery routes by
+//! domain name) and the local part is the destination's business.
+//!
 //! Reads: `inbound.domains`. Cannot fail; a refusal is a reply.
 
 use ravelin_wire::Reply;
@@ -70,6 +76,21 @@ impl RelayPolicy {
         mailbox.domain = Domain::Name(domain.to_ascii_lowercase());
         Ok(mailbox.to_string())
     }
+
+    /// Like [`RelayPolicy::check`], for a client allowed to send anywhere.
+    pub fn check_outbound(&self, to: &ForwardPath) -> Result<String, Reply> {
+        let ForwardPath::Path(path) = to else {
+            return self.check(to);
+        };
+        match &path.mailbox.domain {
+            Domain::Name(n) if !self.accepts_domain(n) && path.route.is_empty() => {
+                let mut mailbox = path.mailbox.clone();
+                mailbox.domain = Domain::Name(n.to_ascii_lowercase());
+                Ok(mailbox.to_string())
+            }
+            _ => self.check(to),
+        }
+    }
 }
 
 fn denied(text: &str) -> Reply {
@@ -119,6 +140,30 @@ mod tests {
             "<a@[IPv6:::1]>",
         ] {
             assert_eq!(check(&p, trick), Err(554), "{trick}");
+        }
+    }
+
+    #[test]
+    fn outbound_goes_anywhere_by_domain_name() {
+        let p = RelayPolicy::new(&["example.org".to_string()]);
+        let out = |s: &str| {
+            let (inner, _) = split_bracketed(s).unwrap();
+            p.check_outbound(&parse_forward_path(inner).unwrap())
+                .map_err(|r| r.code)
+        };
+        assert_eq!(out("<Bob@Example.NET>"), Ok("Bob@example.net".to_string()));
+        assert_eq!(out("<a%b@example.net>"), Ok("a%b@example.net".to_string()));
+        assert_eq!(
+            out("<alice@example.org>"),
+            Ok("alice@example.org".to_string())
+        );
+        for refused in [
+            "<a%other.net@example.org>",
+            "<@relay.net:a@example.net>",
+            "<a@[192.0.2.1]>",
+            "<a>",
+        ] {
+            assert_eq!(out(refused), Err(554), "{refused}");
         }
     }
 }

@@ -2,10 +2,18 @@
 //!
 //! Start-up order matters and each step fails with a message naming the setting to fix: TLS
 //! material is loaded (or, for listeners that only offer STARTTLS and have no `[tls]`, a
-//! self-signed certificate is made for `hostname`), every listener is bound, then — when
+//! self-signed certificate is made for `hostname`), the password sources of `[auth]` are read
+//! when a submission listener needs them (users file, LDAP service password), every listener
+//! is bound, then — when
 //! started as root — the process gives the spool to `server.user` and becomes that user, then
 //! the spool is opened and recovered, the queue manager starts delivering what was found, and
 //! only then do the listeners accept connections.
+//!
+//! Listener kinds: `inbound` (relay control by `inbound.domains`), `submission` and
+//! `submissions` (AUTH inside TLS, required before MAIL; any destination), `relay` (only
+//! `outbound.trusted_networks`; any destination). Mail from the last three is outbound: it goes
+//! to `outbound.smart_host` (a warning is logged at start when there is none: such mail then
+//! waits in the queue).
 //!
 //! Shutdown (SIGTERM, SIGINT, or [`Gateway::shutdown`]): listeners stop accepting, sessions
 //! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
@@ -24,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
 use crate::delivery::{Delivery, DeliverySettings, Route, TlsPolicy};
 use crate::listener::{self, Bound};
@@ -59,14 +68,22 @@ fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolic
 impl Gateway {
     /// Binds, drops privileges, recovers the spool and starts accepting.
     pub async fn start(config: &Config) -> Result<Gateway, String> {
-        if let Some(l) = config.listen.iter().find(|l| l.kind != ListenKind::Inbound) {
-            return Err(format!(
-                "[[listen]] {:?}: kind = \"{}\" is not available in this version; only \"inbound\" listeners can be served",
-                l.name,
-                l.kind.as_str()
-            ));
-        }
         let server_tls = server_tls(config)?;
+        let submission =
+            |k: ListenKind| matches!(k, ListenKind::Submission | ListenKind::Submissions);
+        let authenticator = if config.listen.iter().any(|l| submission(l.kind)) {
+            Authenticator::from_config(&config.auth)?.map(Arc::new)
+        } else {
+            None
+        };
+        if config.listen.iter().any(|l| l.kind != ListenKind::Inbound)
+            && config.outbound.smart_host.is_none()
+        {
+            warn!(
+                event = "no_outbound_route",
+                reason = "submission/relay listeners accept outbound mail but outbound.smart_host is not set; mail to other domains stays deferred"
+            );
+        }
         let mut bound = Vec::new();
         for l in &config.listen {
             let std_listener = listener::bind(l.address).map_err(|e| {
@@ -174,6 +191,9 @@ impl Gateway {
             wire.hard_error_limit = config.limits.hard_errors;
             wire.offer_starttls = matches!(mode, TlsMode::Offer | TlsMode::Require);
             wire.require_tls = mode == TlsMode::Require;
+            wire.offer_auth = submission(l.kind);
+            wire.require_auth = submission(l.kind);
+            wire.max_auth_failures = config.limits.auth_failures;
             let settings = SessionSettings {
                 hostname: config.hostname.clone(),
                 listener: l.name.clone(),
@@ -186,6 +206,9 @@ impl Gateway {
                 data_timeout: config.limits.data_timeout.0,
                 session_timeout: config.limits.session_timeout.0,
                 greet_pause: config.limits.greet_pause.0,
+                kind: l.kind,
+                auth: authenticator.clone().filter(|_| submission(l.kind)),
+                trusted_networks: config.outbound.trusted_networks.clone(),
             };
             info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());
             addresses.push((l.name.clone(), local));

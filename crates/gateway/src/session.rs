@@ -1,9 +1,18 @@
 //! One SMTP connection: drives a `ravelin_wire::server` session over TCP (and TLS after
 //! STARTTLS or on an implicit-TLS listener) and applies the gateway's policy to its decisions.
 //!
-//! Order of events on a connection: pregreet check (bytes that arrived before our greeting
-//! mean a client that does not wait for replies), greeting, then the command loop. MAIL is
-//! accepted from anyone, RCPT goes through [`crate::relay`], DATA opens a spool file that starts
+//! Order of events on a connection: on a `relay` listener, a client outside
+//! `outbound.trusted_networks` is refused at once (`554 5.7.1`) and closed; then the pregreet
+//! check (bytes that arrived before our greeting mean a client that does not wait for replies),
+//! greeting, then the command loop. On `submission` / `submissions` listeners the wire session
+//! offers AUTH inside TLS and refuses MAIL before it; AUTH is checked by [`crate::auth`] and
+//! logged as `event=auth` with the result and login name (never the password), and the
+//! envelope sender must belong to the authenticated user (`553 5.7.1` otherwise), and so must
+//! every From field of the message: the header block (at most [`MAX_HEADER_SCAN`] octets, more
+//! is refused with `552 5.3.4`) is kept while it streams to the spool and checked at the end of
+//! data, before the message is committed (`553 5.7.1`, nothing stored). Mail from
+//! these listeners may go to any domain and is marked outbound in the spool envelope. On
+//! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`], DATA opens a spool file that starts
 //! with our Received line, the content streams to disk as it arrives, and the `250` carrying the
 //! queue id is sent only after [`crate::spool`] reports the message durable; then the queue
 //! manager is told. A write or fsync error answers `452 4.3.1` and leaves nothing behind.
@@ -33,11 +42,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
+use crate::auth::{Authenticator, Outcome};
 use crate::cleanup::{self, Trace};
-use crate::config::AbuseKind;
+use crate::config::{AbuseKind, Cidr, ListenKind};
 use crate::queue::QueueHandle;
 use crate::relay::RelayPolicy;
-use crate::spool::{Envelope, Incoming, Spool};
+use crate::spool::{Direction, Envelope, Incoming, Spool};
 use crate::state::greylist::GreyVerdict;
 use crate::state::{ConnectionGuard, Decision, Defences, Exceeded};
 
@@ -58,6 +68,24 @@ pub struct SessionSettings {
     pub session_timeout: Duration,
     /// How long to wait for a client that talks before the greeting.
     pub greet_pause: Duration,
+    /// What the listener is for: relay control, AUTH and the direction of its mail follow.
+    pub kind: ListenKind,
+    /// Password checks; present on submission listeners.
+    pub auth: Option<Arc<Authenticator>>,
+    /// The only clients a relay listener serves (`outbound.trusted_networks`).
+    pub trusted_networks: Vec<Cidr>,
+}
+
+impl SessionSettings {
+    /// Whether mail received here goes out to the world.
+    pub fn direction(&self) -> Direction {
+        match self.kind {
+            ListenKind::Inbound => Direction::Inbound,
+            ListenKind::Submission | ListenKind::Submissions | ListenKind::Relay => {
+                Direction::Outbound
+            }
+        }
+    }
 }
 
 /// What all sessions share.
@@ -136,6 +164,42 @@ struct Transaction {
     recipients: Vec<String>,
     incoming: Option<Incoming>,
     write_error: Option<io::Error>,
+    /// The header block, kept for the From check of submitted mail.
+    header: Option<HeaderScan>,
+}
+
+/// Most octets of a submitted message's header block kept for the From check.
+pub const MAX_HEADER_SCAN: usize = 256 * 1024;
+
+/// The header block of a message as it streams past: everything up to the empty line.
+#[derive(Default)]
+struct HeaderScan {
+    bytes: Vec<u8>,
+    /// The empty line that ends the header block was seen.
+    complete: bool,
+}
+
+impl HeaderScan {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.complete || self.bytes.len() > MAX_HEADER_SCAN {
+            return;
+        }
+        let from = self.bytes.len().saturating_sub(3);
+        let room = MAX_HEADER_SCAN + 1 - self.bytes.len();
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if self.bytes.starts_with(b"\r\n") {
+            self.bytes.truncate(2);
+            self.complete = true;
+        } else if let Some(i) = memchr::memmem::find(&self.bytes[from..], b"\r\n\r\n") {
+            self.bytes.truncate(from + i + 4);
+            self.complete = true;
+        }
+    }
+
+    fn too_large(&self) -> bool {
+        self.bytes.len() > MAX_HEADER_SCAN
+    }
 }
 
 struct Session<'a> {
@@ -145,6 +209,8 @@ struct Session<'a> {
     peer: SocketAddr,
     helo: Option<(String, bool)>,
     tls_info: Option<String>,
+    /// The login name once AUTH succeeded.
+    auth_user: Option<String>,
     tx: Transaction,
     accepted: u32,
     rejected: u32,
@@ -174,6 +240,7 @@ pub async fn serve_connection(
         peer,
         helo: None,
         tls_info: None,
+        auth_user: None,
         tx: Transaction::default(),
         accepted: 0,
         rejected: 0,
@@ -199,13 +266,14 @@ impl Session<'_> {
         } else {
             ServerSession::new(self.settings.wire.clone())
         };
+        let untrusted = self.refuse_untrusted(&mut wire);
         let mut conn = if self.settings.implicit_tls {
             match self.handshake(tcp).await {
                 Ok(c) => c,
                 Err(e) => return format!("TLS handshake failed: {e}"),
             }
         } else {
-            if pregreet(&tcp, self.settings.greet_pause).await {
+            if !untrusted && pregreet(&tcp, self.settings.greet_pause).await {
                 warn!(event = "pregreet", session = %self.id, client = %self.peer.ip(), decision = "reject", reason = "client talked before the greeting");
                 wire.reject_pregreet();
                 self.record(AbuseKind::Pregreet).await;
@@ -244,6 +312,7 @@ impl Session<'_> {
             }
             let delay = wire.take_delay();
             if !delay.is_zero() {
+                info!(event = "tarpit", session = %self.id, client = %self.peer.ip(), delay_ms = delay.as_millis() as u64);
                 tokio::time::sleep(delay).await;
             }
             let out = wire.take_output();
@@ -298,6 +367,116 @@ impl Session<'_> {
         }
     }
 
+    /// On a relay listener, refuses a client outside the trusted networks; true if refused.
+    fn refuse_untrusted(&self, wire: &mut ServerSession) -> bool {
+        let ip = self.peer.ip();
+        if self.settings.kind != ListenKind::Relay
+            || self
+                .settings
+                .trusted_networks
+                .iter()
+                .any(|n| n.contains(ip))
+        {
+            return false;
+        }
+        warn!(event = "refused", session = %self.id, client = %ip, listener = %self.settings.listener, decision = "reject", reason = "client not in outbound.trusted_networks");
+        wire.refuse_connection(Reply::ext(
+            554,
+            (5, 7, 1),
+            format!("{} Access denied", self.settings.hostname),
+        ));
+        true
+    }
+
+    /// Verifies AUTH credentials and logs the result (never the password).
+    async fn authenticate(&mut self, credentials: ravelin_wire::auth::Credentials) -> Verdict {
+        let mechanism = credentials.mechanism.as_str();
+        let outcome = match &self.settings.auth {
+            Some(auth) => auth.authenticate(&credentials).await,
+            None => Outcome::Unavailable {
+                reason: "no password source configured".into(),
+            },
+        };
+        match outcome {
+            Outcome::Accepted { user, source } => {
+                info!(event = "auth", session = %self.id, client = %self.peer.ip(), result = "success", user = %user, mechanism, source);
+                self.auth_user = Some(user);
+                Verdict::Accept
+            }
+            Outcome::Rejected { reason } => {
+                self.rejected += 1;
+                warn!(event = "auth", session = %self.id, client = %self.peer.ip(), result = "failure", user = %credentials.authcid, mechanism, reason);
+                let reply = Reply::ext(535, (5, 7, 8), "Authentication credentials invalid");
+                if self.auth_failed().await {
+                    Verdict::RejectAndClose(reply)
+                } else {
+                    Verdict::Reject(reply)
+                }
+            }
+            Outcome::Unavailable { reason } => {
+                warn!(event = "auth", session = %self.id, client = %self.peer.ip(), result = "unavailable", user = %credentials.authcid, mechanism, reason = %reason);
+                Verdict::Reject(Reply::ext(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure",
+                ))
+            }
+        }
+    }
+
+    /// Counts a failed AUTH against this client in the ban mechanism; true when it earned a
+    /// ban (the session closes now and the client's next connections are refused). The wire
+    /// session delays each failure by itself (growing, closing at `limits.auth_failures`);
+    /// `[bans.auth_failures] delay` adds to that.
+    async fn auth_failed(&self) -> bool {
+        matches!(self.record(AbuseKind::AuthFailures).await, Decision::Ban(_))
+    }
+
+    /// On a submission listener, the reply refusing a sender the user does not own.
+    fn sender_refusal(&self, from: &ReversePath) -> Option<Reply> {
+        let (Some(auth), Some(user)) = (&self.settings.auth, &self.auth_user) else {
+            return None;
+        };
+        let owned = match from {
+            ReversePath::Null => false,
+            ReversePath::Path(p) => auth.may_send_as(user, &p.mailbox.to_string()),
+        };
+        (!owned).then(|| {
+            Reply::ext(
+                553,
+                (5, 7, 1),
+                format!("<{from}>: Sender address rejected: not owned by user {user}"),
+            )
+        })
+    }
+
+    /// For submitted mail, the reply refusing a header block that is too large or has a From
+    /// field the user does not own.
+    fn header_refusal(&self, scan: &HeaderScan) -> Option<Reply> {
+        let (Some(auth), Some(user)) = (&self.settings.auth, &self.auth_user) else {
+            return None;
+        };
+        if scan.too_large() {
+            return Some(Reply::ext(
+                552,
+                (5, 3, 4),
+                format!("Error: message header exceeds {MAX_HEADER_SCAN} octets"),
+            ));
+        }
+        let mut header = std::borrow::Cow::Borrowed(&scan.bytes[..]);
+        if !scan.complete {
+            // A message that is all header: end the block for the parser.
+            header.to_mut().extend_from_slice(b"\r\n");
+        }
+        auth.foreign_from(user, &header).map(|from| {
+            Reply::ext(
+                553,
+                (5, 7, 1),
+                format!("From: {from}: Sender address rejected: not owned by user {user}"),
+            )
+        })
+    }
+
     /// Discards a transaction left unfinished and returns the reason for the log.
     fn end(&mut self, reason: &str) -> String {
         self.tx = Transaction::default();
@@ -340,6 +519,12 @@ impl Session<'_> {
                     ReversePath::Null => (String::new(), None),
                     ReversePath::Path(p) => (from.to_string(), Some(p.mailbox.domain.to_string())),
                 };
+                if let Some(reply) = self.sender_refusal(&from) {
+                    self.rejected += 1;
+                    warn!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
+                    self.tx = Transaction::default();
+                    return Some(Verdict::Reject(reply));
+                }
                 let limits = &self.shared.defences.limits;
                 if let Err(e) = limits
                     .message(self.peer.ip(), self.tx.sender_domain.as_deref())
@@ -352,7 +537,8 @@ impl Session<'_> {
                 info!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender);
                 Some(Verdict::Accept)
             }
-            Event::Rcpt { to } => match self.settings.relay.check(&to) {
+            Event::Auth(credentials) => Some(self.authenticate(credentials).await),
+            Event::Rcpt { to } => match self.check_recipient(&to) {
                 Ok(rcpt) => Some(self.accept_rcpt(rcpt).await),
                 Err(reply) => {
                     self.rejected += 1;
@@ -365,6 +551,9 @@ impl Session<'_> {
             },
             Event::DataStart => Some(self.start_data()),
             Event::Data(chunk) => {
+                if let Some(scan) = &mut self.tx.header {
+                    scan.feed(&chunk);
+                }
                 if let (Some(inc), None) = (&mut self.tx.incoming, &self.tx.write_error)
                     && let Err(e) = inc.write(&chunk)
                 {
@@ -430,6 +619,14 @@ impl Session<'_> {
         decision
     }
 
+    /// Relay control: outbound listeners may send anywhere, inbound ones to our domains only.
+    fn check_recipient(&self, to: &ravelin_wire::address::ForwardPath) -> Result<String, Reply> {
+        match self.settings.direction() {
+            Direction::Outbound => self.settings.relay.check_outbound(to),
+            Direction::Inbound => self.settings.relay.check(to),
+        }
+    }
+
     fn start_data(&mut self) -> Verdict {
         let (helo, extended) = match &self.helo {
             Some((h, e)) => (Some(h.as_str()), *e),
@@ -444,6 +641,8 @@ impl Session<'_> {
             listener: self.settings.listener.clone(),
             session: self.id.clone(),
             size: 0,
+            direction: self.settings.direction(),
+            auth_user: self.auth_user.clone(),
         };
         let mut incoming = match self.shared.spool.create(envelope) {
             Ok(i) => i,
@@ -467,6 +666,9 @@ impl Session<'_> {
             self.tx.write_error = Some(e);
         }
         self.tx.incoming = Some(incoming);
+        if self.auth_user.is_some() {
+            self.tx.header = Some(HeaderScan::default());
+        }
         Verdict::Accept
     }
 
@@ -482,6 +684,12 @@ impl Session<'_> {
             warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
             return Verdict::Reject(storage_error());
         }
+        if let Some(reply) = tx.header.as_ref().and_then(|h| self.header_refusal(h)) {
+            drop(incoming);
+            self.rejected += 1;
+            warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
+            return Verdict::Reject(reply);
+        }
         match incoming.commit().await {
             Ok(_) => {
                 self.accepted += 1;
@@ -493,6 +701,7 @@ impl Session<'_> {
                     from = %tx.sender,
                     recipients = tx.recipients.len(),
                     size,
+                    direction = self.settings.direction().as_str(),
                     decision = "accept"
                 );
                 self.shared.queue.enqueue(id);

@@ -6,6 +6,7 @@
 mod ban_cmd;
 mod demo;
 mod queue_cmd;
+mod user_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,11 @@ enum Command {
     Ban {
         #[command(subcommand)]
         action: ban_cmd::BanAction,
+    },
+    /// Maintain the users file of submission AUTH ([auth] users_file).
+    User {
+        #[command(subcommand)]
+        action: user_cmd::UserAction,
     },
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
@@ -110,6 +116,14 @@ fn main() -> ExitCode {
             action: ConfigAction::Check { config },
         } => match load(&config) {
             Ok(c) => {
+                // The users file is checked here rather than by `load`, which `ravelin user`
+                // also uses before the file exists.
+                if let Some(users) = &c.auth.users_file
+                    && let Err(errors) = ravelin_gateway::auth::users::read(users)
+                {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
                 println!(
                     "{}: configuration is valid ({} listener(s))",
                     config.display(),
@@ -127,6 +141,7 @@ fn main() -> ExitCode {
         }
         Command::Queue { action } => queue_cmd::run(action),
         Command::Ban { action } => ban_cmd::run(action),
+        Command::User { action } => user_cmd::run(action),
         Command::Demo { json } => demo::run(json),
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::address::{self, AddressError, ForwardPath, ReversePath};
 use crate::reply::Reply;
+use zeroize::Zeroizing;
 
 /// Commands we know and never implement.
 const NOT_IMPLEMENTED: [&str; 8] = [
@@ -52,7 +53,7 @@ pub enum Command {
     Expn,
     Help,
     StartTls,
-    Auth(String),
+    Auth(AuthArg),
     /// Commands we recognise and never implement (TURN, ETRN, ATRN, ...).
     NotImplemented(&'static str),
 }
@@ -96,6 +97,25 @@ impl Command {
             Command::Auth(_) => "AUTH",
             Command::NotImplemented(v) => v,
         }
+    }
+}
+
+/// The argument of AUTH (RFC 4954 section 4): a mechanism name and perhaps an initial
+/// response. Its `Debug` hides the response, which carries the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthArg {
+    /// As the client wrote it (1 to 20 of A-Z, 0-9, `-`, `_`; any case).
+    pub mechanism: String,
+    /// The initial response as sent (base64, or `=` for an empty one).
+    pub initial: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for AuthArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArg")
+            .field("mechanism", &self.mechanism)
+            .field("initial", &self.initial.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -200,13 +220,32 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_arg(Command::StartTls),
-        "AUTH" => Ok(Command::Auth(arg.to_string())),
+        "AUTH" => parse_auth(arg),
         other => NOT_IMPLEMENTED
             .iter()
             .find(|v| **v == other)
             .map(|v| Command::NotImplemented(v))
             .ok_or(CommandError::Unrecognized),
     }
+}
+
+fn parse_auth(arg: &str) -> Result<Command, CommandError> {
+    const USAGE: &str = "AUTH mechanism [initial-response]";
+    let mut words = arg.split(' ');
+    let mechanism = words.next().unwrap_or("");
+    let initial = words.next();
+    let valid = !mechanism.is_empty()
+        && mechanism.len() <= 20
+        && mechanism
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid || words.next().is_some() || initial == Some("") {
+        return Err(CommandError::Syntax(USAGE));
+    }
+    Ok(Command::Auth(AuthArg {
+        mechanism: mechanism.to_string(),
+        initial: initial.map(|s| Zeroizing::new(s.to_string())),
+    }))
 }
 
 /// Strips a case-insensitive `FROM:` / `TO:` keyword. RFC 5321 has no space before the path;
@@ -385,6 +424,32 @@ mod tests {
         let e = parse(b"RCPT TO:<\xc3\xa9@b.c>").unwrap_err();
         assert_eq!(e, CommandError::BadCharacters);
         assert_eq!(e.reply().code, 500);
+    }
+
+    #[test]
+    fn auth_arguments() {
+        let Ok(Command::Auth(a)) = parse(b"AUTH plain AGFsaWNlAHNlY3JldA==") else {
+            panic!()
+        };
+        assert_eq!(a.mechanism, "plain");
+        assert_eq!(
+            a.initial.as_deref().map(String::as_str),
+            Some("AGFsaWNlAHNlY3JldA==")
+        );
+        assert!(!format!("{a:?}").contains("AGFsaWNl"));
+        let Ok(Command::Auth(a)) = parse(b"AUTH LOGIN") else {
+            panic!()
+        };
+        assert_eq!(a.initial, None);
+        for bad in [
+            &b"AUTH"[..],
+            b"AUTH ",
+            b"AUTH PLAIN a b",
+            b"AUTH PL@IN",
+            b"AUTH PLAIN ",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().reply().code, 501, "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`reply`]: replies, written canonically by the server and parsed by the client.
 //! - [`address`]: reverse- and forward-paths, including the forms used for relay tricks.
 //! - [`command`]: command-line parsing with ESMTP parameters.
+//! - [`auth`]: SASL PLAIN and LOGIN for SMTP AUTH (decoding, limits, redacted passwords).
 //! - [`line`]: the strict CRLF line reader for commands.
 //! - [`data`]: the DATA reader (end-of-data, un-stuffing, bare CR/LF, size and line limits)
 //!   and the writer that always emits canonical CRLF and dot-stuffing.
@@ -16,6 +17,7 @@
 //! - [`client`]: the client transaction used to deliver a message.
 
 pub mod address;
+pub mod auth;
 pub mod client;
 pub mod command;
 pub mod data;

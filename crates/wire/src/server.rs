@@ -18,7 +18,15 @@
 //!   recipients per message, junk commands, errors per session (a growing delay past the soft
 //!   limit, `421` and close at the hard limit);
 //! - VRFY answers 252 without information, EXPN 502, HELP nothing; the greeting and EHLO show
-//!   only the configured host name.
+//!   only the configured host name;
+//! - AUTH (RFC 4954, PLAIN and LOGIN, see [`crate::auth`]) only where the driver enables it
+//!   (`offer_auth`), and only inside TLS: it is neither advertised nor accepted before, so no
+//!   password crosses the network in clear. AUTH lines may be [`MAX_AUTH_LINE`] octets, every
+//!   other command line stays at 512. A second AUTH after success, or AUTH inside a mail
+//!   transaction, gets `503`; `*` cancels with `501`; bad base64 gets `501 5.5.2`. With
+//!   `require_auth`, MAIL before AUTH gets `530 5.7.0`. Each failed AUTH (a `5xx` verdict) is
+//!   answered after a delay that doubles from one second (up to `max_auth_delay`), and the
+//!   `max_auth_failures`-th failure ends the session with `421`.
 //!
 //! Timeouts are the driver's (this crate has no clock): it calls [`ServerSession::timeout`].
 
@@ -26,7 +34,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::address::{ForwardPath, ReversePath};
-use crate::command::{self, Command, MailParams};
+use crate::auth::{self, Credentials, MAX_AUTH_LINE, Mechanism, SaslError};
+use crate::command::{self, AuthArg, Command, MailParams};
 use crate::data::{DataProgress, DataReader, DataViolation};
 use crate::line::{LineEvent, LineReader, MAX_COMMAND_LINE};
 use crate::reply::Reply;
@@ -51,6 +60,14 @@ pub struct ServerConfig {
     pub offer_starttls: bool,
     /// MAIL, RCPT and DATA are refused until STARTTLS.
     pub require_tls: bool,
+    /// AUTH PLAIN and LOGIN are advertised and accepted, inside TLS only.
+    pub offer_auth: bool,
+    /// MAIL is refused until the client has authenticated.
+    pub require_auth: bool,
+    /// Failed AUTH attempts after which the session ends with 421.
+    pub max_auth_failures: u32,
+    /// Longest delay before the answer to one failed AUTH (it doubles from one second).
+    pub max_auth_delay: Duration,
 }
 
 impl ServerConfig {
@@ -66,6 +83,10 @@ impl ServerConfig {
             max_error_delay: Duration::from_secs(10),
             offer_starttls: false,
             require_tls: false,
+            offer_auth: false,
+            require_auth: false,
+            max_auth_failures: 3,
+            max_auth_delay: Duration::from_secs(16),
         }
     }
 }
@@ -90,6 +111,8 @@ pub enum CloseReason {
     Shutdown,
     /// The driver refused a decision with a closing reply.
     Policy,
+    /// Too many failed AUTH attempts in this session.
+    AuthFailures,
 }
 
 impl CloseReason {
@@ -115,6 +138,7 @@ impl CloseReason {
             CloseReason::Chunking => "BDAT without CHUNKING",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Policy => "policy",
+            CloseReason::AuthFailures => "too many authentication failures",
         }
     }
 }
@@ -144,6 +168,10 @@ pub enum Event {
     DataRejected { reply: Reply },
     /// A command was refused by the session itself (for logs).
     Refused { command: String, reply: Reply },
+    /// The client presented credentials (AUTH). Needs [`ServerSession::decide`]: `Accept`
+    /// (`235 2.7.0`) when they are good, `Reject` with `535 5.7.8` when they are not, or with
+    /// `454 4.7.0` when they cannot be checked now; a `5xx` counts as a failed attempt.
+    Auth(Credentials),
     /// `220 Ready to start TLS` is in the output: flush it, do the handshake, then call
     /// [`ServerSession::tls_established`].
     StartTls,
@@ -170,6 +198,18 @@ enum Pending {
     Rcpt,
     DataStart,
     DataEnd,
+    Auth,
+}
+
+/// Where a SASL exchange is: which response the client owes.
+#[derive(Debug)]
+enum SaslStep {
+    /// PLAIN without an initial response: the whole message.
+    PlainMessage,
+    /// LOGIN: the user name.
+    LoginUser,
+    /// LOGIN: the password, for this user name.
+    LoginPassword(String),
 }
 
 #[derive(Debug)]
@@ -180,6 +220,8 @@ enum Phase {
     Data(Box<DataReader>),
     /// STARTTLS answered; waiting for the driver's handshake.
     AwaitTls,
+    /// AUTH answered with `334`: the next line is a SASL response.
+    Auth(SaslStep),
     Closed,
 }
 
@@ -203,6 +245,8 @@ pub struct ServerSession {
     helo: Option<bool>,
     tx: Option<Transaction>,
     tls: bool,
+    authenticated: bool,
+    auth_failures: u32,
     errors: u32,
     junk: u32,
     shutting_down: bool,
@@ -210,10 +254,15 @@ pub struct ServerSession {
 
 impl ServerSession {
     pub fn new(config: ServerConfig) -> Self {
+        let line_limit = if config.offer_auth {
+            MAX_AUTH_LINE
+        } else {
+            MAX_COMMAND_LINE
+        };
         ServerSession {
             config,
             phase: Phase::Init,
-            lines: LineReader::new(MAX_COMMAND_LINE),
+            lines: LineReader::new(line_limit),
             inbuf: Vec::new(),
             output: Vec::new(),
             delay: Duration::ZERO,
@@ -222,6 +271,8 @@ impl ServerSession {
             helo: None,
             tx: None,
             tls: false,
+            authenticated: false,
+            auth_failures: 0,
             errors: 0,
             junk: 0,
             shutting_down: false,
@@ -266,6 +317,16 @@ impl ServerSession {
     /// Whether the session is reading message content (the driver uses the DATA timeout).
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
+    }
+
+    /// Whether the client has authenticated (AUTH answered `235`).
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Refuses the client at connect (before or instead of the greeting) and closes.
+    pub fn refuse_connection(&mut self, reply: Reply) {
+        self.close_with(reply, CloseReason::Policy);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -316,6 +377,7 @@ impl ServerSession {
             self.tls = true;
             self.helo = None;
             self.tx = None;
+            self.authenticated = false;
             self.inbuf.clear();
             self.phase = Phase::Command;
         }
@@ -338,6 +400,10 @@ impl ServerSession {
                 return;
             }
         };
+        if pending == Pending::Auth {
+            self.auth_outcome(accepted, reply);
+            return;
+        }
         match (pending, accepted) {
             (Pending::Mail, true) => self.tx = Some(Transaction::default()),
             (Pending::Rcpt, true) => {
@@ -370,6 +436,7 @@ impl ServerSession {
             Pending::Rcpt => Reply::ext(250, (2, 1, 5), "Ok"),
             Pending::DataStart => Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"),
             Pending::DataEnd => Reply::ext(250, (2, 0, 0), "Ok"),
+            Pending::Auth => Reply::ext(235, (2, 7, 0), "Authentication successful"),
         }
     }
 
@@ -413,6 +480,11 @@ impl ServerSession {
                 }
                 Phase::Command => {
                     if !self.next_command() {
+                        return None;
+                    }
+                }
+                Phase::Auth(_) => {
+                    if !self.next_sasl_response() {
                         return None;
                     }
                 }
@@ -492,8 +564,22 @@ impl ServerSession {
                 self.framing_violation(DataViolation::BareCr);
                 true
             }
+            LineEvent::Line(len)
+                if len + 2 > MAX_COMMAND_LINE && !is_auth_line(&self.inbuf[..len]) =>
+            {
+                self.inbuf.drain(..len + 2);
+                self.refuse(
+                    "(line too long)",
+                    Reply::ext(500, (5, 5, 2), "Error: command line too long"),
+                );
+                true
+            }
             LineEvent::Line(len) => {
                 let parsed = command::parse(&self.inbuf[..len]);
+                if is_auth_line(&self.inbuf[..len]) {
+                    // An initial response carries a password: do not leave it in the buffer.
+                    self.inbuf[..len].fill(0);
+                }
                 self.inbuf.drain(..len + 2);
                 match parsed {
                     Ok(cmd) => self.command(cmd),
@@ -554,6 +640,9 @@ impl ServerSession {
                 if self.config.offer_starttls && !self.tls {
                     lines.push("STARTTLS".to_string());
                 }
+                if self.config.offer_auth && self.tls {
+                    lines.push(auth::OFFERED.to_string());
+                }
                 self.reply(Reply::multi(250, None, lines));
                 self.events.push_back(Event::Helo {
                     name,
@@ -580,6 +669,8 @@ impl ServerSession {
                         &verb,
                         Reply::ext(530, (5, 7, 0), "Must issue a STARTTLS command first"),
                     );
+                } else if self.config.require_auth && !self.authenticated {
+                    self.refuse(&verb, Reply::ext(530, (5, 7, 0), "Authentication required"));
                 } else if self.tx.is_some() {
                     self.refuse(
                         &verb,
@@ -668,10 +759,7 @@ impl ServerSession {
                     self.events.push_back(Event::StartTls);
                 }
             }
-            Command::Auth(_) => self.refuse(
-                &verb,
-                Reply::ext(503, (5, 5, 1), "Error: authentication is not enabled"),
-            ),
+            Command::Auth(arg) => self.auth_command(arg),
             Command::Bdat => {
                 let r = Reply::ext(502, (5, 5, 1), "Error: CHUNKING is not offered");
                 self.events.push_back(Event::Refused {
@@ -684,6 +772,182 @@ impl ServerSession {
                 &verb,
                 Reply::ext(502, (5, 5, 1), "Error: command not implemented"),
             ),
+        }
+    }
+
+    /// AUTH: checks the state, then either asks for a response (`334`) or, with a complete
+    /// initial response, hands the credentials to the driver.
+    fn auth_command(&mut self, arg: AuthArg) {
+        let refusal = if !self.config.offer_auth {
+            Some(Reply::ext(
+                503,
+                (5, 5, 1),
+                "Error: authentication is not enabled",
+            ))
+        } else if !self.tls {
+            Some(Reply::ext(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ))
+        } else if self.helo != Some(true) {
+            Some(Reply::ext(503, (5, 5, 1), "Error: send EHLO first"))
+        } else if self.authenticated {
+            Some(Reply::ext(503, (5, 5, 1), "Error: already authenticated"))
+        } else if self.tx.is_some() {
+            Some(Reply::ext(
+                503,
+                (5, 5, 1),
+                "Error: MAIL transaction in progress",
+            ))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            self.refuse("AUTH", reply);
+            return;
+        }
+        let Some(mechanism) = Mechanism::parse(&arg.mechanism) else {
+            self.refuse(
+                "AUTH",
+                Reply::ext(
+                    504,
+                    (5, 5, 4),
+                    "Unrecognized authentication type (offered: PLAIN LOGIN)",
+                ),
+            );
+            return;
+        };
+        let initial = match arg.initial.as_deref() {
+            None => None,
+            Some(text) => match auth::decode_response(text.as_bytes(), true) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => return self.sasl_error(e),
+            },
+        };
+        match (mechanism, initial) {
+            (Mechanism::Plain, None) => self.challenge(SaslStep::PlainMessage, ""),
+            (Mechanism::Plain, Some(message)) => self.plain_message(&message),
+            (Mechanism::Login, None) => self.challenge(SaslStep::LoginUser, auth::LOGIN_USERNAME),
+            (Mechanism::Login, Some(user)) => self.login_user(&user),
+        }
+    }
+
+    /// Sends a `334` challenge and waits for the response.
+    fn challenge(&mut self, step: SaslStep, text: &str) {
+        self.reply(Reply::new(334, None, text));
+        self.phase = Phase::Auth(step);
+    }
+
+    fn plain_message(&mut self, message: &[u8]) {
+        match auth::parse_plain(message) {
+            Ok(credentials) => self.credentials(credentials),
+            Err(e) => self.sasl_error(e),
+        }
+    }
+
+    fn login_user(&mut self, user: &[u8]) {
+        match auth::field(user) {
+            Ok(u) if !u.is_empty() => {
+                self.challenge(SaslStep::LoginPassword(u), auth::LOGIN_PASSWORD)
+            }
+            _ => self.sasl_error(SaslError::Malformed),
+        }
+    }
+
+    fn credentials(&mut self, credentials: Credentials) {
+        self.phase = Phase::Command;
+        self.pending = Some(Pending::Auth);
+        self.events.push_back(Event::Auth(credentials));
+    }
+
+    /// Ends the exchange with the error's reply.
+    fn sasl_error(&mut self, e: SaslError) {
+        self.phase = Phase::Command;
+        self.refuse("AUTH", e.reply());
+    }
+
+    /// Reads one SASL response line; false when more input is needed.
+    fn next_sasl_response(&mut self) -> bool {
+        let len = match self.lines.next(&self.inbuf) {
+            LineEvent::NeedMore => return false,
+            LineEvent::Discarded { consumed } => {
+                self.inbuf.drain(..consumed);
+                return false;
+            }
+            LineEvent::TooLong { consumed } => {
+                self.inbuf.drain(..consumed);
+                self.sasl_error(SaslError::TooLong);
+                return true;
+            }
+            LineEvent::BareLf => {
+                self.framing_violation(DataViolation::BareLf);
+                return true;
+            }
+            LineEvent::BareCr => {
+                self.framing_violation(DataViolation::BareCr);
+                return true;
+            }
+            LineEvent::Line(len) => len,
+        };
+        let decoded = auth::decode_response(&self.inbuf[..len], false);
+        // The line held a secret: overwrite it before letting go of it.
+        self.inbuf[..len].fill(0);
+        self.inbuf.drain(..len + 2);
+        if !self.inbuf.is_empty() {
+            // The client did not wait for our challenge or verdict.
+            self.pipelining_violation("AUTH");
+            return true;
+        }
+        let Phase::Auth(step) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return true;
+        };
+        match (step, decoded) {
+            (_, Err(e)) => self.sasl_error(e),
+            (SaslStep::PlainMessage, Ok(message)) => self.plain_message(&message),
+            (SaslStep::LoginUser, Ok(user)) => self.login_user(&user),
+            (SaslStep::LoginPassword(authcid), Ok(password)) => match auth::field(&password) {
+                Ok(p) if !p.is_empty() => self.credentials(Credentials {
+                    mechanism: Mechanism::Login,
+                    authzid: None,
+                    authcid,
+                    password: auth::Password::new(p),
+                }),
+                _ => self.sasl_error(SaslError::Malformed),
+            },
+        }
+        true
+    }
+
+    /// The driver's verdict on credentials: success marks the session authenticated; a
+    /// permanent failure is delayed (1 s, 2 s, 4 s ... up to `max_auth_delay`) and the
+    /// `max_auth_failures`-th one ends the session.
+    fn auth_outcome(&mut self, accepted: bool, reply: Reply) {
+        if accepted {
+            self.authenticated = true;
+            self.reply(reply);
+            return;
+        }
+        if !reply.is_permanent() {
+            self.reply(reply);
+            return;
+        }
+        self.auth_failures += 1;
+        let doubling = 1u64 << (self.auth_failures - 1).min(30);
+        self.delay += Duration::from_secs(doubling).min(self.config.max_auth_delay);
+        self.reply(reply);
+        if self.auth_failures >= self.config.max_auth_failures {
+            self.close_with(
+                Reply::ext(
+                    421,
+                    (4, 7, 0),
+                    format!(
+                        "{} Error: too many authentication failures",
+                        self.config.hostname
+                    ),
+                ),
+                CloseReason::AuthFailures,
+            );
         }
     }
 
@@ -745,6 +1009,8 @@ impl ServerSession {
     }
 
     fn close(&mut self, reason: CloseReason) {
+        // Whatever is buffered may hold a SASL response; it is never read now.
+        self.inbuf.fill(0);
         if !matches!(self.phase, Phase::Closed) {
             self.phase = Phase::Closed;
             self.pending = None;
@@ -752,4 +1018,9 @@ impl ServerSession {
             self.events.push_back(Event::Close(reason));
         }
     }
+}
+
+/// Whether a command line is AUTH (which may be longer than other commands).
+fn is_auth_line(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
 }

@@ -2,6 +2,7 @@
 //! decision would, and checks the exact replies and events.
 
 use ravelin_wire::address::ForwardPath;
+use ravelin_wire::auth::{Credentials, Mechanism, encode};
 use ravelin_wire::reply::Reply;
 use ravelin_wire::server::{CloseReason, Event, ServerConfig, ServerSession, Verdict};
 
@@ -24,9 +25,13 @@ fn config() -> ServerConfig {
 }
 
 /// Feeds `chunks` one after the other (as separate reads); accepts every decision, except
-/// recipients outside example.org.
+/// recipients outside example.org and credentials whose password is not "secret" (refused
+/// with 535, or with 454 for the password "unavailable").
 fn run(config: ServerConfig, chunks: &[&[u8]]) -> Outcome {
-    let mut s = ServerSession::new(config);
+    run_session(ServerSession::new(config), chunks)
+}
+
+fn run_session(mut s: ServerSession, chunks: &[&[u8]]) -> Outcome {
     s.greet();
     let mut o = Outcome::default();
     let mut current: Option<Vec<u8>> = None;
@@ -42,6 +47,19 @@ fn run(config: ServerConfig, chunks: &[&[u8]]) -> Outcome {
                     "Relay access denied",
                 ))),
                 Event::Mail { .. } => s.decide(Verdict::Accept),
+                Event::Auth(c) => s.decide(match c.password.expose() {
+                    "secret" => Verdict::Accept,
+                    "unavailable" => Verdict::Reject(Reply::ext(
+                        454,
+                        (4, 7, 0),
+                        "Temporary authentication failure",
+                    )),
+                    _ => Verdict::Reject(Reply::ext(
+                        535,
+                        (5, 7, 8),
+                        "Authentication credentials invalid",
+                    )),
+                }),
                 Event::DataStart => {
                     current = Some(Vec::new());
                     s.decide(Verdict::Accept)
@@ -405,5 +423,261 @@ fn shutdown_lets_data_finish() {
         String::from_utf8(s.take_output())
             .unwrap()
             .ends_with("421 4.3.2 Service shutting down\r\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AUTH
+
+fn auth_config() -> ServerConfig {
+    let mut c = config();
+    c.offer_auth = true;
+    c.require_auth = true;
+    c
+}
+
+/// A session that is TLS from the start (as on port 465), after EHLO.
+fn run_tls(config: ServerConfig, chunks: &[&[u8]]) -> Outcome {
+    let mut all: Vec<&[u8]> = vec![b"EHLO c.example.net\r\n"];
+    all.extend_from_slice(chunks);
+    run_session(ServerSession::new_tls(config), &all)
+}
+
+fn plain(authzid: &str, user: &str, password: &str) -> String {
+    encode(format!("{authzid}\0{user}\0{password}").as_bytes())
+}
+
+fn auth_events(o: &Outcome) -> Vec<&Credentials> {
+    o.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Auth(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn auth_is_neither_offered_nor_accepted_before_tls() {
+    let ir = format!("AUTH PLAIN {}\r\n", plain("", "alice", "secret"));
+    let o = run(
+        auth_config(),
+        &[
+            b"EHLO c\r\n",
+            ir.as_bytes(),
+            b"MAIL FROM:<alice@example.org>\r\n",
+            b"STARTTLS\r\n",
+            b"EHLO c\r\n",
+            ir.as_bytes(),
+            b"MAIL FROM:<alice@example.org>\r\n",
+        ],
+    );
+    assert_eq!(
+        codes(&o),
+        ["220", "250", "538", "530", "220", "250", "235", "250"]
+    );
+    let (before, after) = o.output.split_once("220 2.0.0 Ready to start TLS").unwrap();
+    assert!(!before.contains("AUTH"), "{before}");
+    assert!(after.contains("250 AUTH PLAIN LOGIN\r\n"), "{after}");
+    assert!(o.output.contains("538 5.7.11 "));
+    assert!(o.output.contains("530 5.7.0 Authentication required\r\n"));
+    assert!(o.output.contains("235 2.7.0 Authentication successful\r\n"));
+    // Only the attempt inside TLS reached the driver.
+    assert_eq!(auth_events(&o).len(), 1);
+}
+
+#[test]
+fn auth_plain_and_login_in_every_form() {
+    let ir = format!("AUTH PLAIN {}\r\n", plain("boss", "alice", "secret"));
+    let response = format!("{}\r\n", plain("", "alice", "secret"));
+    let user = format!("{}\r\n", encode(b"bob@example.org"));
+    let password = format!("{}\r\n", encode(b"secret"));
+    let login_ir = format!("AUTH LOGIN {}", user);
+    let cases: Vec<Vec<&[u8]>> = vec![
+        vec![ir.as_bytes()],
+        vec![b"AUTH plain\r\n", response.as_bytes()],
+        vec![b"AUTH LOGIN\r\n", user.as_bytes(), password.as_bytes()],
+        vec![login_ir.as_bytes(), password.as_bytes()],
+    ];
+    let mut seen = Vec::new();
+    for chunks in cases {
+        let o = run_tls(auth_config(), &chunks);
+        assert!(
+            o.output
+                .ends_with("235 2.7.0 Authentication successful\r\n"),
+            "{chunks:?}: {}",
+            o.output
+        );
+        let creds = auth_events(&o);
+        assert_eq!(creds.len(), 1);
+        seen.push((
+            creds[0].mechanism,
+            creds[0].authzid.clone(),
+            creds[0].authcid.clone(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            (Mechanism::Plain, Some("boss".into()), "alice".into()),
+            (Mechanism::Plain, None, "alice".into()),
+            (Mechanism::Login, None, "bob@example.org".into()),
+            (Mechanism::Login, None, "bob@example.org".into()),
+        ]
+    );
+    // The LOGIN challenges are base64 of "Username:" and "Password:".
+    let o = run_tls(auth_config(), &[b"AUTH LOGIN\r\n", user.as_bytes()]);
+    assert!(
+        o.output
+            .contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n")
+    );
+    let o = run_tls(auth_config(), &[b"AUTH PLAIN\r\n"]);
+    assert!(o.output.ends_with("334 \r\n"), "{}", o.output);
+}
+
+#[test]
+fn auth_cancel_and_malformed_responses() {
+    let cases: [(&[&[u8]], &str); 8] = [
+        (&[b"AUTH PLAIN\r\n", b"*\r\n"], "501 5.0.0 "),
+        (
+            &[b"AUTH LOGIN\r\n", b"YWxpY2U=\r\n", b"*\r\n"],
+            "501 5.0.0 ",
+        ),
+        (&[b"AUTH PLAIN\r\n", b"not base64!\r\n"], "501 5.5.2 "),
+        (&[b"AUTH PLAIN AGFsaWNl\r\n"], "501 5.5.2 "),
+        (&[b"AUTH PLAIN =\r\n"], "501 5.5.2 "),
+        (&[b"AUTH LOGIN\r\n", b"\r\n"], "501 5.5.2 "),
+        (&[b"AUTH CRAM-MD5\r\n"], "504 5.5.4 "),
+        (&[b"AUTH\r\n"], "501 5.5.4 "),
+    ];
+    for (chunks, expected) in cases {
+        let o = run_tls(auth_config(), chunks);
+        let last = o.output.lines().last().unwrap_or("");
+        assert!(last.starts_with(expected), "{chunks:?}: {}", o.output);
+        assert!(auth_events(&o).is_empty());
+        assert_eq!(o.closed, None);
+    }
+    // After a cancelled exchange the session reads commands again.
+    let ir = format!("AUTH PLAIN {}\r\n", plain("", "alice", "secret"));
+    let o = run_tls(auth_config(), &[b"AUTH LOGIN\r\n", b"*\r\n", ir.as_bytes()]);
+    assert!(
+        o.output
+            .ends_with("235 2.7.0 Authentication successful\r\n")
+    );
+}
+
+#[test]
+fn auth_sequence_errors() {
+    let ir = format!("AUTH PLAIN {}\r\n", plain("", "alice", "secret"));
+    // AUTH twice.
+    let o = run_tls(auth_config(), &[ir.as_bytes(), ir.as_bytes()]);
+    assert_eq!(codes(&o)[2..], ["235", "503"]);
+    assert!(o.output.contains("503 5.5.1 Error: already authenticated"));
+    // AUTH inside a transaction (where MAIL is allowed without AUTH).
+    let mut c = auth_config();
+    c.require_auth = false;
+    let o = run_tls(c, &[b"MAIL FROM:<a@example.net>\r\n", ir.as_bytes()]);
+    assert_eq!(codes(&o)[2..], ["250", "503"]);
+    assert!(
+        o.output
+            .contains("503 5.5.1 Error: MAIL transaction in progress")
+    );
+    // AUTH where it is not enabled.
+    let o = run_tls(config(), &[ir.as_bytes()]);
+    assert!(
+        o.output
+            .ends_with("503 5.5.1 Error: authentication is not enabled\r\n")
+    );
+    // AUTH before EHLO.
+    let o = run_session(ServerSession::new_tls(auth_config()), &[ir.as_bytes()]);
+    assert!(o.output.ends_with("503 5.5.1 Error: send EHLO first\r\n"));
+}
+
+#[test]
+fn auth_line_limits() {
+    // An AUTH line may exceed 512 octets (here its PLAIN message then has a field over 255).
+    let long = format!("AUTH PLAIN {}\r\n", plain("", &"a".repeat(400), "secret"));
+    let o = run_tls(auth_config(), &[long.as_bytes()]);
+    assert!(
+        o.output
+            .ends_with("501 5.5.2 Malformed authentication response\r\n")
+    );
+    // A response line may too, up to 12288 with its CRLF.
+    let response = format!("{}\r\n", encode(&[b'x'; 9000]));
+    assert!(response.len() <= 12288);
+    let o = run_tls(auth_config(), &[b"AUTH LOGIN\r\n", response.as_bytes()]);
+    assert!(
+        o.output
+            .ends_with("501 5.5.2 Malformed authentication response\r\n")
+    );
+    // Longer is refused, and the exchange ends.
+    let response = format!("{}\r\n", "QUFB".repeat(3100));
+    let o = run_tls(
+        auth_config(),
+        &[b"AUTH LOGIN\r\n", response.as_bytes(), b"NOOP\r\n"],
+    );
+    assert!(o.output.contains("500 5.5.6 "), "{}", o.output);
+    assert!(o.output.ends_with("250 2.0.0 Ok\r\n"));
+    // Other commands keep the 512-octet limit.
+    let noop = format!("NOOP {}\r\n", "x".repeat(600));
+    let o = run_tls(auth_config(), &[noop.as_bytes()]);
+    assert!(
+        o.output
+            .ends_with("500 5.5.2 Error: command line too long\r\n")
+    );
+}
+
+#[test]
+fn failed_auth_is_delayed_more_each_time_then_the_session_ends() {
+    let wrong = format!("AUTH PLAIN {}\r\n", plain("", "alice", "guess"));
+    let unavailable = format!("AUTH PLAIN {}\r\n", plain("", "alice", "unavailable"));
+    let o = run_tls(
+        auth_config(),
+        &[
+            wrong.as_bytes(),
+            unavailable.as_bytes(),
+            wrong.as_bytes(),
+            wrong.as_bytes(),
+            b"NOOP\r\n",
+        ],
+    );
+    assert_eq!(codes(&o)[2..], ["535", "454", "535", "535", "421"]);
+    assert!(o.output.contains("535 5.7.8 "));
+    assert!(
+        o.output
+            .ends_with("421 4.7.0 mx.example.org Error: too many authentication failures\r\n")
+    );
+    assert_eq!(o.closed, Some(CloseReason::AuthFailures));
+    // 1 + 2 + 4 seconds; the temporary failure costs nothing.
+    assert_eq!(o.delay_secs, 7);
+    let mut c = auth_config();
+    c.max_auth_failures = 10;
+    c.max_auth_delay = std::time::Duration::from_secs(3);
+    let chunks = vec![wrong.as_bytes(); 4];
+    let o = run_tls(c, &chunks);
+    assert_eq!(o.delay_secs, 1 + 2 + 3 + 3);
+    assert_eq!(o.closed, None);
+}
+
+#[test]
+fn auth_responses_must_not_be_pipelined() {
+    let response = format!(
+        "{}\r\nMAIL FROM:<a@example.org>\r\n",
+        plain("", "a", "secret")
+    );
+    let o = run_tls(auth_config(), &[b"AUTH PLAIN\r\n", response.as_bytes()]);
+    assert!(matches!(o.closed, Some(CloseReason::Pipelining("AUTH"))));
+    assert!(auth_events(&o).is_empty());
+}
+
+#[test]
+fn passwords_do_not_show_in_debug_output() {
+    let ir = format!("AUTH PLAIN {}\r\n", plain("", "alice", "hunter2"));
+    let o = run_tls(auth_config(), &[ir.as_bytes()]);
+    assert_eq!(auth_events(&o).len(), 1);
+    let shown = format!("{:?}", o.events);
+    assert!(
+        shown.contains("alice") && !shown.contains("hunter2"),
+        "{shown}"
     );
 }

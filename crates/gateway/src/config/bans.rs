@@ -77,7 +77,7 @@ impl AbuseKind {
             AbuseKind::Pregreet => (2, m(60), m(60), 0, 0),
             AbuseKind::ProtocolAbuse => (3, m(60), m(60), 0, 0),
             AbuseKind::TooManyErrors => (3, m(60), m(60), 0, 0),
-            AbuseKind::AuthFailures => (5, m(10), m(60), 1, 0),
+            AbuseKind::AuthFailures => (5, m(10), m(60), 0, 0),
         };
         AbuseRule {
             threshold,

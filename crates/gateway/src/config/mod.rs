@@ -20,6 +20,7 @@
 //! Relative paths in a file read by [`Config::load`] are taken relative to that file's
 //! directory.
 
+mod auth;
 mod bans;
 mod diagnostics;
 mod greylist;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::greylist::GreylistSection;
@@ -85,6 +87,8 @@ pub struct Config {
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub greylist: GreylistSection,
+    #[serde(default)]
+    pub auth: AuthSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -303,6 +307,8 @@ pub struct Limits {
     pub greet_pause: HumanDuration,
     /// Longest line accepted, in bytes including CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
+    /// Failed AUTH attempts after which a session is closed with 421.
+    pub auth_failures: u32,
 }
 
 impl Default for Limits {
@@ -317,6 +323,7 @@ impl Default for Limits {
             session_timeout: HumanDuration::from_secs(30 * 60),
             greet_pause: HumanDuration::from_secs(0),
             line_length: 1000,
+            auth_failures: 3,
         }
     }
 }
@@ -526,6 +533,11 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.inbound.backend_ca_file.as_mut());
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
+    paths.extend(config.auth.users_file.as_mut());
+    if let Some(ldap) = &mut config.auth.ldap {
+        paths.extend(ldap.ca_file.as_mut());
+        paths.extend(ldap.search_bind_password_file.as_mut());
+    }
     for p in paths {
         if p.is_relative() && !p.as_os_str().is_empty() {
             *p = base.join(&*p);
@@ -599,6 +611,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
         ("recipients", l.recipients),
         ("soft_errors", l.soft_errors),
         ("hard_errors", l.hard_errors),
+        ("auth_failures", l.auth_failures),
     ] {
         if value == 0 {
             err(
@@ -689,6 +702,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             "write a directory, e.g. path = \"/var/spool/ravelin\"",
         );
     }
+    auth::validate(&config.auth, loc, &mut errors);
     errors
 }
 
@@ -709,6 +723,7 @@ fn validate_listeners(
     let mut addresses = HashSet::new();
     let mut inbound_reported = false;
     let mut relay_reported = false;
+    let mut auth_reported = false;
     for (i, l) in config.listen.iter().enumerate() {
         let valid_name = !l.name.is_empty()
             && l.name.len() <= 64
@@ -805,6 +820,30 @@ fn validate_listeners(
                 }
             }
         }
+        let submission = matches!(l.kind, ListenKind::Submission | ListenKind::Submissions);
+        if submission && mode == TlsMode::Off {
+            err(
+                loc.line(&toml_path!["listen", i, "tls"]),
+                format!(
+                    "listener \"{}\" is kind = \"{}\" with tls = \"off\": AUTH is only offered inside TLS, so nobody could send",
+                    l.name,
+                    l.kind.as_str()
+                ),
+                "remove the tls line (submission requires STARTTLS, submissions is implicit TLS)",
+            );
+        }
+        if submission && !config.auth.has_source() && !auth_reported {
+            auth_reported = true;
+            err(
+                loc.line(&toml_path!["listen", i, "kind"]),
+                format!(
+                    "listener \"{}\" is kind = \"{}\" but [auth] has neither users_file nor ldap, so nobody can log in",
+                    l.name,
+                    l.kind.as_str()
+                ),
+                "add [auth] with users_file = \"/etc/ravelin/users\" (see `ravelin user add`), or [auth.ldap]",
+            );
+        }
         if l.kind == ListenKind::Relay
             && config.outbound.trusted_networks.is_empty()
             && !relay_reported
@@ -837,6 +876,24 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     if let Some(ca) = &config.inbound.backend_ca_file {
         files.push((ca, ["inbound", "backend_ca_file"]));
     }
+    let mut errors = Vec::new();
+    if let Some(ldap) = &config.auth.ldap {
+        let ldap_files = [
+            (&ldap.ca_file, "ca_file"),
+            (&ldap.search_bind_password_file, "search_bind_password_file"),
+        ];
+        for (file, key) in ldap_files {
+            if let Some(file) = file
+                && !std::fs::metadata(file).is_ok_and(|m| m.is_file())
+            {
+                errors.push(loc.error_at(
+                    &toml_path!["auth", "ldap", key],
+                    format!("auth.ldap.{key}: {} is not a readable file", file.display()),
+                    "name an existing file (relative paths start at the configuration's directory)",
+                ));
+            }
+        }
+    }
     files
         .into_iter()
         .filter_map(|(file, [section, key])| {
@@ -851,6 +908,7 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                 "name an existing PEM file (relative paths start at the configuration's directory)",
             ))
         })
+        .chain(errors)
         .collect()
 }
 

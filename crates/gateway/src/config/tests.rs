@@ -152,6 +152,17 @@ level = "debug"
 
 [dns]
 nameservers = ["127.0.0.1:5353", "[::1]:53"]
+
+[auth]
+users_file = "/etc/ravelin/users"
+max_parallel_checks = 2
+sender_map = { "alice@example.org" = ["sales@example.org", "@example.net"] }
+
+[auth.ldap]
+url = "ldaps://dc1.example.org"
+bind_dn_template = "{user}"
+ca_file = "/etc/ravelin/ldap-ca.pem"
+timeout = "5s"
 "#;
 
 #[test]
@@ -198,6 +209,58 @@ fn full_file_sets_every_key() {
     assert_eq!(c.spool.path, PathBuf::from("/srv/spool"));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.dns.nameservers.len(), 2);
+    assert_eq!(c.auth.users_file, Some(PathBuf::from("/etc/ravelin/users")));
+    assert_eq!(c.auth.max_parallel_checks, 2);
+    assert_eq!(c.auth.sender_map["alice@example.org"].len(), 2);
+    let ldap = c.auth.ldap.as_ref().unwrap();
+    assert_eq!(ldap.bind_dn_template.as_deref(), Some("{user}"));
+    assert_eq!(ldap.timeout.get(), Duration::from_secs(5));
+    assert_eq!(ldap.search_filter, "(uid={user})");
+}
+
+#[test]
+fn auth_checks() {
+    let listeners = "\n[[listen]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nkind = \"submission\"\ntls = \"off\"\n";
+    let list = errors(&format!("{MINIMAL}{listeners}"));
+    let messages: Vec<&str> = list.iter().map(|e| e.1.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("with tls = \"off\": AUTH is only offered inside TLS")),
+        "{list:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("[auth] has neither users_file nor ldap")),
+        "{list:#?}"
+    );
+    let ldap = |body: &str| errors(&format!("{MINIMAL}\n[auth.ldap]\n{body}"));
+    let list = ldap("url = \"ldap://dc1.example.org\"\nbind_dn_template = \"uid=x\"\n");
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(list[0].1.contains("clear text"), "{list:#?}");
+    assert!(list[1].1.contains("has no {user}"), "{list:#?}");
+    let list = ldap("url = \"ldap://127.0.0.1:3389\"\n");
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert!(
+        list[0]
+            .1
+            .contains("exactly one of bind_dn_template and search_base")
+    );
+    let list = ldap(
+        "url = \"ldap://dc1\"\nstarttls = true\nsearch_base = \"dc=x\"\nsearch_bind_dn = \"cn=svc\"\n",
+    );
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert!(list[0].1.contains("go together"));
+    let list = errors(&format!(
+        "{MINIMAL}\n[auth]\nsender_map = {{ \"a\" = [\"nodomain\"] }}\n"
+    ));
+    assert!(
+        list[0].1.contains("is not an address or @domain"),
+        "{list:#?}"
+    );
+    let list = errors(&format!("{MINIMAL}\n[limits]\nauth_failures = 0\n"));
+    assert!(list[0].1.contains("limits.auth_failures is 0"), "{list:#?}");
 }
 
 #[test]
@@ -210,6 +273,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.log, LogSection::default());
     assert_eq!(c.dns, DnsSection::default());
     assert_eq!(c.outbound, Outbound::default());
+    assert_eq!(c.auth, AuthSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
         c.inbound.received_client,
@@ -252,6 +316,20 @@ fn example_mentions_every_key() {
         "session_timeout",
         "greet_pause",
         "line_length",
+        "auth_failures",
+        "users_file",
+        "max_parallel_checks",
+        "sender_map",
+        "url",
+        "starttls",
+        "bind_dn_template",
+        "search_base",
+        "search_filter",
+        "search_bind_dn",
+        "search_bind_password_file",
+        "ca_file",
+        "allow_plaintext",
+        "timeout",
         "path",
         "concurrency",
         "connect_timeout",
@@ -445,7 +523,7 @@ fn tls_listeners_need_a_certificate() {
 
     // TLS by default of the kind: the error is on the kind line.
     let text = format!(
-        "{MINIMAL}\n[[listen]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nkind = \"submission\"\n\n[[listen]]\nname = \"smtps\"\nkind = \"submissions\"\naddress = \"127.0.0.1:2465\"\n"
+        "{MINIMAL}\n[[listen]]\nname = \"sub\"\naddress = \"127.0.0.1:2587\"\nkind = \"submission\"\n\n[[listen]]\nname = \"smtps\"\nkind = \"submissions\"\naddress = \"127.0.0.1:2465\"\n\n[auth]\nusers_file = \"users\"\n"
     );
     let list = errors(&text);
     assert_eq!(list.len(), 2, "{list:#?}");

@@ -104,6 +104,42 @@ pub struct Envelope {
     /// Octets of message data; filled in from the file when read back.
     #[serde(default)]
     pub size: u64,
+    /// Where the message is headed: to our backend, or out to the world. Later stages (header
+    /// firewall, DKIM signing, delivery) act on outbound mail only.
+    #[serde(default)]
+    pub direction: Direction,
+    /// The login name of the submission client that sent it (AUTH), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+}
+
+/// Where a message is headed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the world to our domains (an `inbound` listener).
+    #[default]
+    Inbound,
+    /// From our users or trusted networks to the world (`submission`, `submissions`, `relay`
+    /// listeners).
+    Outbound,
+}
+
+impl Direction {
+    /// The direction of a reply to a message going this way (a bounce goes back).
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::Inbound => Direction::Outbound,
+            Direction::Outbound => Direction::Inbound,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
 }
 
 /// A message found in `queue/` when the spool was opened.

@@ -16,6 +16,8 @@ pub(crate) fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         listener: "mx".into(),
         session: "S1".into(),
         size: 0,
+        direction: Direction::Inbound,
+        auth_user: None,
     }
 }
 

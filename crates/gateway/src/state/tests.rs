@@ -139,7 +139,10 @@ fn bans_config() -> BansSection {
 #[tokio::test]
 async fn auth_failures_delay_then_ban_and_repeat_bans_grow() {
     let dir = tempfile::tempdir().unwrap();
-    let bans = Bans::new(store(&dir), &bans_config(), &[]);
+    // The default adds no delay to the session's own; a configured one grows per failure.
+    let mut config = bans_config();
+    config.auth_failures.delay = Some(HumanDuration::from_secs(1));
+    let bans = Bans::new(store(&dir), &config, &[]);
     let client = ip("127.0.0.5");
     for n in 1..=4u64 {
         assert_eq!(

@@ -12,6 +12,9 @@
 //!   from a [`RavelinConfig`], its stderr JSON log captured to a file.
 //! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
 //!   socket for bytes no well-behaved client sends.
+//! - [`Slapd`]: an OpenLDAP server with its own slapd.conf and mdb database in a temporary
+//!   directory, holding inetOrgPerson entries with hashed passwords, on loopback ports
+//!   (plain `ldap://` with StartTLS, and `ldaps://`).
 //!
 //! Settings: none from the environment. Everything lives in temporary directories that are
 //! removed on drop; Postfix and smtp-sink need root (they drop to postfix/nobody), as CI has.
@@ -95,14 +98,27 @@ pub fn daemon_tempdir() -> tempfile::TempDir {
 
 /// Runs a command to completion with a time limit, capturing stdout and stderr.
 /// Panics when it cannot start or does not finish in time (it is killed then).
-pub fn run(mut cmd: Command, timeout: Duration) -> Output {
+pub fn run(cmd: Command, timeout: Duration) -> Output {
+    run_with_input(cmd, None, timeout)
+}
+
+/// Like [`run`], with `input` (if any) written to the command's standard input, which is then
+/// closed.
+pub fn run_with_input(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let _ = stdin.write_all(input);
+    }
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -204,6 +220,21 @@ pub fn is_listening(addr: SocketAddr) -> bool {
         let state = fields.nth(1);
         state == Some("0A") && (local == Some(&want) || local == Some(&want_any))
     })
+}
+
+/// Waits until the peer `name` (process `child`) listens on every address of `addrs`; panics
+/// with the tail of `err_log` if it exits first, or after [`START_TIMEOUT`].
+fn wait_started(name: &str, child: &mut Child, addrs: &[SocketAddr], err_log: &Path) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !addrs.iter().all(|a| is_listening(*a)) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{name} exited with {status}: {}", tail(err_log, 20));
+        }
+        if Instant::now() >= deadline {
+            panic!("{name} is not listening on {addrs:?} after {START_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits until something listens on `addr`; false when `timeout` passes first.
@@ -683,19 +714,12 @@ impl SmtpSink {
             dir,
             dump_dir,
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !is_listening(addr) {
-            if let Ok(Some(status)) = sink.child.try_wait() {
-                panic!(
-                    "smtp-sink exited with {status}: {}",
-                    tail(&sink.dir.path().join("sink.err"), 20)
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!("smtp-sink is not listening on {addr} after {START_TIMEOUT:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_started(
+            "smtp-sink",
+            &mut sink.child,
+            &[addr],
+            &sink.dir.path().join("sink.err"),
+        );
         sink
     }
 
@@ -1502,9 +1526,29 @@ impl Ravelin {
     /// Runs another subcommand against the same config, e.g. `["queue", "list", "--json"]`
     /// (`--config FILE` is appended).
     pub fn command(&self, args: &[&str]) -> Output {
+        self.command_with_input(args, None)
+    }
+
+    /// Like [`Ravelin::command`], with `input` on standard input (e.g. a password).
+    pub fn command_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(Self::exe());
         cmd.args(args).arg("--config").arg(&self.config_path);
-        run(cmd, Duration::from_secs(60))
+        run_with_input(cmd, input, Duration::from_secs(60))
+    }
+
+    /// `ravelin queue list --json`: one object per queued or held message.
+    pub fn queue_list(&self) -> Vec<serde_json::Value> {
+        let out = self.command(&["queue", "list", "--json"]);
+        assert!(out.status.success(), "queue list: {}", describe(&out));
+        match serde_json::from_slice(&out.stdout) {
+            Ok(serde_json::Value::Array(entries)) => entries,
+            _ => panic!("queue list --json is not a JSON array: {}", describe(&out)),
+        }
+    }
+
+    /// The directory holding the config, the log and the spool (e.g. for a users file).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// SIGKILL: a crash, nothing flushed.
@@ -1574,5 +1618,129 @@ impl Ravelin {
 impl Drop for Ravelin {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// slapd
+
+/// The directory suffix of every [`Slapd`].
+pub const LDAP_SUFFIX: &str = "dc=example,dc=org";
+
+/// An OpenLDAP server of its own: `slapd -f` with a generated slapd.conf (core, cosine and
+/// inetorgperson schemas, one mdb database under [`LDAP_SUFFIX`], people in
+/// `ou=people`), loaded with slapadd before it starts, listening on `ldap://` (StartTLS
+/// offered) and `ldaps://` on free loopback ports with a certificate from `pki`. Operations
+/// other than bind need an authenticated client (`require authc`): a search must bind first.
+pub struct Slapd {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `ldap://127.0.0.1:PORT`.
+    pub url: String,
+    /// `ldaps://NAME:PORT`, NAME being the certificate's host name (resolving to loopback).
+    pub ldaps_url: String,
+}
+
+impl Slapd {
+    /// Starts slapd with one inetOrgPerson `uid=UID,ou=people,...` per `(uid, mail,
+    /// password)`, the password stored as a salted SHA hash made by slappasswd. The TLS
+    /// certificate is `pki`'s, issued for `tls_name`, which must resolve to 127.0.0.1.
+    pub fn start(
+        people: &[(&str, &str, &str)],
+        pki: &ravelin_tls::testing::TestPki,
+        tls_name: &str,
+    ) -> Slapd {
+        let dir = daemon_tempdir();
+        let d = dir.path();
+        let files = pki.write_to(d).expect("write the slapd certificate");
+        let db = d.join("db");
+        fs::create_dir(&db).expect("create the slapd database directory");
+        let conf = d.join("slapd.conf");
+        fs::write(
+            &conf,
+            format!(
+                "include /etc/ldap/schema/core.schema\n\
+                 include /etc/ldap/schema/cosine.schema\n\
+                 include /etc/ldap/schema/inetorgperson.schema\n\
+                 modulepath /usr/lib/ldap\n\
+                 moduleload back_mdb\n\
+                 pidfile {pid}\n\
+                 TLSCertificateFile {cert}\n\
+                 TLSCertificateKeyFile {key}\n\
+                 require authc\n\
+                 database mdb\n\
+                 suffix \"{LDAP_SUFFIX}\"\n\
+                 rootdn \"cn=admin,{LDAP_SUFFIX}\"\n\
+                 directory {db}\n\
+                 maxsize 10485760\n",
+                pid = d.join("slapd.pid").display(),
+                cert = files.cert.display(),
+                key = files.key.display(),
+                db = db.display(),
+            ),
+        )
+        .expect("write slapd.conf");
+        let mut ldif = format!(
+            "dn: {LDAP_SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
+             dn: ou=people,{LDAP_SUFFIX}\nobjectClass: organizationalUnit\nou: people\n"
+        );
+        for (uid, mail, password) in people {
+            let mut cmd = Command::new(program("slappasswd"));
+            cmd.args(["-s", password]);
+            let out = run(cmd, Duration::from_secs(20));
+            assert!(out.status.success(), "slappasswd: {}", describe(&out));
+            let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            ldif.push_str(&format!(
+                "\ndn: uid={uid},ou=people,{LDAP_SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\n\
+                 cn: {uid}\nsn: {uid}\nmail: {mail}\nuserPassword: {hash}\n"
+            ));
+        }
+        let ldif_path = d.join("people.ldif");
+        fs::write(&ldif_path, ldif).expect("write the LDIF");
+        let mut cmd = Command::new(program("slapadd"));
+        cmd.arg("-f").arg(&conf).arg("-l").arg(&ldif_path);
+        let out = run(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "slapadd: {}", describe(&out));
+
+        let (plain, tls) = (free_addr(), free_addr());
+        let url = format!("ldap://{plain}");
+        let ldaps_url = format!("ldaps://{tls_name}:{}", tls.port());
+        let child = Command::new(program("slapd"))
+            .arg("-f")
+            .arg(&conf)
+            .arg("-h")
+            .arg(format!("{url}/ ldaps://{tls}/"))
+            // Debug level 0 keeps it in the foreground, a child we can kill.
+            .args(["-d", "0"])
+            .stdin(Stdio::null())
+            .stdout(File::create(d.join("slapd.out")).expect("create slapd.out"))
+            .stderr(File::create(d.join("slapd.err")).expect("create slapd.err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start slapd: {e}; {INSTALL_HINT}"));
+        let mut slapd = Slapd {
+            child,
+            dir,
+            url,
+            ldaps_url,
+        };
+        wait_started(
+            "slapd",
+            &mut slapd.child,
+            &[plain, tls],
+            &slapd.dir.path().join("slapd.err"),
+        );
+        slapd
+    }
+
+    /// slapd's diagnostics so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("slapd.err")).unwrap_or_default()
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,227 @@
+//! Password checks by LDAP / Active Directory simple bind (`[auth.ldap]`), with ldap3 over
+//! rustls.
+//!
+//! A check opens a connection, finds the user's DN and binds as that DN with the password:
+//! - with `bind_dn_template`, the DN is the template with `{user}` replaced by the login name
+//!   escaped for a DN (RFC 4514), e.g. `uid={user},ou=people,dc=example,dc=org`, or `{user}`
+//!   alone for Active Directory, which takes `user@domain` (the UPN) as bind name;
+//! - with `search_base`, the service account (`search_bind_dn`, its password read from
+//!   `search_bind_password_file`; anonymous without them) searches the subtree with
+//!   `search_filter`, `{user}` replaced by the login name escaped for a filter (RFC 4515); no
+//!   entry means an unknown user, more than one is refused.
+//!
+//! TLS: `ldaps://`, or `ldap://` with `starttls = true`, verifies the server's certificate
+//! against `ca_file` (default: the system's roots). Clear text is refused by the configuration
+//! checks unless the server is on loopback or `allow_plaintext` is set.
+//!
+//! How it fails: a wrong password (result code 49) or an unknown user is [`LdapCheck::Bad`] or
+//! [`LdapCheck::Unknown`]; a server that cannot be reached, a TLS failure, a timeout
+//! (`timeout` limits each operation and the whole check) or any other result is
+//! [`LdapCheck::Unavailable`], which the session answers with `454 4.7.0`. An empty password is
+//! refused before any bind: LDAP would take it as an unauthenticated bind and report success
+//! (RFC 4513 section 5.1.2). Passwords never appear in errors or logs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchOptions, dn_escape, ldap_escape};
+use ravelin_wire::auth::Password;
+use rustls::ClientConfig;
+
+use crate::config::{LdapSection, parse_ldap_url};
+
+/// LDAP result code of a failed bind (RFC 4511 appendix A).
+const INVALID_CREDENTIALS: u32 = 49;
+/// Longest service password file read.
+const MAX_PASSWORD_FILE: u64 = 4096;
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LdapCheck {
+    Good,
+    Bad,
+    Unknown,
+    Unavailable(String),
+}
+
+enum FindDn {
+    Template(String),
+    Search {
+        base: String,
+        filter: String,
+        bind: Option<(String, Password)>,
+    },
+}
+
+/// A configured directory.
+pub struct Ldap {
+    url: String,
+    starttls: bool,
+    tls: Option<Arc<ClientConfig>>,
+    find: FindDn,
+    timeout: Duration,
+}
+
+impl Ldap {
+    /// Reads the service password file and prepares TLS; errors name the setting.
+    pub fn new(section: &LdapSection) -> Result<Ldap, String> {
+        let (ldaps, _, _) = parse_ldap_url(&section.url)
+            .ok_or_else(|| format!("auth.ldap.url {:?} is not an LDAP URL", section.url))?;
+        let tls = if ldaps || section.starttls {
+            Some(
+                ravelin_tls::client_config(&ravelin_tls::Verify::WebPki {
+                    ca_file: section.ca_file.clone(),
+                })
+                .map_err(|e| format!("auth.ldap: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let find = match (&section.bind_dn_template, &section.search_base) {
+            (Some(t), _) => FindDn::Template(t.clone()),
+            (None, Some(base)) => FindDn::Search {
+                base: base.clone(),
+                filter: section.search_filter.clone(),
+                bind: match (&section.search_bind_dn, &section.search_bind_password_file) {
+                    (Some(dn), Some(file)) => Some((dn.clone(), read_password_file(file)?)),
+                    _ => None,
+                },
+            },
+            (None, None) => {
+                return Err("auth.ldap needs bind_dn_template or search_base".into());
+            }
+        };
+        Ok(Ldap {
+            url: section.url.clone(),
+            starttls: section.starttls,
+            tls,
+            find,
+            timeout: section.timeout.get(),
+        })
+    }
+
+    /// Checks `password` for `login` by binding as the user.
+    pub async fn check(&self, login: &str, password: &Password) -> LdapCheck {
+        if password.expose().is_empty() || login.is_empty() {
+            return LdapCheck::Bad;
+        }
+        // Each operation has the timeout; the whole check gets room for four of them.
+        match tokio::time::timeout(self.timeout * 4, self.bind_as_user(login, password)).await {
+            Ok(Ok(check)) => check,
+            Ok(Err(e)) => LdapCheck::Unavailable(e),
+            Err(_) => LdapCheck::Unavailable(format!(
+                "no answer from {} within {:?}",
+                self.url,
+                self.timeout * 4
+            )),
+        }
+    }
+
+    async fn bind_as_user(&self, login: &str, password: &Password) -> Result<LdapCheck, String> {
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(self.timeout)
+            .set_starttls(self.starttls);
+        if let Some(tls) = &self.tls {
+            settings = settings.set_config(tls.clone());
+        }
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?;
+        let driver = tokio::spawn(conn.drive());
+        let outcome = async {
+            let dn = match &self.find {
+                FindDn::Template(t) => t.replace("{user}", &dn_escape(login)),
+                FindDn::Search { base, filter, bind } => {
+                    if let Some((service_dn, service_password)) = bind {
+                        let r = ldap
+                            .with_timeout(self.timeout)
+                            .simple_bind(service_dn, service_password.expose())
+                            .await
+                            .map_err(|e| format!("service bind: {e}"))?;
+                        if r.rc != 0 {
+                            return Err(format!(
+                                "service bind as {service_dn} refused (result {}: {})",
+                                r.rc, r.text
+                            ));
+                        }
+                    }
+                    let filter = filter.replace("{user}", &ldap_escape(login));
+                    let result = ldap
+                        .with_search_options(SearchOptions::new().sizelimit(2))
+                        .with_timeout(self.timeout)
+                        .search(base, Scope::Subtree, &filter, vec!["1.1"])
+                        .await
+                        .map_err(|e| format!("search: {e}"))?;
+                    let (entries, r) = (result.0, result.1);
+                    if r.rc != 0 && r.rc != 4 {
+                        return Err(format!("search refused (result {}: {})", r.rc, r.text));
+                    }
+                    match entries.len() {
+                        0 => return Ok(LdapCheck::Unknown),
+                        1 => {}
+                        _ => {
+                            return Err(format!(
+                                "search_filter matches more than one entry for {login:?}"
+                            ));
+                        }
+                    }
+                    let entry = entries
+                        .into_iter()
+                        .next()
+                        .map(ldap3::SearchEntry::construct);
+                    match entry {
+                        Some(e) => e.dn,
+                        None => return Ok(LdapCheck::Unknown),
+                    }
+                }
+            };
+            let r = ldap
+                .with_timeout(self.timeout)
+                .simple_bind(&dn, password.expose())
+                .await
+                .map_err(|e| format!("bind: {e}"))?;
+            Ok(match r.rc {
+                0 => LdapCheck::Good,
+                INVALID_CREDENTIALS => LdapCheck::Bad,
+                rc => return Err(format!("bind refused (result {rc}: {})", r.text)),
+            })
+        }
+        .await;
+        let _ = ldap.unbind().await;
+        driver.abort();
+        outcome
+    }
+}
+
+/// The service account's password: the file's first line, which must not be readable by
+/// group or others.
+fn read_password_file(path: &Path) -> Result<Password, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("auth.ldap.search_bind_password_file {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("auth.ldap.search_bind_password_file {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "auth.ldap.search_bind_password_file {shown}: mode {:04o} lets group or others read the password — fix: chmod 600 {shown}",
+            mode & 0o777
+        ));
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(MAX_PASSWORD_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("auth.ldap.search_bind_password_file {shown}: {e}"))?;
+    let first = text.lines().next().unwrap_or("");
+    if first.is_empty() {
+        return Err(format!(
+            "auth.ldap.search_bind_password_file {shown} is empty — fix: write the service account's password on its first line"
+        ));
+    }
+    Ok(Password::new(first.to_string()))
+}
