@@ -3,3 +3,18 @@
 //! Resolver set-up (hickory, the `[dns]` section's name servers or the system's), DNSBL and
 //! DNSWL queries with list error codes, FCrDNS, MX and TLSA lookups with their DNSSEC status,
 //! the MTA-STS policy fetch and cache, and the parsers of the records both sides read.
+//!
+//! - [`resolver`]: [`Resolver`] built from [`ResolverSettings`]; typed lookups (TXT, MX, A,
+//!   AAAA, PTR, CNAME, TLSA, CAA) returning an [`Answer`] or a [`LookupError`] that tells
+//!   NXDOMAIN, NODATA and temporary failures apart.
+//! - `testing` (cargo feature `testing`): an in-process authoritative DNS server for tests.
+
+pub mod resolver;
+
+pub use resolver::{
+    AdTrust, Answer, Caa, ConfigError, Failure, LookupError, Mx, Resolver, ResolverSettings, Tlsa,
+    reverse_name, reversed_ip,
+};
+
+#[cfg(feature = "testing")]
+pub mod testing;
