@@ -7,10 +7,17 @@
 //! - [`resolver`]: [`Resolver`] built from [`ResolverSettings`]; typed lookups (TXT, MX, A,
 //!   AAAA, PTR, CNAME, TLSA, CAA) returning an [`Answer`] or a [`LookupError`] that tells
 //!   NXDOMAIN, NODATA and temporary failures apart.
+//! - [`dnsbl`]: DNSBL / DNSWL queries, one list or many under one deadline, with list error
+//!   codes (Spamhaus 127.255.255.x, answers outside 127.0.0.0/8) kept apart from listings.
+//! - [`fcrdns`]: forward-confirmed reverse DNS of a client address.
 //! - `testing` (cargo feature `testing`): an in-process authoritative DNS server for tests.
 
+pub mod dnsbl;
+pub mod fcrdns;
 pub mod resolver;
 
+pub use dnsbl::{ListOutcome, ZoneOutcome, query_list, query_lists};
+pub use fcrdns::{Fcrdns, fcrdns};
 pub use resolver::{
     AdTrust, Answer, Caa, ConfigError, Failure, LookupError, Mx, Resolver, ResolverSettings, Tlsa,
     reverse_name, reversed_ip,
