@@ -10,12 +10,15 @@
 //! - [`dnsbl`]: DNSBL / DNSWL queries, one list or many under one deadline, with list error
 //!   codes (Spamhaus 127.255.255.x, answers outside 127.0.0.0/8) kept apart from listings.
 //! - [`fcrdns`]: forward-confirmed reverse DNS of a client address.
+//! - [`mta_sts`]: the MTA-STS policy fetch over HTTPS (RFC 8461 §3.3) and the policy cache
+//!   keyed by domain, TXT id and `max_age`.
 //! - [`records`]: pure parsers of SPF, DMARC, MTA-STS (TXT and policy file), TLS-RPT and DKIM
 //!   key records, with located diagnostics.
 //! - `testing` (cargo feature `testing`): an in-process authoritative DNS server for tests.
 
 pub mod dnsbl;
 pub mod fcrdns;
+pub mod mta_sts;
 pub mod records;
 pub mod resolver;
 

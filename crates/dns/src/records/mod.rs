@@ -201,11 +201,15 @@ pub(crate) fn tag_list(text: &str) -> Result<Vec<Tag<'_>>, RecordError> {
 
 /// At most 40 characters of `text` for a message, with an ellipsis when cut.
 pub(crate) fn shorten(text: &str) -> String {
-    const KEEP: usize = 40;
-    if text.chars().count() <= KEEP {
+    shorten_to(text, 40)
+}
+
+/// At most `keep` characters of `text`, with an ellipsis when cut.
+pub(crate) fn shorten_to(text: &str, keep: usize) -> String {
+    if text.chars().count() <= keep {
         text.to_string()
     } else {
-        let kept: String = text.chars().take(KEEP).collect();
+        let kept: String = text.chars().take(keep).collect();
         format!("{kept}…")
     }
 }
