@@ -376,7 +376,23 @@ impl PolicyCache {
         {
             return in_force(cached, PolicySource::Cached);
         }
-        match self.fetcher.fetch(&domain).await {
+        let fetched = self.fetcher.fetch(&domain).await;
+        match &fetched {
+            Ok(fetched) => tracing::debug!(
+                event = "mta_sts_fetch",
+                domain = %domain,
+                id = %id,
+                mode = %fetched.policy.mode,
+                max_age = fetched.policy.max_age,
+            ),
+            Err(error) => tracing::debug!(
+                event = "mta_sts_fetch_failed",
+                domain = %domain,
+                id = %id,
+                error = %error,
+            ),
+        }
+        match fetched {
             Ok(fetched) => {
                 let max_age = Duration::from_secs(u64::from(fetched.policy.max_age));
                 let entry = CachedPolicy {

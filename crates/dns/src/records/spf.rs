@@ -376,45 +376,11 @@ fn parse_term(text: &str, term: &str, at: usize) -> Result<TermKind, RecordError
             domain: optional_domain(text, rest, rest_at, "ptr")?,
         },
         "ip4" => {
-            let value = rest.strip_prefix(':').ok_or_else(|| {
-                RecordError::at(text, rest_at, "\"ip4\" needs \":\" and an IPv4 network")
-            })?;
-            let (address, prefix) = match value.split_once('/') {
-                Some((address, prefix)) => (address, Some(prefix)),
-                None => (value, None),
-            };
-            let network: Ipv4Addr = address.parse().map_err(|_| {
-                RecordError::at(
-                    text,
-                    rest_at + 1,
-                    format!("\"{}\" is not an IPv4 address", shorten(address)),
-                )
-            })?;
-            let prefix = match prefix {
-                Some(p) => cidr_length(text, p, rest_at + 2 + address.len(), 32)?,
-                None => 32,
-            };
+            let (network, prefix) = ip_network::<Ipv4Addr>(text, rest, rest_at, "ip4", 32)?;
             Mechanism::Ip4 { network, prefix }
         }
         "ip6" => {
-            let value = rest.strip_prefix(':').ok_or_else(|| {
-                RecordError::at(text, rest_at, "\"ip6\" needs \":\" and an IPv6 network")
-            })?;
-            let (address, prefix) = match value.split_once('/') {
-                Some((address, prefix)) => (address, Some(prefix)),
-                None => (value, None),
-            };
-            let network: Ipv6Addr = address.parse().map_err(|_| {
-                RecordError::at(
-                    text,
-                    rest_at + 1,
-                    format!("\"{}\" is not an IPv6 address", shorten(address)),
-                )
-            })?;
-            let prefix = match prefix {
-                Some(p) => cidr_length(text, p, rest_at + 2 + address.len(), 128)?,
-                None => 128,
-            };
+            let (network, prefix) = ip_network::<Ipv6Addr>(text, rest, rest_at, "ip6", 128)?;
             Mechanism::Ip6 { network, prefix }
         }
         "" => {
@@ -480,6 +446,41 @@ fn parse_modifier(
             }))
         }
     }
+}
+
+/// `:address[/prefix]` after `ip4` (IPv4, prefix up to 32) or `ip6` (IPv6, up to 128); the
+/// prefix defaults to the whole address.
+fn ip_network<A: std::str::FromStr>(
+    text: &str,
+    rest: &str,
+    rest_at: usize,
+    name: &str,
+    max: u8,
+) -> Result<(A, u8), RecordError> {
+    let family = if max == 32 { "IPv4" } else { "IPv6" };
+    let value = rest.strip_prefix(':').ok_or_else(|| {
+        RecordError::at(
+            text,
+            rest_at,
+            format!("\"{name}\" needs \":\" and an {family} network"),
+        )
+    })?;
+    let (address, prefix) = match value.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (value, None),
+    };
+    let network: A = address.parse().map_err(|_| {
+        RecordError::at(
+            text,
+            rest_at + 1,
+            format!("\"{}\" is not an {family} address", shorten(address)),
+        )
+    })?;
+    let prefix = match prefix {
+        Some(p) => cidr_length(text, p, rest_at + 2 + address.len(), max)?,
+        None => max,
+    };
+    Ok((network, prefix))
 }
 
 /// `:domain-spec` required after `include` and `exists`.

@@ -17,13 +17,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
-use super::TestServerError;
+use super::{Ready, ServerThread, TestServerError, lock};
 use crate::mta_sts::POLICY_PATH;
 
 /// The largest request head read.
@@ -81,8 +80,7 @@ struct HttpState {
 pub struct TestHttpsServer {
     addr: SocketAddr,
     state: Arc<HttpState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl fmt::Debug for TestHttpsServer {
@@ -107,28 +105,16 @@ impl TestHttpsServer {
             routes: Mutex::new(HashMap::new()),
             requests: AtomicUsize::new(0),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let acceptor = TlsAcceptor::from(config);
         let shared = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("test-https-{}", addr.port()))
-            .spawn(move || serve(listener, acceptor, shared, stopped, ready_tx))
-            .map_err(|e| TestServerError(format!("cannot start the test HTTPS thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(TestServerError(e)),
-            Err(_) => {
-                return Err(TestServerError(
-                    "the test HTTPS thread ended before serving".to_string(),
-                ));
-            }
-        }
+        let thread = ServerThread::spawn(
+            format!("test-https-{}", addr.port()),
+            move |ready, stopped| serve(listener, acceptor, shared, stopped, ready),
+        )?;
         Ok(TestHttpsServer {
             addr,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -153,72 +139,40 @@ impl TestHttpsServer {
     }
 }
 
-impl Drop for TestHttpsServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn serve(
+async fn serve(
     listener: std::net::TcpListener,
     acceptor: TlsAcceptor,
     state: Arc<HttpState>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: Ready,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
     {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(format!("test HTTPS runtime: {e}")));
-            return;
-        }
+        Ok(listener) => listener,
+        Err(e) => return ready.failed(format!("test HTTPS listener: {e}")),
     };
-    runtime.block_on(async move {
-        let listener = match listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-        {
-            Ok(listener) => listener,
-            Err(e) => {
-                let _ = ready.send(Err(format!("test HTTPS listener: {e}")));
-                return;
-            }
-        };
-        let _ = ready.send(Ok(()));
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = &mut stopped => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let acceptor = acceptor.clone();
-                    let state = state.clone();
-                    connections.spawn(async move {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(10),
-                            answer(stream, acceptor, state),
-                        )
-                        .await;
-                    });
-                }
+    ready.serving();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                connections.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        answer(stream, acceptor, state),
+                    )
+                    .await;
+                });
             }
         }
-        connections.abort_all();
-    });
+    }
+    connections.abort_all();
 }
 
 /// One connection: TLS, one request head, the canned response, close.

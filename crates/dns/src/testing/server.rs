@@ -19,7 +19,8 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+
+use super::{Ready, ServerThread, lock};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
@@ -67,8 +68,7 @@ struct Shared {
 pub struct TestDnsServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl fmt::Debug for TestDnsServer {
@@ -99,29 +99,17 @@ impl TestDnsServer {
         let addr = udp
             .local_addr()
             .map_err(|e| TestServerError(format!("test DNS server address: {e}")))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let handler = Handler {
             shared: shared.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("test-dns-{}", addr.port()))
-            .spawn(move || serve(udp, tcp, handler, stopped, ready_tx))
-            .map_err(|e| TestServerError(format!("cannot start the test DNS thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(TestServerError(e)),
-            Err(_) => {
-                return Err(TestServerError(
-                    "the test DNS thread ended before serving".to_string(),
-                ));
-            }
-        }
+        let thread = ServerThread::spawn(
+            format!("test-dns-{}", addr.port()),
+            move |ready, stopped| serve(udp, tcp, handler, stopped, ready),
+        )?;
         Ok(TestDnsServer {
             addr,
             shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -171,24 +159,6 @@ impl TestDnsServer {
     pub fn queries(&self) -> usize {
         self.shared.queries.load(Ordering::SeqCst)
     }
-}
-
-impl Drop for TestDnsServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Locks a mutex, also when a panicking test thread poisoned it.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The lookup key of a name: lowercase with the final dot.
@@ -269,48 +239,33 @@ fn install_zone(shared: &Shared, origin: &str, text: &str) -> Result<(), TestSer
     Ok(())
 }
 
-/// The serving thread: a current-thread runtime running hickory's server until `stopped`.
-fn serve(
+/// The server: hickory's UDP and TCP handlers until `stopped`.
+async fn serve(
     udp: UdpSocket,
     tcp: TcpListener,
     handler: Handler,
     stopped: tokio::sync::oneshot::Receiver<()>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: Ready,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(format!("test DNS runtime: {e}")));
-            return;
-        }
+    let sockets = udp
+        .set_nonblocking(true)
+        .and_then(|()| tcp.set_nonblocking(true))
+        .and_then(|()| {
+            Ok((
+                tokio::net::UdpSocket::from_std(udp)?,
+                tokio::net::TcpListener::from_std(tcp)?,
+            ))
+        });
+    let (udp, tcp) = match sockets {
+        Ok(sockets) => sockets,
+        Err(e) => return ready.failed(format!("test DNS sockets: {e}")),
     };
-    runtime.block_on(async move {
-        let sockets = udp
-            .set_nonblocking(true)
-            .and_then(|()| tcp.set_nonblocking(true))
-            .and_then(|()| {
-                Ok((
-                    tokio::net::UdpSocket::from_std(udp)?,
-                    tokio::net::TcpListener::from_std(tcp)?,
-                ))
-            });
-        let (udp, tcp) = match sockets {
-            Ok(sockets) => sockets,
-            Err(e) => {
-                let _ = ready.send(Err(format!("test DNS sockets: {e}")));
-                return;
-            }
-        };
-        let mut server = hickory_server::Server::new(handler);
-        server.register_socket(udp);
-        server.register_listener(tcp, Duration::from_secs(5), 64);
-        let _ = ready.send(Ok(()));
-        let _ = stopped.await;
-        let _ = server.shutdown_gracefully().await;
-    });
+    let mut server = hickory_server::Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(5), 64);
+    ready.serving();
+    let _ = stopped.await;
+    let _ = server.shutdown_gracefully().await;
 }
 
 /// Counts queries, plays faults, and hands everything else to the current catalog.
