@@ -11,6 +11,9 @@
 # starts its own slapd with its own configuration on a high port.
 # Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
 # independent DKIM verifier.
+# DNSSEC (ravelin-dns tests and DANE): ldnsutils (ldns-keygen, ldns-signzone) signs test
+# zones, nsd serves them, unbound validates them; tests start their own instances on high
+# ports, so the system unbound and nsd services are stopped and disabled like Postfix.
 #
 # Idempotent and quick when everything is present: apt-get update runs only when a package
 # is missing. Needs root (or sudo) only when something has to be installed. Exits non-zero
@@ -23,6 +26,7 @@ PY_PACKAGES=(dkimpy dnspython)
 DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
 DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
+DEB_PACKAGES+=(unbound ldnsutils nsd)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -67,7 +71,7 @@ install_debs() {
 check_tools() {
     local t
     for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl \
-        redis-server slapd slapadd ldapsearch; do
+        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
@@ -124,6 +128,30 @@ quiet_system_redis() {
     fi
 }
 
+# The system unbound and nsd must not run either: they would hold port 53 and the tests
+# start their own on high ports.
+quiet_system_dns() {
+    local service pidfile pid
+    for service in unbound nsd; do
+        for pidfile in "/run/$service.pid" "/run/$service/$service.pid"; do
+            if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
+                && kill -0 "$pid" 2>/dev/null; then
+                say "stopping the system $service (pid $pid)"
+                as_root kill "$pid" || true
+            fi
+        done
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            if systemctl is-enabled --quiet "$service" 2>/dev/null; then
+                as_root systemctl disable --now "$service" >/dev/null 2>&1 || true
+                say "disabled the system $service service (systemd)"
+            fi
+        elif ls /etc/rc[2-5].d/S*"$service" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+            as_root update-rc.d "$service" disable >/dev/null 2>&1 || true
+            say "disabled the system $service service (init scripts)"
+        fi
+    done
+}
+
 install_venv() {
     local py
     if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver' 2>/dev/null; then
@@ -149,5 +177,6 @@ check_tools
 quiet_system_postfix
 quiet_system_redis
 quiet_system_slapd
+quiet_system_dns
 install_venv
 say "ready"

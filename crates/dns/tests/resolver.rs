@@ -1,0 +1,313 @@
+//! The resolver against the in-process authoritative server: every typed lookup, the three
+//! negative outcomes, CNAME following, size limits, and zone replacement.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ravelin_dns::testing::{Fault, TestDnsServer};
+use ravelin_dns::{Failure, LookupError, Resolver, ResolverSettings};
+
+const ZONE: &str = r#"
+@           IN MX   20 mx2.example.test.
+@           IN MX   10 mx1
+@           IN MX   20 MX3.example.test.
+@           IN TXT  "v=spf1 ip4:192.0.2.0/24 " "include:_spf.example.test -all"
+@           IN TXT  "google-site-verification=abc"
+@           IN CAA  0 issue "letsencrypt.org"
+@           IN CAA  128 iodef "mailto:security@example.test"
+mx1         IN A    192.0.2.10
+mx1         IN AAAA 2001:db8::10
+mx2         IN A    192.0.2.20
+v6only      IN AAAA 2001:db8::30
+alias       IN CNAME mx1
+alias2      IN CNAME alias
+dangling    IN CNAME nowhere.example.test.
+loop1       IN CNAME loop2
+loop2       IN CNAME loop1
+_25._tcp.mx1 IN TLSA 3 1 1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+_25._tcp.mx2 IN TLSA 2 0 2 aabbccdd
+"#;
+
+const NULL_MX_ZONE: &str = "@ IN MX 0 .\n@ IN A 192.0.2.99\n";
+
+const REVERSE_ZONE: &str = "10 IN PTR mx1.example.test.\n10 IN PTR Other.Example.test.\n";
+
+fn server() -> TestDnsServer {
+    TestDnsServer::start(&[
+        ("example.test", ZONE),
+        ("nullmx.test", NULL_MX_ZONE),
+        ("2.0.192.in-addr.arpa", REVERSE_ZONE),
+    ])
+    .expect("test DNS server")
+}
+
+#[tokio::test]
+async fn mx_sorted_by_preference_with_names_normalised() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    let answer = resolver.mx("example.test").await.unwrap();
+    let hosts: Vec<(u16, &str)> = answer
+        .records
+        .iter()
+        .map(|mx| (mx.preference, mx.exchange.as_str()))
+        .collect();
+    assert_eq!(hosts[0], (10, "mx1.example.test"));
+    let mut rest = hosts[1..].to_vec();
+    rest.sort();
+    assert_eq!(
+        rest,
+        vec![(20, "mx2.example.test"), (20, "mx3.example.test")]
+    );
+    assert!(!answer.is_null_mx());
+    assert!(
+        !answer.secure,
+        "an authoritative server's AD bit is never trusted"
+    );
+    assert_eq!(answer.canonical_name, "example.test");
+    assert_eq!(answer.ttl, 300);
+}
+
+#[tokio::test]
+async fn null_mx_is_recognised() {
+    let server = server();
+    let answer = server.resolver().unwrap().mx("nullmx.test.").await.unwrap();
+    assert!(answer.is_null_mx());
+    assert!(answer.records[0].is_null());
+}
+
+#[tokio::test]
+async fn txt_strings_are_joined_per_record() {
+    let server = server();
+    let answer = server
+        .resolver()
+        .unwrap()
+        .txt("example.test")
+        .await
+        .unwrap();
+    let mut texts = answer.records.clone();
+    texts.sort();
+    assert_eq!(
+        texts,
+        vec![
+            "google-site-verification=abc".to_string(),
+            "v=spf1 ip4:192.0.2.0/24 include:_spf.example.test -all".to_string(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn nxdomain_nodata_and_failures_are_told_apart() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    assert_eq!(
+        resolver.txt("missing.example.test").await,
+        Err(LookupError::NxDomain)
+    );
+    assert_eq!(
+        resolver.txt("mx1.example.test").await,
+        Err(LookupError::NoRecords)
+    );
+    assert_eq!(
+        resolver.ipv4("v6only.example.test").await,
+        Err(LookupError::NoRecords)
+    );
+
+    server.set_fault("broken.example.test", Some(Fault::ServFail));
+    assert_eq!(
+        resolver.txt("broken.example.test").await,
+        Err(LookupError::Failed(Failure::ServerFailure))
+    );
+    server.set_fault("refused.example.test", Some(Fault::Refused));
+    assert_eq!(
+        resolver.txt("refused.example.test").await,
+        Err(LookupError::Failed(Failure::Refused))
+    );
+    // A name outside every zone: an authoritative server refuses it.
+    let outside = resolver.txt("elsewhere.invalid-zone").await;
+    assert!(
+        matches!(outside, Err(LookupError::Failed(_))),
+        "{outside:?}"
+    );
+    assert!(outside.unwrap_err().is_temporary());
+
+    server.set_fault("slow.example.test", Some(Fault::Silent));
+    assert_eq!(
+        resolver.txt("slow.example.test").await,
+        Err(LookupError::Failed(Failure::Timeout))
+    );
+    server.set_fault("slow.example.test", None);
+    assert_eq!(
+        resolver.txt("slow.example.test").await,
+        Err(LookupError::NxDomain)
+    );
+}
+
+#[tokio::test]
+async fn no_server_listening_is_a_temporary_failure() {
+    // A port nobody answers on: bind one and close it.
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut settings = ResolverSettings::with_nameservers(vec![addr]);
+    settings.timeout = std::time::Duration::from_millis(300);
+    settings.attempts = 1;
+    let resolver = Resolver::new(&settings).unwrap();
+    let result = resolver.mx("example.test").await;
+    assert!(matches!(result, Err(LookupError::Failed(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn addresses_of_both_families() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    let v4 = resolver.ipv4("mx1.example.test").await.unwrap();
+    assert_eq!(v4.records, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+    let v6 = resolver.ipv6("mx1.example.test").await.unwrap();
+    assert_eq!(
+        v6.records,
+        vec!["2001:db8::10".parse::<Ipv6Addr>().unwrap()]
+    );
+
+    let both = resolver.ips("mx1.example.test", false).await.unwrap();
+    assert_eq!(
+        both.records,
+        vec![
+            IpAddr::from([192, 0, 2, 10]),
+            "2001:db8::10".parse::<IpAddr>().unwrap()
+        ]
+    );
+    let both = resolver.ips("mx1.example.test", true).await.unwrap();
+    assert!(both.records[0].is_ipv6());
+    let one = resolver.ips("v6only.example.test", false).await.unwrap();
+    assert_eq!(one.records.len(), 1);
+    assert_eq!(
+        resolver.ips("nothing.example.test", false).await,
+        Err(LookupError::NxDomain)
+    );
+    assert_eq!(
+        resolver.ips("example.test", false).await,
+        Err(LookupError::NoRecords)
+    );
+    server.set_fault("mx2.example.test", Some(Fault::ServFail));
+    assert_eq!(
+        resolver.ips("mx2.example.test", false).await,
+        Err(LookupError::Failed(Failure::ServerFailure))
+    );
+}
+
+#[tokio::test]
+async fn cname_chains_are_followed_and_bounded() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    let answer = resolver.ipv4("alias2.example.test").await.unwrap();
+    assert_eq!(answer.records, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+    assert_eq!(answer.canonical_name, "mx1.example.test");
+
+    let cname = resolver.cname("alias.example.test").await.unwrap();
+    assert_eq!(cname.records, vec!["mx1.example.test".to_string()]);
+
+    assert_eq!(
+        resolver.ipv4("dangling.example.test").await,
+        Err(LookupError::NxDomain)
+    );
+    let looped = resolver.ipv4("loop1.example.test").await;
+    assert!(matches!(looped, Err(LookupError::Failed(_))), "{looped:?}");
+}
+
+#[tokio::test]
+async fn ptr_names() {
+    let server = server();
+    let answer = server
+        .resolver()
+        .unwrap()
+        .ptr("192.0.2.10".parse().unwrap())
+        .await
+        .unwrap();
+    let mut names = answer.records.clone();
+    names.sort();
+    assert_eq!(names, vec!["mx1.example.test", "other.example.test"]);
+}
+
+#[tokio::test]
+async fn tlsa_and_caa() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    let tlsa = resolver.tlsa("mx1.example.test", 25).await.unwrap();
+    assert_eq!(tlsa.records.len(), 1);
+    let record = &tlsa.records[0];
+    assert_eq!((record.usage, record.selector, record.matching), (3, 1, 1));
+    assert_eq!(record.data.len(), 32);
+    assert_eq!(record.data[..2], [0x01, 0x23]);
+    let tlsa = resolver.tlsa("mx2.example.test.", 25).await.unwrap();
+    assert_eq!(tlsa.records[0].data, vec![0xaa, 0xbb, 0xcc, 0xdd]);
+    assert_eq!(
+        resolver.tlsa("mx1.example.test", 587).await,
+        Err(LookupError::NxDomain)
+    );
+
+    let caa = resolver.caa("example.test").await.unwrap();
+    let mut tags: Vec<(bool, &str)> = caa
+        .records
+        .iter()
+        .map(|c| (c.critical, c.tag.as_str()))
+        .collect();
+    tags.sort();
+    assert_eq!(tags, vec![(false, "issue"), (true, "iodef")]);
+    let issue = caa.records.iter().find(|c| c.tag == "issue").unwrap();
+    assert!(issue.value.contains("letsencrypt.org"), "{:?}", issue.value);
+}
+
+#[tokio::test]
+async fn answers_are_limited_in_size() {
+    let mut zone = String::new();
+    for i in 0..300u32 {
+        zone.push_str(&format!("many IN A 10.0.{}.{}\n", i / 256, i % 256));
+    }
+    let server = TestDnsServer::start(&[("big.test", &zone)]).unwrap();
+    let answer = server
+        .resolver()
+        .unwrap()
+        .ipv4("many.big.test")
+        .await
+        .unwrap();
+    assert_eq!(answer.records.len(), ravelin_dns::resolver::MAX_RECORDS);
+}
+
+#[tokio::test]
+async fn zones_can_be_replaced_while_serving() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    assert_eq!(
+        resolver.txt("_mta-sts.example.test").await,
+        Err(LookupError::NxDomain)
+    );
+    let updated = format!("{ZONE}\n_mta-sts IN TXT \"v=STSv1; id=2\"\n");
+    server.set_zone("example.test", &updated).unwrap();
+    let answer = resolver.txt("_mta-sts.example.test").await.unwrap();
+    assert_eq!(answer.records, vec!["v=STSv1; id=2".to_string()]);
+    assert!(server.queries() >= 2);
+    // The other zones are still served.
+    assert!(resolver.mx("nullmx.test").await.unwrap().is_null_mx());
+}
+
+#[tokio::test]
+async fn invalid_names_are_refused_before_any_query() {
+    let server = server();
+    let resolver = server.resolver().unwrap();
+    let before = server.queries();
+    assert!(matches!(
+        resolver.txt("bad..example.test").await,
+        Err(LookupError::InvalidName(_))
+    ));
+    assert!(matches!(
+        resolver.mx("").await,
+        Err(LookupError::InvalidName(_))
+    ));
+    assert_eq!(server.queries(), before);
+}
+
+#[test]
+fn zone_errors_name_the_zone() {
+    let err = TestDnsServer::start(&[("bad.test", "@ IN MX not-a-number\n")]).unwrap_err();
+    assert!(err.to_string().contains("bad.test"), "{err}");
+}
