@@ -7,6 +7,8 @@
 //! - [`finding`]: the finding model shared by every check and every renderer (the JSON schema
 //!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
 //! - [`local`]: configuration linters (`--postfix-config DIR`: main.cf and master.cf).
+//! - [`tls`]: TLS per endpoint (STARTTLS, versions, suites, key exchange, certificate) and
+//!   consistency across endpoints.
 //!
 //! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
 //! and only produce findings; renderers only read them. How it fails: a check that cannot run
@@ -15,5 +17,6 @@
 
 pub mod finding;
 pub mod local;
+pub mod tls;
 
 pub use finding::{Finding, Report, Severity, Status, TargetReport};
