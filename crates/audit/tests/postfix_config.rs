@@ -226,7 +226,8 @@ fn legacy_configuration_with_a_lowered_security_level() {
         s("tls.versions"),
         (Status::Fail, Severity::Medium, "main.cf:10".into())
     );
-    assert_eq!(s("tls.ciphers").0, Status::Warn);
+    assert_eq!(s("tls.ciphers").0, Status::Fail);
+    assert_eq!(s("tls.kex").0, Status::Warn);
     assert_eq!(
         s("postfix.mynetworks"),
         (Status::Fail, Severity::Medium, "main.cf:5".into())
@@ -355,7 +356,7 @@ fn the_test_instances_of_postfix_instance_sh() {
         "Relaying is refused to unknown clients (reject)"
     );
     assert_eq!(one(&findings, "tls.starttls").status, Status::Pass);
-    assert_eq!(one(&findings, "tls.versions").status, Status::Warn);
+    assert_eq!(one(&findings, "tls.versions").status, Status::Fail);
 
     // Widening mynetworks on the relay (edited with postconf -e) opens it.
     let (dir, _) = instance_findings(&["--mode", "relay", "--relayhost", "127.0.0.1:2526"], &[]);

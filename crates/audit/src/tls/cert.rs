@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::*;
 
 use crate::finding::{Finding, Severity, Status};
@@ -228,22 +228,23 @@ fn chain_finding(
             format!("{}; {added} extra roots", describe(leaf)),
         );
     }
+    let cannot = |why: String| {
+        Finding::new(
+            ID,
+            Status::Error,
+            Severity::Medium,
+            endpoint,
+            "The chain could not be verified",
+            why,
+        )
+    };
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier =
         match WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
             .build()
         {
             Ok(v) => v,
-            Err(e) => {
-                return Finding::new(
-                    ID,
-                    Status::Error,
-                    Severity::Medium,
-                    endpoint,
-                    "The chain could not be verified",
-                    e.to_string(),
-                );
-            }
+            Err(e) => return cannot(e.to_string()),
         };
     // Judge the chain at a moment the leaf is valid: expiry is tls.cert_expiry's finding.
     let (not_before, not_after) = (
@@ -259,25 +260,19 @@ fn chain_finding(
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
         .collect();
-    let name = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
-        Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => match ServerName::try_from(host.to_string()) {
-            Ok(name) => name,
-            Err(e) => {
-                return Finding::new(
-                    ID,
-                    Status::Error,
-                    Severity::Medium,
-                    endpoint,
-                    "The chain could not be verified",
-                    format!("{host:?}: {e}"),
-                );
-            }
-        },
+    let name = match super::probe::server_name(host) {
+        Ok(name) => name,
+        Err(why) => return cannot(why),
     };
-    let evidence = format!("{} ({} certificates sent)", describe(leaf), chain.len());
+    let evidence = format!("{}; chain of {} sent", describe(leaf), chain.len());
+    use rustls::CertificateError as E;
     match verifier.verify_server_cert(&end_entity, &intermediates, &name, &[], when) {
-        Ok(_) => Finding::new(
+        // WebPKI checks the name after the chain: a wrong name means the chain verified (and
+        // tls.cert_hostname reports the name).
+        Ok(_)
+        | Err(rustls::Error::InvalidCertificate(
+            E::NotValidForName | E::NotValidForNameContext { .. },
+        )) => Finding::new(
             ID,
             Status::Pass,
             Severity::Info,
@@ -286,20 +281,13 @@ fn chain_finding(
             evidence,
         ),
         Err(rustls::Error::InvalidCertificate(e)) => {
-            use rustls::CertificateError as E;
             match e {
-                // The chain verified; only the name is wrong (tls.cert_hostname says so).
-                E::NotValidForName | E::NotValidForNameContext { .. } => Finding::new(
-                    ID,
-                    Status::Pass,
-                    Severity::Info,
-                    endpoint,
-                    "The chain verifies to a trusted root",
-                    evidence,
+                // Whatever WebPKI objects to first (unknown issuer, a CA used as a leaf).
+                _ if self_signed => fail(
+                    Severity::Medium,
+                    "Self-signed certificate",
+                    format!("{evidence}: {e:?}"),
                 ),
-                E::UnknownIssuer if self_signed => {
-                    fail(Severity::Medium, "Self-signed certificate", evidence)
-                }
                 E::UnknownIssuer if chain.len() == 1 => fail(
                     Severity::Medium,
                     "The chain does not verify: no intermediate certificate was sent and the issuer is not a trusted root",
@@ -510,59 +498,45 @@ fn expiry_finding(endpoint: &str, leaf: &X509Certificate<'_>, now: SystemTime) -
         "valid from {} until {}",
         validity.not_before, validity.not_after
     );
-    let fix = "Renew the certificate (automate it: ACME, e.g. certbot or Ravelin's own) and reload Postfix";
-    if validity.not_before.timestamp() > now {
-        return Finding::new(
-            ID,
+    let verdict = if validity.not_before.timestamp() > now {
+        Some((
             Status::Fail,
             Severity::High,
-            endpoint,
-            "The certificate is not valid yet",
-            evidence,
-        )
-        .fix(fix);
-    }
-    if left < 0 {
-        return Finding::new(
-            ID,
+            "The certificate is not valid yet".to_string(),
+        ))
+    } else if left < 0 {
+        Some((
             Status::Fail,
             Severity::High,
-            endpoint,
             format!("The certificate expired {} days ago", -days),
-            evidence,
-        )
-        .fix(fix);
-    }
-    if days < EXPIRY_FAIL_DAYS {
-        return Finding::new(
-            ID,
+        ))
+    } else if days < EXPIRY_FAIL_DAYS {
+        Some((
             Status::Fail,
             Severity::Medium,
-            endpoint,
             format!("The certificate expires in {days} days"),
-            evidence,
-        )
-        .fix(fix);
-    }
-    if days < EXPIRY_WARN_DAYS {
-        return Finding::new(
-            ID,
+        ))
+    } else if days < EXPIRY_WARN_DAYS {
+        Some((
             Status::Warn,
             Severity::Low,
-            endpoint,
             format!("The certificate expires in {days} days"),
+        ))
+    } else {
+        None
+    };
+    match verdict {
+        Some((status, severity, title)) => Finding::new(ID, status, severity, endpoint, title, evidence)
+            .fix("Renew the certificate (automate it: ACME, e.g. certbot or Ravelin's own) and reload the server"),
+        None => Finding::new(
+            ID,
+            Status::Pass,
+            Severity::Info,
+            endpoint,
+            format!("The certificate is valid for {days} more days"),
             evidence,
-        )
-        .fix(fix);
+        ),
     }
-    Finding::new(
-        ID,
-        Status::Pass,
-        Severity::Info,
-        endpoint,
-        format!("The certificate is valid for {days} more days"),
-        evidence,
-    )
 }
 
 #[cfg(test)]

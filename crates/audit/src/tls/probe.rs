@@ -194,11 +194,12 @@ impl ServerCertVerifier for AcceptAnything {
     }
 }
 
-fn server_name(target: &TlsTarget) -> Result<ServerName<'static>, ProbeError> {
-    match target.host_ip() {
-        Some(ip) => Ok(ServerName::IpAddress(ip.into())),
-        None => ServerName::try_from(target.host.clone())
-            .map_err(|e| ProbeError::Local(format!("{:?} is not a host name: {e}", target.host))),
+/// The rustls name of a host: an IP address (no SNI is sent then) or a DNS name.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(ip) => Ok(ServerName::IpAddress(ip.into())),
+        Err(_) => ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host:?} is not a host name: {e}")),
     }
 }
 
@@ -219,7 +220,7 @@ pub fn rustls_probe(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes)))
         .with_no_client_auth();
-    let name = server_name(target)?;
+    let name = server_name(&target.host).map_err(ProbeError::Local)?;
     let mut conn = ClientConnection::new(Arc::new(config), name)
         .map_err(|e| ProbeError::Local(e.to_string()))?;
     let mut stream = open(target, timeout, ehlo_name)?;
@@ -312,7 +313,7 @@ pub fn openssl_probe(
     builder
         // OpenSSL refuses a list that matches no suite it has.
         .set_cipher_list(&format!("{}:@SECLEVEL=0", offer.ciphers))
-        .map_err(|e| local(&format!("this OpenSSL has no {} suites", offer.ciphers), e))?;
+        .map_err(|_| ProbeError::Local(format!("this OpenSSL has no {} suites", offer.ciphers)))?;
     let context = builder.build();
     let mut ssl = Ssl::new(&context).map_err(|e| local("OpenSSL session", e))?;
     if target.host_ip().is_none() {

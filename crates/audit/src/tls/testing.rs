@@ -5,7 +5,7 @@
 //!
 //! Nothing here reads input from the network; errors are OpenSSL's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
@@ -20,6 +20,7 @@ use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
 use openssl::x509::{X509, X509Builder, X509Name};
+use ravelin_tls::testing::{TestPki, TestPkiFiles};
 
 /// The leaf's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,24 +66,14 @@ impl CertSpec {
     }
 }
 
-/// A CA and a leaf, in PEM.
+/// A CA and a leaf: PEM (as [`TestPki`], which writes them to files) and DER.
 #[derive(Clone, Debug)]
 pub struct TestCert {
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+    pub pem: TestPki,
     /// The leaf's DER.
     pub cert_der: Vec<u8>,
     /// The CA's DER.
     pub ca_der: Vec<u8>,
-}
-
-/// Paths written by [`TestCert::write_to`].
-#[derive(Clone, Debug)]
-pub struct TestCertFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 fn days_from_now(days: i64) -> Result<Asn1Time, ErrorStack> {
@@ -132,6 +123,13 @@ fn builder(
     b.set_not_after(until)?;
     b.set_pubkey(key)?;
     Ok(b)
+}
+
+/// Diffie-Hellman parameters of a 1024-bit group (RFC 5114 section 2.1), in PEM, for a
+/// server whose DHE key exchange `tls.kex` must fail (Postfix: `smtpd_tls_dh1024_param_file`).
+pub fn weak_dh_params_pem() -> Result<String, ErrorStack> {
+    let dh = openssl::dh::Dh::get_1024_160()?;
+    Ok(String::from_utf8_lossy(&dh.params_to_pem()?).into_owned())
 }
 
 impl TestCert {
@@ -194,24 +192,18 @@ impl TestCert {
         let leaf: X509 = leaf.build();
         let text = |pem: Vec<u8>| String::from_utf8_lossy(&pem).into_owned();
         Ok(TestCert {
-            ca_pem: text(ca.to_pem()?),
-            cert_pem: text(leaf.to_pem()?),
-            key_pem: text(leaf_key.private_key_to_pem_pkcs8()?),
+            pem: TestPki {
+                ca_pem: text(ca.to_pem()?),
+                cert_pem: text(leaf.to_pem()?),
+                key_pem: text(leaf_key.private_key_to_pem_pkcs8()?),
+            },
             cert_der: leaf.to_der()?,
             ca_der: ca.to_der()?,
         })
     }
 
     /// Writes `ca.pem`, `cert.pem` (the leaf only) and `key.pem` into `dir`.
-    pub fn write_to(&self, dir: &Path) -> std::io::Result<TestCertFiles> {
-        let files = TestCertFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        };
-        std::fs::write(&files.ca, &self.ca_pem)?;
-        std::fs::write(&files.cert, &self.cert_pem)?;
-        std::fs::write(&files.key, &self.key_pem)?;
-        Ok(files)
+    pub fn write_to(&self, dir: &Path) -> std::io::Result<TestPkiFiles> {
+        self.pem.write_to(dir)
     }
 }

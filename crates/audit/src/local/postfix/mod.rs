@@ -210,6 +210,7 @@ pub fn lint(config: &PostfixConfig) -> Vec<Finding> {
             Some(checks::starttls(&view, role)),
             checks::versions(&view),
             checks::ciphers(&view),
+            checks::kex(&view),
             Some(checks::auth_before_tls(&view)),
             Some(checks::vrfy(&view)),
             Some(checks::banner(&view)),
@@ -532,8 +533,8 @@ anvil      unix  -  -  y  -  1  anvil
             let f = find(&findings, "tls.versions");
             (f.status, f.endpoint.clone())
         };
-        // Postfix 3.7's default >=TLSv1 allows 1.0, which OpenSSL 3 refuses by itself.
-        assert_eq!(versions(""), (Status::Warn, "main.cf".into()));
+        // Postfix 3.7's default >=TLSv1 allows 1.0, and OpenSSL 3 servers do accept it.
+        assert_eq!(versions(""), (Status::Fail, "main.cf".into()));
         assert_eq!(
             versions("smtpd_tls_protocols = >=TLSv1.2\n"),
             (Status::Pass, "main.cf:3".into())
@@ -547,13 +548,27 @@ anvil      unix  -  -  y  -  1  anvil
         // Mandatory protocols matter only when TLS is required.
         assert_eq!(
             versions("smtpd_tls_protocols = >=TLSv1.2\nsmtpd_tls_security_level = encrypt\n").0,
-            Status::Warn
+            Status::Fail
         );
-        let findings = lint_text(
-            &format!("{base}tls_medium_cipherlist = DEFAULT:@SECLEVEL=0\n"),
-            None,
+        let ciphers = |extra: &str| {
+            let findings = lint_text(&format!("{base}{extra}"), None);
+            let f = find(&findings, "tls.ciphers");
+            let kex = find(&findings, "tls.kex").status;
+            (f.status, f.severity, kex)
+        };
+        // Postfix enables anonymous suites on the server side unless excluded.
+        assert_eq!(ciphers(""), (Status::Fail, Severity::Low, Status::Warn));
+        assert_eq!(
+            ciphers("smtpd_tls_exclude_ciphers = aNULL, kRSA\n"),
+            (Status::Pass, Severity::Info, Status::Pass)
         );
-        assert_eq!(find(&findings, "tls.ciphers").status, Status::Warn);
+        assert_eq!(
+            ciphers(
+                "smtpd_tls_exclude_ciphers = aNULL\ntls_medium_cipherlist = DEFAULT:@SECLEVEL=0\n"
+            ),
+            (Status::Fail, Severity::Medium, Status::Warn)
+        );
+        assert_eq!(ciphers("smtpd_tls_ask_ccert = yes\n").0, Status::Pass);
         let findings = lint_text(&format!("{base}smtpd_tls_ciphers = export\n"), None);
         assert_eq!(find(&findings, "tls.ciphers").status, Status::Fail);
     }

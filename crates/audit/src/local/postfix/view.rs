@@ -48,6 +48,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("smtpd_tls_mandatory_ciphers", "medium"),
     ("smtpd_tls_exclude_ciphers", ""),
     ("smtpd_tls_mandatory_exclude_ciphers", ""),
+    ("smtpd_tls_ask_ccert", "no"),
     ("tls_high_cipherlist", "aNULL:-aNULL:HIGH:@STRENGTH"),
     (
         "tls_medium_cipherlist",
