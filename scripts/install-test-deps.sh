@@ -3,8 +3,9 @@
 #
 # Debian packages: postfix (smtp-sink, smtp-source, posttls-finger and an alternate
 # instance per test), swaks, libnet-ssleay-perl and libio-socket-ssl-perl (swaks' TLS),
-# openssl, python3-venv. Postfix is preseeded to "No configuration" and the system
-# instance is kept stopped and disabled: tests start their own instances on high ports.
+# openssl, python3-venv, dovecot-imapd and dovecot-pop3d (IMAP / POP3 listeners for the
+# auditor's port checks). Postfix is preseeded to "No configuration"; the system instances of
+# Postfix and Dovecot are kept stopped and disabled: tests start their own on high ports.
 # Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
 # independent DKIM verifier.
 #
@@ -16,7 +17,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
 PY_PACKAGES=(dkimpy dnspython)
-DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
+DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv
+    dovecot-imapd dovecot-pop3d)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -59,29 +61,40 @@ install_debs() {
 
 check_tools() {
     local t
-    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl; do
+    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl dovecot; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
 }
 
-# The system Postfix instance must neither run nor start at boot: tests run their own.
-quiet_system_postfix() {
-    local pidfile=/var/spool/postfix/pid/master.pid pid
+# quiet_system_service NAME PIDFILE STOP...: the system instance of NAME must neither run
+# nor start at boot (tests run their own on high ports). A running master (PIDFILE) is
+# stopped with the STOP command, or killed when that fails; the boot service is disabled.
+quiet_system_service() {
+    local name="$1" pidfile="$2" pid
+    shift 2
     if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
         && kill -0 "$pid" 2>/dev/null; then
-        say "stopping the system Postfix instance (master pid $pid)"
-        as_root postfix stop >/dev/null 2>&1 || as_root kill "$pid"
+        say "stopping the system $name instance (master pid $pid)"
+        as_root "$@" >/dev/null 2>&1 || as_root kill "$pid"
     fi
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-enabled --quiet postfix 2>/dev/null; then
-            as_root systemctl disable --now postfix >/dev/null 2>&1 || true
-            say "disabled the system Postfix service (systemd)"
+        if systemctl is-enabled --quiet "$name" 2>/dev/null; then
+            as_root systemctl disable --now "$name" >/dev/null 2>&1 || true
+            say "disabled the system $name service (systemd)"
         fi
-    elif ls /etc/rc[2-5].d/S*postfix >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-        as_root update-rc.d postfix disable >/dev/null 2>&1 || true
-        say "disabled the system Postfix service (init scripts)"
+    elif ls /etc/rc[2-5].d/S*"$name" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+        as_root update-rc.d "$name" disable >/dev/null 2>&1 || true
+        say "disabled the system $name service (init scripts)"
     fi
+}
+
+quiet_system_postfix() {
+    quiet_system_service postfix /var/spool/postfix/pid/master.pid postfix stop
+}
+
+quiet_system_dovecot() {
+    quiet_system_service dovecot /run/dovecot/master.pid doveadm stop
 }
 
 install_venv() {
@@ -107,5 +120,6 @@ install_venv() {
 install_debs
 check_tools
 quiet_system_postfix
+quiet_system_dovecot
 install_venv
 say "ready"

@@ -7,6 +7,7 @@
 //! - [`finding`]: the finding model shared by every check and every renderer (the JSON schema
 //!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
 //! - [`local`]: configuration linters (`--postfix-config DIR`: main.cf and master.cf).
+//! - [`ports`]: which mail ports answer, and clear-text logins on POP3 and IMAP.
 //! - [`tls`]: TLS per endpoint (STARTTLS, versions, suites, key exchange, certificate) and
 //!   consistency across endpoints.
 //!
@@ -17,6 +18,7 @@
 
 pub mod finding;
 pub mod local;
+pub mod ports;
 pub mod tls;
 
 pub use finding::{Finding, Report, Severity, Status, TargetReport};
