@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ravelin_audit::tls::testing::{CertSpec, Digest, KeySpec, TestCert, weak_dh_params_pem};
-use ravelin_audit::tls::{self, EndpointReport, TlsMode, TlsOptions, TlsTarget, Trust};
+use ravelin_audit::tls::{
+    self, EndpointReport, ProbeError, TlsMode, TlsOptions, TlsTarget, Trust, hello,
+};
 use ravelin_audit::{Finding, Severity, Status};
 use support::*;
 
@@ -259,6 +261,37 @@ fn legacy_postfix_fails_versions_ciphers_and_key_exchange() {
     let kex = finding(&legacy, "tls.kex");
     assert_eq!(kex.status, Status::Fail, "{kex:#?}");
     assert_eq!(legacy.summary.weak_kex, ["RSA", "DHE 1024"]);
+    // The raw ClientHello agrees with OpenSSL where both can make the offer (NULL suites are
+    // picked), and is refused where Debian's OpenSSL 3 cannot make it for either side
+    // (RC4, 3DES, SSL 3.0): the "refused" in the findings comes from the server.
+    let target = TlsTarget::new("localhost", postfix.addr);
+    let timeout = Duration::from_secs(10);
+    let picked = hello::offer(
+        &target,
+        timeout,
+        "client.test.example",
+        hello::TLS12,
+        hello::NULL_SUITES,
+    )
+    .expect("NULL suites accepted");
+    assert!(hello::NULL_SUITES.contains(&picked.suite));
+    assert_eq!(picked.version, hello::TLS12);
+    for (version, suites) in [
+        (hello::TLS12, hello::RC4_SUITES),
+        (hello::TLS12, hello::TRIPLE_DES_SUITES),
+        (hello::SSL3, hello::SSL3_SUITES),
+    ] {
+        let refused = hello::offer(&target, timeout, "client.test.example", version, suites);
+        assert!(
+            matches!(refused, Err(ProbeError::Refused(_))),
+            "{version:#x}: {refused:?}"
+        );
+    }
+    assert!(ciphers.evidence.contains("RC4: refused"), "{ciphers:#?}");
+    assert!(
+        versions.evidence.contains("SSLv3: refused"),
+        "{versions:#?}"
+    );
     // The certificate itself is sound.
     for id in &TLS_CHECKS[4..] {
         assert_eq!(verdict(&legacy, id).0, Status::Pass, "{id}");

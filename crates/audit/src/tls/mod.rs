@@ -11,9 +11,11 @@
 //! 2. OpenSSL at security level 0 offering everything from TLS 1.0 to 1.3 (the server's own
 //!    choice, and a chain even from servers rustls cannot talk to), then TLS 1.1 only and TLS
 //!    1.0 only: 1.0 / 1.1 accepted fails `tls.versions`.
+//!    SSL 3.0, which OpenSSL 3 cannot speak, is probed with a raw ClientHello ([`hello`]).
 //! 3. OpenSSL offering one family of weak suites at a time (NULL, export, anonymous, RC4,
 //!    single DES, 3DES) with TLS 1.0-1.2: any accepted fails `tls.ciphers`. Families the
-//!    linked OpenSSL does not have are reported as not probed, never as refused.
+//!    linked OpenSSL does not have (Debian's OpenSSL 3: RC4, DES, 3DES, export) are offered
+//!    by number in a raw ClientHello instead.
 //! 4. OpenSSL offering only RSA key exchange, then only finite-field DHE: RSA key exchange
 //!    accepted, or a DHE group under 2048 bits, fails `tls.kex`.
 //!
@@ -23,6 +25,7 @@
 //! that way later leaves its check with status `error`, never a pass or a fail.
 
 pub mod cert;
+pub mod hello;
 pub mod probe;
 pub mod starttls;
 pub mod testing;
@@ -103,16 +106,28 @@ pub struct EndpointReport {
     pub summary: TlsSummary,
 }
 
-/// Weak suite families probed: (name, OpenSSL cipher list, severity when accepted).
-pub const WEAK_SUITES: &[(&str, &str, Severity)] = &[
-    ("NULL (no encryption)", "eNULL", Severity::High),
-    ("EXPORT", "EXP", Severity::High),
-    ("RC4", "RC4", Severity::Medium),
-    ("single DES", "DES", Severity::Medium),
-    ("3DES (Sweet32)", "3DES", Severity::Low),
+/// Weak suite families probed: (name, OpenSSL cipher list, the same suites by number for a
+/// raw ClientHello when the linked OpenSSL lacks them, severity when accepted).
+pub const WEAK_SUITES: &[(&str, &str, &[u16], Severity)] = &[
+    (
+        "NULL (no encryption)",
+        "eNULL",
+        hello::NULL_SUITES,
+        Severity::High,
+    ),
+    ("EXPORT", "EXP", hello::EXPORT_SUITES, Severity::High),
+    ("RC4", "RC4", hello::RC4_SUITES, Severity::Medium),
+    ("single DES", "DES", hello::DES_SUITES, Severity::Medium),
+    (
+        "3DES (Sweet32)",
+        "3DES",
+        hello::TRIPLE_DES_SUITES,
+        Severity::Low,
+    ),
     (
         "anonymous (no server authentication)",
         "aNULL:!eNULL",
+        hello::ANONYMOUS_SUITES,
         Severity::Low,
     ),
 ];
@@ -199,18 +214,29 @@ pub fn audit_endpoint(target: &TlsTarget, opts: &TlsOptions) -> EndpointReport {
         format!("{} {}", first.version, first.cipher),
     ));
 
+    let raw = |version, suites| {
+        hello::offer(target, timeout, ehlo, version, suites).map(Negotiated::from)
+    };
     let tls11 = openssl(SslVersion::TLS1_1, SslVersion::TLS1_1, probe::EVERYTHING);
     let tls10 = openssl(SslVersion::TLS1, SslVersion::TLS1, probe::EVERYTHING);
+    // OpenSSL 3 has no SSL 3.0 at all.
+    let ssl3 = raw(hello::SSL3, hello::SSL3_SUITES);
     findings.push(versions_finding(
         &endpoint,
-        [&tls13, &tls12, &tls11, &tls10],
+        [&tls13, &tls12, &tls11, &tls10, &ssl3],
         &any,
         &mut summary,
     ));
 
     let weak: Vec<(&str, Severity, Result<Negotiated, ProbeError>)> = WEAK_SUITES
         .iter()
-        .map(|(name, list, severity)| (*name, *severity, openssl(LEGACY.0, LEGACY.1, list)))
+        .map(|(name, list, numbers, severity)| {
+            let result = match openssl(LEGACY.0, LEGACY.1, list) {
+                Err(ProbeError::Local(_)) => raw(hello::TLS12, numbers),
+                other => other,
+            };
+            (*name, *severity, result)
+        })
         .collect();
     findings.push(ciphers_finding(&endpoint, &weak, &any, &mut summary));
 
@@ -267,7 +293,7 @@ pub async fn audit_endpoint_async(target: TlsTarget, opts: Arc<TlsOptions>) -> E
 
 fn versions_finding(
     endpoint: &str,
-    [tls13, tls12, tls11, tls10]: [&Result<Negotiated, ProbeError>; 4],
+    [tls13, tls12, tls11, tls10, ssl3]: [&Result<Negotiated, ProbeError>; 5],
     any: &Result<Negotiated, ProbeError>,
     summary: &mut TlsSummary,
 ) -> Finding {
@@ -280,6 +306,7 @@ fn versions_finding(
         ("TLSv1.2", tls12),
         ("TLSv1.1", tls11),
         ("TLSv1", tls10),
+        ("SSLv3", ssl3),
     ];
     for (name, result) in rows {
         if result.is_ok() || (name == "TLSv1.2" && tls12_legacy_only) {
@@ -298,7 +325,7 @@ fn versions_finding(
         ));
     }
     let evidence = evidence.join("; ");
-    let legacy: Vec<&str> = [("TLS 1.1", tls11), ("TLS 1.0", tls10)]
+    let legacy: Vec<&str> = [("TLS 1.1", tls11), ("TLS 1.0", tls10), ("SSL 3.0", ssl3)]
         .iter()
         .filter(|(_, r)| r.is_ok())
         .map(|(n, _)| *n)
@@ -330,7 +357,7 @@ fn versions_finding(
         )
         .fix(fix);
     }
-    let unknown = [tls11, tls10]
+    let unknown = [tls11, tls10, ssl3]
         .iter()
         .any(|r| matches!(r, Err(ProbeError::Connect(_) | ProbeError::Local(_))));
     if unknown {
@@ -339,7 +366,7 @@ fn versions_finding(
             Status::Error,
             Severity::Low,
             endpoint,
-            "Whether TLS 1.0 / 1.1 are accepted could not be tested",
+            "Whether SSL 3.0 / TLS 1.0 / 1.1 are accepted could not be tested",
             evidence,
         );
     }
