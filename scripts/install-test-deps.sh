@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # install-test-deps.sh: install the real peers the end-to-end tests and benchmarks talk to.
 #
-# Debian packages: postfix (smtp-sink, smtp-source, posttls-finger and an alternate
-# instance per test), swaks, libnet-ssleay-perl and libio-socket-ssl-perl (swaks' TLS),
-# openssl, python3-venv, redis-server (the shared state store; tests start their own server
-# on a high port, so the system service is stopped and disabled). Postfix is preseeded to "No configuration" and the system
-# instance is kept stopped and disabled: tests start their own instances on high ports.
-# slapd and ldap-utils (LDAP AUTH tests): preseeded to "omit server configuration", so the
-# package creates no database; the system slapd is kept stopped and disabled, as each test
-# starts its own slapd with its own configuration on a high port.
-# Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
-# independent DKIM verifier.
-# DNSSEC (ravelin-dns tests and DANE): ldnsutils (ldns-keygen, ldns-signzone) signs test
-# zones, nsd serves them, unbound validates them; tests start their own instances on high
-# ports, so the system unbound and nsd services are stopped and disabled like Postfix.
+# Debian packages:
+# - postfix (smtp-sink, smtp-source, posttls-finger and an alternate instance per test),
+#   preseeded to "No configuration"; swaks with libnet-ssleay-perl and libio-socket-ssl-perl
+#   (its TLS); openssl; python3-venv.
+# - redis-server: the shared state store of the cluster tests.
+# - slapd (preseeded to create no database) and ldap-utils: LDAP for AUTH and recipients.
+# - unbound, nsd, ldnsutils (ldns-keygen, ldns-signzone): DNSSEC test zones for DANE.
+# - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks.
+# The system instances of all of them are stopped and disabled: every test starts its own
+# on a high loopback port.
+# Python: a venv in .venv/ at the repository root with dkimpy (+ PyNaCl for Ed25519) and
+# dnspython, the independent DKIM verifier.
 #
 # Idempotent and quick when everything is present: apt-get update runs only when a package
 # is missing. Needs root (or sudo) only when something has to be installed. Exits non-zero
@@ -22,11 +21,12 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
-PY_PACKAGES=(dkimpy dnspython)
+PY_PACKAGES=(dkimpy dnspython pynacl)
 DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
 DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
 DEB_PACKAGES+=(unbound ldnsutils nsd)
+DEB_PACKAGES+=(dovecot-imapd dovecot-pop3d)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -71,90 +71,53 @@ install_debs() {
 check_tools() {
     local t
     for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl \
-        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone; do
+        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone dovecot; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
 }
 
-# Keeps a system service from starting at boot (systemd or init scripts): $1 the service,
-# $2 its name in messages.
-disable_service() {
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-enabled --quiet "$1" 2>/dev/null; then
-            as_root systemctl disable --now "$1" >/dev/null 2>&1 || true
-            say "disabled the system $2 service (systemd)"
-        fi
-    elif ls /etc/rc[2-5].d/S*"$1" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-        as_root update-rc.d "$1" disable >/dev/null 2>&1 || true
-        say "disabled the system $2 service (init scripts)"
-    fi
-}
-
-# The system Postfix instance must neither run nor start at boot: tests run their own.
-quiet_system_postfix() {
-    local pidfile=/var/spool/postfix/pid/master.pid pid
-    if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
-        && kill -0 "$pid" 2>/dev/null; then
-        say "stopping the system Postfix instance (master pid $pid)"
-        as_root postfix stop >/dev/null 2>&1 || as_root kill "$pid"
-    fi
-    disable_service postfix Postfix
-}
-
-# Nor may the system slapd: tests run their own.
-quiet_system_slapd() {
-    local pidfile=/run/slapd/slapd.pid pid
-    if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
-        && kill -0 "$pid" 2>/dev/null; then
-        say "stopping the system slapd (pid $pid)"
-        as_root kill "$pid" || true
-    fi
-    disable_service slapd slapd
-}
-
-# The system Redis is not used: tests start their own redis-server on a high port.
-quiet_system_redis() {
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        if systemctl is-enabled --quiet redis-server 2>/dev/null \
-            || systemctl is-active --quiet redis-server 2>/dev/null; then
-            as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
-            say "stopped and disabled the system Redis service (systemd)"
-        fi
-    elif ls /etc/rc[2-5].d/S*redis-server >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-        as_root service redis-server stop >/dev/null 2>&1 || true
-        as_root update-rc.d redis-server disable >/dev/null 2>&1 || true
-        say "stopped and disabled the system Redis service (init scripts)"
-    fi
-}
-
-# The system unbound and nsd must not run either: they would hold port 53 and the tests
-# start their own on high ports.
-quiet_system_dns() {
-    local service pidfile pid
-    for service in unbound nsd; do
-        for pidfile in "/run/$service.pid" "/run/$service/$service.pid"; do
-            if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
-                && kill -0 "$pid" 2>/dev/null; then
-                say "stopping the system $service (pid $pid)"
-                as_root kill "$pid" || true
-            fi
-        done
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-            if systemctl is-enabled --quiet "$service" 2>/dev/null; then
-                as_root systemctl disable --now "$service" >/dev/null 2>&1 || true
-                say "disabled the system $service service (systemd)"
-            fi
-        elif ls /etc/rc[2-5].d/S*"$service" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
-            as_root update-rc.d "$service" disable >/dev/null 2>&1 || true
-            say "disabled the system $service service (init scripts)"
+# quiet_system SERVICE PIDFILE...: the system instance of SERVICE must neither run nor start
+# at boot (tests run their own on high ports): a running daemon named by one of the pid files
+# is stopped, and the boot service disabled (systemd or init scripts).
+quiet_system() {
+    local service="$1" pidfile pid
+    shift
+    for pidfile in "$@"; do
+        if [ -r "$pidfile" ] && pid=$(tr -d ' \n' <"$pidfile") && [ -n "$pid" ] \
+            && kill -0 "$pid" 2>/dev/null; then
+            say "stopping the system $service (pid $pid)"
+            as_root kill "$pid" || true
         fi
     done
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-enabled --quiet "$service" 2>/dev/null \
+            || systemctl is-active --quiet "$service" 2>/dev/null; then
+            as_root systemctl disable --now "$service" >/dev/null 2>&1 || true
+            say "stopped and disabled the system $service service (systemd)"
+        fi
+    elif ls /etc/rc[2-5].d/S*"$service" >/dev/null 2>&1 && command -v update-rc.d >/dev/null 2>&1; then
+        as_root service "$service" stop >/dev/null 2>&1 || true
+        as_root update-rc.d "$service" disable >/dev/null 2>&1 || true
+        say "stopped and disabled the system $service service (init scripts)"
+    fi
+}
+
+quiet_system_services() {
+    if [ -r /var/spool/postfix/pid/master.pid ]; then
+        as_root postfix stop >/dev/null 2>&1 || true
+    fi
+    quiet_system postfix /var/spool/postfix/pid/master.pid
+    quiet_system redis-server /run/redis/redis-server.pid
+    quiet_system slapd /run/slapd/slapd.pid
+    quiet_system unbound /run/unbound.pid /run/unbound/unbound.pid
+    quiet_system nsd /run/nsd.pid /run/nsd/nsd.pid
+    quiet_system dovecot /run/dovecot/master.pid
 }
 
 install_venv() {
     local py
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver' 2>/dev/null; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl' 2>/dev/null; then
         say "Python venv present: .venv (${PY_PACKAGES[*]})"
         return
     fi
@@ -168,15 +131,12 @@ install_venv() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" \
         || die "pip install ${PY_PACKAGES[*]} failed"
-    "$VENV/bin/python" -c 'import dkim, dns.resolver' || die "dkimpy/dnspython not importable"
+    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl' || die "dkimpy/dnspython not importable"
     say "installed into .venv: ${PY_PACKAGES[*]}"
 }
 
 install_debs
 check_tools
-quiet_system_postfix
-quiet_system_redis
-quiet_system_slapd
-quiet_system_dns
+quiet_system_services
 install_venv
 say "ready"

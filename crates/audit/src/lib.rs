@@ -6,6 +6,10 @@
 //!
 //! - [`finding`]: the finding model shared by every check and every renderer (the JSON schema
 //!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
+//! - [`local`]: configuration linters (`--postfix-config DIR`: main.cf and master.cf).
+//! - [`ports`]: which mail ports answer, and clear-text logins on POP3 and IMAP.
+//! - [`tls`]: TLS per endpoint (STARTTLS, versions, suites, key exchange, certificate) and
+//!   consistency across endpoints.
 //!
 //! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
 //! and only produce findings; renderers only read them. How it fails: a check that cannot run
@@ -13,5 +17,8 @@
 //! as evidence; it never aborts the run.
 
 pub mod finding;
+pub mod local;
+pub mod ports;
+pub mod tls;
 
 pub use finding::{Finding, Report, Severity, Status, TargetReport};
