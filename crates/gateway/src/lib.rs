@@ -7,6 +7,8 @@
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
 //! - [`relay`]: relay control: which recipients a listener accepts.
 //! - [`cleanup`]: header processing before the spool (our Received line).
+//! - [`firewall`]: the header firewall: what reveals the inside goes out of outbound mail,
+//!   what only the inside may set goes out of inbound mail.
 //! - [`spool`]: durable message storage; nothing is acknowledged before it is on disk.
 //! - [`queue`]: the queue manager: scheduling, retry with backoff, expiry, bounces.
 //! - [`bounce`]: RFC 3464 delivery status notifications.
@@ -19,6 +21,7 @@ pub mod bounce;
 pub mod cleanup;
 pub mod config;
 pub mod delivery;
+pub mod firewall;
 pub mod listener;
 pub mod log;
 pub mod queue;

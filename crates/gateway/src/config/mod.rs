@@ -21,6 +21,7 @@
 //! directory.
 
 mod diagnostics;
+mod header_firewall;
 mod values;
 
 use std::collections::HashSet;
@@ -31,6 +32,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::diagnostics::{ConfigError, ConfigErrors};
+pub use self::header_firewall::{
+    HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
+};
 pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain};
 pub use crate::log::LogFormat;
 
@@ -69,6 +73,8 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub dns: DnsSection,
+    #[serde(default)]
+    pub header_firewall: HeaderFirewallSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -287,6 +293,10 @@ pub struct Limits {
     pub greet_pause: HumanDuration,
     /// Longest line accepted, in bytes including CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
+    /// Largest message header section, in bytes.
+    pub header_size: usize,
+    /// Most header fields in a message.
+    pub header_fields: usize,
 }
 
 impl Default for Limits {
@@ -301,6 +311,8 @@ impl Default for Limits {
             session_timeout: HumanDuration::from_secs(30 * 60),
             greet_pause: HumanDuration::from_secs(0),
             line_length: 1000,
+            header_size: 256 * 1024,
+            header_fields: 1000,
         }
     }
 }
@@ -498,6 +510,10 @@ fn normalize(config: &mut Config) {
     for d in &mut config.inbound.domains {
         *d = d.to_ascii_lowercase();
     }
+    let hf = &mut config.header_firewall;
+    for d in hf.internal_domains.iter_mut().chain(&mut hf.internal_hosts) {
+        *d = d.to_ascii_lowercase();
+    }
 }
 
 /// Makes the relative paths of the file relative to its directory.
@@ -545,6 +561,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     }
 
     validate_listeners(config, loc, &mut err);
+    header_firewall::validate(config, loc, &mut err);
 
     for (i, domain) in config.inbound.domains.iter().enumerate() {
         if !is_domain(domain, true) {
@@ -569,6 +586,23 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                 l.line_length
             ),
             "write line_length = 1000 or more",
+        );
+    }
+    if l.header_size < 1000 || l.header_size as u64 > l.message_size {
+        err(
+            limit_line("header_size"),
+            format!(
+                "limits.header_size = {} is not between 1000 and message_size = {}",
+                l.header_size, l.message_size
+            ),
+            "write a size in bytes, e.g. 262144 (256 KiB)",
+        );
+    }
+    if l.header_fields == 0 {
+        err(
+            limit_line("header_fields"),
+            "limits.header_fields is 0".into(),
+            "write 1 or more, e.g. 1000",
         );
     }
     if l.message_size == 0 {

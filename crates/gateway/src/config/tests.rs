@@ -209,6 +209,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.spool, SpoolSection::default());
     assert_eq!(c.log, LogSection::default());
     assert_eq!(c.dns, DnsSection::default());
+    assert_eq!(c.header_firewall, HeaderFirewallSection::default());
     assert_eq!(c.outbound, Outbound::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
@@ -252,6 +253,8 @@ fn example_mentions_every_key() {
         "session_timeout",
         "greet_pause",
         "line_length",
+        "header_size",
+        "header_fields",
         "path",
         "concurrency",
         "connect_timeout",
@@ -263,6 +266,14 @@ fn example_mentions_every_key() {
         "format",
         "level",
         "nameservers",
+        "enabled",
+        "outbound_remove",
+        "inbound_remove",
+        "remove_mailer",
+        "received",
+        "internal_domains",
+        "internal_hosts",
+        "internal_networks",
     ] {
         assert!(
             text.lines()
@@ -730,4 +741,41 @@ fn load_resolves_relative_paths_and_checks_files() {
             .to_string()
             .contains("not UTF-8")
     );
+}
+
+#[test]
+fn header_firewall_settings_are_checked() {
+    let text = format!(
+        "{MINIMAL}\n[header_firewall]\nreceived = \"all\"\ninternal_domains = [\"Corp.Example.ORG\"]\ninternal_hosts = [\"EXCH01\"]\ninternal_networks = [\"198.51.100.0/28\"]\noutbound_remove = [\"X-Secret-*\"]\n"
+    );
+    let c = Config::parse(&text, "ravelin.toml").unwrap();
+    let hf = &c.header_firewall;
+    assert!(hf.enabled);
+    assert_eq!(hf.received, ReceivedMode::All);
+    assert_eq!(hf.internal_domains, ["corp.example.org"]);
+    assert_eq!(hf.internal_hosts, ["exch01"]);
+    assert_eq!(hf.outbound_remove, ["X-Secret-*"]);
+    assert_eq!(
+        hf.inbound_remove,
+        HeaderFirewallSection::default().inbound_remove
+    );
+
+    let text = format!(
+        "{MINIMAL}\n[header_firewall]\noutbound_remove = [\"X-Ok\", \"*\", \"Bad Name\"]\ninbound_remove = [\"X-*-Middle\"]\ninternal_domains = [\"corp..example\"]\ninternal_hosts = [\"MX1.example.org\"]\n"
+    );
+    let list = errors(&text);
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(lines, [14, 14, 15, 16, 17], "{list:#?}");
+    assert!(
+        list[0].1.contains("\"*\" is not a header field name"),
+        "{list:#?}"
+    );
+    assert!(list[1].1.contains("\"Bad Name\""), "{list:#?}");
+    assert!(list[2].1.contains("X-*-Middle"), "{list:#?}");
+    assert!(list[3].1.contains("corp..example"), "{list:#?}");
+    assert!(list[4].1.contains("own hostname"), "{list:#?}");
+
+    let (line, message, _) = error(&format!("{MINIMAL}\n[limits]\nheader_size = 10\n"));
+    assert_eq!(line, 14);
+    assert!(message.contains("header_size"), "{message}");
 }
