@@ -7,6 +7,7 @@
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
 //! - [`relay`]: relay control: which recipients a listener accepts.
 //! - [`cleanup`]: header processing before the spool (our Received line).
+//! - [`dkim`]: DKIM signing of outbound mail and key generation.
 //! - [`firewall`]: the header firewall: what reveals the inside goes out of outbound mail,
 //!   what only the inside may set goes out of inbound mail.
 //! - [`spool`]: durable message storage; nothing is acknowledged before it is on disk.
@@ -21,6 +22,7 @@ pub mod bounce;
 pub mod cleanup;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod firewall;
 pub mod listener;
 pub mod log;

@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
-use crate::cleanup::{self, Trace};
+use crate::cleanup::{self, CleanupError, MessageCleanup, Trace};
 use crate::queue::QueueHandle;
 use crate::relay::RelayPolicy;
 use crate::spool::{Envelope, Incoming, Spool};
@@ -55,6 +55,8 @@ pub struct SessionSettings {
     pub session_timeout: Duration,
     /// How long to wait for a client that talks before the greeting.
     pub greet_pause: Duration,
+    /// Header limits, the header firewall and, outbound, DKIM signing.
+    pub cleanup: Arc<cleanup::Policy>,
 }
 
 /// What all sessions share.
@@ -128,7 +130,11 @@ struct Transaction {
     sender: String,
     recipients: Vec<String>,
     incoming: Option<Incoming>,
+    /// The header firewall and signing between the DATA content and the spool file.
+    cleanup: Option<MessageCleanup>,
     write_error: Option<io::Error>,
+    /// The content is refused (a bad header); the reply waits for the end of the data.
+    refusal: Option<Reply>,
 }
 
 struct Session<'a> {
@@ -325,10 +331,15 @@ impl Session<'_> {
             },
             Event::DataStart => Some(self.start_data()),
             Event::Data(chunk) => {
-                if let (Some(inc), None) = (&mut self.tx.incoming, &self.tx.write_error)
-                    && let Err(e) = inc.write(&chunk)
-                {
-                    self.tx.write_error = Some(e);
+                let tx = &mut self.tx;
+                if let (Some(inc), Some(cleanup), None, None) = (
+                    &mut tx.incoming,
+                    &mut tx.cleanup,
+                    &tx.write_error,
+                    &tx.refusal,
+                ) {
+                    let result = cleanup.push(&chunk, &mut |bytes| inc.write(bytes));
+                    tx.note(result.map(drop));
                 }
                 None
             }
@@ -384,15 +395,29 @@ impl Session<'_> {
             self.tx.write_error = Some(e);
         }
         self.tx.incoming = Some(incoming);
+        self.tx.cleanup = Some(MessageCleanup::new(self.settings.cleanup.clone()));
         Verdict::Accept
     }
 
     async fn end_data(&mut self, size: u64) -> Verdict {
-        let tx = std::mem::take(&mut self.tx);
-        let Some(incoming) = tx.incoming else {
+        let mut tx = std::mem::take(&mut self.tx);
+        let Some(mut incoming) = tx.incoming.take() else {
             return Verdict::Reject(storage_error());
         };
         let id = *incoming.id();
+        if let (Some(cleanup), None, None) = (tx.cleanup.take(), &tx.write_error, &tx.refusal) {
+            let result = cleanup.finish(&mut |bytes| incoming.write(bytes));
+            if let Ok(report) = &result {
+                self.log_cleanup(&id, report);
+            }
+            tx.note(result.map(drop));
+        }
+        if let Some(reply) = tx.refusal {
+            drop(incoming);
+            self.rejected += 1;
+            warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "reject", reason = %reply.one_line());
+            return Verdict::Reject(reply);
+        }
         if let Some(e) = tx.write_error {
             drop(incoming);
             self.rejected += 1;
@@ -420,6 +445,65 @@ impl Session<'_> {
                 warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
                 Verdict::Reject(storage_error())
             }
+        }
+    }
+}
+
+impl Transaction {
+    /// Records what the cleanup pipeline said: an I/O error fails the transaction with a
+    /// temporary error, a bad header refuses it.
+    fn note(&mut self, result: Result<(), CleanupError>) {
+        match result {
+            Ok(()) => {}
+            Err(CleanupError::Io(e)) => self.write_error = Some(e),
+            Err(CleanupError::Header(e)) if e.is_limit() => {
+                self.refusal = Some(Reply::ext(552, (5, 3, 4), e.to_string()));
+            }
+            Err(CleanupError::Header(e)) => {
+                self.refusal = Some(Reply::ext(550, (5, 6, 0), e.to_string()));
+            }
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Logs what the header firewall and DKIM signing did to a message.
+    fn log_cleanup(&self, id: &crate::spool::QueueId, report: &cleanup::Report) {
+        let direction = if self.settings.cleanup.outbound {
+            "outbound"
+        } else {
+            "inbound"
+        };
+        if !report.removed.is_empty() || !report.rewritten.is_empty() {
+            info!(
+                event = "header_firewall",
+                session = %self.id,
+                queue_id = %id,
+                client = %self.peer.ip(),
+                direction,
+                removed = %report.removed.join(","),
+                rewritten = %report.rewritten.join(",")
+            );
+        }
+        match &report.dkim {
+            Some(crate::dkim::Outcome::Signed {
+                domain, selectors, ..
+            }) => info!(
+                event = "dkim",
+                session = %self.id,
+                queue_id = %id,
+                decision = "signed",
+                domain = %domain,
+                selectors = %selectors.join(",")
+            ),
+            Some(crate::dkim::Outcome::Unsigned(why)) => warn!(
+                event = "dkim",
+                session = %self.id,
+                queue_id = %id,
+                decision = "unsigned",
+                reason = %why
+            ),
+            None => {}
         }
     }
 }

@@ -21,6 +21,7 @@
 //! directory.
 
 mod diagnostics;
+mod dkim;
 mod header_firewall;
 mod values;
 
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::diagnostics::{ConfigError, ConfigErrors};
+pub use self::dkim::{DkimKeyConfig, DkimSection};
 pub use self::header_firewall::{
     HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
 };
@@ -75,6 +77,8 @@ pub struct Config {
     pub dns: DnsSection,
     #[serde(default)]
     pub header_firewall: HeaderFirewallSection,
+    #[serde(default)]
+    pub dkim: DkimSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -124,6 +128,12 @@ impl ListenKind {
             ListenKind::Submission => TlsMode::Require,
             ListenKind::Submissions => TlsMode::Implicit,
         }
+    }
+
+    /// Whether mail on this listener leaves the organisation (submission and relay): the
+    /// outbound header firewall and DKIM signing apply.
+    pub fn is_outbound(self) -> bool {
+        !matches!(self, ListenKind::Inbound)
     }
 
     /// The name as written in the configuration.
@@ -510,6 +520,9 @@ fn normalize(config: &mut Config) {
     for d in &mut config.inbound.domains {
         *d = d.to_ascii_lowercase();
     }
+    for key in &mut config.dkim.keys {
+        key.domain = key.domain.to_ascii_lowercase();
+    }
     let hf = &mut config.header_firewall;
     for d in hf.internal_domains.iter_mut().chain(&mut hf.internal_hosts) {
         *d = d.to_ascii_lowercase();
@@ -525,6 +538,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     paths.extend(config.inbound.backend_ca_file.as_mut());
     paths.extend(config.server.pid_file.as_mut());
+    paths.extend(config.dkim.keys.iter_mut().map(|k| &mut k.key_file));
     for p in paths {
         if p.is_relative() && !p.as_os_str().is_empty() {
             *p = base.join(&*p);
@@ -562,6 +576,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
 
     validate_listeners(config, loc, &mut err);
     header_firewall::validate(config, loc, &mut err);
+    dkim::validate(config, loc, &mut err);
 
     for (i, domain) in config.inbound.domains.iter().enumerate() {
         if !is_domain(domain, true) {
@@ -840,7 +855,7 @@ fn validate_listeners(
     }
 }
 
-/// `load` only: the files named for TLS must exist.
+/// `load` only: the files named for TLS must exist, the DKIM keys must load.
 fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     let mut files: Vec<(&Path, [&str; 2])> = Vec::new();
     if let Some(tls) = &config.tls {
@@ -850,6 +865,7 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     if let Some(ca) = &config.inbound.backend_ca_file {
         files.push((ca, ["inbound", "backend_ca_file"]));
     }
+    let dkim_errors = dkim::check_files(config, loc);
     files
         .into_iter()
         .filter_map(|(file, [section, key])| {
@@ -864,6 +880,7 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                 "name an existing PEM file (relative paths start at the configuration's directory)",
             ))
         })
+        .chain(dkim_errors)
         .collect()
 }
 

@@ -274,6 +274,9 @@ fn example_mentions_every_key() {
         "internal_domains",
         "internal_hosts",
         "internal_networks",
+        "domain",
+        "selector",
+        "key_file",
     ] {
         assert!(
             text.lines()
@@ -778,4 +781,47 @@ fn header_firewall_settings_are_checked() {
     let (line, message, _) = error(&format!("{MINIMAL}\n[limits]\nheader_size = 10\n"));
     assert_eq!(line, 14);
     assert!(message.contains("header_size"), "{message}");
+}
+
+#[test]
+fn dkim_keys_are_checked() {
+    let keys = |entries: &str| format!("{MINIMAL}{entries}");
+    let c = Config::parse(
+        &keys("\n[[dkim.keys]]\ndomain = \"Example.ORG\"\nselector = \"rsa2026\"\nkey_file = \"k.pem\"\n"),
+        "ravelin.toml",
+    )
+    .unwrap();
+    assert_eq!(c.dkim.keys[0].domain, "example.org");
+    assert_eq!(c.dkim.keys[0].key_file, PathBuf::from("k.pem"));
+
+    let list = errors(&keys(
+        "\n[[dkim.keys]]\ndomain = \"example\"\nselector = \"a_b\"\nkey_file = \"\"\n\
+         \n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s\"\nkey_file = \"a.pem\"\n\
+         \n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"S\"\nkey_file = \"b.pem\"\n",
+    ));
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(lines, [14, 15, 16, 25], "{list:#?}");
+    assert!(list[3].1.contains("listed twice"), "{list:#?}");
+
+    // load: the key file must hold a usable key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ravelin.toml");
+    std::fs::write(
+        dir.path().join("small.pem"),
+        include_str!("../../tests/fixtures/dkim/rsa1024-too-small.pem"),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        keys("\n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s\"\nkey_file = \"small.pem\"\n"),
+    )
+    .unwrap();
+    let ConfigErrors(list) = Config::load(&config).unwrap_err();
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0].line, 16);
+    assert!(
+        list[0].message.contains("fewer than 2048 bits"),
+        "{}",
+        list[0].message
+    );
 }
