@@ -5,8 +5,8 @@
 # instance per test), swaks, libnet-ssleay-perl and libio-socket-ssl-perl (swaks' TLS),
 # openssl, python3-venv. Postfix is preseeded to "No configuration" and the system
 # instance is kept stopped and disabled: tests start their own instances on high ports.
-# Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
-# independent DKIM verifier.
+# Python: a venv in .venv/ at the repository root with dkimpy (the independent DKIM
+# verifier), dnspython and PyNaCl (dkimpy's Ed25519).
 #
 # Idempotent and quick when everything is present: apt-get update runs only when a package
 # is missing. Needs root (or sudo) only when something has to be installed. Exits non-zero
@@ -15,7 +15,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
-PY_PACKAGES=(dkimpy dnspython)
+PY_PACKAGES=(dkimpy dnspython pynacl)
 DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
 
 say() { echo "install-test-deps: $*"; }
@@ -86,7 +86,7 @@ quiet_system_postfix() {
 
 install_venv() {
     local py
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver' 2>/dev/null; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing' 2>/dev/null; then
         say "Python venv present: .venv (${PY_PACKAGES[*]})"
         return
     fi
@@ -100,7 +100,8 @@ install_venv() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" \
         || die "pip install ${PY_PACKAGES[*]} failed"
-    "$VENV/bin/python" -c 'import dkim, dns.resolver' || die "dkimpy/dnspython not importable"
+    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing' \
+        || die "dkimpy/dnspython/PyNaCl not importable"
     say "installed into .venv: ${PY_PACKAGES[*]}"
 }
 

@@ -70,6 +70,8 @@ impl Gateway {
             ));
         }
         let server_tls = server_tls(config)?;
+        // Read while still privileged: key files may be readable by root only.
+        let signer = Arc::new(Signer::new(&config.dkim).map_err(|e| format!("[dkim]: {e}"))?);
         let mut bound = Vec::new();
         for l in &config.listen {
             let std_listener = listener::bind(l.address).map_err(|e| {
@@ -148,7 +150,6 @@ impl Gateway {
         };
         let relay = RelayPolicy::new(&config.inbound.domains);
         let firewall = HeaderFirewall::from_config(config);
-        let signer = Arc::new(Signer::new(&config.dkim).map_err(|e| format!("[dkim]: {e}"))?);
         let header_limits = HeaderLimits {
             max_bytes: config.limits.header_size,
             max_fields: config.limits.header_fields,

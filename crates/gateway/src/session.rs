@@ -4,9 +4,12 @@
 //! Order of events on a connection: pregreet check (bytes that arrived before our greeting
 //! mean a client that does not wait for replies), greeting, then the command loop. MAIL is
 //! accepted from anyone, RCPT goes through [`crate::relay`], DATA opens a spool file that starts
-//! with our Received line, the content streams to disk as it arrives, and the `250` carrying the
-//! queue id is sent only after [`crate::spool`] reports the message durable; then the queue
-//! manager is told. A write or fsync error answers `452 4.3.1` and leaves nothing behind.
+//! with our Received line, the content passes through [`crate::cleanup`] (header limits, the
+//! header firewall, DKIM signing on outbound listeners) and streams to disk as it arrives, and
+//! the `250` carrying the queue id is sent only after [`crate::spool`] reports the message
+//! durable; then the queue manager is told. A write or fsync error answers `452 4.3.1` and
+//! leaves nothing behind; a header the cleanup refuses answers `550 5.6.0` (malformed) or
+//! `552 5.3.4` (over a limit) at the end of the data.
 //!
 //! Timeouts: `limits.command_timeout` for each read between commands, `limits.data_timeout`
 //! during DATA, `limits.session_timeout` for the whole connection; on expiry the client gets

@@ -4,6 +4,7 @@
 //! expectation not met); 2 usage error (from clap).
 
 mod demo;
+mod dkim_cmd;
 mod queue_cmd;
 
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         action: queue_cmd::QueueAction,
+    },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: dkim_cmd::DkimAction,
     },
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
@@ -120,6 +126,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Queue { action } => queue_cmd::run(action),
+        Command::Dkim { action } => dkim_cmd::run(action),
         Command::Demo { json } => demo::run(json),
     }
 }
