@@ -240,20 +240,22 @@ impl HeaderFirewall {
             .map(|(i, f)| (i, String::from_utf8_lossy(&f.unfolded()).into_owned()))
             .collect();
         let mut learned = HashSet::new();
-        // Each pass can only lengthen the run; a pass that learns nothing new is the last.
+        // The run grows from the top; what is learnt from the fields added may make the next
+        // one internal too. Each pass adds a field or ends, and looks at each field once more
+        // at most, so this is linear in the header.
+        let mut run = 0;
         loop {
-            let run: Vec<&(usize, String)> = received
-                .iter()
-                .take_while(|(_, text)| {
-                    self.mentions_internal(text, &learned) || has_dotless_hop(text)
-                })
-                .collect();
-            let before = learned.len();
-            for (_, text) in &run {
-                learned.extend(host_names(text).into_iter().filter(|n| *n != self.hostname));
+            let start = run;
+            while let Some((_, text)) = received.get(run)
+                && (self.mentions_internal(text, &learned) || has_dotless_hop(text))
+            {
+                run += 1;
             }
-            if learned.len() == before {
-                return (run.iter().map(|(i, _)| *i).collect(), learned);
+            if run == start {
+                return (received[..run].iter().map(|(i, _)| *i).collect(), learned);
+            }
+            for (_, text) in &received[start..run] {
+                learned.extend(host_names(text).into_iter().filter(|n| *n != self.hostname));
             }
         }
     }

@@ -399,3 +399,19 @@ fn dotless_hops_ignore_comments() {
         "by 2002:a05:6a10:8e09:b0:4f2:3c1b with SMTP id x"
     ));
 }
+
+#[test]
+fn a_long_chain_of_learnt_hops_is_followed_to_its_end() {
+    // Each hop is internal only through the name learnt from the hop above it.
+    let mut message = b"Received: from h0.corp.example ([10.0.0.1]) by h1.corp.example with SMTP;\r\n\tMon, 23 Nov 2026 17:40:00 +0000\r\n".to_vec();
+    for n in 1..900 {
+        message.extend_from_slice(
+            format!("Received: from h{n}.corp.example by h{}.corp.example with SMTP;\r\n\tMon, 23 Nov 2026 17:40:00 +0000\r\n", n + 1)
+                .as_bytes(),
+        );
+    }
+    message.extend_from_slice(b"Received: from mail.partner.example ([198.51.100.7]) by mx.partner.example;\r\n\tMon, 23 Nov 2026 17:39:00 +0000\r\nFrom: a@example.org\r\n\r\n");
+    let out = firewall(|_| {}).outbound(&parse(&message));
+    assert_eq!(out.removed.len(), 900);
+    assert_eq!(names(&out.header), ["Received", "From"]);
+}
