@@ -3,7 +3,9 @@
 //! Outbound ([`HeaderFirewall::outbound`], mail leaving through submission and relay
 //! listeners), in this order for each field:
 //! 1. a field covered by a DKIM signature already in the message (forwarded mail) is left as
-//!    it is, so that signature still verifies;
+//!    it is, so that signature still verifies — the bottom instances of each name listed in
+//!    `h=`, as many as listed, which is what a verifier reads (internal hops added above a
+//!    signed Received field are still removed);
 //! 2. names in `header_firewall.outbound_remove` (and, with `remove_mailer`, the software
 //!    fields) are removed;
 //! 3. Received fields: with `received = "all"` every one is removed; with `"internal"` those
@@ -36,7 +38,7 @@
 //! Settings read: `[header_firewall]` and `hostname`. Cannot fail: the input is a parsed
 //! [`HeaderBlock`]; what is removed or rewritten is reported by field name in [`Filtered`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ravelin_wire::headers::{Field, HeaderBlock};
@@ -174,11 +176,20 @@ impl HeaderFirewall {
             finish(block, &mut out);
             return out;
         }
-        let signed = dkim_signed_names(block);
+        let signed = dkim_signed_counts(block);
+        let mut remaining: HashMap<String, usize> = HashMap::new();
+        for f in block.fields() {
+            *remaining.entry(f.name().to_ascii_lowercase()).or_default() += 1;
+        }
         let (internal_received, learned) = self.classify_received(block);
         for (i, f) in block.fields().enumerate() {
             let name = f.name().to_ascii_lowercase();
-            if signed.contains(&name) {
+            // Instances of this name from here to the bottom, this one included.
+            let below = remaining.get_mut(&name).map_or(0, |n| {
+                *n -= 1;
+                *n + 1
+            });
+            if below <= signed.get(&name).copied().unwrap_or(0) {
                 out.header.extend_from_slice(f.raw());
                 continue;
             }
@@ -349,24 +360,31 @@ fn is_kept(name: &str) -> bool {
     KEPT_NAMES.contains(&name) || KEPT_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// The names (lower case) in the `h=` tags of the message's DKIM signatures.
-fn dkim_signed_names(block: &HeaderBlock<'_>) -> HashSet<String> {
-    let mut names = HashSet::new();
+/// For each name (lower case) in the `h=` tags of the message's DKIM signatures, how many of
+/// its instances one signature covers at most. A verifier takes instances from the bottom
+/// (RFC 6376 5.4.2), so those are the bottom ones; instances above them are not signed.
+fn dkim_signed_counts(block: &HeaderBlock<'_>) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
     for f in block.all("DKIM-Signature") {
         let value = String::from_utf8_lossy(&f.unfolded()).into_owned();
+        let mut this: HashMap<String, usize> = HashMap::new();
         for tag in value.split(';') {
             if let Some((k, v)) = tag.split_once('=')
                 && k.trim() == "h"
             {
-                names.extend(
-                    v.split(':')
-                        .map(|n| n.trim().to_ascii_lowercase())
-                        .filter(|n| !n.is_empty()),
-                );
+                for n in v.split(':').map(|n| n.trim().to_ascii_lowercase()) {
+                    if !n.is_empty() {
+                        *this.entry(n).or_default() += 1;
+                    }
+                }
             }
         }
+        for (name, n) in this {
+            let c = counts.entry(name).or_default();
+            *c = (*c).max(n);
+        }
     }
-    names
+    counts
 }
 
 /// The words of a header value: split at white space and the punctuation around addresses,

@@ -415,3 +415,23 @@ fn a_long_chain_of_learnt_hops_is_followed_to_its_end() {
     assert_eq!(out.removed.len(), 900);
     assert_eq!(names(&out.header), ["Received", "From"]);
 }
+
+#[test]
+fn only_the_signed_instances_are_protected() {
+    // The forwarded message's signature covers its one (bottom) Received field; the internal
+    // hop added above it is not signed and goes.
+    let message = crlf(
+        b"Received: from relay.corp.example.org ([10.2.0.5]) by mx1.example.org; Mon, 23 Nov 2026 17:40:00 +0000\n\
+          DKIM-Signature: v=1; a=rsa-sha256; d=partner.example; s=sel; h=Received:From; bh=x; b=y\n\
+          Received: from [192.168.1.5] by mail.partner.example; Mon, 23 Nov 2026 17:39:00 +0000\n\
+          From: kim@partner.example\n\n",
+    );
+    let out = firewall(|_| {}).outbound(&parse(&message));
+    assert_eq!(out.removed, ["Received"]);
+    let again = parse(&out.header);
+    let kept: Vec<&[u8]> = again.all("Received").map(|f| f.value()).collect();
+    assert_eq!(
+        kept,
+        [&b" from [192.168.1.5] by mail.partner.example; Mon, 23 Nov 2026 17:39:00 +0000"[..]]
+    );
+}
