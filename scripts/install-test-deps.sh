@@ -117,7 +117,7 @@ quiet_system_services() {
 
 install_venv() {
     local py
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl' 2>/dev/null; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing' 2>/dev/null; then
         say "Python venv present: .venv (${PY_PACKAGES[*]})"
         return
     fi
@@ -131,7 +131,7 @@ install_venv() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" \
         || die "pip install ${PY_PACKAGES[*]} failed"
-    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl' || die "dkimpy/dnspython not importable"
+    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing' || die "dkimpy/dnspython not importable"
     say "installed into .venv: ${PY_PACKAGES[*]}"
 }
 

@@ -8,6 +8,9 @@
 //! - [`relay`]: relay control: which recipients a listener accepts.
 //! - [`auth`]: SMTP AUTH for submission (users file, LDAP) and sender ownership.
 //! - [`cleanup`]: header processing before the spool (our Received line).
+//! - [`dkim`]: DKIM signing of outbound mail and key generation.
+//! - [`firewall`]: the header firewall: what reveals the inside goes out of outbound mail,
+//!   what only the inside may set goes out of inbound mail.
 //! - [`spool`]: durable message storage; nothing is acknowledged before it is on disk.
 //! - [`queue`]: the queue manager: scheduling, retry with backoff, expiry, bounces.
 //! - [`bounce`]: RFC 3464 delivery status notifications.
@@ -23,6 +26,8 @@ pub mod bounce;
 pub mod cleanup;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
+pub mod firewall;
 pub mod listener;
 pub mod log;
 pub mod queue;

@@ -3,9 +3,9 @@
 //! Start-up order matters and each step fails with a message naming the setting to fix: TLS
 //! material is loaded (or, for listeners that only offer STARTTLS and have no `[tls]`, a
 //! self-signed certificate is made for `hostname`), the password sources of `[auth]` are read
-//! when a submission listener needs them (users file, LDAP service password), every listener
-//! is bound, then — when
-//! started as root — the process gives the spool to `server.user` and becomes that user, then
+//! when a submission listener needs them (users file, LDAP service password) and the DKIM keys
+//! are read (`[dkim]`), every listener is bound, then — when started as root — the process
+//! gives the spool to `server.user` and becomes that user, then
 //! the spool is opened and recovered, the queue manager starts delivering what was found, and
 //! only then do the listeners accept connections.
 //!
@@ -32,9 +32,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use ravelin_wire::headers::HeaderLimits;
+
 use crate::auth::Authenticator;
+use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
 use crate::delivery::{Delivery, DeliverySettings, Route, TlsPolicy};
+use crate::dkim::Signer;
+use crate::firewall::HeaderFirewall;
 use crate::listener::{self, Bound};
 use crate::queue::{QueueHandle, QueueManager, QueueSettings};
 use crate::relay::RelayPolicy;
@@ -84,6 +89,8 @@ impl Gateway {
                 reason = "submission/relay listeners accept outbound mail but outbound.smart_host is not set; mail to other domains stays deferred"
             );
         }
+        // Read while still privileged: key files may be readable by root only.
+        let signer = Arc::new(Signer::new(&config.dkim).map_err(|e| format!("[dkim]: {e}"))?);
         let mut bound = Vec::new();
         for l in &config.listen {
             let std_listener = listener::bind(l.address).map_err(|e| {
@@ -175,6 +182,12 @@ impl Gateway {
             shutdown: shutdown_rx,
         };
         let relay = RelayPolicy::new(&config.inbound.domains);
+        let firewall = HeaderFirewall::from_config(config);
+        let header_limits = HeaderLimits {
+            max_bytes: config.limits.header_size,
+            max_fields: config.limits.header_fields,
+            max_line: config.limits.line_length,
+        };
         let sessions = TaskTracker::new();
         let mut addresses = Vec::new();
         let mut accept_loops = Vec::new();
@@ -201,7 +214,8 @@ impl Gateway {
                 tls: (mode != TlsMode::Off).then(|| server_tls.clone()).flatten(),
                 implicit_tls: mode == TlsMode::Implicit,
                 relay: relay.clone(),
-                received_client: config.inbound.received_client,
+                // The client of an outbound listener is inside: never named.
+                received_client: config.inbound.received_client && !l.kind.is_outbound(),
                 command_timeout: config.limits.command_timeout.0,
                 data_timeout: config.limits.data_timeout.0,
                 session_timeout: config.limits.session_timeout.0,
@@ -209,6 +223,14 @@ impl Gateway {
                 kind: l.kind,
                 auth: authenticator.clone().filter(|_| submission(l.kind)),
                 trusted_networks: config.outbound.trusted_networks.clone(),
+                cleanup: Arc::new(cleanup::Policy {
+                    outbound: l.kind.is_outbound(),
+                    firewall: firewall.clone(),
+                    limits: header_limits,
+                    authserv_id: config.hostname.clone(),
+                    signer: l.kind.is_outbound().then(|| signer.clone()),
+                    scratch_dir: spool.scratch_dir().to_path_buf(),
+                }),
             };
             info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());
             addresses.push((l.name.clone(), local));

@@ -8,14 +8,16 @@
 //! offers AUTH inside TLS and refuses MAIL before it; AUTH is checked by [`crate::auth`] and
 //! logged as `event=auth` with the result and login name (never the password), and the
 //! envelope sender must belong to the authenticated user (`553 5.7.1` otherwise), and so must
-//! every From field of the message: the header block (at most [`MAX_HEADER_SCAN`] octets, more
-//! is refused with `552 5.3.4`) is kept while it streams to the spool and checked at the end of
-//! data, before the message is committed (`553 5.7.1`, nothing stored). Mail from
+//! every From field of the message (checked on the header block the cleanup collected, at the
+//! end of data, before the message is committed: `553 5.7.1`, nothing stored). Mail from
 //! these listeners may go to any domain and is marked outbound in the spool envelope. On
-//! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`], DATA opens a spool file that starts
-//! with our Received line, the content streams to disk as it arrives, and the `250` carrying the
-//! queue id is sent only after [`crate::spool`] reports the message durable; then the queue
-//! manager is told. A write or fsync error answers `452 4.3.1` and leaves nothing behind.
+//! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`]. DATA
+//! opens a spool file that starts with our Received line, the content passes through
+//! [`crate::cleanup`] (header limits, the header firewall, DKIM signing on outbound listeners)
+//! and streams to disk as it arrives, and the `250` carrying the queue id is sent only after
+//! [`crate::spool`] reports the message durable; then the queue manager is told. A write or
+//! fsync error answers `452 4.3.1` and leaves nothing behind; a header the cleanup refuses
+//! answers `550 5.6.0` (malformed) or `552 5.3.4` (over a limit) at the end of the data.
 //!
 //! Timeouts: `limits.command_timeout` for each read between commands, `limits.data_timeout`
 //! during DATA, `limits.session_timeout` for the whole connection; on expiry the client gets
@@ -43,7 +45,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use crate::auth::{Authenticator, Outcome};
-use crate::cleanup::{self, Trace};
+use crate::cleanup::{self, CleanupError, MessageCleanup, Trace};
 use crate::config::{AbuseKind, Cidr, ListenKind};
 use crate::queue::QueueHandle;
 use crate::relay::RelayPolicy;
@@ -74,6 +76,8 @@ pub struct SessionSettings {
     pub auth: Option<Arc<Authenticator>>,
     /// The only clients a relay listener serves (`outbound.trusted_networks`).
     pub trusted_networks: Vec<Cidr>,
+    /// Header limits, the header firewall and, outbound, DKIM signing.
+    pub cleanup: Arc<cleanup::Policy>,
 }
 
 impl SessionSettings {
@@ -163,43 +167,11 @@ struct Transaction {
     sender_domain: Option<String>,
     recipients: Vec<String>,
     incoming: Option<Incoming>,
+    /// The header firewall and signing between the DATA content and the spool file.
+    cleanup: Option<MessageCleanup>,
     write_error: Option<io::Error>,
-    /// The header block, kept for the From check of submitted mail.
-    header: Option<HeaderScan>,
-}
-
-/// Most octets of a submitted message's header block kept for the From check.
-pub const MAX_HEADER_SCAN: usize = 256 * 1024;
-
-/// The header block of a message as it streams past: everything up to the empty line.
-#[derive(Default)]
-struct HeaderScan {
-    bytes: Vec<u8>,
-    /// The empty line that ends the header block was seen.
-    complete: bool,
-}
-
-impl HeaderScan {
-    fn feed(&mut self, chunk: &[u8]) {
-        if self.complete || self.bytes.len() > MAX_HEADER_SCAN {
-            return;
-        }
-        let from = self.bytes.len().saturating_sub(3);
-        let room = MAX_HEADER_SCAN + 1 - self.bytes.len();
-        self.bytes
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if self.bytes.starts_with(b"\r\n") {
-            self.bytes.truncate(2);
-            self.complete = true;
-        } else if let Some(i) = memchr::memmem::find(&self.bytes[from..], b"\r\n\r\n") {
-            self.bytes.truncate(from + i + 4);
-            self.complete = true;
-        }
-    }
-
-    fn too_large(&self) -> bool {
-        self.bytes.len() > MAX_HEADER_SCAN
-    }
+    /// The content is refused (a bad header); the reply waits for the end of the data.
+    refusal: Option<Reply>,
 }
 
 struct Session<'a> {
@@ -450,21 +422,14 @@ impl Session<'_> {
         })
     }
 
-    /// For submitted mail, the reply refusing a header block that is too large or has a From
-    /// field the user does not own.
-    fn header_refusal(&self, scan: &HeaderScan) -> Option<Reply> {
+    /// For submitted mail, the reply refusing a header block with a From field the user does
+    /// not own (`header`: the block as the client sent it, kept by the cleanup).
+    fn foreign_from_refusal(&self, header: &[u8]) -> Option<Reply> {
         let (Some(auth), Some(user)) = (&self.settings.auth, &self.auth_user) else {
             return None;
         };
-        if scan.too_large() {
-            return Some(Reply::ext(
-                552,
-                (5, 3, 4),
-                format!("Error: message header exceeds {MAX_HEADER_SCAN} octets"),
-            ));
-        }
-        let mut header = std::borrow::Cow::Borrowed(&scan.bytes[..]);
-        if !scan.complete {
+        let mut header = std::borrow::Cow::Borrowed(header);
+        if !header.ends_with(b"\r\n\r\n") {
             // A message that is all header: end the block for the parser.
             header.to_mut().extend_from_slice(b"\r\n");
         }
@@ -551,13 +516,15 @@ impl Session<'_> {
             },
             Event::DataStart => Some(self.start_data()),
             Event::Data(chunk) => {
-                if let Some(scan) = &mut self.tx.header {
-                    scan.feed(&chunk);
-                }
-                if let (Some(inc), None) = (&mut self.tx.incoming, &self.tx.write_error)
-                    && let Err(e) = inc.write(&chunk)
-                {
-                    self.tx.write_error = Some(e);
+                let tx = &mut self.tx;
+                if let (Some(inc), Some(cleanup), None, None) = (
+                    &mut tx.incoming,
+                    &mut tx.cleanup,
+                    &tx.write_error,
+                    &tx.refusal,
+                ) {
+                    let result = cleanup.push(&chunk, &mut |bytes| inc.write(bytes));
+                    tx.note(result.map(drop));
                 }
                 None
             }
@@ -666,29 +633,50 @@ impl Session<'_> {
             self.tx.write_error = Some(e);
         }
         self.tx.incoming = Some(incoming);
-        if self.auth_user.is_some() {
-            self.tx.header = Some(HeaderScan::default());
-        }
+        let cleanup = MessageCleanup::new(self.settings.cleanup.clone());
+        // Submitted mail: the From fields are checked against the user at the end of data.
+        self.tx.cleanup = Some(if self.auth_user.is_some() {
+            cleanup.keeping_header()
+        } else {
+            cleanup
+        });
         Verdict::Accept
     }
 
     async fn end_data(&mut self, size: u64) -> Verdict {
-        let tx = std::mem::take(&mut self.tx);
-        let Some(incoming) = tx.incoming else {
+        let mut tx = std::mem::take(&mut self.tx);
+        let Some(mut incoming) = tx.incoming.take() else {
             return Verdict::Reject(storage_error());
         };
         let id = *incoming.id();
+        if let (Some(cleanup), None, None) = (tx.cleanup.take(), &tx.write_error, &tx.refusal) {
+            let result = cleanup.finish(&mut |bytes| incoming.write(bytes));
+            if let Ok(report) = &result {
+                self.log_cleanup(&id, report);
+                if let Some(reply) = report
+                    .header
+                    .as_deref()
+                    .and_then(|h| self.foreign_from_refusal(h))
+                {
+                    drop(incoming);
+                    self.rejected += 1;
+                    warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
+                    return Verdict::Reject(reply);
+                }
+            }
+            tx.note(result.map(drop));
+        }
+        if let Some(reply) = tx.refusal {
+            drop(incoming);
+            self.rejected += 1;
+            warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "reject", reason = %reply.one_line());
+            return Verdict::Reject(reply);
+        }
         if let Some(e) = tx.write_error {
             drop(incoming);
             self.rejected += 1;
             warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
             return Verdict::Reject(storage_error());
-        }
-        if let Some(reply) = tx.header.as_ref().and_then(|h| self.header_refusal(h)) {
-            drop(incoming);
-            self.rejected += 1;
-            warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
-            return Verdict::Reject(reply);
         }
         match incoming.commit().await {
             Ok(_) => {
@@ -767,6 +755,65 @@ async fn refuse_at_connect(mut tcp: TcpStream, settings: &SessionSettings, reply
         tcp.shutdown().await
     })
     .await;
+}
+
+impl Transaction {
+    /// Records what the cleanup pipeline said: an I/O error fails the transaction with a
+    /// temporary error, a bad header refuses it.
+    fn note(&mut self, result: Result<(), CleanupError>) {
+        match result {
+            Ok(()) => {}
+            Err(CleanupError::Io(e)) => self.write_error = Some(e),
+            Err(CleanupError::Header(e)) if e.is_limit() => {
+                self.refusal = Some(Reply::ext(552, (5, 3, 4), e.to_string()));
+            }
+            Err(CleanupError::Header(e)) => {
+                self.refusal = Some(Reply::ext(550, (5, 6, 0), e.to_string()));
+            }
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Logs what the header firewall and DKIM signing did to a message.
+    fn log_cleanup(&self, id: &crate::spool::QueueId, report: &cleanup::Report) {
+        let direction = if self.settings.cleanup.outbound {
+            "outbound"
+        } else {
+            "inbound"
+        };
+        if !report.removed.is_empty() || !report.rewritten.is_empty() {
+            info!(
+                event = "header_firewall",
+                session = %self.id,
+                queue_id = %id,
+                client = %self.peer.ip(),
+                direction,
+                removed = %report.removed.join(","),
+                rewritten = %report.rewritten.join(",")
+            );
+        }
+        match &report.dkim {
+            Some(crate::dkim::Outcome::Signed {
+                domain, selectors, ..
+            }) => info!(
+                event = "dkim",
+                session = %self.id,
+                queue_id = %id,
+                decision = "signed",
+                domain = %domain,
+                selectors = %selectors.join(",")
+            ),
+            Some(crate::dkim::Outcome::Unsigned(why)) => warn!(
+                event = "dkim",
+                session = %self.id,
+                queue_id = %id,
+                decision = "unsigned",
+                reason = %why
+            ),
+            None => {}
+        }
+    }
 }
 
 fn storage_error() -> Reply {

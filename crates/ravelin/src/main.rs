@@ -5,6 +5,7 @@
 
 mod ban_cmd;
 mod demo;
+mod dkim_cmd;
 mod queue_cmd;
 mod user_cmd;
 
@@ -53,6 +54,11 @@ enum Command {
     User {
         #[command(subcommand)]
         action: user_cmd::UserAction,
+    },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: dkim_cmd::DkimAction,
     },
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
         Command::Queue { action } => queue_cmd::run(action),
         Command::Ban { action } => ban_cmd::run(action),
         Command::User { action } => user_cmd::run(action),
+        Command::Dkim { action } => dkim_cmd::run(action),
         Command::Demo { json } => demo::run(json),
     }
 }

@@ -13,6 +13,8 @@
 //! - [`data`]: the DATA reader (end-of-data, un-stuffing, bare CR/LF, size and line limits)
 //!   and the writer that always emits canonical CRLF and dot-stuffing.
 //! - [`date`]: RFC 5322 and RFC 3339 dates for trace headers and logs.
+//! - [`headers`]: the message header section split into fields, with limits (what the header
+//!   firewall and DKIM work on).
 //! - [`server`]: the server session (sequence, limits, pipelining synchronisation).
 //! - [`client`]: the client transaction used to deliver a message.
 
@@ -22,6 +24,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod date;
+pub mod headers;
 pub mod line;
 pub mod reply;
 pub mod server;

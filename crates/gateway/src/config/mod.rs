@@ -23,7 +23,9 @@
 mod auth;
 mod bans;
 mod diagnostics;
+mod dkim;
 mod greylist;
+mod header_firewall;
 mod rate_limits;
 mod state;
 mod values;
@@ -38,7 +40,11 @@ use serde::Deserialize;
 pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
+pub use self::dkim::{DkimKeyConfig, DkimSection};
 pub use self::greylist::GreylistSection;
+pub use self::header_firewall::{
+    HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
+};
 pub use self::rate_limits::RateLimitsSection;
 pub use self::state::{StateSection, StoreUrl, redact_url};
 pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain, loopback};
@@ -89,6 +95,10 @@ pub struct Config {
     pub greylist: GreylistSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub header_firewall: HeaderFirewallSection,
+    #[serde(default)]
+    pub dkim: DkimSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -138,6 +148,12 @@ impl ListenKind {
             ListenKind::Submission => TlsMode::Require,
             ListenKind::Submissions => TlsMode::Implicit,
         }
+    }
+
+    /// Whether mail on this listener leaves the organisation (submission and relay): the
+    /// outbound header firewall and DKIM signing apply.
+    pub fn is_outbound(self) -> bool {
+        !matches!(self, ListenKind::Inbound)
     }
 
     /// The name as written in the configuration.
@@ -309,6 +325,10 @@ pub struct Limits {
     pub line_length: usize,
     /// Failed AUTH attempts after which a session is closed with 421.
     pub auth_failures: u32,
+    /// Largest message header section, in bytes.
+    pub header_size: usize,
+    /// Most header fields in a message.
+    pub header_fields: usize,
 }
 
 impl Default for Limits {
@@ -324,6 +344,8 @@ impl Default for Limits {
             greet_pause: HumanDuration::from_secs(0),
             line_length: 1000,
             auth_failures: 3,
+            header_size: 256 * 1024,
+            header_fields: 1000,
         }
     }
 }
@@ -521,6 +543,13 @@ fn normalize(config: &mut Config) {
     for d in &mut config.inbound.domains {
         *d = d.to_ascii_lowercase();
     }
+    for key in &mut config.dkim.keys {
+        key.domain = key.domain.to_ascii_lowercase();
+    }
+    let hf = &mut config.header_firewall;
+    for d in hf.internal_domains.iter_mut().chain(&mut hf.internal_hosts) {
+        *d = d.to_ascii_lowercase();
+    }
 }
 
 /// Makes the relative paths of the file relative to its directory.
@@ -538,6 +567,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         paths.extend(ldap.ca_file.as_mut());
         paths.extend(ldap.search_bind_password_file.as_mut());
     }
+    paths.extend(config.dkim.keys.iter_mut().map(|k| &mut k.key_file));
     for p in paths {
         if p.is_relative() && !p.as_os_str().is_empty() {
             *p = base.join(&*p);
@@ -574,6 +604,8 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     }
 
     validate_listeners(config, loc, &mut err);
+    header_firewall::validate(config, loc, &mut err);
+    dkim::validate(config, loc, &mut err);
 
     for (i, domain) in config.inbound.domains.iter().enumerate() {
         if !is_domain(domain, true) {
@@ -598,6 +630,23 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                 l.line_length
             ),
             "write line_length = 1000 or more",
+        );
+    }
+    if l.header_size < 1000 || l.header_size as u64 > l.message_size {
+        err(
+            limit_line("header_size"),
+            format!(
+                "limits.header_size = {} is not between 1000 and message_size = {}",
+                l.header_size, l.message_size
+            ),
+            "write a size in bytes, e.g. 262144 (256 KiB)",
+        );
+    }
+    if l.header_fields == 0 {
+        err(
+            limit_line("header_fields"),
+            "limits.header_fields is 0".into(),
+            "write 1 or more, e.g. 1000",
         );
     }
     if l.message_size == 0 {
@@ -866,7 +915,7 @@ fn validate_listeners(
     }
 }
 
-/// `load` only: the files named for TLS must exist.
+/// `load` only: the files named for TLS must exist, the DKIM keys must load.
 fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     let mut files: Vec<(&Path, [&str; 2])> = Vec::new();
     if let Some(tls) = &config.tls {
@@ -894,6 +943,7 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             }
         }
     }
+    let dkim_errors = dkim::check_files(config, loc);
     files
         .into_iter()
         .filter_map(|(file, [section, key])| {
@@ -909,6 +959,7 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             ))
         })
         .chain(errors)
+        .chain(dkim_errors)
         .collect()
 }
 

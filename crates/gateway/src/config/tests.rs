@@ -272,6 +272,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.spool, SpoolSection::default());
     assert_eq!(c.log, LogSection::default());
     assert_eq!(c.dns, DnsSection::default());
+    assert_eq!(c.header_firewall, HeaderFirewallSection::default());
     assert_eq!(c.outbound, Outbound::default());
     assert_eq!(c.auth, AuthSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
@@ -330,6 +331,8 @@ fn example_mentions_every_key() {
         "ca_file",
         "allow_plaintext",
         "timeout",
+        "header_size",
+        "header_fields",
         "path",
         "concurrency",
         "connect_timeout",
@@ -341,6 +344,17 @@ fn example_mentions_every_key() {
         "format",
         "level",
         "nameservers",
+        "enabled",
+        "outbound_remove",
+        "inbound_remove",
+        "remove_mailer",
+        "received",
+        "internal_domains",
+        "internal_hosts",
+        "internal_networks",
+        "domain",
+        "selector",
+        "key_file",
     ] {
         assert!(
             text.lines()
@@ -869,5 +883,85 @@ fn state_sections_are_checked() {
     assert_eq!(
         (rule.threshold, rule.window),
         (1, AbuseKind::Pregreet.defaults().window)
+    );
+}
+
+#[test]
+fn header_firewall_settings_are_checked() {
+    let text = format!(
+        "{MINIMAL}\n[header_firewall]\nreceived = \"all\"\ninternal_domains = [\"Corp.Example.ORG\"]\ninternal_hosts = [\"EXCH01\"]\ninternal_networks = [\"198.51.100.0/28\"]\noutbound_remove = [\"X-Secret-*\"]\n"
+    );
+    let c = Config::parse(&text, "ravelin.toml").unwrap();
+    let hf = &c.header_firewall;
+    assert!(hf.enabled);
+    assert_eq!(hf.received, ReceivedMode::All);
+    assert_eq!(hf.internal_domains, ["corp.example.org"]);
+    assert_eq!(hf.internal_hosts, ["exch01"]);
+    assert_eq!(hf.outbound_remove, ["X-Secret-*"]);
+    assert_eq!(
+        hf.inbound_remove,
+        HeaderFirewallSection::default().inbound_remove
+    );
+
+    let text = format!(
+        "{MINIMAL}\n[header_firewall]\noutbound_remove = [\"X-Ok\", \"*\", \"Bad Name\"]\ninbound_remove = [\"X-*-Middle\"]\ninternal_domains = [\"corp..example\"]\ninternal_hosts = [\"MX1.example.org\"]\n"
+    );
+    let list = errors(&text);
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(lines, [14, 14, 15, 16, 17], "{list:#?}");
+    assert!(
+        list[0].1.contains("\"*\" is not a header field name"),
+        "{list:#?}"
+    );
+    assert!(list[1].1.contains("\"Bad Name\""), "{list:#?}");
+    assert!(list[2].1.contains("X-*-Middle"), "{list:#?}");
+    assert!(list[3].1.contains("corp..example"), "{list:#?}");
+    assert!(list[4].1.contains("own hostname"), "{list:#?}");
+
+    let (line, message, _) = error(&format!("{MINIMAL}\n[limits]\nheader_size = 10\n"));
+    assert_eq!(line, 14);
+    assert!(message.contains("header_size"), "{message}");
+}
+
+#[test]
+fn dkim_keys_are_checked() {
+    let keys = |entries: &str| format!("{MINIMAL}{entries}");
+    let c = Config::parse(
+        &keys("\n[[dkim.keys]]\ndomain = \"Example.ORG\"\nselector = \"rsa2026\"\nkey_file = \"k.pem\"\n"),
+        "ravelin.toml",
+    )
+    .unwrap();
+    assert_eq!(c.dkim.keys[0].domain, "example.org");
+    assert_eq!(c.dkim.keys[0].key_file, PathBuf::from("k.pem"));
+
+    let list = errors(&keys(
+        "\n[[dkim.keys]]\ndomain = \"example\"\nselector = \"a_b\"\nkey_file = \"\"\n\
+         \n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s\"\nkey_file = \"a.pem\"\n\
+         \n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"S\"\nkey_file = \"b.pem\"\n",
+    ));
+    let lines: Vec<usize> = list.iter().map(|e| e.0).collect();
+    assert_eq!(lines, [14, 15, 16, 25], "{list:#?}");
+    assert!(list[3].1.contains("listed twice"), "{list:#?}");
+
+    // load: the key file must hold a usable key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ravelin.toml");
+    std::fs::write(
+        dir.path().join("small.pem"),
+        include_str!("../../tests/fixtures/dkim/rsa1024-too-small.pem"),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        keys("\n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s\"\nkey_file = \"small.pem\"\n"),
+    )
+    .unwrap();
+    let ConfigErrors(list) = Config::load(&config).unwrap_err();
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0].line, 16);
+    assert!(
+        list[0].message.contains("fewer than 2048 bits"),
+        "{}",
+        list[0].message
     );
 }

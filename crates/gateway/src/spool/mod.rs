@@ -299,6 +299,13 @@ impl Spool {
         &self.inner.root
     }
 
+    /// Where data held before it becomes a message (an outbound body until it is signed) may
+    /// be kept, in unnamed files only (`O_TMPFILE`), which vanish when closed and which
+    /// recovery never sees: `incoming/`, on the spool's filesystem and as private as it.
+    pub fn scratch_dir(&self) -> &Path {
+        &self.inner.incoming
+    }
+
     pub fn stats(&self) -> SpoolStats {
         SpoolStats {
             dir_syncs: self.inner.counters.dir_syncs.load(Ordering::Relaxed),

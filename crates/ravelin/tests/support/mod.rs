@@ -1744,3 +1744,83 @@ impl Drop for Slapd {
         let _ = self.child.wait();
     }
 }
+
+// dkimpy
+
+/// What dkimpy said about one DKIM-Signature of a message.
+#[derive(Clone, Debug)]
+pub struct DkimVerdict {
+    pub ok: bool,
+    /// dkimpy's log of the verification (why it failed).
+    pub log: String,
+}
+
+/// Verifies every DKIM-Signature of every message with dkimpy (the independent verifier, in
+/// the repository's venv), answering its key lookups from `records` (name → TXT text, e.g.
+/// `sel._domainkey.example.org` → `v=DKIM1; k=rsa; p=...`) instead of DNS. One verdict per
+/// signature, in header order, per message.
+pub fn dkimpy_verify(messages: &[Vec<u8>], records: &[(String, String)]) -> Vec<Vec<DkimVerdict>> {
+    const SCRIPT: &str = r#"
+import io, json, logging, sys
+import dkim
+req = json.load(open(sys.argv[1]))
+records = {k.lower().rstrip('.'): v for k, v in req['records']}
+def dnsfunc(name, timeout=5):
+    if isinstance(name, bytes):
+        name = name.decode()
+    return records.get(name.lower().rstrip('.'), '').encode()
+out = []
+for m in req['messages']:
+    msg = open(m, 'rb').read()
+    count = sum(1 for k, _ in dkim.DKIM(msg).headers if k.lower() == b'dkim-signature')
+    verdicts = []
+    for i in range(count):
+        buf = io.StringIO()
+        log = logging.getLogger('dkimpy-%d' % len(out))
+        log.handlers = [logging.StreamHandler(buf)]
+        log.setLevel(logging.DEBUG)
+        try:
+            ok = bool(dkim.DKIM(msg, logger=log).verify(idx=i, dnsfunc=dnsfunc))
+        except Exception as e:
+            ok = False
+            buf.write('exception: %r' % (e,))
+        verdicts.append({'ok': ok, 'log': buf.getvalue()})
+    out.append(verdicts)
+print(json.dumps(out))
+"#;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut paths = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let path = dir.path().join(format!("message-{i}.eml"));
+        fs::write(&path, m).expect("write a message for dkimpy");
+        paths.push(path.to_string_lossy().into_owned());
+    }
+    let request = dir.path().join("request.json");
+    let body = serde_json::json!({ "records": records, "messages": paths });
+    fs::write(&request, body.to_string()).expect("write the dkimpy request");
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(SCRIPT).arg(&request);
+    let out = run(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "dkimpy failed ({INSTALL_HINT}): {}",
+        describe(&out)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("dkimpy output ({e}): {}", describe(&out)));
+    parsed
+        .as_array()
+        .expect("a list per message")
+        .iter()
+        .map(|m| {
+            m.as_array()
+                .expect("a list per signature")
+                .iter()
+                .map(|v| DkimVerdict {
+                    ok: v["ok"].as_bool().unwrap_or(false),
+                    log: v["log"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect()
+        })
+        .collect()
+}
