@@ -1017,6 +1017,16 @@ impl Lease {
     }
 }
 
+/// Checks a message file as recovery and delivery do (magic, envelope, trailer and length,
+/// then the body's checksum) and returns its envelope, with `size` the body's length. Only
+/// reads the file; every defect is an `io::ErrorKind::InvalidData` error. The fuzzer feeds it
+/// arbitrary files.
+pub fn check_file(file: &File) -> io::Result<Envelope> {
+    let layout = format::read_layout(file)?;
+    format::verify_body(file, &layout, MEMORY_BODY)?;
+    Ok(layout.envelope)
+}
+
 /// The header section at the start of `message`: everything up to and including the CRLF
 /// that precedes the first empty line; if there is none, up to the last complete line.
 pub fn header_section(message: &[u8]) -> &[u8] {
