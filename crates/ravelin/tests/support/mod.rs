@@ -1474,3 +1474,245 @@ impl Drop for Ravelin {
         self.kill();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection
+
+/// What a [`FlakyBackend`] does to the transactions it is offered; read at each DATA, so a
+/// connection the gateway keeps open for reuse follows a change too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flaw {
+    /// Answers 354, reads the first chunk of the message and resets the connection (RST).
+    ResetInData,
+    /// Reads the whole message and answers the end of data with `451 4.3.0`.
+    TempFailData,
+}
+
+/// A scripted next hop for fault injection, not a mail server: it speaks just enough SMTP
+/// (220, EHLO with PIPELINING, 250 to MAIL/RCPT/RSET/NOOP, 354 to DATA, 221 to QUIT) to get a
+/// message started, then fails it as its [`Flaw`] says. Nothing it reads is kept. Each DATA
+/// it failed is counted per flaw. [`FlakyBackend::stop`] closes the listener and every
+/// connection (so a real peer can take over the port).
+pub struct FlakyBackend {
+    pub addr: SocketAddr,
+    flaw: std::sync::Arc<Mutex<Flaw>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed: std::sync::Arc<Mutex<Vec<Flaw>>>,
+    threads: std::sync::Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+/// How often a [`FlakyBackend`] thread looks at its stop flag while waiting for input.
+const FLAKY_POLL: Duration = Duration::from_millis(100);
+
+impl FlakyBackend {
+    pub fn start(flaw: Flaw) -> FlakyBackend {
+        let listener = TcpListener::bind(free_addr()).expect("bind the flaky backend");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("local address");
+        let mut backend = FlakyBackend {
+            addr,
+            flaw: std::sync::Arc::new(Mutex::new(flaw)),
+            stop: Default::default(),
+            failed: Default::default(),
+            threads: Default::default(),
+            acceptor: None,
+        };
+        let (flaw, stop, failed, threads) = (
+            backend.flaw.clone(),
+            backend.stop.clone(),
+            backend.failed.clone(),
+            backend.threads.clone(),
+        );
+        backend.acceptor = Some(thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (flaw, stop, failed) = (flaw.clone(), stop.clone(), failed.clone());
+                        let handle = thread::spawn(move || {
+                            let _ = flaky_session(stream, &flaw, &stop, &failed);
+                        });
+                        threads
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(handle);
+                    }
+                    Err(_) => thread::sleep(FLAKY_POLL / 4),
+                }
+            }
+        }));
+        backend
+    }
+
+    pub fn set(&self, flaw: Flaw) {
+        *self.flaw.lock().unwrap_or_else(|e| e.into_inner()) = flaw;
+    }
+
+    /// Transactions failed so far with `flaw`.
+    pub fn failed(&self, flaw: Flaw) -> usize {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.iter().filter(|f| **f == flaw).count()
+    }
+
+    /// Closes the listener and every connection, and waits for the threads.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FlakyBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One connection of a [`FlakyBackend`]; returns when the peer leaves, on a reset, or on stop.
+fn flaky_session(
+    mut stream: TcpStream,
+    flaw: &Mutex<Flaw>,
+    stop: &std::sync::atomic::AtomicBool,
+    failed: &Mutex<Vec<Flaw>>,
+) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(FLAKY_POLL))?;
+    stream.write_all(b"220 flaky.test.example ESMTP\r\n")?;
+    let mut buf = Vec::new();
+    let mut in_data = false;
+    loop {
+        if in_data {
+            let current = *flaw.lock().unwrap_or_else(|e| e.into_inner());
+            match current {
+                Flaw::ResetInData if !buf.is_empty() => {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(current);
+                    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+                    return Ok(()); // dropping the socket with linger 0 sends RST
+                }
+                Flaw::TempFailData => {
+                    if let Some(end) = buf.windows(5).position(|w| w == b"\r\n.\r\n") {
+                        buf.drain(..end + 5);
+                        in_data = false;
+                        failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(current);
+                        stream.write_all(b"451 4.3.0 flaky backend: try again later\r\n")?;
+                        continue;
+                    }
+                    // Keep only what could be the start of the terminator.
+                    let keep = buf.len().saturating_sub(4);
+                    buf.drain(..keep);
+                }
+                Flaw::ResetInData => {}
+            }
+        } else if let Some(nl) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = buf.drain(..nl + 2).collect();
+            let verb = String::from_utf8_lossy(&line[..nl]).to_ascii_uppercase();
+            let verb = verb.split([' ', ':']).next().unwrap_or("");
+            let reply: &[u8] = match verb {
+                "EHLO" => b"250-flaky.test.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                "HELO" | "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 2.0.0 Ok\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 End data with <CR><LF>.<CR><LF>\r\n"
+                }
+                "QUIT" => {
+                    stream.write_all(b"221 2.0.0 Bye\r\n")?;
+                    return Ok(());
+                }
+                _ => b"502 5.5.2 Error: command not recognized\r\n",
+            };
+            stream.write_all(reply)?;
+            continue;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process inspection
+
+/// A `kB` field of /proc/PID/status (e.g. `VmHWM`, the peak resident set), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The TCP sockets `pid` listens on (IPv4 and IPv6), from /proc/net/tcp{,6} and the inodes of
+/// its open descriptors.
+pub fn listening_sockets(pid: u32) -> BTreeSet<SocketAddr> {
+    let inodes: BTreeSet<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .filter_map(|e| {
+            let target = fs::read_link(e.ok()?.path()).ok()?;
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 || fields[3] != "0A" || !inodes.contains(fields[9]) {
+                continue;
+            }
+            if let Some(addr) = parse_proc_addr(fields[1]) {
+                out.insert(addr);
+            }
+        }
+    }
+    out
+}
+
+/// `0100007F:1F90` or the 32-hex-digit IPv6 form → a socket address.
+fn parse_proc_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut octets = Vec::new();
+    for word in 0..ip.len() / 8 {
+        let w = u32::from_str_radix(&ip[word * 8..word * 8 + 8], 16).ok()?;
+        octets.extend_from_slice(&w.to_ne_bytes());
+    }
+    let ip = match octets.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(octets).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(octets).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
