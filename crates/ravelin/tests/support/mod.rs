@@ -1083,6 +1083,9 @@ pub struct RavelinConfig {
     pub extra: String,
 }
 
+/// Prefix of the [`RavelinConfig::lines`] section that holds a listener's extra lines.
+const LISTEN_SECTION: &str = "[[listen]] ";
+
 /// A TOML basic string (JSON's string escapes are valid TOML).
 pub fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("strings always serialise")
@@ -1153,6 +1156,11 @@ impl RavelinConfig {
         self
     }
 
+    /// Adds `line` (e.g. `max_connections = 10`) to the `[[listen]]` entry called `name`.
+    pub fn listen_set(self, name: &str, line: &str) -> Self {
+        self.set(&format!("{LISTEN_SECTION}{name}"), line)
+    }
+
     /// Appends raw TOML after everything else (whole tables only).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -1186,6 +1194,7 @@ impl RavelinConfig {
                 toml_string(&l.kind),
                 toml_string(&l.tls)
             ));
+            self.section_lines(&format!("{LISTEN_SECTION}{}", l.name), &mut out);
         }
         out.push_str(&format!(
             "\n[inbound]\ndomains = {}\nbackend = {}\n",
@@ -1210,7 +1219,7 @@ impl RavelinConfig {
             .lines
             .iter()
             .map(|(s, _)| s.as_str())
-            .filter(|s| !known.contains(s))
+            .filter(|s| !known.contains(s) && !s.starts_with(LISTEN_SECTION))
             .collect();
         for section in others {
             out.push_str(&format!("\n[{section}]\n"));
