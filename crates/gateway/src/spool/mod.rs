@@ -53,7 +53,7 @@ pub(crate) mod tests;
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -198,6 +198,11 @@ impl Spool {
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
         builder.create(path)?;
+        // A root made before us (the privilege drop creates it with the umask's mode, or a
+        // package did) is tightened to 0700 like every directory below it.
+        if fs::metadata(path)?.mode() & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        }
         for sub in [INCOMING, QUEUE, HOLD, STATE, CORRUPT, FREE] {
             builder.create(path.join(sub))?;
         }
