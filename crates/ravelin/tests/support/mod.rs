@@ -175,6 +175,19 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port())
 }
 
+/// A port below 1024 on 127.0.0.1 (one only root may bind, like 25) that was free a moment
+/// ago and has not been handed out before in this test process. Needs root.
+pub fn privileged_addr() -> SocketAddr {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for port in (600..1024).rev() {
+        if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed_out.insert(port);
+            return SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        }
+    }
+    panic!("no free port below 1024 on 127.0.0.1 (binding one needs root)");
+}
+
 /// Whether some socket listens on `addr` (or on the wildcard address of its port).
 pub fn is_listening(addr: SocketAddr) -> bool {
     fn hex_words(octets: &[u8]) -> String {
