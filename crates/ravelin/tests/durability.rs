@@ -122,13 +122,7 @@ fn wait_queue_empty(gw: &Ravelin, timeout: Duration) {
 
 /// Names in a spool subdirectory (`queue`, `incoming`, `corrupt`, ...).
 fn spool_files(gw: &Ravelin, sub: &str) -> Vec<String> {
-    let dir = gw.spool().join(sub);
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .collect();
-    names.sort();
-    names
+    gw.spool_entries(sub)
 }
 
 /// A client that has sent MAIL, RCPT and DATA and is now inside the message data.

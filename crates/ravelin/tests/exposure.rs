@@ -26,18 +26,12 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn only_the_configured_listeners_listen_and_the_key_is_never_logged() {
-    let pki = ravelin_tls::testing::TestPki::new("mx.test.example").expect("test PKI");
-    let dir = daemon_tempdir();
-    let files = pki.write_to(dir.path()).expect("write the test PKI");
+    let (_pki, files) = test_pki("mx.test.example");
     let sink = SmtpSink::start();
     let mut config = RavelinConfig::inbound(sink.addr)
         .listener("second", "inbound", "off")
         .listener("implicit", "inbound", "implicit")
-        .extra(&format!(
-            "[tls]\ncertificate = {}\nprivate_key = {}",
-            toml_string(&files.cert.to_string_lossy()),
-            toml_string(&files.key.to_string_lossy())
-        ));
+        .certificate(&files);
     config.listeners[1].address = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), free_port());
     let want: BTreeSet<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let gw = Ravelin::start(config);

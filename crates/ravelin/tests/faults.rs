@@ -19,7 +19,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
@@ -82,17 +81,6 @@ fn message_id(m: &SinkMessage) -> String {
         .and_then(|v| v.strip_suffix("@example.net>"))
         .unwrap_or_else(|| panic!("no Message-ID in {}", m.path.display()))
         .to_string()
-}
-
-/// Files in a spool subdirectory.
-fn spool_entries(gw: &Ravelin, sub: &str) -> Vec<String> {
-    let dir = gw.spool().join(sub);
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .collect();
-    names.sort();
-    names
 }
 
 /// Panics if the gateway's log shows a panic or a line that is not JSON, or it exited.
@@ -206,7 +194,7 @@ fn a_flapping_backend_loses_nothing_and_duplicates_nothing() {
         assert_eq!(delivered, 1, "{id} delivered {delivered} times per the log");
     }
     wait_until("an empty queue", WAIT, || {
-        spool_entries(&gw, "queue").is_empty().then_some(())
+        gw.spool_entries("queue").is_empty().then_some(())
     });
     let deferrals = gw.events("deferred").len();
     eprintln!(
@@ -276,18 +264,12 @@ fn disconnects(gw: &Ravelin, prefix: &str) -> Vec<serde_json::Value> {
 /// logs `TLS handshake failed` with the reason, does not panic, and serves the next client.
 #[test]
 fn failed_tls_handshakes_are_logged_and_the_gateway_keeps_serving() {
-    let pki = ravelin_tls::testing::TestPki::new("mx.test.example").expect("test PKI");
-    let dir = daemon_tempdir();
-    let files = pki.write_to(dir.path()).expect("write the test PKI");
+    let (_pki, files) = test_pki("mx.test.example");
     let sink = SmtpSink::start();
     let mut gw = Ravelin::start(
         RavelinConfig::inbound(sink.addr)
             .listener("smtps", "inbound", "implicit")
-            .extra(&format!(
-                "[tls]\ncertificate = {}\nprivate_key = {}",
-                toml_string(&files.cert.to_string_lossy()),
-                toml_string(&files.key.to_string_lossy())
-            )),
+            .certificate(&files),
     );
 
     // Plain text where the ClientHello should be.
@@ -420,8 +402,8 @@ fn clients_that_vanish_leave_nothing_behind() {
     }
 
     wait_all_disconnected(&gw);
-    assert_eq!(spool_entries(&gw, "incoming"), Vec::<String>::new());
-    assert_eq!(spool_entries(&gw, "queue"), Vec::<String>::new());
+    assert_eq!(gw.spool_entries("incoming"), Vec::<String>::new());
+    assert_eq!(gw.spool_entries("queue"), Vec::<String>::new());
     assert!(
         sink.messages().is_empty(),
         "a vanished client's message went out"

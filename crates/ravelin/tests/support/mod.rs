@@ -91,6 +91,15 @@ pub fn daemon_tempdir() -> tempfile::TempDir {
     dir
 }
 
+/// A private CA and a certificate for `hostname`, written to a fresh directory that lives as
+/// long as the returned handle.
+pub fn test_pki(hostname: &str) -> (tempfile::TempDir, ravelin_tls::testing::TestPkiFiles) {
+    let pki = ravelin_tls::testing::TestPki::new(hostname).expect("test PKI");
+    let dir = daemon_tempdir();
+    let files = pki.write_to(dir.path()).expect("write the test PKI");
+    (dir, files)
+}
+
 /// Runs a command to completion with a time limit, capturing stdout and stderr.
 /// Panics when it cannot start or does not finish in time (it is killed then).
 pub fn run(mut cmd: Command, timeout: Duration) -> Output {
@@ -1174,6 +1183,15 @@ impl RavelinConfig {
         self.set(&format!("{LISTEN_SECTION}{name}"), line)
     }
 
+    /// Serves `files`' certificate and key (a `[tls]` section).
+    pub fn certificate(self, files: &ravelin_tls::testing::TestPkiFiles) -> Self {
+        self.extra(&format!(
+            "[tls]\ncertificate = {}\nprivate_key = {}",
+            toml_string(&files.cert.to_string_lossy()),
+            toml_string(&files.key.to_string_lossy())
+        ))
+    }
+
     /// Appends raw TOML after everything else (whole tables only).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -1361,6 +1379,17 @@ impl Ravelin {
 
     pub fn spool(&self) -> &Path {
         &self.spool
+    }
+
+    /// Names in a spool subdirectory (`queue`, `incoming`, `corrupt`, ...), sorted.
+    pub fn spool_entries(&self, sub: &str) -> Vec<String> {
+        let dir = self.spool.join(sub);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn log_path(&self) -> PathBuf {
