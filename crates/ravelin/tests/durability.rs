@@ -11,7 +11,9 @@
 //! - SIGTERM while clients are in DATA: each either gets 250 and its message is delivered, or
 //!   gets 4xx / a closed connection and nothing is delivered; the process exits 0 in time.
 //! - A full spool file system: `452 4.3.1`, nothing left in the spool; accepted again once
-//!   space is freed.
+//!   space is freed. Full to the last byte with a message deferred: the session goes on after
+//!   452, the deferred message's failed state write is logged and retried, and once space and
+//!   backend return it is delivered exactly once.
 //!
 //! The ground truth is always the client side (the replies a client received) and the
 //! backend's copies (the queue id in our Received header); the gateway's own log is only a
@@ -120,13 +122,7 @@ fn wait_queue_empty(gw: &Ravelin, timeout: Duration) {
 
 /// Names in a spool subdirectory (`queue`, `incoming`, `corrupt`, ...).
 fn spool_files(gw: &Ravelin, sub: &str) -> Vec<String> {
-    let dir = gw.spool().join(sub);
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .collect();
-    names.sort();
-    names
+    gw.spool_entries(sub)
 }
 
 /// A client that has sent MAIL, RCPT and DATA and is now inside the message data.
@@ -1035,7 +1031,7 @@ fn full_spool_answers_452_and_keeps_nothing() {
         is_root(),
         "this test mounts a tmpfs as the spool and needs root (CI runs the tests as root)"
     );
-    let sink = SmtpSink::start();
+    let mut sink = SmtpSink::start();
     let mut mount = None;
     let mut gw = Ravelin::start_with(RavelinConfig::inbound(sink.addr).tls("off"), |spool| {
         mount = Some(TmpfsMount::new(spool, "2m"));
@@ -1101,6 +1097,70 @@ fn full_spool_answers_452_and_keeps_nothing() {
          spool; accepted as {id} and delivered after freeing {fill} octets",
         message.len()
     );
+
+    // Full to the last byte while a message waits for a backend that is down.
+    let sink_addr = sink.addr;
+    sink.stop();
+    let waiting = send_accepted(
+        gw.addr(),
+        from,
+        to,
+        &simple_message(from, to, "waiting-on-full-disk"),
+    );
+    gw.wait_for_event("deferred", WAIT, |v| v["queue_id"] == waiting.as_str());
+    fill_up(&filler);
+    assert_eq!(mount.available(), 0, "the spool still has room");
+    // A new message gets 452 at once, and the session goes on.
+    let small = simple_message(from, to, "on-a-full-disk");
+    let mut c = open_data(gw.addr(), from, to);
+    c.send(&small).expect("send the message data");
+    c.send(b".\r\n").expect("send the end of data");
+    let reply = c.read_reply().expect("reply to the end of data");
+    assert_eq!(reply.code, 452, "on a full disk: {reply:?}");
+    for (line, code) in [("RSET", 250), ("NOOP", 250), ("QUIT", 221)] {
+        let r = c.command(line).expect("the session goes on");
+        assert_eq!(r.code, code, "{line} after 452: {r:?}");
+    }
+    assert_eq!(spool_files(&gw, "incoming"), Vec::<String>::new());
+    // The waiting message's next attempt cannot record its state: logged, and tried again.
+    let state_error = gw.wait_for_event("spool_error", WAIT, |v| v["queue_id"] == waiting.as_str());
+    assert_eq!(spool_files(&gw, "queue"), vec![waiting.clone()]);
+
+    // Space and backend return: the waiting message goes out once, the refused one is
+    // accepted again, and the queue empties.
+    fs::remove_file(&filler).expect("remove the filler");
+    let sink = SmtpSink::start_on(sink_addr, &[]);
+    let again = send_accepted(gw.addr(), from, to, &small);
+    sink.wait_for_messages(2, WAIT);
+    wait_queue_empty(&gw, WAIT);
+    let delivered = delivered_ids(&sink);
+    let want: BTreeMap<String, usize> = [(waiting.clone(), 1), (again.clone(), 1)].into();
+    assert_eq!(delivered, want, "each message exactly once");
+    eprintln!(
+        "disk full to the last byte: 452 and the session went on; {waiting}'s state write \
+         failed ({}), it was retried and delivered once space returned; {again} accepted",
+        state_error["error"]
+    );
     gw.kill();
     drop(mount);
+}
+
+/// Writes zeros to `path` until the file system is full.
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open the filler");
+    let chunk = vec![0u8; 64 << 10];
+    let mut size = chunk.len();
+    while size > 0 {
+        match f.write(&chunk[..size]) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => size /= 2,
+            Err(e) => panic!("fill the spool: {e}"),
+        }
+    }
+    let _ = f.sync_all();
 }

@@ -1124,13 +1124,18 @@ fn ids_of(status: &str, field: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Started as root with `[server] user = "nobody"`, every thread of the running gateway has
-/// nobody's user and group ids (real, effective, saved, filesystem) and no other group; the
+/// Started as root with `[server] user = "nobody"` and a listener on a port below 1024 (as
+/// port 25 is), every thread of the running gateway has nobody's user and group ids (real,
+/// effective, saved, filesystem) and no other group; the privileged port stays open; the
 /// spool belongs to nobody; mail still flows. Not started as root, it runs as the caller.
 #[test]
 fn runs_as_the_configured_user() {
     let sink = SmtpSink::start();
-    let ravelin = Ravelin::start(RavelinConfig::inbound(sink.addr));
+    let mut config = RavelinConfig::inbound(sink.addr);
+    if is_root() {
+        config.listeners[0].address = privileged_addr();
+    }
+    let ravelin = Ravelin::start(config);
     let pid = ravelin.pid().expect("running");
     let (uid, gid) = if is_root() {
         let user = nix::unistd::User::from_name("nobody")
@@ -1159,6 +1164,11 @@ fn runs_as_the_configured_user() {
             assert_eq!(ids_of(&status, "Groups"), vec![gid], "{status}");
         }
     }
+    assert_eq!(
+        listening_sockets(pid),
+        [ravelin.addr()].into(),
+        "still listening after the privilege drop"
+    );
     use std::os::unix::fs::MetadataExt;
     let spool = fs::metadata(ravelin.spool()).expect("the spool exists");
     assert_eq!((spool.uid(), spool.gid()), (uid, gid));

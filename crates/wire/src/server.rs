@@ -16,7 +16,11 @@
 //!   would otherwise be injected into the TLS session (CVE-2011-0411);
 //! - limits: command lines of 512 octets, text lines, message size (counted while streaming),
 //!   recipients per message, junk commands, errors per session (a growing delay past the soft
-//!   limit, `421` and close at the hard limit);
+//!   limit, `421` and close at the hard limit). Recipients past the limit get `452 4.5.3`, and
+//!   (like Postfix's `smtpd_recipient_overshoot_limit`) the first
+//!   [`ServerConfig::max_recipient_overshoot`] of them per transaction are not errors: a client
+//!   that pipelines more recipients than we take must still reach DATA and send the rest
+//!   later (RFC 5321 4.5.3.1.10), not be disconnected for it;
 //! - VRFY answers 252 without information, EXPN 502, HELP nothing; the greeting and EHLO show
 //!   only the configured host name;
 //! - AUTH (RFC 4954, PLAIN and LOGIN, see [`crate::auth`]) only where the driver enables it
@@ -53,6 +57,9 @@ pub struct ServerConfig {
     pub soft_error_limit: u32,
     /// Errors after which the session ends with 421.
     pub hard_error_limit: u32,
+    /// Recipients refused per transaction for the recipient limit before each further one
+    /// counts as an error.
+    pub max_recipient_overshoot: u32,
     /// NOOP, VRFY, HELP and RSET beyond this count as errors.
     pub junk_command_limit: u32,
     /// Longest delay added before one error reply.
@@ -79,6 +86,7 @@ impl ServerConfig {
             max_line_length: crate::data::MAX_TEXT_LINE,
             soft_error_limit: 3,
             hard_error_limit: 10,
+            max_recipient_overshoot: 1000,
             junk_command_limit: 100,
             max_error_delay: Duration::from_secs(10),
             offer_starttls: false,
@@ -228,6 +236,8 @@ enum Phase {
 #[derive(Debug, Default)]
 struct Transaction {
     recipients: usize,
+    /// Recipients refused for the recipient limit so far.
+    overshoot: u32,
 }
 
 /// One SMTP server session.
@@ -693,15 +703,24 @@ impl ServerSession {
                     self.events.push_back(Event::Mail { from, params });
                 }
             }
-            Command::Rcpt { to } => match &self.tx {
+            Command::Rcpt { to } => match &mut self.tx {
                 None => self.refuse(
                     &verb,
                     Reply::ext(503, (5, 5, 1), "Error: need MAIL command"),
                 ),
-                Some(tx) if tx.recipients >= self.config.max_recipients => self.refuse(
-                    &verb,
-                    Reply::ext(452, (4, 5, 3), "Error: too many recipients"),
-                ),
+                Some(tx) if tx.recipients >= self.config.max_recipients => {
+                    let reply = Reply::ext(452, (4, 5, 3), "Error: too many recipients");
+                    if tx.overshoot < self.config.max_recipient_overshoot {
+                        tx.overshoot += 1;
+                        self.events.push_back(Event::Refused {
+                            command: verb,
+                            reply: reply.clone(),
+                        });
+                        self.reply(reply);
+                    } else {
+                        self.refuse(&verb, reply);
+                    }
+                }
                 Some(_) => {
                     self.pending = Some(Pending::Rcpt);
                     self.events.push_back(Event::Rcpt { to });

@@ -321,6 +321,41 @@ fn recipient_limit() {
     assert_eq!(codes(&o)[2..], ["250", "250", "250", "250", "452"]);
 }
 
+/// Surplus recipients get 452 without counting as errors, up to the overshoot allowance: a
+/// client that pipelines more recipients than the limit still reaches DATA, undelayed. Past
+/// the allowance each one is an error, up to the hard limit.
+#[test]
+fn recipient_overshoot_is_not_an_error_until_its_limit() {
+    let rcpts: Vec<u8> = (0..10)
+        .flat_map(|i| format!("RCPT TO:<r{i}@example.org>\r\n").into_bytes())
+        .collect();
+    let batch = [rcpts.as_slice(), b"DATA\r\n"].concat();
+    let mut c = config();
+    c.soft_error_limit = 1;
+    c.hard_error_limit = 3;
+    let o = run(
+        c.clone(),
+        &[b"EHLO c\r\n", b"MAIL FROM:<a@example.net>\r\n", &batch],
+    );
+    let mut want = vec!["250"; 3];
+    want.extend(["452"; 7]);
+    want.push("354");
+    assert_eq!(codes(&o)[3..], want);
+    assert_eq!(o.closed, None);
+    assert_eq!(o.delay_secs, 0);
+
+    c.max_recipient_overshoot = 2;
+    let o = run(
+        c,
+        &[b"EHLO c\r\n", b"MAIL FROM:<a@example.net>\r\n", &rcpts],
+    );
+    assert_eq!(
+        codes(&o)[3..],
+        ["250", "250", "250", "452", "452", "452", "452", "421"]
+    );
+    assert_eq!(o.closed, Some(CloseReason::TooManyErrors));
+}
+
 #[test]
 fn sequence_errors() {
     let o = run(

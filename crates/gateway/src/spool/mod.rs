@@ -53,7 +53,7 @@ pub(crate) mod tests;
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -234,6 +234,11 @@ impl Spool {
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
         builder.create(path)?;
+        // A root made before us (the privilege drop creates it with the umask's mode, or a
+        // package did) is tightened to 0700 like every directory below it.
+        if fs::metadata(path)?.mode() & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        }
         for sub in [INCOMING, QUEUE, HOLD, STATE, CORRUPT, FREE] {
             builder.create(path.join(sub))?;
         }
@@ -1058,6 +1063,16 @@ impl Lease {
         }
         Ok(())
     }
+}
+
+/// Checks a message file as recovery and delivery do (magic, envelope, trailer and length,
+/// then the body's checksum) and returns its envelope, with `size` the body's length. Only
+/// reads the file; every defect is an `io::ErrorKind::InvalidData` error. The fuzzer feeds it
+/// arbitrary files.
+pub fn check_file(file: &File) -> io::Result<Envelope> {
+    let layout = format::read_layout(file)?;
+    format::verify_body(file, &layout, MEMORY_BODY)?;
+    Ok(layout.envelope)
 }
 
 /// The header section at the start of `message`: everything up to and including the CRLF

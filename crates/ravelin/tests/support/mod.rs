@@ -96,6 +96,15 @@ pub fn daemon_tempdir() -> tempfile::TempDir {
     dir
 }
 
+/// A private CA and a certificate for `hostname`, written to a fresh directory that lives as
+/// long as the returned handle.
+pub fn test_pki(hostname: &str) -> (tempfile::TempDir, ravelin_tls::testing::TestPkiFiles) {
+    let pki = ravelin_tls::testing::TestPki::new(hostname).expect("test PKI");
+    let dir = daemon_tempdir();
+    let files = pki.write_to(dir.path()).expect("write the test PKI");
+    (dir, files)
+}
+
 /// Runs a command to completion with a time limit, capturing stdout and stderr.
 /// Panics when it cannot start or does not finish in time (it is killed then).
 pub fn run(cmd: Command, timeout: Duration) -> Output {
@@ -191,6 +200,19 @@ pub fn free_port() -> u16 {
 /// `127.0.0.1:` a [`free_port`].
 pub fn free_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port())
+}
+
+/// A port below 1024 on 127.0.0.1 (one only root may bind, like 25) that was free a moment
+/// ago and has not been handed out before in this test process. Needs root.
+pub fn privileged_addr() -> SocketAddr {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for port in (600..1024).rev() {
+        if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed_out.insert(port);
+            return SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        }
+    }
+    panic!("no free port below 1024 on 127.0.0.1 (binding one needs root)");
 }
 
 /// Whether some socket listens on `addr` (or on the wildcard address of its port).
@@ -1206,6 +1228,9 @@ pub struct RavelinConfig {
     pub extra: String,
 }
 
+/// Prefix of the [`RavelinConfig::lines`] section that holds a listener's extra lines.
+const LISTEN_SECTION: &str = "[[listen]] ";
+
 /// A TOML basic string (JSON's string escapes are valid TOML).
 pub fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("strings always serialise")
@@ -1276,6 +1301,20 @@ impl RavelinConfig {
         self
     }
 
+    /// Adds `line` (e.g. `max_connections = 10`) to the `[[listen]]` entry called `name`.
+    pub fn listen_set(self, name: &str, line: &str) -> Self {
+        self.set(&format!("{LISTEN_SECTION}{name}"), line)
+    }
+
+    /// Serves `files`' certificate and key (a `[tls]` section).
+    pub fn certificate(self, files: &ravelin_tls::testing::TestPkiFiles) -> Self {
+        self.extra(&format!(
+            "[tls]\ncertificate = {}\nprivate_key = {}",
+            toml_string(&files.cert.to_string_lossy()),
+            toml_string(&files.key.to_string_lossy())
+        ))
+    }
+
     /// Appends raw TOML after everything else (whole tables only).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -1309,6 +1348,7 @@ impl RavelinConfig {
                 toml_string(&l.kind),
                 toml_string(&l.tls)
             ));
+            self.section_lines(&format!("{LISTEN_SECTION}{}", l.name), &mut out);
         }
         out.push_str(&format!(
             "\n[inbound]\ndomains = {}\nbackend = {}\n",
@@ -1333,7 +1373,7 @@ impl RavelinConfig {
             .lines
             .iter()
             .map(|(s, _)| s.as_str())
-            .filter(|s| !known.contains(s))
+            .filter(|s| !known.contains(s) && !s.starts_with(LISTEN_SECTION))
             .collect();
         for section in others {
             out.push_str(&format!("\n[{section}]\n"));
@@ -1462,6 +1502,17 @@ impl Ravelin {
 
     pub fn spool(&self) -> &Path {
         &self.spool
+    }
+
+    /// Names in a spool subdirectory (`queue`, `incoming`, `corrupt`, ...), sorted.
+    pub fn spool_entries(&self, sub: &str) -> Vec<String> {
+        let dir = self.spool.join(sub);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -1823,4 +1874,245 @@ print(json.dumps(out))
                 .collect()
         })
         .collect()
+}
+
+// Fault injection
+
+/// What a [`FlakyBackend`] does to the transactions it is offered; read at each DATA, so a
+/// connection the gateway keeps open for reuse follows a change too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flaw {
+    /// Answers 354, reads the first chunk of the message and resets the connection (RST).
+    ResetInData,
+    /// Reads the whole message and answers the end of data with `451 4.3.0`.
+    TempFailData,
+}
+
+/// A scripted next hop for fault injection, not a mail server: it speaks just enough SMTP
+/// (220, EHLO with PIPELINING, 250 to MAIL/RCPT/RSET/NOOP, 354 to DATA, 221 to QUIT) to get a
+/// message started, then fails it as its [`Flaw`] says. Nothing it reads is kept. Each DATA
+/// it failed is counted per flaw. [`FlakyBackend::stop`] closes the listener and every
+/// connection (so a real peer can take over the port).
+pub struct FlakyBackend {
+    pub addr: SocketAddr,
+    flaw: std::sync::Arc<Mutex<Flaw>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed: std::sync::Arc<Mutex<Vec<Flaw>>>,
+    threads: std::sync::Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+/// How often a [`FlakyBackend`] thread looks at its stop flag while waiting for input.
+const FLAKY_POLL: Duration = Duration::from_millis(100);
+
+impl FlakyBackend {
+    pub fn start(flaw: Flaw) -> FlakyBackend {
+        let listener = TcpListener::bind(free_addr()).expect("bind the flaky backend");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("local address");
+        let mut backend = FlakyBackend {
+            addr,
+            flaw: std::sync::Arc::new(Mutex::new(flaw)),
+            stop: Default::default(),
+            failed: Default::default(),
+            threads: Default::default(),
+            acceptor: None,
+        };
+        let (flaw, stop, failed, threads) = (
+            backend.flaw.clone(),
+            backend.stop.clone(),
+            backend.failed.clone(),
+            backend.threads.clone(),
+        );
+        backend.acceptor = Some(thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (flaw, stop, failed) = (flaw.clone(), stop.clone(), failed.clone());
+                        let handle = thread::spawn(move || {
+                            let _ = flaky_session(stream, &flaw, &stop, &failed);
+                        });
+                        threads
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(handle);
+                    }
+                    Err(_) => thread::sleep(FLAKY_POLL / 4),
+                }
+            }
+        }));
+        backend
+    }
+
+    pub fn set(&self, flaw: Flaw) {
+        *self.flaw.lock().unwrap_or_else(|e| e.into_inner()) = flaw;
+    }
+
+    /// Transactions failed so far with `flaw`.
+    pub fn failed(&self, flaw: Flaw) -> usize {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.iter().filter(|f| **f == flaw).count()
+    }
+
+    /// Closes the listener and every connection, and waits for the threads.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FlakyBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One connection of a [`FlakyBackend`]; returns when the peer leaves, on a reset, or on stop.
+fn flaky_session(
+    mut stream: TcpStream,
+    flaw: &Mutex<Flaw>,
+    stop: &std::sync::atomic::AtomicBool,
+    failed: &Mutex<Vec<Flaw>>,
+) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(FLAKY_POLL))?;
+    stream.write_all(b"220 flaky.test.example ESMTP\r\n")?;
+    let mut buf = Vec::new();
+    let mut in_data = false;
+    loop {
+        if in_data {
+            let current = *flaw.lock().unwrap_or_else(|e| e.into_inner());
+            match current {
+                Flaw::ResetInData if !buf.is_empty() => {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(current);
+                    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+                    return Ok(()); // dropping the socket with linger 0 sends RST
+                }
+                Flaw::TempFailData => {
+                    if let Some(end) = buf.windows(5).position(|w| w == b"\r\n.\r\n") {
+                        buf.drain(..end + 5);
+                        in_data = false;
+                        failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(current);
+                        stream.write_all(b"451 4.3.0 flaky backend: try again later\r\n")?;
+                        continue;
+                    }
+                    // Keep only what could be the start of the terminator.
+                    let keep = buf.len().saturating_sub(4);
+                    buf.drain(..keep);
+                }
+                Flaw::ResetInData => {}
+            }
+        } else if let Some(nl) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = buf.drain(..nl + 2).collect();
+            let verb = String::from_utf8_lossy(&line[..nl]).to_ascii_uppercase();
+            let verb = verb.split([' ', ':']).next().unwrap_or("");
+            let reply: &[u8] = match verb {
+                "EHLO" => b"250-flaky.test.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                "HELO" | "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 2.0.0 Ok\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 End data with <CR><LF>.<CR><LF>\r\n"
+                }
+                "QUIT" => {
+                    stream.write_all(b"221 2.0.0 Bye\r\n")?;
+                    return Ok(());
+                }
+                _ => b"502 5.5.2 Error: command not recognized\r\n",
+            };
+            stream.write_all(reply)?;
+            continue;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process inspection
+
+/// A `kB` field of /proc/PID/status (e.g. `VmHWM`, the peak resident set), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The TCP sockets `pid` listens on (IPv4 and IPv6), from /proc/net/tcp{,6} and the inodes of
+/// its open descriptors.
+pub fn listening_sockets(pid: u32) -> BTreeSet<SocketAddr> {
+    let inodes: BTreeSet<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .filter_map(|e| {
+            let target = fs::read_link(e.ok()?.path()).ok()?;
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 || fields[3] != "0A" || !inodes.contains(fields[9]) {
+                continue;
+            }
+            if let Some(addr) = parse_proc_addr(fields[1]) {
+                out.insert(addr);
+            }
+        }
+    }
+    out
+}
+
+/// `0100007F:1F90` or the 32-hex-digit IPv6 form → a socket address.
+fn parse_proc_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut octets = Vec::new();
+    for word in 0..ip.len() / 8 {
+        let w = u32::from_str_radix(&ip[word * 8..word * 8 + 8], 16).ok()?;
+        octets.extend_from_slice(&w.to_ne_bytes());
+    }
+    let ip = match octets.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(octets).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(octets).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
