@@ -7,11 +7,16 @@
 //! - [`finding`]: the finding model shared by every check and every renderer (the JSON schema
 //!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
 //!
+//! - [`target`]: targets as written on the command line and the endpoints they resolve to.
+//! - [`smtp`]: the SMTP behaviour checks and the probe they speak through.
+//!
 //! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
 //! and only produce findings; renderers only read them. How it fails: a check that cannot run
 //! (network error, timeout) reports a finding with status `error` or `skipped` and the reason
 //! as evidence; it never aborts the run.
 
 pub mod finding;
+pub mod smtp;
+pub mod target;
 
 pub use finding::{Finding, Report, Severity, Status, TargetReport};
