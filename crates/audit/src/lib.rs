@@ -8,6 +8,8 @@
 //!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
 //!
 //! - [`target`]: targets as written on the command line and the endpoints they resolve to.
+//! - [`render`]: the text, JSON, SARIF 2.1.0 and HTML renderers.
+//! - [`run`]: an audit over many targets (concurrency, one connection per host at a time).
 //! - [`smtp`]: the SMTP behaviour checks and the probe they speak through.
 //!
 //! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
@@ -16,6 +18,8 @@
 //! as evidence; it never aborts the run.
 
 pub mod finding;
+pub mod render;
+pub mod run;
 pub mod smtp;
 pub mod target;
 

@@ -1,8 +1,10 @@
 //! The `ravelin` command: thin glue between the command line and the library crates.
 //!
 //! Exit codes: 0 success; 1 the operation failed (invalid configuration, spool error, demo
-//! expectation not met); 2 usage error (from clap).
+//! expectation not met); 2 usage error (from clap). `ravelin audit` has its own codes (see
+//! audit_cmd.rs): 0 clean, 1 findings at or above --fail-on, 2 usage error, 3 could not run.
 
+mod audit_cmd;
 mod demo;
 mod queue_cmd;
 
@@ -42,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         action: queue_cmd::QueueAction,
     },
+    /// Audit mail servers from outside: SMTP behaviour, disclosure, relay, smuggling.
+    Audit(audit_cmd::AuditArgs),
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
     Demo {
@@ -121,5 +125,6 @@ fn main() -> ExitCode {
         }
         Command::Queue { action } => queue_cmd::run(action),
         Command::Demo { json } => demo::run(json),
+        Command::Audit(args) => audit_cmd::run(args),
     }
 }

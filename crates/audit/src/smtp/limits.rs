@@ -2,7 +2,8 @@
 //! `smtp.pipelining_sync`.
 //!
 //! The size check reads SIZE from EHLO and declares one byte more in `MAIL FROM:<> SIZE=`
-//! (nothing is sent after MAIL). The pipelining check sends `EHLO` and `NOOP` in one write
+//! (nothing is sent after MAIL; on a submission port inside TLS, since MAIL before STARTTLS
+//! is refused there). The pipelining check sends `EHLO` and `NOOP` in one write
 //! straight after the greeting, which RFC 2920 forbids (EHLO must end a group): a strict
 //! server refuses or disconnects; spam bots do this and a lenient server answers both.
 //!
@@ -13,6 +14,7 @@ use std::time::Duration;
 use super::probe::{Connection, ProbeError};
 use super::{Ctx, Discovery, said, session};
 use crate::finding::{Finding, Severity, Status};
+use crate::target::Role;
 
 /// Limits above this (bytes) are reported as very large.
 const LARGE_LIMIT: u64 = 100 * 1024 * 1024;
@@ -62,9 +64,17 @@ pub async fn size_limit(ctx: &Ctx<'_>, d: &Discovery) -> Finding {
         }
         Some(Some(n)) => n,
     };
-    let mut s = match session::open(ctx.endpoint, ctx.options).await {
+    // A submission port refuses MAIL before STARTTLS: test the limit inside TLS there.
+    let opened = if ctx.endpoint.role == Role::Submission && ehlo.has("STARTTLS") {
+        super::tls_session(ctx).await
+    } else {
+        session::open(ctx.endpoint, ctx.options)
+            .await
+            .map_err(|e| e.evidence())
+    };
+    let mut s = match opened {
         Ok(s) => s,
-        Err(e) => return ctx.open_error(id, &e),
+        Err(e) => return ctx.error(id, e),
     };
     let command = format!("MAIL FROM:<> SIZE={}", limit.saturating_add(1));
     let reply = s.conn.command(&command).await;

@@ -9,7 +9,8 @@
 //! connection must be slowed down (tarpit) or cut off (error limit) within
 //! [`SmtpOptions::enumeration_probes`](super::SmtpOptions) tries.
 //!
-//! No message is sent: transactions end with RSET and QUIT. How it fails: a session that
+//! The RCPT checks run on mail exchangers only (a submission port serves authenticated
+//! users). No message is sent: transactions end with RSET and QUIT. How it fails: a session that
 //! cannot be opened gives status `error`; without a mail domain the RCPT checks are
 //! `skipped`.
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::probe::ProbeError;
 use super::{Ctx, said, session};
 use crate::finding::{Finding, Severity, Status};
+use crate::target::Role;
 
 /// A local part nobody has: `ravelin-audit-` and 16 random hex digits.
 pub fn random_local() -> String {
@@ -146,6 +148,11 @@ const TARPIT_MIN: Duration = Duration::from_millis(900);
 /// `smtp.catch_all` and `smtp.rcpt_enumeration`.
 pub async fn catch_all_and_enumeration(ctx: &Ctx<'_>) -> Vec<Finding> {
     let (catch, enumeration) = ("smtp.catch_all", "smtp.rcpt_enumeration");
+    if ctx.endpoint.role != Role::Mx {
+        let why = "a submission port takes mail from authenticated users; the recipient \
+                   checks apply to mail exchangers";
+        return vec![ctx.skipped(catch, why), ctx.skipped(enumeration, why)];
+    }
     let Some(domain) = ctx.domain().map(str::to_string) else {
         let why = "no mail domain is known for this host; give it as DOMAIN@HOST[:PORT]";
         return vec![ctx.skipped(catch, why), ctx.skipped(enumeration, why)];

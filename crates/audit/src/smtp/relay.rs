@@ -104,6 +104,9 @@ struct Accepted {
     data: Option<Result<Reply, String>>,
 }
 
+/// Accepted and refused attempts quoted in the evidence (the rest are counted).
+const SHOWN: usize = 5;
+
 /// Refusals after which the session is replaced.
 const REFUSALS_PER_SESSION: u32 = 2;
 
@@ -244,7 +247,7 @@ fn verdict(
     throttled: Option<OpenError>,
 ) -> Finding {
     let mut lines: Vec<String> = Vec::new();
-    for a in &accepted {
+    for a in accepted.iter().take(SHOWN) {
         let mut line = format!(
             "accepted: MAIL FROM:<{}> {}",
             a.trick.from,
@@ -263,15 +266,18 @@ fn verdict(
         }
         lines.push(line);
     }
+    if accepted.len() > SHOWN {
+        lines.push(format!("… and {} more accepted", accepted.len() - SHOWN));
+    }
     let tested = accepted.len() + refused.len();
     lines.push(format!(
         "{} of {} attempts refused",
         refused.len(),
         attempts.len()
     ));
-    lines.extend(refused.iter().take(3).map(|r| format!("refused: {r}")));
-    if refused.len() > 3 {
-        lines.push(format!("… and {} more refusals", refused.len() - 3));
+    lines.extend(refused.iter().take(SHOWN).map(|r| format!("refused: {r}")));
+    if refused.len() > SHOWN {
+        lines.push(format!("… and {} more refusals", refused.len() - SHOWN));
     }
     lines.extend(problems.iter().take(5).map(|p| format!("problem: {p}")));
     if let Some(e) = &throttled {

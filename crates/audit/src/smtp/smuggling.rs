@@ -14,11 +14,13 @@
 //! dropped without the final dot, so nothing is delivered.
 //!
 //! The recipient is `postmaster@DOMAIN` when the target names the domain, else `postmaster`.
-//! Without `--active` a single `smtp.smuggling` finding says the checks were skipped.
+//! Without `--active`, and on submission ports, a single `smtp.smuggling` finding says the
+//! checks were skipped.
 
 use super::probe::ProbeError;
 use super::{Ctx, said, session};
 use crate::finding::{Finding, Severity, Status};
+use crate::target::Role;
 
 /// What the smuggling checks are about.
 pub const DESCRIPTION: &str = "Only <CRLF>.<CRLF> ends message data; other end-of-data \
@@ -94,6 +96,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Finding> {
             "smtp.smuggling",
             "active check: run with --active, only against servers you run or may test \
              (a vulnerable server receives one short test message per sequence)",
+        )];
+    }
+    if ctx.endpoint.role != Role::Mx {
+        return vec![ctx.skipped(
+            "smtp.smuggling",
+            "smuggling is tested on mail exchangers, where unauthenticated mail arrives",
         )];
     }
     let recipient = match ctx.domain() {
