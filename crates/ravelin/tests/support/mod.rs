@@ -8,6 +8,7 @@
 //!   backend (virtual(8) Maildir delivery, read back as [`MaildirMessage`]s) or as a relay.
 //! - [`Ravelin`]: the gateway under test (`ravelin serve --config FILE`) with a config written
 //!   from a [`RavelinConfig`], its stderr JSON log captured to a file.
+//! - [`ravelin_cli`]: any other `ravelin` command without a configuration (the auditor).
 //! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
 //!   socket for bytes no well-behaved client sends.
 //!
@@ -965,6 +966,21 @@ impl Postfix {
         fs::read_to_string(self.dir().join("maillog")).unwrap_or_default()
     }
 
+    /// The instance's queue as `postqueue -j` reports it: one JSON object per queued message.
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        let mut cmd = Command::new(program("postqueue"));
+        cmd.arg("-c").arg(self.dir().join("etc")).arg("-j");
+        let out = run(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "postqueue -j: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("postqueue -j line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
     /// Delivered messages (all mailboxes), oldest first.
     pub fn messages(&self) -> Vec<MaildirMessage> {
         let base = self.dir().join("mail").join(&self.domain);
@@ -1473,4 +1489,11 @@ impl Drop for Ravelin {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `ravelin ARGS…` without a configuration file (e.g. `["audit", …]`) to completion.
+pub fn ravelin_cli(args: &[&str], timeout: Duration) -> Output {
+    let mut cmd = Command::new(Ravelin::exe());
+    cmd.args(args);
+    run(cmd, timeout)
 }
