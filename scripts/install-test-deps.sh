@@ -3,7 +3,8 @@
 #
 # Debian packages: postfix (smtp-sink, smtp-source, posttls-finger and an alternate
 # instance per test), swaks, libnet-ssleay-perl and libio-socket-ssl-perl (swaks' TLS),
-# openssl, python3-venv. Postfix is preseeded to "No configuration" and the system
+# openssl, python3-venv, unbound (a local DNS server for the auditor's --nameserver tests;
+# the system service is left as the package sets it, tests start their own). Postfix is preseeded to "No configuration" and the system
 # instance is kept stopped and disabled: tests start their own instances on high ports.
 # Python: a venv in .venv/ at the repository root with dkimpy and dnspython, the
 # independent DKIM verifier.
@@ -16,7 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
 PY_PACKAGES=(dkimpy dnspython)
-DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
+DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv unbound)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -59,7 +60,7 @@ install_debs() {
 
 check_tools() {
     local t
-    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl; do
+    for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl unbound; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done

@@ -101,6 +101,45 @@ impl Audit {
     }
 }
 
+/// The status of every check but smuggling on a well-kept mail exchanger without AUTH and
+/// without a clock in its greeting.
+const HARDENED_MX: &[(&str, &str)] = &[
+    ("smtp.banner_disclosure", "pass"),
+    ("smtp.ntlm_info", "pass"),
+    ("smtp.clock_skew", "skipped"),
+    ("smtp.software", "pass"),
+    ("smtp.vrfy", "pass"),
+    ("smtp.expn", "pass"),
+    ("smtp.auth_before_tls", "pass"),
+    ("smtp.auth_mechanisms", "pass"),
+    ("smtp.plaintext_mail_accepted", "skipped"),
+    ("smtp.size_limit", "pass"),
+    ("smtp.greeting_delay", "info"),
+    ("smtp.pipelining_sync", "pass"),
+    ("smtp.open_relay", "pass"),
+    ("smtp.catch_all", "pass"),
+    ("smtp.rcpt_enumeration", "pass"),
+];
+
+/// `base` with the statuses in `changes` replaced (each change must name a check of `base`).
+fn with<'a>(
+    base: &[(&'a str, &'a str)],
+    changes: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    for (id, _) in changes {
+        assert!(
+            base.iter().any(|(b, _)| b == id),
+            "{id} is not in the base list"
+        );
+    }
+    base.iter()
+        .map(|(id, status)| {
+            let changed = changes.iter().find(|(c, _)| c == id).map(|(_, s)| *s);
+            (*id, changed.unwrap_or(status))
+        })
+        .collect()
+}
+
 /// The installed Postfix version, e.g. (3, 7, 11).
 fn postfix_version() -> (u32, u32, u32) {
     let mut cmd = std::process::Command::new(program("postconf"));
@@ -168,23 +207,18 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
     };
     a.expect(
         0,
-        &[
-            ("smtp.banner_disclosure", "fail"),
-            ("smtp.ntlm_info", "pass"),
-            ("smtp.clock_skew", "skipped"),
-            ("smtp.software", software),
-            ("smtp.vrfy", "fail"),
-            ("smtp.expn", "pass"),
-            ("smtp.auth_before_tls", "pass"),
-            ("smtp.auth_mechanisms", "pass"),
-            ("smtp.plaintext_mail_accepted", "skipped"),
-            ("smtp.size_limit", "warn"),
-            ("smtp.greeting_delay", "info"),
-            ("smtp.pipelining_sync", "warn"),
-            ("smtp.open_relay", "fail"),
-            ("smtp.catch_all", "pass"),
-            ("smtp.rcpt_enumeration", "warn"),
-        ],
+        &with(
+            HARDENED_MX,
+            &[
+                ("smtp.banner_disclosure", "fail"),
+                ("smtp.software", software),
+                ("smtp.vrfy", "fail"),
+                ("smtp.size_limit", "warn"),
+                ("smtp.pipelining_sync", "warn"),
+                ("smtp.open_relay", "fail"),
+                ("smtp.rcpt_enumeration", "warn"),
+            ],
+        ),
     );
     let shown = format!("Postfix {}.{}.{}", version.0, version.1, version.2);
     assert!(
@@ -284,26 +318,7 @@ fn hardened_postfix_passes_every_check() {
     let target = format!("example.org@{}", postfix.addr);
     let a = Audit::run(&["--active", "--smuggling-wait", "2", &target]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
-    a.expect(
-        0,
-        &[
-            ("smtp.banner_disclosure", "pass"),
-            ("smtp.ntlm_info", "pass"),
-            ("smtp.clock_skew", "skipped"),
-            ("smtp.software", "pass"),
-            ("smtp.vrfy", "pass"),
-            ("smtp.expn", "pass"),
-            ("smtp.auth_before_tls", "pass"),
-            ("smtp.auth_mechanisms", "pass"),
-            ("smtp.plaintext_mail_accepted", "skipped"),
-            ("smtp.size_limit", "pass"),
-            ("smtp.greeting_delay", "info"),
-            ("smtp.pipelining_sync", "pass"),
-            ("smtp.open_relay", "pass"),
-            ("smtp.catch_all", "pass"),
-            ("smtp.rcpt_enumeration", "pass"),
-        ],
-    );
+    a.expect(0, HARDENED_MX);
     assert_eq!(a.smuggling(0, "pass").len(), 11, "{:#}", a.report);
     // STARTTLS worked through the probe (the EHLO inside TLS was read).
     assert!(
@@ -359,26 +374,7 @@ fn ravelin_gateway_audits_clean() {
         &submission,
     ]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
-    a.expect(
-        0,
-        &[
-            ("smtp.banner_disclosure", "pass"),
-            ("smtp.ntlm_info", "pass"),
-            ("smtp.clock_skew", "skipped"),
-            ("smtp.software", "pass"),
-            ("smtp.vrfy", "pass"),
-            ("smtp.expn", "pass"),
-            ("smtp.auth_before_tls", "pass"),
-            ("smtp.auth_mechanisms", "pass"),
-            ("smtp.plaintext_mail_accepted", "skipped"),
-            ("smtp.size_limit", "pass"),
-            ("smtp.greeting_delay", "info"),
-            ("smtp.pipelining_sync", "pass"),
-            ("smtp.open_relay", "pass"),
-            ("smtp.catch_all", "warn"),
-            ("smtp.rcpt_enumeration", "pass"),
-        ],
-    );
+    a.expect(0, &with(HARDENED_MX, &[("smtp.catch_all", "warn")]));
     assert_eq!(a.smuggling(0, "pass").len(), 11, "{:#}", a.report);
     for ending in ["lf-dot-lf", "cr-dot-cr"] {
         assert!(
@@ -426,6 +422,20 @@ fn ravelin_gateway_audits_clean() {
         ravelin.log_text()
     );
     assert!(sink.messages().is_empty());
+}
+
+/// Runs `ravelin audit --format FORMAT --output FILE TARGET` (expecting exit 0 and nothing on
+/// stdout) and returns the file's contents.
+fn audit_to_file(dir: &std::path::Path, format: &str, target: &str) -> String {
+    let path = dir.join(format!("report.{format}"));
+    let file = path.to_string_lossy().into_owned();
+    let out = ravelin_cli(
+        &["audit", "--format", format, "--output", &file, target],
+        AUDIT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "--output leaves stdout empty");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {file}: {e}"))
 }
 
 #[test]
@@ -476,22 +486,8 @@ fn command_line_exit_codes_formats_and_targets_file() {
     );
 
     // SARIF to a file: rules from check ids, results with levels, endpoint URIs.
-    let sarif_path = dir.path().join("report.sarif");
-    let out = ravelin_cli(
-        &[
-            "audit",
-            "--format",
-            "sarif",
-            "--output",
-            &sarif_path.to_string_lossy(),
-            &mx,
-        ],
-        AUDIT_TIMEOUT,
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert!(out.stdout.is_empty(), "--output leaves stdout empty");
-    let sarif: Value =
-        serde_json::from_slice(&std::fs::read(&sarif_path).expect("read SARIF")).expect("JSON");
+    let sarif = audit_to_file(dir.path(), "sarif", &mx);
+    let sarif: Value = serde_json::from_str(&sarif).expect("SARIF is JSON");
     assert_eq!(sarif["version"], "2.1.0");
     let run0 = &sarif["runs"][0];
     let rules: Vec<&str> = run0["tool"]["driver"]["rules"]
@@ -514,20 +510,7 @@ fn command_line_exit_codes_formats_and_targets_file() {
     }
 
     // HTML to a file: one document naming the target.
-    let html_path = dir.path().join("report.html");
-    let out = ravelin_cli(
-        &[
-            "audit",
-            "--format",
-            "html",
-            "-o",
-            &html_path.to_string_lossy(),
-            &mx,
-        ],
-        AUDIT_TIMEOUT,
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let html = std::fs::read_to_string(&html_path).expect("read HTML");
+    let html = audit_to_file(dir.path(), "html", &mx);
     assert!(html.starts_with("<!DOCTYPE html>") && html.contains(&mx));
 
     // Text to a pipe: no colour, grouped by family, a summary line.
@@ -543,4 +526,41 @@ fn command_line_exit_codes_formats_and_targets_file() {
             .unwrap_or("")
             .contains(" findings: ")
     );
+}
+
+/// `--nameserver`: a host name is resolved by the given DNS server to every address it has,
+/// and each address is an endpoint audited on its own (here one answers and one does not).
+#[test]
+fn nameserver_resolves_a_host_to_every_address() {
+    let sink = SmtpSink::start();
+    let ravelin = Ravelin::start(RavelinConfig::inbound(sink.addr));
+    let port = ravelin.addr().port();
+    let dns = Unbound::start(
+        "audit.test.",
+        &["mx.audit.test. A 127.0.0.1", "mx.audit.test. A 127.0.0.2"],
+    );
+    let target = format!("example.org@mx.audit.test:{port}");
+    let a = Audit::run(&["--nameserver", &dns.addr.to_string(), &target]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    let mut endpoints: Vec<String> = a.report["targets"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    endpoints.sort();
+    let live = format!("mx.audit.test[127.0.0.1]:{port}");
+    let dead = format!("mx.audit.test[127.0.0.2]:{port}");
+    assert_eq!(endpoints, vec![live.clone(), dead.clone()]);
+    let of = |endpoint: &str, id: &str| -> Vec<String> {
+        a.findings(0)
+            .iter()
+            .filter(|f| f["endpoint"] == endpoint && f["id"] == id)
+            .map(|f| f["status"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(of(&live, "smtp.open_relay"), vec!["pass"]);
+    assert_eq!(of(&live, "smtp.connect"), Vec::<String>::new());
+    assert_eq!(of(&dead, "smtp.connect"), vec!["error"]);
+    assert_eq!(of(&dead, "smtp.open_relay"), Vec::<String>::new());
 }

@@ -285,29 +285,17 @@ pub fn mechanisms(ctx: &Ctx<'_>, d: &Discovery) -> Finding {
             problems.push((severity, text.to_string()));
         }
     }
-    let Some(worst) = problems.iter().map(|(s, _)| *s).max() else {
-        return ctx.finding(
+    let title = format!("weak or misplaced AUTH mechanisms: {}", offered.join(" "));
+    match ctx.problems(id, problems, Severity::High, title, &evidence) {
+        Some(f) => f.fix(MECHANISMS_FIX),
+        None => ctx.finding(
             id,
             Status::Pass,
             Severity::Info,
             format!("AUTH mechanisms: {}", offered.join(" ")),
             evidence,
-        );
-    };
-    let status = if worst >= Severity::High {
-        Status::Fail
-    } else {
-        Status::Warn
-    };
-    let lines: Vec<String> = problems.into_iter().map(|(_, t)| t).collect();
-    ctx.finding(
-        id,
-        status,
-        worst,
-        format!("weak or misplaced AUTH mechanisms: {}", offered.join(" ")),
-        format!("{evidence}\n{}", lines.join("\n")),
-    )
-    .fix(MECHANISMS_FIX)
+        ),
+    }
 }
 
 /// `smtp.plaintext_mail_accepted`: a submission port (587) must refuse MAIL before STARTTLS.

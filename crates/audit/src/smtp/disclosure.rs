@@ -99,35 +99,23 @@ pub fn banner_finding(ctx: &Ctx<'_>, d: &Discovery) -> Finding {
         d.greeting.one_line(),
         d.ehlo.first_line()
     );
-    let Some(worst) = items.iter().map(|(s, _)| *s).max() else {
-        return ctx.finding(
-            id,
-            Status::Pass,
-            Severity::Info,
-            "greeting and EHLO show only a host name",
-            shown,
-        );
-    };
     let mut unique: Vec<&str> = Vec::new();
     for k in kinds {
         if !unique.contains(&k) {
             unique.push(k);
         }
     }
-    let status = if worst >= Severity::Medium {
-        Status::Fail
-    } else {
-        Status::Warn
-    };
-    let lines: Vec<String> = items.into_iter().map(|(_, l)| l).collect();
-    ctx.finding(
-        id,
-        status,
-        worst,
-        format!("the server reveals {}", unique.join(", ")),
-        format!("{}\n{shown}", lines.join("\n")),
-    )
-    .fix(BANNER_FIX)
+    let title = format!("the server reveals {}", unique.join(", "));
+    match ctx.problems(id, items, Severity::Medium, title, &shown) {
+        Some(f) => f.fix(BANNER_FIX),
+        None => ctx.finding(
+            id,
+            Status::Pass,
+            Severity::Info,
+            "greeting and EHLO show only a host name",
+            shown,
+        ),
+    }
 }
 
 /// Larger differences than this (seconds) warn; Kerberos tolerates 5 minutes.

@@ -227,6 +227,31 @@ impl<'a> Ctx<'a> {
         self.finding(id, Status::Error, Severity::Info, title, e.evidence())
     }
 
+    /// The finding for a list of problems, `None` when there is none: failed when the worst
+    /// severity is at least `fail_at`, else warned, at the worst severity; the evidence is
+    /// `head` and then one line per problem.
+    pub fn problems(
+        &self,
+        id: &str,
+        problems: Vec<(Severity, String)>,
+        fail_at: Severity,
+        title: impl Into<String>,
+        head: &str,
+    ) -> Option<Finding> {
+        let worst = problems.iter().map(|(s, _)| *s).max()?;
+        let status = if worst >= fail_at {
+            Status::Fail
+        } else {
+            Status::Warn
+        };
+        let mut evidence = head.to_string();
+        for (_, line) in problems {
+            evidence.push('\n');
+            evidence.push_str(&line);
+        }
+        Some(self.finding(id, status, worst, title, evidence))
+    }
+
     pub fn skipped(&self, id: impl Into<String>, why: impl Into<String>) -> Finding {
         let why = why.into();
         self.finding(id, Status::Skipped, Severity::Info, "not applicable", why)
@@ -402,3 +427,6 @@ pub async fn audit_endpoint(endpoint: &Endpoint, options: &SmtpOptions) -> Vec<F
     findings.extend(smuggling::run(&ctx).await);
     findings
 }
+
+#[cfg(test)]
+mod tests;

@@ -96,6 +96,15 @@ pub fn tricks(ours: &[String], ip: IpAddr, outside: &str) -> Vec<Trick> {
     out
 }
 
+/// `MAIL FROM:<…>` alone, or with `RCPT TO:<…>` when the refusal came at RCPT, and an arrow.
+fn trick_line(trick: &Trick, refused_at: &str) -> String {
+    if refused_at.starts_with("MAIL") {
+        format!("MAIL FROM:<{}> →", trick.from)
+    } else {
+        format!("MAIL FROM:<{}> RCPT TO:<{}> →", trick.from, trick.to)
+    }
+}
+
 /// What became of one accepted attempt.
 struct Accepted {
     trick: Trick,
@@ -160,38 +169,29 @@ pub async fn open_relay(ctx: &Ctx<'_>, d: &Discovery) -> Finding {
         fresh = false;
         let mail_cmd = format!("MAIL FROM:<{}>", trick.from);
         let rcpt_cmd = format!("RCPT TO:<{}>", trick.to);
-        let mail = match s.conn.command(&mail_cmd).await {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(format!("{mail_cmd} → {e}"));
-                session = None;
-                continue;
+        let mut rcpt = None;
+        for cmd in [&mail_cmd, &rcpt_cmd] {
+            match s.conn.command(cmd).await {
+                Err(e) => {
+                    problems.push(format!("{cmd} → {e}"));
+                    session = None;
+                    break;
+                }
+                Ok(r) if !r.is_positive() => {
+                    refusals += 1;
+                    refused.push(format!("{} {}", trick_line(trick, cmd), r.one_line()));
+                    if r.code == 421 {
+                        session = None;
+                    }
+                    break;
+                }
+                Ok(r) if cmd == &rcpt_cmd => rcpt = Some(r),
+                Ok(_) => {}
             }
-        };
-        if !mail.is_positive() {
-            refusals += 1;
-            refused.push(said(&mail_cmd, &mail));
-            if mail.code == 421 {
-                session = None;
-            }
-            continue;
         }
-        let rcpt = match s.conn.command(&rcpt_cmd).await {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(format!("{rcpt_cmd} → {e}"));
-                session = None;
-                continue;
-            }
-        };
-        if !rcpt.is_positive() {
-            refusals += 1;
-            refused.push(format!("{mail_cmd} {}", said(&rcpt_cmd, &rcpt)));
-            if rcpt.code == 421 {
-                session = None;
-            }
+        let (Some(rcpt), Some(s)) = (rcpt, session.as_mut()) else {
             continue;
-        }
+        };
         let data = if ctx.options.active {
             let (outcome, dropped) = try_data(s, trick).await;
             if dropped && let Some(s) = session.take() {
