@@ -276,6 +276,12 @@ async fn probe_enumeration(
     let mut slow_run = 0usize;
     let mut refused = 1usize; // the random address of the catch-all check
     let verdict = loop {
+        if first_latency >= TARPIT_MIN {
+            break Some(format!(
+                "unknown recipients are answered slowly from the first one ({} ms)",
+                first_latency.as_millis()
+            ));
+        }
         if refused >= budget {
             break None;
         }
