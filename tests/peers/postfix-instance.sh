@@ -26,7 +26,8 @@
 #   --domain NAME         accepted domain in backend mode (default example.org)
 #   --users a,b           mailboxes in backend mode (default user)
 #   --hostname NAME       myhostname (default backend.test.example / relay.test.example)
-#   --set NAME=VALUE      extra main.cf setting, applied last (repeatable)
+#   --set NAME=VALUE      main.cf setting applied last, replacing the generated value of the
+#                         same name if there is one (repeatable)
 #
 # Bare LF: smtpd_forbid_bare_newline = reject with an empty exclusion list, so the instance
 # refuses any command or message line ending in a bare LF, from loopback clients too
@@ -174,7 +175,10 @@ CF
     local kv
     for kv in "${extra[@]}"; do
         [[ "$kv" == *=* ]] || die "--set wants NAME=VALUE, got: $kv"
-        printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >>"$dir/etc/main.cf"
+        # postconf -e replaces a generated setting of the same name instead of adding a
+        # second one (which postconf would warn about).
+        postconf -c "$dir/etc" -e "${kv%%=*} = ${kv#*=}" \
+            || die "cannot apply --set $kv"
     done
 
     cat >"$dir/etc/master.cf" <<CF

@@ -11,6 +11,11 @@
 //! - [`tls`]: TLS per endpoint (STARTTLS, versions, suites, key exchange, certificate) and
 //!   consistency across endpoints.
 //!
+//! - [`target`]: targets as written on the command line and the endpoints they resolve to.
+//! - [`render`]: the text, JSON, SARIF 2.1.0 and HTML renderers.
+//! - [`run`]: an audit over many targets (concurrency, one connection per host at a time).
+//! - [`smtp`]: the SMTP behaviour checks and the probe they speak through.
+//!
 //! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
 //! and only produce findings; renderers only read them. How it fails: a check that cannot run
 //! (network error, timeout) reports a finding with status `error` or `skipped` and the reason
@@ -19,6 +24,10 @@
 pub mod finding;
 pub mod local;
 pub mod ports;
+pub mod render;
+pub mod run;
+pub mod smtp;
+pub mod target;
 pub mod tls;
 
 pub use finding::{Finding, Report, Severity, Status, TargetReport};

@@ -1,8 +1,10 @@
 //! The `ravelin` command: thin glue between the command line and the library crates.
 //!
 //! Exit codes: 0 success; 1 the operation failed (invalid configuration, spool error, demo
-//! expectation not met); 2 usage error (from clap).
+//! expectation not met); 2 usage error (from clap). `ravelin audit` has its own codes (see
+//! audit_cmd.rs): 0 clean, 1 findings at or above --fail-on, 2 usage error, 3 could not run.
 
+mod audit_cmd;
 mod ban_cmd;
 mod demo;
 mod dkim_cmd;
@@ -60,6 +62,8 @@ enum Command {
         #[command(subcommand)]
         action: dkim_cmd::DkimAction,
     },
+    /// Audit mail servers from outside: SMTP behaviour, disclosure, relay, smuggling.
+    Audit(audit_cmd::AuditArgs),
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
     Demo {
@@ -150,5 +154,6 @@ fn main() -> ExitCode {
         Command::User { action } => user_cmd::run(action),
         Command::Dkim { action } => dkim_cmd::run(action),
         Command::Demo { json } => demo::run(json),
+        Command::Audit(args) => audit_cmd::run(args),
     }
 }

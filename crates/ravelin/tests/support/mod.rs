@@ -10,6 +10,8 @@
 //!   persistence, for the shared state store; stop and start it again to play an outage.
 //! - [`Ravelin`]: the gateway under test (`ravelin serve --config FILE`) with a config written
 //!   from a [`RavelinConfig`], its stderr JSON log captured to a file.
+//! - [`Unbound`]: a DNS server on a loopback port answering fixed records (`local-data`).
+//! - [`ravelin_cli`]: any other `ravelin` command without a configuration (the auditor).
 //! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
 //!   socket for bytes no well-behaved client sends.
 //! - [`Slapd`]: an OpenLDAP server with its own slapd.conf and mdb database in a temporary
@@ -1011,6 +1013,21 @@ impl Postfix {
     /// The instance's log so far.
     pub fn maillog(&self) -> String {
         fs::read_to_string(self.dir().join("maillog")).unwrap_or_default()
+    }
+
+    /// The instance's queue as `postqueue -j` reports it: one JSON object per queued message.
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        let mut cmd = Command::new(program("postqueue"));
+        cmd.arg("-c").arg(self.dir().join("etc")).arg("-j");
+        let out = run(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "postqueue -j: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("postqueue -j line {l:?}: {e}"))
+            })
+            .collect()
     }
 
     /// Delivered messages (all mailboxes), oldest first.
@@ -2115,4 +2132,78 @@ fn parse_proc_addr(field: &str) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, port))
+}
+
+/// Runs `ravelin ARGS…` without a configuration file (e.g. `["audit", …]`) to completion.
+pub fn ravelin_cli(args: &[&str], timeout: Duration) -> Output {
+    let mut cmd = Command::new(Ravelin::exe());
+    cmd.args(args);
+    run(cmd, timeout)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unbound
+
+/// unbound on a free loopback port, answering `records` of a static `zone` and nothing else
+/// (no recursion, no DNSSEC); stopped on drop.
+pub struct Unbound {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    /// `records` are zone-file lines such as `"mx.audit.test. A 127.0.0.1"`.
+    pub fn start(zone: &str, records: &[&str]) -> Unbound {
+        let exe = program("unbound");
+        let dir = daemon_tempdir();
+        let addr = free_addr();
+        let mut conf = format!(
+            "server:\n  interface: {ip}\n  port: {port}\n  do-ip6: no\n  do-daemonize: no\n  \
+             username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  \
+             use-syslog: no\n  logfile: \"\"\n  module-config: \"iterator\"\n  \
+             access-control: 127.0.0.0/8 allow\n  local-zone: \"{zone}\" static\n",
+            ip = addr.ip(),
+            port = addr.port(),
+            dir = dir.path().display(),
+        );
+        for r in records {
+            conf.push_str(&format!("  local-data: \"{r}\"\n"));
+        }
+        let conf_path = dir.path().join("unbound.conf");
+        fs::write(&conf_path, conf).expect("write unbound.conf");
+        let child = Command::new(exe)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join("unbound.out")).expect("create unbound.out"))
+            .stderr(File::create(dir.path().join("unbound.err")).expect("create unbound.err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start unbound: {e}; {INSTALL_HINT}"));
+        let mut unbound = Unbound {
+            child: Some(child),
+            addr,
+            dir,
+        };
+        if !wait_for_port(addr, START_TIMEOUT) {
+            let err = tail(&unbound.dir.path().join("unbound.err"), 20);
+            unbound.stop();
+            panic!("unbound is not listening on {addr}: {err}");
+        }
+        unbound
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -1,0 +1,225 @@
+//! `ravelin audit`: command-line glue around `ravelin_audit`.
+//!
+//! Reads the targets (arguments and `--targets-file`), runs the audit, renders the report in
+//! the chosen format to stdout or `--output`, and sets the exit code: 0 clean, 1 a failed or
+//! warned finding at or above `--fail-on` (default high), 2 usage error (bad flag, bad target,
+//! unreadable targets file, no target), 3 the audit could not run (a target that did not
+//! resolve or could not be reached at all, or the report could not be written) — 1 wins over 3.
+//!
+//! Text output is coloured when it goes to a terminal and `NO_COLOR` is not set. A progress
+//! bar is drawn on stderr when stderr is a terminal and there is more than one target.
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use ravelin_audit::Severity;
+use ravelin_audit::render::{self, Format};
+use ravelin_audit::run::{self, AuditOptions, NameService};
+use ravelin_audit::smtp::SmtpOptions;
+use ravelin_audit::smtp::probe::ProbeSettings;
+use ravelin_audit::target::{Target, TargetDefaults};
+
+/// Largest targets file read.
+const MAX_TARGETS_FILE: u64 = 4 * 1024 * 1024;
+/// Most targets in one run.
+const MAX_TARGETS: usize = 100_000;
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// What to audit: HOST, HOST:PORT, [IPv6]:PORT or DOMAIN@HOST[:PORT] (the domain enables
+    /// the recipient checks), optionally prefixed with smtp://, submission:// or
+    /// submissions://.
+    targets: Vec<String>,
+    /// Report format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json", "sarif", "html"])]
+    format: String,
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Resolve host names with this DNS server (IP:PORT) instead of the system's resolver.
+    #[arg(long, value_name = "IP:PORT")]
+    nameserver: Option<SocketAddr>,
+    /// Port of targets given without a port.
+    #[arg(long, default_value_t = 25, value_name = "N")]
+    smtp_port: u16,
+    /// Also run the active checks: open relay up to DATA (dropped before the final dot) and
+    /// SMTP smuggling (a vulnerable server receives short test messages). Only against
+    /// servers you run or may test.
+    #[arg(long)]
+    active: bool,
+    /// Exit with 1 when a failed or warned check has at least this severity.
+    #[arg(long, default_value = "high", value_name = "SEVERITY",
+          value_parser = ["info", "low", "medium", "high", "critical"])]
+    fail_on: String,
+    /// Targets audited at the same time (one connection per mail host at a time regardless).
+    #[arg(long, default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
+    /// Read more targets from FILE, one per line ('#' starts a comment).
+    #[arg(long, value_name = "FILE")]
+    targets_file: Option<PathBuf>,
+    /// The name to give in EHLO.
+    #[arg(long, default_value = "audit.ravelin.invalid", value_name = "NAME")]
+    helo: String,
+    /// The outside domain the open-relay check tries to relay to.
+    #[arg(long, default_value = "example.com", value_name = "DOMAIN")]
+    relay_domain: String,
+    /// Seconds to wait for a reply after each fake end-of-data sequence (--active).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    smuggling_wait: u64,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    timeout: u64,
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("ravelin audit: {message}");
+    ExitCode::from(2)
+}
+
+/// The lines of a targets file, without comments and blank lines.
+fn read_targets_file(path: &Path) -> Result<Vec<String>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_TARGETS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_TARGETS_FILE {
+        return Err(format!(
+            "{}: larger than {MAX_TARGETS_FILE} bytes",
+            path.display()
+        ));
+    }
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+pub fn run(args: AuditArgs) -> ExitCode {
+    let mut specs = args.targets.clone();
+    if let Some(path) = &args.targets_file {
+        match read_targets_file(path) {
+            Ok(more) => specs.extend(more),
+            Err(e) => return usage(&e),
+        }
+    }
+    if specs.is_empty() {
+        return usage("no target given (arguments or --targets-file)");
+    }
+    if specs.len() > MAX_TARGETS {
+        return usage(&format!("more than {MAX_TARGETS} targets"));
+    }
+    let defaults = TargetDefaults {
+        smtp_port: args.smtp_port,
+    };
+    let mut targets = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        match Target::parse(spec, defaults) {
+            Ok(t) => targets.push(t),
+            Err(e) => return usage(&e),
+        }
+    }
+    if !ravelin_audit::target::is_domain_name(&args.helo) {
+        return usage(&format!("--helo {:?} is not a host name", args.helo));
+    }
+    if !ravelin_audit::target::is_domain_name(&args.relay_domain) {
+        return usage(&format!(
+            "--relay-domain {:?} is not a domain name",
+            args.relay_domain
+        ));
+    }
+    let (Some(format), Some(fail_on)) =
+        (Format::parse(&args.format), Severity::parse(&args.fail_on))
+    else {
+        return usage("bad --format or --fail-on");
+    };
+    let timeout = Duration::from_secs(args.timeout);
+    let options = AuditOptions {
+        smtp: SmtpOptions {
+            probe: Arc::new(ProbeSettings {
+                helo_name: args.helo.clone(),
+                command_timeout: timeout,
+                connect_timeout: timeout.min(Duration::from_secs(10)),
+                ..ProbeSettings::default()
+            }),
+            active: args.active,
+            relay_domain: args.relay_domain.clone(),
+            smuggling_wait: Duration::from_secs(args.smuggling_wait),
+            ..SmtpOptions::default()
+        },
+        concurrency: usize::from(args.concurrency),
+        names: match args.nameserver {
+            Some(server) => NameService::Server(server),
+            None => NameService::System,
+        },
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ravelin audit: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let bar = (targets.len() > 1 && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(targets.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let progress = bar.clone();
+    let report = runtime.block_on(run::audit(targets, options, move |t| {
+        if let Some(bar) = &progress {
+            bar.set_message(t.target.clone());
+            bar.inc(1);
+        }
+    }));
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    let color = format == Format::Text
+        && args.output.is_none()
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let rendered = render::render(&report, format, color);
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, rendered.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(rendered.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write the report: {e}"))
+        }
+    };
+    if let Err(e) = written {
+        eprintln!("ravelin audit: {e}");
+        return ExitCode::from(3);
+    }
+    if report.fails_at(fail_on) {
+        ExitCode::from(1)
+    } else if report.targets.iter().any(run::could_not_run) {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,566 @@
+//! `ravelin audit` against real mail servers on loopback, asserting the status of every SMTP
+//! check id:
+//!
+//! - a deliberately weak Postfix (version in the banner, VRFY on, open relay for the
+//!   auditor's network, `smtpd_forbid_bare_newline = no`, no error limits, no size limit, no
+//!   pipelining enforcement): the checks fail where they should, the active open-relay test
+//!   reaches DATA and delivers nothing, and each smuggling sequence judged vulnerable
+//!   delivered exactly its one test message;
+//! - a hardened Postfix (STARTTLS, VRFY off, strict bare-newline and pipelining handling,
+//!   low error limits): every check passes and nothing is delivered;
+//! - Ravelin's own gateway with its default settings, on an MX listener and on a listener
+//!   that requires TLS, audited as a submission port;
+//! - the command line itself: exit codes, formats, output file, targets file.
+//!
+//! AUTH before TLS is not set up on the weak Postfix: it needs SASL plumbing (Dovecot or
+//! Cyrus) that the test peers do not install, so `smtp.auth_before_tls` is asserted here on
+//! passing targets only.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// Time limit of one audit run (the active checks wait for each smuggling sequence).
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(240);
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One `ravelin audit --format json` run.
+struct Audit {
+    exit: i32,
+    report: Value,
+    stderr: String,
+}
+
+impl Audit {
+    fn run(args: &[&str]) -> Audit {
+        let mut all = vec!["audit", "--format", "json"];
+        all.extend_from_slice(args);
+        let out = ravelin_cli(&all, AUDIT_TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("audit output is not JSON ({e}): {}", describe(&out)));
+        Audit {
+            exit: out.status.code().unwrap_or(-1),
+            report,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn findings(&self, target: usize) -> &Vec<Value> {
+        self.report["targets"][target]["findings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no target {target} in {:#}", self.report))
+    }
+
+    fn finding(&self, target: usize, id: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .findings(target)
+            .iter()
+            .filter(|f| f["id"] == id)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "exactly one {id} finding expected in {:#}",
+            self.report
+        );
+        found[0]
+    }
+
+    /// Asserts the status of each `(id, status)` on target `target`.
+    fn expect(&self, target: usize, expected: &[(&str, &str)]) {
+        for (id, status) in expected {
+            let f = self.finding(target, id);
+            assert_eq!(
+                f["status"], *status,
+                "{id}: expected {status}, got {} — {}\nevidence: {}",
+                f["status"], f["title"], f["evidence"]
+            );
+        }
+    }
+
+    fn evidence(&self, target: usize, id: &str) -> String {
+        self.finding(target, id)["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The smuggling sequence names with the given status.
+    fn smuggling(&self, target: usize, status: &str) -> Vec<String> {
+        self.findings(target)
+            .iter()
+            .filter(|f| f["status"] == status)
+            .filter_map(|f| f["id"].as_str()?.strip_prefix("smtp.smuggling."))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The status of every check but smuggling on a well-kept mail exchanger without AUTH and
+/// without a clock in its greeting.
+const HARDENED_MX: &[(&str, &str)] = &[
+    ("smtp.banner_disclosure", "pass"),
+    ("smtp.ntlm_info", "pass"),
+    ("smtp.clock_skew", "skipped"),
+    ("smtp.software", "pass"),
+    ("smtp.vrfy", "pass"),
+    ("smtp.expn", "pass"),
+    ("smtp.auth_before_tls", "pass"),
+    ("smtp.auth_mechanisms", "pass"),
+    ("smtp.plaintext_mail_accepted", "skipped"),
+    ("smtp.size_limit", "pass"),
+    ("smtp.greeting_delay", "info"),
+    ("smtp.pipelining_sync", "pass"),
+    ("smtp.open_relay", "pass"),
+    ("smtp.catch_all", "pass"),
+    ("smtp.rcpt_enumeration", "pass"),
+];
+
+/// `base` with the statuses in `changes` replaced (each change must name a check of `base`).
+fn with<'a>(
+    base: &[(&'a str, &'a str)],
+    changes: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    for (id, _) in changes {
+        assert!(
+            base.iter().any(|(b, _)| b == id),
+            "{id} is not in the base list"
+        );
+    }
+    base.iter()
+        .map(|(id, status)| {
+            let changed = changes.iter().find(|(c, _)| c == id).map(|(_, s)| *s);
+            (*id, changed.unwrap_or(status))
+        })
+        .collect()
+}
+
+/// The installed Postfix version, e.g. (3, 7, 11).
+fn postfix_version() -> (u32, u32, u32) {
+    let mut cmd = std::process::Command::new(program("postconf"));
+    cmd.args(["-d", "-h", "mail_version"]);
+    let out = run(cmd, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<u32> = text.split('.').filter_map(|p| p.parse().ok()).collect();
+    assert!(parts.len() >= 2, "postconf mail_version: {text:?}");
+    (parts[0], parts[1], parts.get(2).copied().unwrap_or(0))
+}
+
+/// Whether a Postfix version lacks the SMTP smuggling fix of 2023-12-22 (3.5.23, 3.6.13,
+/// 3.7.9, 3.8.4; 3.9 and later have it), as postfix.org/smtp-smuggling.html lists.
+fn lacks_smuggling_fix((major, minor, patch): (u32, u32, u32)) -> bool {
+    match (major, minor) {
+        (3, 5) => patch < 23,
+        (3, 6) => patch < 13,
+        (3, 7) => patch < 9,
+        (3, 8) => patch < 4,
+        (m, n) => (m, n) < (3, 5),
+    }
+}
+
+/// A weak Postfix for example.org: open relay for loopback clients (mynetworks) towards
+/// `relay_sink`, banner with name and version, VRFY on, bare LF accepted, no pipelining
+/// enforcement, no error limits, no size limit.
+fn weak_postfix(relay_sink: SocketAddr) -> Postfix {
+    Postfix::start(
+        PostfixOptions::backend(&["postmaster", "alice"])
+            .set("smtpd_banner", "$myhostname ESMTP $mail_name $mail_version")
+            .set("disable_vrfy_command", "no")
+            .set(
+                "smtpd_relay_restrictions",
+                "permit_mynetworks, reject_unauth_destination",
+            )
+            .set("smtpd_forbid_bare_newline", "no")
+            .set("smtpd_forbid_unauth_pipelining", "no")
+            .set("smtpd_soft_error_limit", "100")
+            .set("smtpd_hard_error_limit", "100")
+            .set("message_size_limit", "0")
+            .set("virtual_mailbox_limit", "0")
+            .set(
+                "relayhost",
+                &format!("[{}]:{}", relay_sink.ip(), relay_sink.port()),
+            )
+            .set("default_transport", "smtp")
+            .set("relay_transport", "smtp"),
+    )
+}
+
+#[test]
+fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintended() {
+    let sink = SmtpSink::start();
+    let postfix = weak_postfix(sink.addr);
+    let target = format!("example.org@{}", postfix.addr);
+    let a = Audit::run(&["--active", "--smuggling-wait", "3", &target]);
+    assert_eq!(a.exit, 1, "a critical finding fails the run: {}", a.stderr);
+    assert_eq!(a.report["targets"][0]["target"], target.as_str());
+
+    let version = postfix_version();
+    let software = if lacks_smuggling_fix(version) {
+        "fail"
+    } else {
+        "pass"
+    };
+    a.expect(
+        0,
+        &with(
+            HARDENED_MX,
+            &[
+                ("smtp.banner_disclosure", "fail"),
+                ("smtp.software", software),
+                ("smtp.vrfy", "fail"),
+                ("smtp.size_limit", "warn"),
+                ("smtp.pipelining_sync", "warn"),
+                ("smtp.open_relay", "fail"),
+                ("smtp.rcpt_enumeration", "warn"),
+            ],
+        ),
+    );
+    let shown = format!("Postfix {}.{}.{}", version.0, version.1, version.2);
+    assert!(
+        a.evidence(0, "smtp.banner_disclosure").contains(&shown),
+        "{}",
+        a.evidence(0, "smtp.banner_disclosure")
+    );
+    assert!(a.evidence(0, "smtp.software").contains(&shown));
+    let relay = a.finding(0, "smtp.open_relay");
+    assert_eq!(
+        relay["severity"], "critical",
+        "confirmed at DATA: {relay:#}"
+    );
+    assert!(
+        a.evidence(0, "smtp.open_relay")
+            .contains("RCPT TO:<relaytest@example.com> → 250")
+    );
+    assert!(
+        a.evidence(0, "smtp.open_relay")
+            .contains("dropped before the final dot")
+    );
+    assert!(a.evidence(0, "smtp.vrfy").contains("550 5.1.1"));
+
+    // Postfix ends lines at a bare LF (when not told otherwise) but never at a bare CR.
+    let vulnerable = a.smuggling(0, "fail");
+    for name in ["lf-dot-lf", "lf-dot-crlf", "crlf-dot-lf"] {
+        assert!(
+            vulnerable.contains(&name.to_string()),
+            "{name}: {vulnerable:?}"
+        );
+    }
+    let safe = a.smuggling(0, "pass");
+    for name in ["cr-dot-cr", "crlf-dot-cr", "cr-dot-lf", "cr-dot-crlf"] {
+        assert!(safe.contains(&name.to_string()), "{name}: {safe:?}");
+    }
+    assert_eq!(
+        vulnerable.len() + safe.len(),
+        11,
+        "every sequence has a verdict"
+    );
+
+    // Each vulnerable sequence delivered exactly its one short test message to postmaster,
+    // and nothing else arrived: the relay tests were dropped before the final dot.
+    let delivered = postfix.wait_for_messages(vulnerable.len(), WAIT);
+    wait_until("Postfix's queue to drain", WAIT, || {
+        postfix.queue().is_empty().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let delivered_after = postfix.messages();
+    assert_eq!(delivered_after.len(), delivered.len(), "late deliveries");
+    let mut subjects: Vec<String> = delivered_after
+        .iter()
+        .map(|m| {
+            assert_eq!(m.user, "postmaster");
+            let text = String::from_utf8_lossy(&m.message).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: Ravelin SMTP smuggling test ("))
+                .and_then(|s| s.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("not a smuggling test message:\n{text}"))
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    let mut expected = vulnerable.clone();
+    expected.sort();
+    assert_eq!(subjects, expected);
+    assert!(
+        sink.messages().is_empty(),
+        "a relay test reached the relay's next hop: {:?}",
+        sink.messages()
+    );
+    assert!(postfix.maillog().contains("lost connection after DATA"));
+    let queued: Vec<String> = postfix
+        .maillog()
+        .lines()
+        .filter(|l| l.contains("to=<relaytest") && l.contains(" status="))
+        .map(str::to_string)
+        .collect();
+    assert!(queued.is_empty(), "a relay test was queued: {queued:#?}");
+}
+
+#[test]
+fn hardened_postfix_passes_every_check() {
+    let dir = daemon_tempdir();
+    let pki = ravelin_tls::testing::TestPki::new("backend.test.example").expect("test PKI");
+    let files = pki.write_to(dir.path()).expect("write the test PKI");
+    let postfix = Postfix::start(
+        PostfixOptions::backend(&["postmaster", "alice"])
+            .set("smtpd_tls_security_level", "may")
+            .set("smtpd_tls_cert_file", &files.cert.display().to_string())
+            .set("smtpd_tls_key_file", &files.key.display().to_string())
+            .set("disable_vrfy_command", "yes")
+            .set("smtpd_forbid_unauth_pipelining", "yes")
+            .set("smtpd_soft_error_limit", "3")
+            .set("smtpd_hard_error_limit", "5"),
+    );
+    let target = format!("example.org@{}", postfix.addr);
+    let a = Audit::run(&["--active", "--smuggling-wait", "2", &target]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    a.expect(0, HARDENED_MX);
+    assert_eq!(a.smuggling(0, "pass").len(), 11, "{:#}", a.report);
+    // STARTTLS worked through the probe (the EHLO inside TLS was read).
+    assert!(
+        a.evidence(0, "smtp.auth_mechanisms")
+            .contains("inside TLS: no AUTH"),
+        "{}",
+        a.evidence(0, "smtp.auth_mechanisms")
+    );
+    assert!(a.evidence(0, "smtp.vrfy").contains("502 5.5.1"));
+    assert!(a.evidence(0, "smtp.pipelining_sync").contains("554 5.5.0"));
+    assert!(a.evidence(0, "smtp.size_limit").contains("552 5.3.4"));
+    // The smuggling tests were dropped before the final dot: nothing was delivered.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(postfix.messages().is_empty(), "{:?}", postfix.messages());
+    assert!(postfix.queue().is_empty());
+}
+
+/// The gateway with a certificate for STARTTLS, relaying to `sink`, with two listeners:
+/// "mx" (STARTTLS offered) and "secure" (`tls = "require"`: no mail before STARTTLS), which
+/// the tests audit as a submission port.
+fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
+    let pki = ravelin_tls::testing::TestPki::new("mx.test.example").expect("test PKI");
+    let files = pki.write_to(dir).expect("write the test PKI");
+    Ravelin::start(
+        RavelinConfig::inbound(sink)
+            .listener("secure", "inbound", "require")
+            .extra(&format!(
+                "[tls]\ncertificate = {}\nprivate_key = {}",
+                toml_string(&files.cert.to_string_lossy()),
+                toml_string(&files.key.to_string_lossy())
+            )),
+    )
+}
+
+/// The gateway with its default settings audits clean. The one finding above info is
+/// `smtp.catch_all`: without a recipient list (static, LDAP or callout, none of which is
+/// configured by default) the gateway accepts every local part of its accepted domains, and
+/// the auditor rightly warns about it.
+#[test]
+fn ravelin_gateway_audits_clean() {
+    let sink = SmtpSink::start();
+    let dir = daemon_tempdir();
+    let ravelin = gateway(sink.addr, dir.path());
+    let mx = format!("example.org@{}", ravelin.listener("mx"));
+    let submission = format!("submission://example.org@{}", ravelin.listener("secure"));
+    let a = Audit::run(&[
+        "--active",
+        "--smuggling-wait",
+        "2",
+        "--concurrency",
+        "2",
+        &mx,
+        &submission,
+    ]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    a.expect(0, &with(HARDENED_MX, &[("smtp.catch_all", "warn")]));
+    assert_eq!(a.smuggling(0, "pass").len(), 11, "{:#}", a.report);
+    for ending in ["lf-dot-lf", "cr-dot-cr"] {
+        assert!(
+            a.evidence(0, &format!("smtp.smuggling.{ending}"))
+                .contains("550 5.5.2"),
+            "the gateway refuses bare CR and LF at once"
+        );
+    }
+    assert!(a.evidence(0, "smtp.size_limit").contains("SIZE 26214400"));
+    a.expect(
+        1,
+        &[
+            ("smtp.plaintext_mail_accepted", "pass"),
+            ("smtp.auth_before_tls", "pass"),
+            ("smtp.open_relay", "pass"),
+            ("smtp.size_limit", "pass"),
+            ("smtp.banner_disclosure", "pass"),
+            ("smtp.vrfy", "pass"),
+            ("smtp.catch_all", "skipped"),
+            ("smtp.rcpt_enumeration", "skipped"),
+            ("smtp.smuggling", "skipped"),
+        ],
+    );
+    assert!(
+        a.evidence(1, "smtp.plaintext_mail_accepted")
+            .contains("530 5.7.0")
+    );
+    // Only the catch-all warning is above info, on either listener.
+    for target in 0..2 {
+        for f in a.findings(target) {
+            let problem = f["status"] == "fail" || f["status"] == "warn";
+            assert!(
+                !problem || f["id"] == "smtp.catch_all",
+                "unexpected problem on target {target}: {f:#}"
+            );
+        }
+    }
+    // The catch-all warning is medium: --fail-on medium fails the run.
+    let strict = Audit::run(&["--fail-on", "medium", &mx]);
+    assert_eq!(strict.exit, 1);
+    // Nothing was queued or delivered by any of it.
+    assert!(
+        ravelin.events("queued").is_empty(),
+        "{}",
+        ravelin.log_text()
+    );
+    assert!(sink.messages().is_empty());
+}
+
+/// Runs `ravelin audit --format FORMAT --output FILE TARGET` (expecting exit 0 and nothing on
+/// stdout) and returns the file's contents.
+fn audit_to_file(dir: &std::path::Path, format: &str, target: &str) -> String {
+    let path = dir.join(format!("report.{format}"));
+    let file = path.to_string_lossy().into_owned();
+    let out = ravelin_cli(
+        &["audit", "--format", format, "--output", &file, target],
+        AUDIT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "--output leaves stdout empty");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {file}: {e}"))
+}
+
+#[test]
+fn command_line_exit_codes_formats_and_targets_file() {
+    // Usage errors: exit 2.
+    for args in [
+        vec!["audit"],
+        vec!["audit", "not a host!"],
+        vec!["audit", "--fail-on", "severe", "127.0.0.1:25"],
+        vec!["audit", "--format", "xml", "127.0.0.1:25"],
+        vec!["audit", "--targets-file", "/nonexistent/targets.txt"],
+    ] {
+        let out = ravelin_cli(&args, AUDIT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+
+    // Nothing listens: the target could not be audited, exit 3.
+    let closed = free_addr();
+    let a = Audit::run(&[&closed.to_string()]);
+    assert_eq!(a.exit, 3, "{:#}", a.report);
+    a.expect(0, &[("smtp.connect", "error")]);
+    assert!(a.evidence(0, "smtp.connect").contains("cannot connect"));
+
+    let sink = SmtpSink::start();
+    let dir = daemon_tempdir();
+    let ravelin = gateway(sink.addr, dir.path());
+    let mx = ravelin.listener("mx").to_string();
+
+    // A targets file with comments; the order of the report is the order given.
+    let list = dir.path().join("targets.txt");
+    std::fs::write(
+        &list,
+        format!("# mail hosts\n\nexample.org@{mx}   # the gateway\n{closed}\n"),
+    )
+    .expect("write targets file");
+    let a = Audit::run(&["--targets-file", &list.to_string_lossy()]);
+    assert_eq!(a.exit, 3, "one target could not be reached");
+    assert_eq!(
+        a.report["targets"][0]["target"],
+        format!("example.org@{mx}")
+    );
+    assert_eq!(a.report["targets"][1]["target"], closed.to_string());
+    a.expect(0, &[("smtp.open_relay", "pass")]);
+    assert_eq!(
+        a.report["targets"][0]["endpoints"][0],
+        format!("{mx}"),
+        "an address target's endpoint is address:port"
+    );
+
+    // SARIF to a file: rules from check ids, results with levels, endpoint URIs.
+    let sarif = audit_to_file(dir.path(), "sarif", &mx);
+    let sarif: Value = serde_json::from_str(&sarif).expect("SARIF is JSON");
+    assert_eq!(sarif["version"], "2.1.0");
+    let run0 = &sarif["runs"][0];
+    let rules: Vec<&str> = run0["tool"]["driver"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(rules.contains(&"smtp.open_relay") && rules.contains(&"smtp.vrfy"));
+    for result in run0["results"].as_array().expect("results") {
+        let id = result["ruleId"].as_str().expect("ruleId");
+        let index = result["ruleIndex"].as_u64().expect("ruleIndex") as usize;
+        assert_eq!(rules[index], id);
+        assert_eq!(
+            result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+            format!("smtp://{mx}")
+        );
+        let kind = result["kind"].as_str().expect("kind");
+        assert!(kind == "fail" || result["level"] == "none", "{result:#}");
+    }
+
+    // HTML to a file: one document naming the target.
+    let html = audit_to_file(dir.path(), "html", &mx);
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains(&mx));
+
+    // Text to a pipe: no colour, grouped by family, a summary line.
+    let out = ravelin_cli(&["audit", &mx], AUDIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}'), "colour on a pipe: {text}");
+    assert!(text.contains("  smtp\n") && text.contains("smtp.open_relay"));
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains(" findings: ")
+    );
+}
+
+/// `--nameserver`: a host name is resolved by the given DNS server to every address it has,
+/// and each address is an endpoint audited on its own (here one answers and one does not).
+#[test]
+fn nameserver_resolves_a_host_to_every_address() {
+    let sink = SmtpSink::start();
+    let ravelin = Ravelin::start(RavelinConfig::inbound(sink.addr));
+    let port = ravelin.addr().port();
+    let dns = Unbound::start(
+        "audit.test.",
+        &["mx.audit.test. A 127.0.0.1", "mx.audit.test. A 127.0.0.2"],
+    );
+    let target = format!("example.org@mx.audit.test:{port}");
+    let a = Audit::run(&["--nameserver", &dns.addr.to_string(), &target]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    let mut endpoints: Vec<String> = a.report["targets"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    endpoints.sort();
+    let live = format!("mx.audit.test[127.0.0.1]:{port}");
+    let dead = format!("mx.audit.test[127.0.0.2]:{port}");
+    assert_eq!(endpoints, vec![live.clone(), dead.clone()]);
+    let of = |endpoint: &str, id: &str| -> Vec<String> {
+        a.findings(0)
+            .iter()
+            .filter(|f| f["endpoint"] == endpoint && f["id"] == id)
+            .map(|f| f["status"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(of(&live, "smtp.open_relay"), vec!["pass"]);
+    assert_eq!(of(&live, "smtp.connect"), Vec::<String>::new());
+    assert_eq!(of(&dead, "smtp.connect"), vec!["error"]);
+    assert_eq!(of(&dead, "smtp.open_relay"), Vec::<String>::new());
+}
