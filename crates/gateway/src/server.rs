@@ -9,6 +9,8 @@
 //! the spool is opened and recovered, the queue manager starts delivering what was found, and
 //! only then do the listeners accept connections.
 //!
+//! The process umask is set to 077 first: nothing the gateway writes is readable by others.
+//!
 //! Listener kinds: `inbound` (relay control by `inbound.domains`), `submission` and
 //! `submissions` (AUTH inside TLS, required before MAIL; any destination), `relay` (only
 //! `outbound.trusted_networks`; any destination). Mail from the last three is outbound: it goes
@@ -73,6 +75,9 @@ fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolic
 impl Gateway {
     /// Binds, drops privileges, recovers the spool and starts accepting.
     pub async fn start(config: &Config) -> Result<Gateway, String> {
+        // Everything the gateway creates (spool, state store, admin socket, pid file) is
+        // private to its user, whatever umask it was started with (Postfix does the same).
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         let server_tls = server_tls(config)?;
         let submission =
             |k: ListenKind| matches!(k, ListenKind::Submission | ListenKind::Submissions);
