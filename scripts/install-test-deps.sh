@@ -4,7 +4,7 @@
 # Debian packages:
 # - postfix (smtp-sink, smtp-source, posttls-finger and an alternate instance per test),
 #   preseeded to "No configuration"; swaks with libnet-ssleay-perl and libio-socket-ssl-perl
-#   (its TLS); openssl; python3-venv.
+#   (its TLS) and libio-socket-inet6-perl (its IPv6; only a Recommends); openssl; python3-venv.
 # - redis-server: the shared state store of the cluster tests.
 # - slapd (preseeded to create no database) and ldap-utils: LDAP for AUTH and recipients.
 # - unbound, nsd, ldnsutils (ldns-keygen, ldns-signzone): DNSSEC test zones for DANE.
@@ -22,7 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
 PY_PACKAGES=(dkimpy dnspython pynacl)
-DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-venv)
+DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl openssl python3-venv)
 DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
 DEB_PACKAGES+=(unbound ldnsutils nsd)
