@@ -24,6 +24,7 @@ mod auth;
 mod bans;
 mod diagnostics;
 mod dkim;
+mod dns;
 mod greylist;
 mod header_firewall;
 mod rate_limits;
@@ -41,6 +42,7 @@ pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url}
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::dkim::{DkimKeyConfig, DkimSection};
+pub use self::dns::DnsSection;
 pub use self::greylist::GreylistSection;
 pub use self::header_firewall::{
     HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
@@ -417,14 +419,6 @@ impl Default for LogSection {
     }
 }
 
-/// `[dns]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DnsSection {
-    /// Resolvers to ask; empty = the system's (resolv.conf).
-    pub nameservers: Vec<SocketAddr>,
-}
-
 /// The fully commented example configuration: every key, its default and its meaning.
 pub fn example() -> &'static str {
     include_str!("example.toml")
@@ -740,6 +734,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             "write one of error, warn, info, debug, trace",
         );
     }
+    config.dns.validate(loc, &mut err);
     config.state.validate(loc, &mut err);
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);

@@ -965,3 +965,29 @@ fn dkim_keys_are_checked() {
         list[0].message
     );
 }
+
+#[test]
+fn dns_section_reads_timeout_attempts_and_ad_trust() {
+    let text = format!(
+        "{MINIMAL}\n[dns]\nnameservers = [\"127.0.0.1:5353\"]\ntimeout = \"2s\"\nattempts = 3\nad_trust = \"never\"\n"
+    );
+    let s = Config::parse(&text, "ravelin.toml")
+        .unwrap()
+        .dns
+        .resolver_settings();
+    assert_eq!(s.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(s.attempts, 3);
+    assert_eq!(s.ad_trust, ravelin_dns::AdTrust::Never);
+    let (_, message, _) = error(&format!("{MINIMAL}\n[dns]\nad_trust = \"sometimes\"\n"));
+    assert!(message.contains("ad_trust"), "{message}");
+    let text = format!("{MINIMAL}\n[dns]\nattempts = 0\n");
+    let (line, message, fix) = error(&text);
+    assert!(message.contains("dns.attempts"), "{message}");
+    assert!(fix.contains("1 to 10"), "{fix}");
+    let want = text
+        .lines()
+        .position(|l| l.starts_with("attempts"))
+        .unwrap()
+        + 1;
+    assert_eq!(line, want);
+}
