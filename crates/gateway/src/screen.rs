@@ -362,7 +362,8 @@ impl Screen {
             let _ = self.store.set(&keys[0], b"1", Some(self.greet_ttl)).await;
         }
         let Some(reputation) = &self.reputation else {
-            return Outcome::Pass(None);
+            // Nothing to look up; the HELO name is still scored.
+            return Outcome::Pass(Some(Score::default()));
         };
         let score = match (lookup, cached_score) {
             (Some(task), _) => task.await.unwrap_or_default(),
