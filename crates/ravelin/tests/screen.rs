@@ -32,6 +32,17 @@ fn greeted_at_once(from: &str, addr: SocketAddr) -> RawClient {
     c
 }
 
+/// Asserts that a client from `from` is refused at connect with `554 text` and closed.
+fn refused_at_connect(from: &str, addr: SocketAddr, text: &str) {
+    let (reply, _, mut c) = first_reply(from, addr);
+    assert_eq!(
+        (reply.code, reply.text().as_str()),
+        (554, text),
+        "{reply:?}"
+    );
+    assert!(c.is_closed(), "{from} is closed after the refusal");
+}
+
 /// An inbound gateway with the screen applying to loopback clients, the reverse-DNS weights
 /// `[no_ptr, ptr_not_confirmed]`, and bans counting loopback too.
 fn screened(sink: SocketAddr, greet_wait: &str, ptr: [i32; 2]) -> RavelinConfig {
@@ -134,13 +145,11 @@ fn block_and_allow_files_apply_and_reload() {
     );
     let addr = gw.addr();
 
-    let (reply, _, mut c) = first_reply("127.0.0.30", addr);
-    assert_eq!(reply.code, 554, "{reply:?}");
-    assert_eq!(
-        reply.text(),
-        "5.7.1 Service unavailable; client [127.0.0.30] blocked by local policy"
+    refused_at_connect(
+        "127.0.0.30",
+        addr,
+        "5.7.1 Service unavailable; client [127.0.0.30] blocked by local policy",
     );
-    assert!(c.is_closed());
     gw.wait_for_event("blocked", Duration::from_secs(5), |v| {
         v["client"] == "127.0.0.30"
     });
@@ -247,13 +256,11 @@ fn dnsbl_scores_listed_clients() {
     let gw = Ravelin::start(with_lists(sink.addr, &dns, [0, 0]));
     let addr = gw.addr();
 
-    let (reply, _, mut c) = first_reply("127.0.0.2", addr);
-    assert_eq!(reply.code, 554, "{reply:?}");
-    assert_eq!(
-        reply.text(),
-        "5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test"
+    refused_at_connect(
+        "127.0.0.2",
+        addr,
+        "5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test",
     );
-    assert!(c.is_closed());
     let ev = gw.wait_for_event("dnsbl", Duration::from_secs(5), |v| {
         v["client"] == "127.0.0.2"
     });
@@ -309,11 +316,10 @@ fn reverse_dns_and_helo_add_to_the_score() {
     let gw = Ravelin::start(with_lists(sink.addr, &dns, [2, 3]));
     let addr = gw.addr();
 
-    let (reply, _, _) = first_reply("127.0.0.7", addr);
-    assert_eq!(reply.code, 554, "{reply:?}");
-    assert_eq!(
-        reply.text(),
-        "5.7.1 Service unavailable; client [127.0.0.7] blocked: ptr_not_confirmed"
+    refused_at_connect(
+        "127.0.0.7",
+        addr,
+        "5.7.1 Service unavailable; client [127.0.0.7] blocked: ptr_not_confirmed",
     );
 
     // No PTR (2) + a HELO that is not a FQDN (1) reaches 3 at MAIL.
