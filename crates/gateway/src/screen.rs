@@ -2,14 +2,15 @@
 //!
 //! At connect, on every listener, a client in the `[screen] block_file` is refused with
 //! `554 5.7.1` and closed. On `inbound` listeners a client that is neither in the
-//! `allow_file` nor in `[screen] exempt` (default: loopback) then waits `greet_wait` (default
+//! `allow_file` nor in `[screen] exempt` (default: loopback) nor in `[outbound]
+//! trusted_networks` then waits `greet_wait` (default
 //! 6 s, as postscreen's `postscreen_greet_wait`) in silence before the banner while its
 //! reputation is looked up ([`crate::checks::reputation`], DNS lists and reverse DNS, in
 //! parallel); a client that talks during the wait is refused (`554 5.5.1`) and the pregreet is
 //! counted by the ban mechanism; one whose score reaches `[dnsbl] threshold` is refused with
 //! `554 5.7.1 Service unavailable; client [IP] blocked using ZONE`. A client that waited
-//! patiently is remembered in the state store for `[screen] cache_ttl` (default 1 day) and
-//! not made to wait again; a client that scored below the threshold has its score remembered
+//! patiently (neither talked nor hung up) is remembered in the state store for
+//! `[screen] cache_ttl` (default 1 day) and not made to wait again; a client that scored below the threshold has its score remembered
 //! for `[dnsbl] cache_ttl` (default 1 hour) and is not looked up again. Allow-listed, exempt
 //! and cached clients still get the instant pregreet check (bytes already waiting).
 //!
@@ -265,6 +266,8 @@ impl Screen {
         reputation: Option<Arc<Reputation>>,
     ) -> Result<Screen, String> {
         let s = &config.screen;
+        let mut exempt = s.exempt.clone();
+        exempt.extend_from_slice(&config.outbound.trusted_networks);
         let open = |path: &Option<PathBuf>, key| {
             path.as_deref()
                 .map(|p| WatchedList::open(p, key))
@@ -274,7 +277,7 @@ impl Screen {
         Ok(Screen {
             allow: open(&s.allow_file, "allow_file")?,
             block: open(&s.block_file, "block_file")?,
-            exempt: s.exempt.clone(),
+            exempt,
             greet_wait: s.greet_wait.0,
             greet_ttl: s.cache_ttl.0,
             score_ttl: config.dnsbl.cache_ttl.0,
@@ -326,11 +329,7 @@ impl Screen {
     /// Screens a client of an inbound listener until the banner may be sent.
     pub async fn run(&self, tcp: &TcpStream, ip: IpAddr, session: &str) -> Outcome {
         if self.standing(ip) != Standing::Screened {
-            return if pregreet(tcp, Duration::ZERO).await {
-                Outcome::Pregreet
-            } else {
-                Outcome::Pass(None)
-            };
+            return instant_check(tcp).await;
         }
         let keys = [Self::greet_key(ip), Self::score_key(ip)];
         let cached = self.store.get_many(&keys).await.unwrap_or_default();
@@ -351,11 +350,16 @@ impl Screen {
         } else {
             self.greet_wait
         };
-        if pregreet(tcp, wait).await {
+        let greet = listen_before_greeting(tcp, wait).await;
+        if greet != Greet::Quiet {
             if let Some(task) = lookup {
                 task.abort();
             }
-            return Outcome::Pregreet;
+            return match greet {
+                Greet::Talked => Outcome::Pregreet,
+                // Not a pass: nothing remembered; the session ends at its first read.
+                _ => Outcome::Pass(None),
+            };
         }
         if !wait.is_zero() {
             info!(event = "screen", session = %session, client = %ip, test = "greet_wait", wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), decision = "pass");
@@ -389,16 +393,44 @@ impl Screen {
     }
 }
 
-/// Whether the client sent anything before our greeting: bytes already waiting on the socket
-/// now, or arriving within `pause`.
-pub async fn pregreet(tcp: &TcpStream, pause: Duration) -> bool {
+/// What a client did while it waited for the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Greet {
+    /// Nothing: it waited.
+    Quiet,
+    /// It sent bytes.
+    Talked,
+    /// It closed the connection (or the connection failed).
+    HungUp,
+}
+
+/// Watches the connection for `pause` (only what is already there when `pause` is zero).
+async fn listen_before_greeting(tcp: &TcpStream, pause: Duration) -> Greet {
     let mut probe = [0u8; 1];
-    if pause.is_zero() {
+    let seen = if pause.is_zero() {
         use std::os::fd::AsRawFd;
         let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-        return matches!(nix::sys::socket::recv(tcp.as_raw_fd(), &mut probe, flags), Ok(n) if n > 0);
+        match nix::sys::socket::recv(tcp.as_raw_fd(), &mut probe, flags) {
+            Ok(n) => Some(Ok(n)),
+            Err(nix::errno::Errno::EAGAIN) => None,
+            Err(e) => Some(Err(std::io::Error::from(e))),
+        }
+    } else {
+        timeout(pause, tcp.peek(&mut probe)).await.ok()
+    };
+    match seen {
+        None => Greet::Quiet,
+        Some(Ok(n)) if n > 0 => Greet::Talked,
+        Some(_) => Greet::HungUp,
     }
-    matches!(timeout(pause, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
+}
+
+/// The pregreet check of clients that are not made to wait: bytes already waiting.
+pub async fn instant_check(tcp: &TcpStream) -> Outcome {
+    match listen_before_greeting(tcp, Duration::ZERO).await {
+        Greet::Talked => Outcome::Pregreet,
+        _ => Outcome::Pass(None),
+    }
 }
 
 #[cfg(test)]

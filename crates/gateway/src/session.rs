@@ -360,10 +360,8 @@ impl Session<'_> {
     async fn screen(&mut self, tcp: &TcpStream, wire: &mut ServerSession) {
         let outcome = if self.settings.kind == ListenKind::Inbound {
             self.shared.screen.run(tcp, self.peer.ip(), &self.id).await
-        } else if screen::pregreet(tcp, Duration::ZERO).await {
-            screen::Outcome::Pregreet
         } else {
-            screen::Outcome::Pass(None)
+            screen::instant_check(tcp).await
         };
         match outcome {
             screen::Outcome::Pass(score) => self.score = score,

@@ -110,6 +110,14 @@ fn greet_wait_refuses_pregreet_and_remembers_patient_clients() {
     // Another client is still screened.
     let (_, took, _) = first_reply("127.0.0.22", addr);
     assert!(took >= Duration::from_millis(1900), "took {took:?}");
+    // One that hangs up during the wait has not passed: it waits again next time.
+    drop(RawClient::connect_from(ip("127.0.0.24"), addr).expect("connect"));
+    gw.wait_for_event("disconnect", Duration::from_secs(10), |v| {
+        v["client"] == "127.0.0.24"
+    });
+    let (reply, took, _) = first_reply("127.0.0.24", addr);
+    assert_eq!(reply.code, 220, "{reply:?}");
+    assert!(took >= Duration::from_millis(1900), "took {took:?}");
     sink.wait_for_messages(1, Duration::from_secs(20));
 }
 
