@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use ravelin_wire::headers::HeaderLimits;
 
 use crate::auth::Authenticator;
+use crate::checks::reputation::Reputation;
 use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
 use crate::delivery::mx::DirectSettings;
@@ -46,6 +47,7 @@ use crate::firewall::HeaderFirewall;
 use crate::listener::{self, Bound};
 use crate::queue::{QueueHandle, QueueManager, QueueSettings};
 use crate::relay::RelayPolicy;
+use crate::screen::Screen;
 use crate::session::{SessionSettings, Shared};
 use crate::spool::Spool;
 use crate::state::{Defences, Store, admin};
@@ -224,10 +226,12 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
         }
+        let screen = Arc::new(screen(config, store.clone())?);
         let shared = Shared {
             spool: spool.clone(),
             queue: queue.clone(),
             defences,
+            screen,
             shutdown: shutdown_rx,
         };
         let relay = RelayPolicy::new(&config.inbound.domains);
@@ -268,7 +272,6 @@ impl Gateway {
                 command_timeout: config.limits.command_timeout.0,
                 data_timeout: config.limits.data_timeout.0,
                 session_timeout: config.limits.session_timeout.0,
-                greet_pause: config.limits.greet_pause.0,
                 kind: l.kind,
                 auth: authenticator.clone().filter(|_| submission(l.kind)),
                 trusted_networks: config.outbound.trusted_networks.clone(),
@@ -353,6 +356,20 @@ impl Gateway {
             spool_synced = stats.commits
         );
     }
+}
+
+/// The screen of the inbound listeners, with the reputation checks when any can score (a
+/// resolver from `[dns]` is made only then).
+fn screen(config: &Config, store: Store) -> Result<Screen, String> {
+    let inbound = config.listen.iter().any(|l| l.kind == ListenKind::Inbound);
+    let reputation = if inbound && (!config.dnsbl.sites.is_empty() || config.dnsbl.checks_ptr()) {
+        let resolver = ravelin_dns::Resolver::new(&config.dns.resolver_settings())
+            .map_err(|e| format!("[dns]: cannot set up the resolver for [dnsbl]: {e}"))?;
+        Reputation::new(&config.dnsbl, resolver).map(Arc::new)
+    } else {
+        None
+    };
+    Screen::new(config, store, reputation)
 }
 
 /// The rustls configuration for the listeners, if any uses TLS.
