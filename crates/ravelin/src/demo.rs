@@ -248,6 +248,9 @@ greet_pause = "150ms"
 path = "{}"
 [delivery]
 retry_initial = "1s"
+# Offline: there is no DNS to look SPF, DKIM and DMARC up in.
+[checks]
+enabled = false
 "#,
         dir.display()
     );

@@ -22,6 +22,7 @@
 
 mod auth;
 mod bans;
+mod checks;
 mod diagnostics;
 mod dkim;
 mod dns;
@@ -40,6 +41,7 @@ use serde::Deserialize;
 
 pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
+pub use self::checks::{ChecksSection, Forwarder};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::dkim::{DkimKeyConfig, DkimSection};
 pub use self::dns::DnsSection;
@@ -101,6 +103,8 @@ pub struct Config {
     pub header_firewall: HeaderFirewallSection,
     #[serde(default)]
     pub dkim: DkimSection,
+    #[serde(default)]
+    pub checks: ChecksSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -739,6 +743,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);
     config.greylist.validate(loc, &mut err);
+    config.checks.validate(loc, &mut err);
     if config.spool.path.as_os_str().is_empty() {
         err(
             loc.line(&toml_path!["spool", "path"]),
