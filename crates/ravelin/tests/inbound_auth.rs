@@ -336,7 +336,9 @@ fn spf_and_dkim_results_and_forged_results_removed() {
              Authentication-Results: relay.other.example; spf=pass smtp.mailfrom=alice@pass.test\r\n\
              X-MS-Exchange-Organization-AuthAs: Internal\r\n\
              X-MS-Exchange-Organization-SCL: -1\r\n\
-             X-MS-Exchange-CrossTenant-Id: 00000000-0000-0000-0000-000000000000\r\n"
+             X-MS-Exchange-CrossTenant-Id: 00000000-0000-0000-0000-000000000000\r\n\
+             X-Forefront-Antispam-Report: SFV:SKN\r\n\
+             X-Spam-Flag: NO\r\n"
         ),
     );
     send(&ravelin, "mail.pass.test", "alice@pass.test", &forged);
@@ -520,6 +522,61 @@ fn arc_sealed_forward_from_a_trusted_forwarder_passes() {
     );
     let ev = ravelin.wait_for_event("auth_checks", Duration::from_secs(5), |v| {
         v["exempt"] == "trusted forwarder"
+    });
+    assert_eq!(ev["decision"], "deliver");
+}
+
+#[test]
+fn dns_silence_and_large_messages_never_refuse() {
+    let world = world();
+    let sink = SmtpSink::start();
+    let ravelin = gateway(
+        &world,
+        &sink,
+        &["deadline = \"2s\"", "max_verify_size = 65536"],
+    );
+
+    // The DMARC record does not come within the deadline: temperror, delivered.
+    world.dns.set_fault(
+        "_dmarc.reject.test",
+        Some(ravelin_dns::testing::Fault::Silent),
+    );
+    let started = std::time::Instant::now();
+    let reply = send(
+        &ravelin,
+        "client.test",
+        "ceo@reject.test",
+        &message("ceo@reject.test", "dns-silent", ""),
+    );
+    assert!(reply.contains("250 2.0.0 Ok: queued"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, r) = our_results(&delivered(&sink, "dns-silent"));
+    assert_eq!(result_of(&r, "dmarc", None), "temperror");
+
+    // Over max_verify_size: signatures unchecked, DMARC judged on SPF alone (fail) and not
+    // enforced.
+    world.dns.set_fault("_dmarc.reject.test", None);
+    let mut big = message("ceo@reject.test", "too-large", "");
+    for _ in 0..1000 {
+        big.extend_from_slice(&[b'x'; 98]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let reply = send(&ravelin, "client.test", "ceo@reject.test", &big);
+    assert!(reply.contains("250 2.0.0 Ok: queued"), "{reply}");
+    let m = delivered(&sink, "too-large");
+    let (_, r) = our_results(&m);
+    assert_eq!(result_of(&r, "dmarc", None), "fail");
+    let f = fields(&m.message);
+    assert!(
+        f[1].1.contains("dkim=none (message too large to verify)"),
+        "{f:?}"
+    );
+    let ev = ravelin.wait_for_event("auth_checks", Duration::from_secs(5), |v| {
+        v["exempt"] == "message too large to verify"
     });
     assert_eq!(ev["decision"], "deliver");
 }
