@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use ravelin_wire::date;
 
-use crate::queue_cmd::{each, fail, header_of, open, parse_ids};
+use crate::queue_cmd::{each, fail, header_of, open, parse_ids, print_json};
 
 #[derive(Subcommand)]
 pub enum QuarantineAction {
@@ -48,73 +48,9 @@ pub enum QuarantineAction {
 }
 
 pub fn run(action: QuarantineAction) -> ExitCode {
-    match run_inner(action) {
-        Ok(code) | Err(code) => code,
-    }
-}
-
-fn run_inner(action: QuarantineAction) -> Result<ExitCode, ExitCode> {
-    match action {
-        QuarantineAction::List { config, json } => {
-            let spool = open(&config)?;
-            let entries = spool.quarantine_list().map_err(|e| fail(&e))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&entries).unwrap_or_default()
-                );
-            } else if entries.is_empty() {
-                println!("Quarantine is empty");
-            } else {
-                println!(
-                    "{:<28} {:>9} {:<31} Sender / reason",
-                    "Queue ID", "Size", "Quarantined"
-                );
-                for e in &entries {
-                    let sender = match e.envelope.sender.as_str() {
-                        "" => "<>",
-                        s => s,
-                    };
-                    println!(
-                        "{:<28} {:>9} {:<31} {sender}",
-                        e.id.to_string(),
-                        e.envelope.size,
-                        date::rfc5322(e.info.time),
-                    );
-                    println!("{:>70} {}", "", e.info.reason);
-                }
-                println!("-- {} message(s)", entries.len());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        QuarantineAction::Show { id, config, json } => {
-            let spool = open(&config)?;
-            let id = parse_ids(std::slice::from_ref(&id))?.remove(0);
-            let (envelope, info, body) = spool.quarantine_read(&id).map_err(|e| fail(&e))?;
-            let headers = header_of(body).map_err(|e| fail(&e))?;
-            let headers = String::from_utf8_lossy(&headers);
-            if json {
-                let v = serde_json::json!({
-                    "id": id, "envelope": envelope, "info": info, "headers": headers,
-                });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                println!("Queue ID:     {id}");
-                println!("Reason:       {}", info.reason);
-                println!("Quarantined:  {}", date::rfc5322(info.time));
-                println!("Sender:       <{}>", envelope.sender);
-                for r in &envelope.recipients {
-                    println!("Recipient:    <{r}>");
-                }
-                println!(
-                    "Client:       {}",
-                    envelope.client.as_deref().unwrap_or("-")
-                );
-                println!();
-                print!("{headers}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    let result = match action {
+        QuarantineAction::List { config, json } => list(&config, json),
+        QuarantineAction::Show { id, config, json } => show(&id, &config, json),
         QuarantineAction::Release { ids, config, json } => {
             each(&config, &ids, json, "released", |s, id| {
                 s.quarantine_release(id)
@@ -125,5 +61,67 @@ fn run_inner(action: QuarantineAction) -> Result<ExitCode, ExitCode> {
                 s.quarantine_delete(id)
             })
         }
+    };
+    result.unwrap_or_else(|code| code)
+}
+
+fn list(config: &std::path::Path, json: bool) -> Result<ExitCode, ExitCode> {
+    let spool = open(config)?;
+    let entries = spool.quarantine_list().map_err(|e| fail(&e))?;
+    if json {
+        print_json(serde_json::to_value(&entries));
+        return Ok(ExitCode::SUCCESS);
     }
+    if entries.is_empty() {
+        println!("Quarantine is empty");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<28} {:>9} {:<31} Sender / reason",
+        "Queue ID", "Size", "Quarantined"
+    );
+    for e in &entries {
+        let sender = match e.envelope.sender.as_str() {
+            "" => "<>",
+            s => s,
+        };
+        println!(
+            "{:<28} {:>9} {:<31} {sender}",
+            e.id.to_string(),
+            e.envelope.size,
+            date::rfc5322(e.info.time),
+        );
+        println!("{:>70} {}", "", e.info.reason);
+    }
+    println!("-- {} message(s)", entries.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(id: &str, config: &std::path::Path, json: bool) -> Result<ExitCode, ExitCode> {
+    let spool = open(config)?;
+    let id = parse_ids(&[id.to_string()])?.remove(0);
+    let (envelope, info, body) = spool.quarantine_read(&id).map_err(|e| fail(&e))?;
+    let headers = header_of(body).map_err(|e| fail(&e))?;
+    let headers = String::from_utf8_lossy(&headers);
+    if json {
+        let v = serde_json::json!({
+            "id": id, "envelope": envelope, "info": info, "headers": headers,
+        });
+        print_json(Ok(v));
+    } else {
+        println!("Queue ID:     {id}");
+        println!("Reason:       {}", info.reason);
+        println!("Quarantined:  {}", date::rfc5322(info.time));
+        println!("Sender:       <{}>", envelope.sender);
+        for r in &envelope.recipients {
+            println!("Recipient:    <{r}>");
+        }
+        println!(
+            "Client:       {}",
+            envelope.client.as_deref().unwrap_or("-")
+        );
+        println!();
+        print!("{headers}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -98,10 +98,7 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
             let spool = open(&config)?;
             let entries = spool.list().map_err(|e| fail(&e))?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&entries).unwrap_or_default()
-                );
+                print_json(serde_json::to_value(&entries));
             } else if entries.is_empty() {
                 println!("Mail queue is empty");
             } else {
@@ -215,6 +212,12 @@ pub(crate) fn header_of(body: impl std::io::Read) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     body.take(64 * 1024).read_to_end(&mut buf)?;
     Ok(ravelin_gateway::spool::header_section(&buf).to_vec())
+}
+
+/// Prints `value` as pretty JSON (`--json`).
+pub(crate) fn print_json(value: serde_json::Result<serde_json::Value>) {
+    let text = value.and_then(|v| serde_json::to_string_pretty(&v));
+    println!("{}", text.unwrap_or_default());
 }
 
 pub(crate) fn fail(e: &std::io::Error) -> ExitCode {

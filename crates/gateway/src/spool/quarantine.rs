@@ -14,15 +14,16 @@
 //! How it fails: `io::Error`s to the caller; `NotFound` names the id. An unreadable info file
 //! shows as an empty reason rather than hiding the message.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{BodyReader, Envelope, Incoming, QUEUE, QueueId, Spool, format, read_ids, sync_dir};
+use super::{
+    BodyReader, Envelope, Incoming, QUEUE, QueueId, Spool, format, read_ids, state, sync_dir,
+};
 
 /// The directory under the spool.
 pub(super) const QUARANTINE: &str = "quarantine";
@@ -166,27 +167,16 @@ impl Incoming {
         let dir = self.spool.quarantine_dir();
         let name = self.id.to_string();
         let from = self.path.clone();
-        let info_text = serde_json::to_vec(info).map_err(io::Error::other)?;
-        let id = self.id;
+        let record = info.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut writer = writer;
             writer.write_all(&trailer)?;
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             file.sync_data()?;
             let info_path = dir.join(format!("{name}.info"));
-            let result = (|| {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&info_path)?;
-                f.write_all(&info_text)?;
-                f.write_all(b"\n")?;
-                f.sync_data()?;
-                fs::rename(&from, dir.join(&name))?;
-                sync_dir(&dir)
-            })();
+            let result = state::store_json(&info_path, &record)
+                .and_then(|()| fs::rename(&from, dir.join(&name)))
+                .and_then(|()| sync_dir(&dir));
             if result.is_err() {
                 let _ = fs::remove_file(dir.join(&name));
                 let _ = fs::remove_file(&info_path);
@@ -196,7 +186,7 @@ impl Incoming {
         .await
         .map_err(io::Error::other)??;
         self.armed = false;
-        info!(event = "quarantined", queue_id = %id, reason = %info.reason);
+        info!(event = "quarantined", queue_id = %self.id, reason = %info.reason);
         Ok(self.len)
     }
 }
