@@ -570,3 +570,42 @@ fn dns_silence_and_large_messages_never_refuse() {
     });
     assert_eq!(ev["decision"], "deliver");
 }
+
+#[test]
+fn trusted_forwarder_networks_and_enforcement_switch() {
+    let world = world();
+    let sink = SmtpSink::start();
+    let ravelin = gateway(&world, &sink, &["trusted_forwarders = [\"127.0.0.2/32\"]"]);
+    let spoof = message("ceo@reject.test", "from-forwarder", "");
+
+    // The listed forwarder's DMARC failure is delivered; anyone else's is refused.
+    let out = swaks_send(
+        ravelin.addr(),
+        "ceo@reject.test",
+        "bob@example.org",
+        &spoof,
+        &["--helo", "fwd.test", "--local-interface", "127.0.0.2"],
+    );
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("250 2.0.0 Ok: queued"), "{reply}");
+    let (_, r) = our_results(&delivered(&sink, "from-forwarder"));
+    assert_eq!(result_of(&r, "dmarc", None), "fail");
+    let reply = send(&ravelin, "client.test", "ceo@reject.test", &spoof);
+    assert!(reply.contains("<** 550 5.7.1"), "{reply}");
+
+    // enforce_dmarc = false: recorded only.
+    let lenient = gateway(&world, &sink, &["enforce_dmarc = false"]);
+    let reply = send(
+        &lenient,
+        "client.test",
+        "ceo@reject.test",
+        &message("ceo@reject.test", "not-enforced", ""),
+    );
+    assert!(reply.contains("250 2.0.0 Ok: queued"), "{reply}");
+    let (_, r) = our_results(&delivered(&sink, "not-enforced"));
+    assert_eq!(result_of(&r, "dmarc", None), "fail");
+    let ev = lenient.wait_for_event("auth_checks", Duration::from_secs(5), |v| {
+        v["exempt"] == "enforce_dmarc is off"
+    });
+    assert_eq!(ev["decision"], "deliver");
+}
