@@ -10,6 +10,7 @@
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
 //! - [`relay`]: relay control: which recipients a listener accepts.
 //! - [`auth`]: SMTP AUTH for submission (users file, LDAP) and sender ownership.
+//! - [`checks`]: end-of-DATA checks of the whole message: SPF, DKIM, DMARC, ARC.
 //! - [`cleanup`]: header processing before the spool (our Received line).
 //! - [`dkim`]: DKIM signing of outbound mail and key generation.
 //! - [`firewall`]: the header firewall: what reveals the inside goes out of outbound mail,

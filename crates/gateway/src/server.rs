@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use ravelin_wire::headers::HeaderLimits;
 
 use crate::auth::Authenticator;
+use crate::checks::auth::Verifier;
 use crate::checks::reputation::Reputation;
 use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
@@ -241,6 +242,7 @@ impl Gateway {
             max_fields: config.limits.header_fields,
             max_line: config.limits.line_length,
         };
+        let verifier = Verifier::from_config(config)?.map(Arc::new);
         let sessions = TaskTracker::new();
         let mut addresses = Vec::new();
         let mut accept_loops = Vec::new();
@@ -279,10 +281,12 @@ impl Gateway {
                     outbound: l.kind.is_outbound(),
                     firewall: firewall.clone(),
                     limits: header_limits,
-                    authserv_id: config.hostname.clone(),
+                    authserv_id: config.checks.authserv_id(&config.hostname).to_string(),
+                    hold_for_checks: !l.kind.is_outbound() && verifier.is_some(),
                     signer: l.kind.is_outbound().then(|| signer.clone()),
                     scratch_dir: spool.scratch_dir().to_path_buf(),
                 }),
+                checks: verifier.clone().filter(|_| !l.kind.is_outbound()),
             };
             info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());
             addresses.push((l.name.clone(), local));

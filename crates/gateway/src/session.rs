@@ -49,13 +49,14 @@ use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use crate::auth::{Authenticator, Outcome};
+use crate::checks::auth::{Action, Verifier};
 use crate::checks::reputation::{self, Score};
-use crate::cleanup::{self, CleanupError, MessageCleanup, Trace};
+use crate::cleanup::{self, CleanupError, Finished, MessageCleanup, Trace};
 use crate::config::{AbuseKind, Cidr, ListenKind};
 use crate::queue::QueueHandle;
 use crate::relay::RelayPolicy;
 use crate::screen::{self, Screen, Standing};
-use crate::spool::{Direction, Envelope, Incoming, Spool};
+use crate::spool::{Direction, Envelope, Incoming, QuarantineInfo, Spool};
 use crate::state::greylist::GreyVerdict;
 use crate::state::{ConnectionGuard, Decision, Defences, Exceeded, canonical_ip};
 
@@ -82,6 +83,8 @@ pub struct SessionSettings {
     pub trusted_networks: Vec<Cidr>,
     /// Header limits, the header firewall and, outbound, DKIM signing.
     pub cleanup: Arc<cleanup::Policy>,
+    /// SPF, DKIM, DMARC and ARC at the end of data (inbound listeners, `[checks] enabled`).
+    pub checks: Option<Arc<Verifier>>,
 }
 
 impl SessionSettings {
@@ -724,8 +727,35 @@ impl Session<'_> {
             return Verdict::Reject(storage_error());
         };
         let id = *incoming.id();
+        let mut quarantine = None;
         if let (Some(cleanup), None, None) = (tx.cleanup.take(), &tx.write_error, &tx.refusal) {
-            let result = cleanup.finish(&mut |bytes| incoming.write(bytes));
+            let result = match cleanup.finish(&mut |bytes| incoming.write(bytes)) {
+                Ok(Finished::Written(report)) => Ok(report),
+                Ok(Finished::Held(held)) => match self.check(&id, &tx, held, &mut incoming).await {
+                    Ok((report, Action::Deliver, _)) => Ok(report),
+                    Ok((_, Action::Reject(domain), _)) => {
+                        drop(incoming);
+                        self.rejected += 1;
+                        let reply = Reply::ext(
+                            550,
+                            (5, 7, 1),
+                            format!("Email rejected per DMARC policy for {domain}"),
+                        );
+                        warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, decision = "reject", reason = %reply.one_line());
+                        return Verdict::Reject(reply);
+                    }
+                    Ok((report, Action::Quarantine(domain), header)) => {
+                        quarantine = Some(QuarantineInfo {
+                            reason: format!("DMARC policy quarantine for {domain}"),
+                            time: date::now_secs(),
+                            verdict: header,
+                        });
+                        Ok(report)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             if let Ok(report) = &result {
                 self.log_cleanup(&id, report);
                 if let Some(reply) = report
@@ -753,6 +783,20 @@ impl Session<'_> {
             warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
             return Verdict::Reject(storage_error());
         }
+        if let (Some(info), None, None) = (&quarantine, &tx.refusal, &tx.write_error) {
+            return match incoming.commit_quarantined(info).await {
+                Ok(_) => {
+                    self.accepted += 1;
+                    info!(event = "queued", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, recipients = tx.recipients.len(), size, direction = "inbound", decision = "quarantine", reason = %info.reason);
+                    Verdict::AcceptWith(Reply::ext(250, (2, 0, 0), format!("Ok: queued as {id}")))
+                }
+                Err(e) => {
+                    self.rejected += 1;
+                    warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
+                    Verdict::Reject(storage_error())
+                }
+            };
+        }
         match incoming.commit().await {
             Ok(_) => {
                 self.accepted += 1;
@@ -776,6 +820,47 @@ impl Session<'_> {
                 Verdict::Reject(storage_error())
             }
         }
+    }
+}
+
+impl Session<'_> {
+    /// Runs the sender authentication checks on a held message, then writes it to the spool
+    /// file with our Authentication-Results field on top. Returns what the cleanup did, what
+    /// to do with the message and the field.
+    async fn check(
+        &self,
+        id: &crate::spool::QueueId,
+        tx: &Transaction,
+        mut held: cleanup::Held,
+        incoming: &mut Incoming,
+    ) -> Result<(cleanup::Report, Action, String), CleanupError> {
+        let Some(verifier) = self.settings.checks.as_deref() else {
+            return Ok((
+                held.write(b"", &mut |b| incoming.write(b))?,
+                Action::Deliver,
+                String::new(),
+            ));
+        };
+        let (message, complete) = held.message(verifier.max_size())?;
+        let helo = self.helo.as_ref().map_or("", |(h, _)| h.as_str());
+        let smtp = crate::checks::auth::Session {
+            client: self.peer.ip(),
+            helo,
+            mail_from: &tx.sender,
+        };
+        let verdict = verifier.verify(&smtp, &message, complete).await;
+        drop(message);
+        let action = match &verdict.action {
+            Action::Deliver => "deliver",
+            Action::Quarantine(_) => "quarantine",
+            Action::Reject(_) => "reject",
+        };
+        info!(event = "auth_checks", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, results = %verdict.summary, decision = action, exempt = verdict.exempt.unwrap_or(""));
+        let report = match verdict.action {
+            Action::Reject(_) => held.report,
+            _ => held.write(verdict.header.as_bytes(), &mut |b| incoming.write(b))?,
+        };
+        Ok((report, verdict.action, verdict.header))
     }
 }
 

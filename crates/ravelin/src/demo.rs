@@ -253,6 +253,9 @@ ptr_not_confirmed = 0
 path = "{}"
 [delivery]
 retry_initial = "1s"
+# Offline: there is no DNS to look SPF, DKIM and DMARC up in.
+[checks]
+enabled = false
 "#,
         dir.display()
     );

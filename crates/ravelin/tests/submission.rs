@@ -278,8 +278,7 @@ fn no_auth_before_starttls_and_no_mail_before_auth() {
 fn per_user_limits_hold_for_an_authenticated_user() {
     let sink = SmtpSink::start();
     let ravelin = start(
-        outbound_config(sink.addr, SENDER_MAP, "")
-            .set("rate_limits", "messages_per_user = 2"),
+        outbound_config(sink.addr, SENDER_MAP, "").set("rate_limits", "messages_per_user = 2"),
     );
     let sub = ravelin.listener("sub");
     for n in 0..2 {
@@ -287,7 +286,10 @@ fn per_user_limits_hold_for_an_authenticated_user() {
         assert!(out.status.success(), "message {n}: {transcript}");
     }
     let (out, transcript) = alice_sends(sub, ALICE, "friend@elsewhere.example");
-    assert!(!out.status.success(), "the third message went through: {transcript}");
+    assert!(
+        !out.status.success(),
+        "the third message went through: {transcript}"
+    );
     assert!(
         transcript.contains("451 4.7.1"),
         "no 451 4.7.1 to MAIL FROM: {transcript}"

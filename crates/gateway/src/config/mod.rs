@@ -22,6 +22,7 @@
 
 mod auth;
 mod bans;
+mod checks;
 mod diagnostics;
 mod dkim;
 mod dns;
@@ -42,6 +43,7 @@ use serde::Deserialize;
 
 pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
+pub use self::checks::{ChecksSection, Forwarder};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::dkim::{DkimKeyConfig, DkimSection};
 pub use self::dns::DnsSection;
@@ -111,6 +113,8 @@ pub struct Config {
     pub dkim: DkimSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub checks: ChecksSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -783,6 +787,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     config.greylist.validate(loc, &mut err);
     config.screen.validate(loc, &mut err);
     config.dnsbl.validate(loc, &mut err);
+    config.checks.validate(loc, &mut err);
     if config.spool.path.as_os_str().is_empty() {
         err(
             loc.line(&toml_path!["spool", "path"]),

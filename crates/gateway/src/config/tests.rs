@@ -289,6 +289,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.header_firewall, HeaderFirewallSection::default());
     assert_eq!(c.outbound, Outbound::default());
     assert_eq!(c.auth, AuthSection::default());
+    assert_eq!(c.checks, ChecksSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
         c.inbound.received_client,
@@ -386,6 +387,11 @@ fn example_mentions_every_key() {
         "domain",
         "selector",
         "key_file",
+        "authserv_id",
+        "enforce_dmarc",
+        "deadline",
+        "max_verify_size",
+        "trusted_forwarders",
     ] {
         assert!(
             text.lines()
@@ -1127,4 +1133,42 @@ fn direct_delivery_ports_must_not_be_zero() {
             .any(|e| e.1.contains("outbound.mta_sts_port is 0")),
         "{list:#?}"
     );
+}
+
+#[test]
+fn checks_section_is_read_and_checked() {
+    let c = Config::parse(MINIMAL, "t").unwrap();
+    assert!(c.checks.enabled && c.checks.enforce_dmarc);
+    assert_eq!(c.checks.authserv_id(&c.hostname), c.hostname);
+    let c = Config::parse(
+        &format!(
+            "{MINIMAL}\n[checks]\nauthserv_id = \"auth.example.org\"\nenforce_dmarc = false\ndeadline = \"3s\"\ntrusted_forwarders = [\"192.0.2.0/24\", \"2001:db8::1\", \"Lists.Example.NET.\"]\n"
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.checks.authserv_id("ignored"), "auth.example.org");
+    assert!(!c.checks.enforce_dmarc);
+    assert_eq!(c.checks.deadline, HumanDuration::from_secs(3));
+    assert_eq!(
+        c.checks.trusted_forwarders,
+        [
+            Forwarder::Network("192.0.2.0/24".parse().unwrap()),
+            Forwarder::Network("2001:db8::1".parse().unwrap()),
+            Forwarder::Domain("lists.example.net".into()),
+        ]
+    );
+    let base = MINIMAL.to_string();
+    let (line, message, fix) = error(&format!("{base}\n[checks]\ndeadline = \"0s\"\n"));
+    assert_eq!(line, base.lines().count() + 3);
+    assert!(message.contains("checks.deadline"), "{message}");
+    assert!(fix.contains("positive"), "{fix}");
+    let (_, message, _) = error(&format!("{base}\n[checks]\nmax_verify_size = 100\n"));
+    assert!(message.contains("max_verify_size = 100"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[checks]\nauthserv_id = \"not a host\"\n"));
+    assert!(message.contains("authserv_id"), "{message}");
+    let (_, message, _) = error(&format!(
+        "{base}\n[checks]\ntrusted_forwarders = [\"10.0.0.0/33\"]\n"
+    ));
+    assert!(message.contains("10.0.0.0/33"), "{message}");
 }
