@@ -287,6 +287,14 @@ fn dnsbl_scores_listed_clients() {
     assert_eq!(reply.code, 220, "{reply:?}");
     assert!(took < AT_ONCE, "not held by the silent list: {took:?}");
     assert_eq!(send_mail(&mut c, "clean.client.test").code, 250);
+    // Its score is remembered: the next connection asks no list.
+    let asked = dns.queries();
+    let (reply, _, _) = first_reply("127.0.0.10", addr);
+    assert_eq!(reply.code, 220, "{reply:?}");
+    gw.wait_for_event("dnsbl", Duration::from_secs(5), |v| {
+        v["client"] == "127.0.0.10" && v["cached"] == true
+    });
+    assert_eq!(dns.queries(), asked);
 
     for client in ["127.0.0.3", "127.0.0.9"] {
         let (reply, _, mut c) = first_reply(client, addr);
