@@ -3,15 +3,16 @@
 //! At connect, on every listener, a client in the `[screen] block_file` is refused with
 //! `554 5.7.1` and closed. On `inbound` listeners a client that is neither in the
 //! `allow_file` nor in `[screen] exempt` (default: loopback) nor in `[outbound]
-//! trusted_networks` then waits `greet_wait` (default
-//! 6 s, as postscreen's `postscreen_greet_wait`) in silence before the banner while its
+//! trusted_networks` then waits `greet_wait` (default 6 s, as postscreen's
+//! `postscreen_greet_wait`) in silence before the banner while its
 //! reputation is looked up ([`crate::checks::reputation`], DNS lists and reverse DNS, in
 //! parallel); a client that talks during the wait is refused (`554 5.5.1`) and the pregreet is
 //! counted by the ban mechanism; one whose score reaches `[dnsbl] threshold` is refused with
 //! `554 5.7.1 Service unavailable; client [IP] blocked using ZONE`. A client that waited
 //! patiently (neither talked nor hung up) is remembered in the state store for
-//! `[screen] cache_ttl` (default 1 day) and not made to wait again; a client that scored below the threshold has its score remembered
-//! for `[dnsbl] cache_ttl` (default 1 hour) and is not looked up again. Allow-listed, exempt
+//! `[screen] cache_ttl` (default 1 day) and not made to wait again; a client that scored
+//! below the threshold, with every list answering, has its score remembered for
+//! `[dnsbl] cache_ttl` (default 1 hour) and is not looked up again. Allow-listed, exempt
 //! and cached clients still get the instant pregreet check (bytes already waiting).
 //!
 //! The allow and block files hold one network per line (`192.0.2.0/24`, `2001:db8::/32`, a
@@ -379,7 +380,8 @@ impl Screen {
         if refuse {
             return Outcome::Refuse(score);
         }
-        if !score.cached {
+        // A score with lists that did not answer is not remembered: they are asked again.
+        if !score.cached && score.unanswered.is_empty() {
             let _ = self
                 .store
                 .set(

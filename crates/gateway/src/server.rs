@@ -6,8 +6,10 @@
 //! when a submission listener needs them (users file, LDAP service password) and the DKIM keys
 //! are read (`[dkim]`), every listener is bound, then — when started as root — the process
 //! gives the spool to `server.user` and becomes that user, then
-//! the spool is opened and recovered, the queue manager starts delivering what was found, and
-//! only then do the listeners accept connections.
+//! the spool is opened and recovered, the queue manager starts delivering what was found, the
+//! state store is opened and the screen built (its allow and block files read, a bad line
+//! stopping the start; a resolver from `[dns]` made when `[dnsbl]` has anything to look up),
+//! and only then do the listeners accept connections.
 //!
 //! The process umask is set to 077 first: nothing the gateway writes is readable by others.
 //!

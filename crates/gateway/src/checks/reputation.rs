@@ -281,6 +281,35 @@ mod tests {
         assert_eq!(s.total, c.helo_our_name);
     }
 
+    /// Sites sharing a zone are asked once and each counts its own codes; IPv4-mapped and
+    /// IPv6 clients are asked by their proper names; an unanswered PTR adds nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lists_are_scored_per_site() {
+        use ravelin_dns::testing::TestDnsServer;
+        let v6 = ravelin_dns::reversed_ip(ip("2001:db8::1"));
+        let dns = TestDnsServer::start(&[(
+            "bl.test",
+            &format!("10.2.0.192 A 127.0.0.10\n11.2.0.192 A 127.0.0.4\n{v6} A 127.0.0.2\n"),
+        )])
+        .unwrap();
+        let config = DnsblSection {
+            sites: vec![
+                "bl.test=127.0.0.[2..11]*3".parse().unwrap(),
+                "bl.test=127.0.0.10*5".parse().unwrap(),
+            ],
+            ..DnsblSection::default()
+        };
+        let r = Reputation::new(&config, dns.resolver().unwrap()).unwrap();
+        let s = r.connect(ip("::ffff:192.0.2.10")).await;
+        assert_eq!(s.total, 8, "{s:?}");
+        assert_eq!(s.describe(), "bl.test(+3),bl.test(+5)");
+        // No reverse zone on this server: the PTR lookup is refused, which adds nothing.
+        assert_eq!(s.unanswered, ["ptr"]);
+        assert_eq!(r.connect(ip("192.0.2.11")).await.total, 3);
+        assert_eq!(r.connect(ip("2001:db8::1")).await.total, 3);
+        assert_eq!(r.connect(ip("192.0.2.12")).await.total, 0);
+    }
+
     #[test]
     fn refusals_name_the_worst_zone() {
         let score = Score {
