@@ -135,6 +135,10 @@ impl Gateway {
         })?;
         info!(event = "spool_recovered", messages = recovered.len(), path = %config.spool.path.display());
 
+        // One resolver for every lookup: MX, TLSA and MTA-STS for delivery, DNSBL and reverse
+        // DNS for the screen (the message checks use mail-auth's own, on the same servers).
+        let resolver = ravelin_dns::Resolver::new(&config.dns.resolver_settings())
+            .map_err(|e| format!("[dns]: cannot set up the resolver: {e}"))?;
         let delivery = Delivery::new(
             DeliverySettings {
                 helo_name: config.hostname.clone(),
@@ -162,7 +166,7 @@ impl Gateway {
             }),
         )?
         .with_direct(DirectSettings {
-            resolver: config.dns.resolver_settings(),
+            resolver: resolver.clone(),
             port: config.delivery.smtp_port,
             dane: config.outbound.dane,
             mta_sts: config.outbound.mta_sts,
@@ -229,7 +233,7 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
         }
-        let screen = Arc::new(screen(config, store.clone())?);
+        let screen = Arc::new(screen(config, store.clone(), resolver)?);
         let shared = Shared {
             spool: spool.clone(),
             queue: queue.clone(),
@@ -364,13 +368,14 @@ impl Gateway {
     }
 }
 
-/// The screen of the inbound listeners, with the reputation checks when any can score (a
-/// resolver from `[dns]` is made only then).
-fn screen(config: &Config, store: Store) -> Result<Screen, String> {
+/// The screen of the inbound listeners, with the reputation checks when any can score.
+fn screen(
+    config: &Config,
+    store: Store,
+    resolver: ravelin_dns::Resolver,
+) -> Result<Screen, String> {
     let inbound = config.listen.iter().any(|l| l.kind == ListenKind::Inbound);
     let reputation = if inbound && (!config.dnsbl.sites.is_empty() || config.dnsbl.checks_ptr()) {
-        let resolver = ravelin_dns::Resolver::new(&config.dns.resolver_settings())
-            .map_err(|e| format!("[dns]: cannot set up the resolver for [dnsbl]: {e}"))?;
         Reputation::new(&config.dnsbl, resolver).map(Arc::new)
     } else {
         None

@@ -50,8 +50,8 @@ pub const MAX_ADDRESSES: usize = 4;
 /// What direct delivery needs besides [`super::DeliverySettings`].
 #[derive(Debug, Clone)]
 pub struct DirectSettings {
-    /// How the resolver is reached (`[dns]`).
-    pub resolver: ResolverSettings,
+    /// The gateway's resolver (`[dns]`), shared with the inbound checks.
+    pub resolver: Resolver,
     /// The port of every MX (25; tests use a high port).
     pub port: u16,
     /// Use DANE where the TLSA records are DNSSEC-secure.
@@ -82,8 +82,7 @@ pub(crate) struct Direct {
 
 impl Direct {
     pub(crate) fn new(settings: DirectSettings, concurrency: usize) -> Result<Direct, String> {
-        let resolver =
-            Resolver::new(&settings.resolver).map_err(|e| format!("[dns] resolver: {e}"))?;
+        let resolver = settings.resolver.clone();
         let unauthenticated =
             ravelin_tls::client_config(&ravelin_tls::Verify::None).map_err(|e| e.to_string())?;
         let sts = if settings.mta_sts {
