@@ -28,6 +28,7 @@ mod dkim;
 mod dns;
 mod greylist;
 mod header_firewall;
+mod metrics;
 mod rate_limits;
 mod state;
 mod values;
@@ -49,6 +50,7 @@ pub use self::greylist::GreylistSection;
 pub use self::header_firewall::{
     HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
 };
+pub use self::metrics::MetricsSection;
 pub use self::rate_limits::RateLimitsSection;
 pub use self::state::{StateSection, StoreUrl, redact_url};
 pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain, loopback};
@@ -105,6 +107,8 @@ pub struct Config {
     pub dkim: DkimSection,
     #[serde(default)]
     pub checks: ChecksSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -561,6 +565,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
     paths.extend(config.auth.users_file.as_mut());
+    paths.extend(config.metrics.token_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
         paths.extend(ldap.search_bind_password_file.as_mut());
@@ -739,6 +744,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
         );
     }
     config.dns.validate(loc, &mut err);
+    config.metrics.validate(loc, &mut err);
     config.state.validate(loc, &mut err);
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);
