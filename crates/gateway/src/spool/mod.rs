@@ -282,6 +282,7 @@ impl Spool {
         }
         let spool = Spool::with_lock(path, Some(lock))?;
         let recovered = spool.recover()?;
+        spool.tidy_quarantine();
         Ok((spool, recovered))
     }
 

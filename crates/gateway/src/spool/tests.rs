@@ -851,4 +851,10 @@ async fn quarantine_survives_restart_and_releases_into_the_queue() {
     admin.quarantine_delete(&second).unwrap();
     assert!(names(&qdir).is_empty());
     assert!(admin.quarantine_delete(&second).is_err());
+
+    // An info file left without its message (a crash between the two) goes at the next start.
+    fs::write(qdir.join(format!("{second}.info")), b"{}\n").unwrap();
+    drop((spool, admin));
+    let _reopened = Spool::open(dir.path()).unwrap();
+    assert!(names(&qdir).is_empty());
 }
