@@ -92,6 +92,15 @@ impl Spool {
         Ok(out)
     }
 
+    /// How many messages are quarantined (info files not counted).
+    pub fn quarantine_count(&self) -> io::Result<usize> {
+        match read_ids(&self.quarantine_dir()) {
+            Ok((ids, _)) => Ok(ids.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One quarantined message: envelope, why, and its content.
     pub fn quarantine_read(
         &self,

@@ -821,6 +821,8 @@ async fn quarantine_survives_restart_and_releases_into_the_queue() {
     assert!(recovered.is_empty());
     assert!(spool.list().unwrap().is_empty());
     let admin = Spool::open_admin(dir.path()).unwrap();
+    let counts = admin.counts().unwrap();
+    assert_eq!((counts.queued, counts.quarantined), (0, 1));
     let listed = admin.quarantine_list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].id, &listed[0].info), (id, &info));
