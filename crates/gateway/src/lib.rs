@@ -2,6 +2,9 @@
 //!
 //! The mail's path is the module layout:
 //!
+//! - [`screen`]: before the dialogue: allow and block files, greet wait (pregreet), the
+//!   verdict cache, the reputation score at connect.
+//! - [`checks`]: checks that score a client (DNS lists, reverse DNS, HELO).
 //! - [`listener`]: binds the configured listeners, accepts connections, drops privileges.
 //! - [`session`]: drives a `ravelin_wire::server` session over one connection and applies the
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
@@ -37,6 +40,7 @@ pub mod log;
 pub mod metrics;
 pub mod queue;
 pub mod relay;
+pub mod screen;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -14,8 +14,8 @@
 //! Listener kinds: `inbound` (relay control by `inbound.domains`), `submission` and
 //! `submissions` (AUTH inside TLS, required before MAIL; any destination), `relay` (only
 //! `outbound.trusted_networks`; any destination). Mail from the last three is outbound: it goes
-//! to `outbound.smart_host` (a warning is logged at start when there is none: such mail then
-//! waits in the queue).
+//! to `outbound.smart_host` when one is set, otherwise directly to the recipient domains' MX
+//! hosts with DANE / MTA-STS / opportunistic TLS (`crate::delivery::mx`).
 //!
 //! Shutdown (SIGTERM, SIGINT, or [`Gateway::shutdown`]): listeners stop accepting, sessions
 //! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
@@ -38,14 +38,17 @@ use ravelin_wire::headers::HeaderLimits;
 
 use crate::auth::Authenticator;
 use crate::checks::auth::Verifier;
+use crate::checks::reputation::Reputation;
 use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
+use crate::delivery::mx::DirectSettings;
 use crate::delivery::{Delivery, DeliverySettings, Route, TlsPolicy};
 use crate::dkim::Signer;
 use crate::firewall::HeaderFirewall;
 use crate::listener::{self, Bound};
 use crate::queue::{QueueHandle, QueueManager, QueueSettings};
 use crate::relay::RelayPolicy;
+use crate::screen::Screen;
 use crate::session::{SessionSettings, Shared};
 use crate::spool::Spool;
 use crate::state::{Defences, Store, admin};
@@ -87,14 +90,6 @@ impl Gateway {
         } else {
             None
         };
-        if config.listen.iter().any(|l| l.kind != ListenKind::Inbound)
-            && config.outbound.smart_host.is_none()
-        {
-            warn!(
-                event = "no_outbound_route",
-                reason = "submission/relay listeners accept outbound mail but outbound.smart_host is not set; mail to other domains stays deferred"
-            );
-        }
         // Read while still privileged: key files may be readable by root only.
         let signer = Arc::new(Signer::new(&config.dkim).map_err(|e| format!("[dkim]: {e}"))?);
         let mut bound = Vec::new();
@@ -163,7 +158,32 @@ impl Gateway {
                 hosts: vec![(h.host.clone(), h.port)],
                 tls: next_hop_tls(config.outbound.smart_host_tls, None),
             }),
-        )?;
+        )?
+        .with_direct(DirectSettings {
+            resolver: config.dns.resolver_settings(),
+            port: config.delivery.smtp_port,
+            dane: config.outbound.dane,
+            mta_sts: config.outbound.mta_sts,
+            sts_fetch: ravelin_dns::mta_sts::FetchSettings {
+                port: config.outbound.mta_sts_port,
+                ..Default::default()
+            },
+            extra_ca_file: config.outbound.extra_ca_file.clone(),
+            state_dir: config.spool.path.clone(),
+            hostname: config.hostname.clone(),
+        })?;
+        match &config.outbound.smart_host {
+            Some(h) => {
+                info!(event = "outbound_route", route = "smart_host", host = %h.host, port = h.port)
+            }
+            None => info!(
+                event = "outbound_route",
+                route = "mx",
+                smtp_port = config.delivery.smtp_port,
+                dane = config.outbound.dane,
+                mta_sts = config.outbound.mta_sts
+            ),
+        }
         let queue = QueueManager::start(
             spool.clone(),
             recovered,
@@ -207,10 +227,12 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
         }
+        let screen = Arc::new(screen(config, store.clone())?);
         let shared = Shared {
             spool: spool.clone(),
             queue: queue.clone(),
             defences,
+            screen,
             shutdown: shutdown_rx,
         };
         let relay = RelayPolicy::new(&config.inbound.domains);
@@ -252,7 +274,6 @@ impl Gateway {
                 command_timeout: config.limits.command_timeout.0,
                 data_timeout: config.limits.data_timeout.0,
                 session_timeout: config.limits.session_timeout.0,
-                greet_pause: config.limits.greet_pause.0,
                 kind: l.kind,
                 auth: authenticator.clone().filter(|_| submission(l.kind)),
                 trusted_networks: config.outbound.trusted_networks.clone(),
@@ -339,6 +360,20 @@ impl Gateway {
             spool_synced = stats.commits
         );
     }
+}
+
+/// The screen of the inbound listeners, with the reputation checks when any can score (a
+/// resolver from `[dns]` is made only then).
+fn screen(config: &Config, store: Store) -> Result<Screen, String> {
+    let inbound = config.listen.iter().any(|l| l.kind == ListenKind::Inbound);
+    let reputation = if inbound && (!config.dnsbl.sites.is_empty() || config.dnsbl.checks_ptr()) {
+        let resolver = ravelin_dns::Resolver::new(&config.dns.resolver_settings())
+            .map_err(|e| format!("[dns]: cannot set up the resolver for [dnsbl]: {e}"))?;
+        Reputation::new(&config.dnsbl, resolver).map(Arc::new)
+    } else {
+        None
+    };
+    Screen::new(config, store, reputation)
 }
 
 /// The rustls configuration for the listeners, if any uses TLS.

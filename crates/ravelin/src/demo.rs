@@ -243,7 +243,12 @@ domains = ["demo.example"]
 backend = ["smtp://{sink_addr}"]
 [limits]
 message_size = 1048576
-greet_pause = "150ms"
+[screen]
+greet_wait = "150ms"
+exempt = []
+[dnsbl]
+no_ptr = 0
+ptr_not_confirmed = 0
 [spool]
 path = "{}"
 [delivery]

@@ -30,6 +30,7 @@ mod greylist;
 mod header_firewall;
 mod metrics;
 mod rate_limits;
+mod screen;
 mod state;
 mod values;
 
@@ -52,8 +53,9 @@ pub use self::header_firewall::{
 };
 pub use self::metrics::MetricsSection;
 pub use self::rate_limits::RateLimitsSection;
+pub use self::screen::{DnsblSection, DnsblSite, MAX_GREET_WAIT, ScreenSection};
 pub use self::state::{StateSection, StoreUrl, redact_url};
-pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain, loopback};
+pub use self::values::{BackendUrl, Cidr, FIX_SEPARATOR, HumanDuration, is_domain, loopback};
 pub use crate::log::LogFormat;
 
 use self::diagnostics::{Locator, toml_path};
@@ -99,6 +101,10 @@ pub struct Config {
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub greylist: GreylistSection,
+    #[serde(default)]
+    pub screen: ScreenSection,
+    #[serde(default)]
+    pub dnsbl: DnsblSection,
     #[serde(default)]
     pub auth: AuthSection,
     #[serde(default)]
@@ -295,6 +301,14 @@ pub struct Outbound {
     /// Send all outbound mail through this host instead of the recipients' MX.
     pub smart_host: Option<BackendUrl>,
     pub smart_host_tls: NextHopTls,
+    /// Direct delivery: authenticate MX hosts by DNSSEC-secure TLSA records (RFC 7672).
+    pub dane: bool,
+    /// Direct delivery: apply the recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// CA certificates trusted besides the system's for MTA-STS (policy host and MX).
+    pub extra_ca_file: Option<PathBuf>,
+    /// The HTTPS port MTA-STS policies are fetched from: 443; other values are for tests.
+    pub mta_sts_port: u16,
 }
 
 impl Default for Outbound {
@@ -303,6 +317,10 @@ impl Default for Outbound {
             trusted_networks: Vec::new(),
             smart_host: None,
             smart_host_tls: NextHopTls::Encrypt,
+            dane: true,
+            mta_sts: true,
+            extra_ca_file: None,
+            mta_sts_port: 443,
         }
     }
 }
@@ -329,8 +347,6 @@ pub struct Limits {
     pub command_timeout: HumanDuration,
     pub data_timeout: HumanDuration,
     pub session_timeout: HumanDuration,
-    /// Wait before the banner; clients that talk first are dropped. "0s" = off.
-    pub greet_pause: HumanDuration,
     /// Longest line accepted, in bytes including CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
     /// Failed AUTH attempts after which a session is closed with 421.
@@ -351,7 +367,6 @@ impl Default for Limits {
             command_timeout: HumanDuration::from_secs(120),
             data_timeout: HumanDuration::from_secs(300),
             session_timeout: HumanDuration::from_secs(30 * 60),
-            greet_pause: HumanDuration::from_secs(0),
             line_length: 1000,
             auth_failures: 3,
             header_size: 256 * 1024,
@@ -392,6 +407,9 @@ pub struct DeliverySection {
     pub max_lifetime: HumanDuration,
     /// How often the spool is scanned for messages due.
     pub scan_interval: HumanDuration,
+    /// The port of the mail exchangers direct delivery connects to: 25; other values are
+    /// for tests.
+    pub smtp_port: u16,
 }
 
 impl Default for DeliverySection {
@@ -405,6 +423,7 @@ impl Default for DeliverySection {
             retry_max: HumanDuration::from_secs(3600),
             max_lifetime: HumanDuration::from_secs(5 * 86_400),
             scan_interval: HumanDuration::from_secs(60),
+            smtp_port: 25,
         }
     }
 }
@@ -562,9 +581,12 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         paths.push(&mut tls.private_key);
     }
     paths.extend(config.inbound.backend_ca_file.as_mut());
+    paths.extend(config.outbound.extra_ca_file.as_mut());
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
     paths.extend(config.auth.users_file.as_mut());
+    paths.extend(config.screen.allow_file.as_mut());
+    paths.extend(config.screen.block_file.as_mut());
     paths.extend(config.metrics.token_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
@@ -722,6 +744,20 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             );
         }
     }
+    if d.smtp_port == 0 {
+        err(
+            delivery_line("smtp_port"),
+            "delivery.smtp_port is 0".into(),
+            "write the port of the mail exchangers, normally smtp_port = 25",
+        );
+    }
+    if config.outbound.mta_sts_port == 0 {
+        err(
+            loc.line(&toml_path!["outbound", "mta_sts_port"]),
+            "outbound.mta_sts_port is 0".into(),
+            "write the HTTPS port of MTA-STS policy hosts, normally mta_sts_port = 443",
+        );
+    }
     if d.retry_max < d.retry_initial {
         err(
             delivery_line("retry_max"),
@@ -750,6 +786,8 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     config.rate_limits.validate(loc, &mut err);
     config.greylist.validate(loc, &mut err);
     config.checks.validate(loc, &mut err);
+    config.screen.validate(loc, &mut err);
+    config.dnsbl.validate(loc, &mut err);
     if config.spool.path.as_os_str().is_empty() {
         err(
             loc.line(&toml_path!["spool", "path"]),
@@ -931,6 +969,9 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     if let Some(ca) = &config.inbound.backend_ca_file {
         files.push((ca, ["inbound", "backend_ca_file"]));
     }
+    if let Some(ca) = &config.outbound.extra_ca_file {
+        files.push((ca, ["outbound", "extra_ca_file"]));
+    }
     let mut errors = Vec::new();
     if let Some(ldap) = &config.auth.ldap {
         let ldap_files = [
@@ -947,6 +988,20 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                     "name an existing file (relative paths start at the configuration's directory)",
                 ));
             }
+        }
+    }
+    for (file, key) in [
+        (&config.screen.allow_file, "allow_file"),
+        (&config.screen.block_file, "block_file"),
+    ] {
+        if let Some(file) = file
+            && let Err(e) = crate::screen::CidrList::load(file)
+        {
+            errors.push(loc.error_at(
+                &toml_path!["screen", key],
+                format!("screen.{key}: {e}"),
+                "write one network per line, e.g. 192.0.2.0/24 (# starts a comment); relative paths start at the configuration's directory",
+            ));
         }
     }
     let dkim_errors = dkim::check_files(config, loc);

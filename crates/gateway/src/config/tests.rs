@@ -59,6 +59,10 @@ fn minimal_file_gets_hardened_defaults() {
     assert_eq!(c.inbound.backend_tls, NextHopTls::May);
     assert!(c.inbound.received_client);
     assert_eq!(c.outbound.smart_host_tls, NextHopTls::Encrypt);
+    assert!(c.outbound.dane && c.outbound.mta_sts);
+    assert_eq!(c.outbound.extra_ca_file, None);
+    assert_eq!(c.outbound.mta_sts_port, 443);
+    assert_eq!(c.delivery.smtp_port, 25);
     assert_eq!(c.server.user, "ravelin");
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.limits.message_size, 26_214_400);
@@ -121,6 +125,10 @@ received_client = false
 trusted_networks = ["10.0.0.0/8", "192.0.2.25", "2001:db8::/32"]
 smart_host = "smtp://smarthost.example.net:587"
 smart_host_tls = "verify"
+dane = false
+mta_sts = false
+extra_ca_file = "/etc/ravelin/extra-ca.pem"
+mta_sts_port = 8443
 
 [limits]
 message_size = 10485760
@@ -130,7 +138,6 @@ hard_errors = 5
 command_timeout = "1m"
 data_timeout = "10m"
 session_timeout = "1h"
-greet_pause = "3s"
 line_length = 2048
 
 [spool]
@@ -138,6 +145,7 @@ path = "/srv/spool"
 
 [delivery]
 concurrency = 4
+smtp_port = 2525
 connect_timeout = "10s"
 command_timeout = "2m"
 idle_timeout = "5s"
@@ -201,11 +209,17 @@ fn full_file_sets_every_key() {
             .as_deref(),
         Some("smtp://smarthost.example.net:587")
     );
-    assert_eq!(c.limits.greet_pause.get(), Duration::from_secs(3));
     assert_eq!(c.limits.line_length, 2048);
     assert_eq!(c.limits.hard_errors, 5);
     assert_eq!(c.delivery.retry_max.get(), Duration::from_secs(7200));
     assert_eq!(c.delivery.concurrency, 4);
+    assert_eq!(c.delivery.smtp_port, 2525);
+    assert!(!c.outbound.dane && !c.outbound.mta_sts);
+    assert_eq!(
+        c.outbound.extra_ca_file,
+        Some(PathBuf::from("/etc/ravelin/extra-ca.pem"))
+    );
+    assert_eq!(c.outbound.mta_sts_port, 8443);
     assert_eq!(c.spool.path, PathBuf::from("/srv/spool"));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.dns.nameservers.len(), 2);
@@ -309,6 +323,11 @@ fn example_mentions_every_key() {
         "trusted_networks",
         "smart_host",
         "smart_host_tls",
+        "dane",
+        "mta_sts",
+        "extra_ca_file",
+        "mta_sts_port",
+        "smtp_port",
         "message_size",
         "recipients",
         "soft_errors",
@@ -316,7 +335,19 @@ fn example_mentions_every_key() {
         "command_timeout",
         "data_timeout",
         "session_timeout",
-        "greet_pause",
+        "greet_wait",
+        "cache_ttl",
+        "exempt",
+        "allow_file",
+        "block_file",
+        "sites",
+        "threshold",
+        "no_ptr",
+        "ptr_not_confirmed",
+        "helo_our_name",
+        "helo_our_address",
+        "helo_not_fqdn",
+        "helo_literal_mismatch",
         "line_length",
         "auth_failures",
         "users_file",
@@ -836,6 +867,8 @@ fn example_states_the_state_ban_and_limit_defaults() {
     assert_eq!(c.state, StateSection::default());
     assert_eq!(c.rate_limits, RateLimitsSection::default());
     assert_eq!(c.greylist, GreylistSection::default());
+    assert_eq!(c.screen, ScreenSection::default());
+    assert_eq!(c.dnsbl, DnsblSection::default());
     let d = BansSection::default();
     for kind in AbuseKind::ALL {
         assert_eq!(c.bans.rule(kind), d.rule(kind), "{kind}");
@@ -999,6 +1032,110 @@ fn dns_section_reads_timeout_attempts_and_ad_trust() {
 }
 
 #[test]
+fn screen_and_dnsbl_sections_are_read_and_checked() {
+    let base = MINIMAL.to_string();
+    let c = Config::parse(
+        &format!(
+            "{base}\n[screen]\ngreet_wait = \"2s\"\nexempt = []\ncache_ttl = \"2h\"\n\n[dnsbl]\nsites = [\"zen.spamhaus.org=127.0.0.[2..11]*3\", \"list.dnswl.org=127.0.[0..255].[1..3]*-4\"]\nthreshold = 4\nno_ptr = 0\nptr_not_confirmed = 0\n"
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.screen.greet_wait.get(), Duration::from_secs(2));
+    assert!(c.screen.exempt.is_empty());
+    assert_eq!(c.screen.cache_ttl.get(), Duration::from_secs(7200));
+    assert_eq!(c.dnsbl.sites.len(), 2);
+    assert_eq!(c.dnsbl.sites[1].weight, -4);
+    assert_eq!(c.dnsbl.threshold, 4);
+    assert!(!c.dnsbl.checks_ptr());
+    assert_eq!(
+        ScreenSection::default().greet_wait.get(),
+        Duration::from_secs(6)
+    );
+    assert_eq!(DnsblSection::default().sites, Vec::new());
+
+    let (line, message, fix) = error(&format!(
+        "{base}\n[dnsbl]\nsites = [\n  \"zen.example=127.0.0.[9..2]*3\",\n]\n"
+    ));
+    assert_eq!(line, base.lines().count() + 4);
+    assert!(message.contains("9..2"), "{message}");
+    assert!(fix.contains("zone[=filter][*weight]"), "{fix}");
+    let (line, message, _) = error(&format!("{base}\n[screen]\ngreet_wait = \"2m\"\n"));
+    assert_eq!(line, base.lines().count() + 3);
+    assert!(message.contains("greet_wait"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[dnsbl]\nthreshold = 0\n"));
+    assert!(message.contains("threshold"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[dnsbl]\ntimeout = \"0s\"\n"));
+    assert!(message.contains("dnsbl.timeout"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[screen]\ngreet_pause = \"1s\"\n"));
+    assert!(message.contains("greet_pause"), "{message}");
+}
+
+#[test]
+fn screen_files_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("allow.cidr"), "# ok\n192.0.2.0/24\n").unwrap();
+    std::fs::write(
+        dir.path().join("block.cidr"),
+        "198.51.100.0/24\n198.51.100.1/24\n",
+    )
+    .unwrap();
+    let path = dir.path().join("ravelin.toml");
+    std::fs::write(
+        &path,
+        format!("{MINIMAL}\n[screen]\nallow_file = \"allow.cidr\"\nblock_file = \"block.cidr\"\n"),
+    )
+    .unwrap();
+    let errors = Config::load(&path).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("block.cidr line 2"),
+        "{:?}",
+        errors[0]
+    );
+    assert_eq!(errors[0].line, MINIMAL.lines().count() + 4);
+    std::fs::write(dir.path().join("block.cidr"), "198.51.100.0/24\n").unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(
+        c.screen.allow_file.as_deref(),
+        Some(dir.path().join("allow.cidr").as_path())
+    );
+}
+
+#[test]
+fn metrics_off_by_default_and_a_token_away_from_loopback() {
+    let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
+    assert_eq!(c.metrics.listen, None);
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9325\"\n");
+    let c = Config::parse(&text, "ravelin.toml").unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9325".parse().unwrap()));
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9325\"\n");
+    let (line, message, fix) = error(&text);
+    assert!(message.contains("token_file"), "{message}");
+    assert!(fix.contains("127.0.0.1"), "{fix}");
+    let want = text.lines().position(|l| l.starts_with("listen")).unwrap() + 1;
+    assert_eq!(line, want);
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"[::]:9325\"\ntoken_file = \"t\"\n");
+    assert!(Config::parse(&text, "ravelin.toml").is_ok());
+}
+
+#[test]
+fn direct_delivery_ports_must_not_be_zero() {
+    let text = format!("{MINIMAL}\n[outbound]\nmta_sts_port = 0\n\n[delivery]\nsmtp_port = 0\n");
+    let list = errors(&text);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(
+        list.iter().any(|e| e.1.contains("delivery.smtp_port is 0")),
+        "{list:#?}"
+    );
+    assert!(
+        list.iter()
+            .any(|e| e.1.contains("outbound.mta_sts_port is 0")),
+        "{list:#?}"
+    );
+}
+
+#[test]
 fn checks_section_is_read_and_checked() {
     let c = Config::parse(MINIMAL, "t").unwrap();
     assert!(c.checks.enabled && c.checks.enforce_dmarc);
@@ -1034,21 +1171,4 @@ fn checks_section_is_read_and_checked() {
         "{base}\n[checks]\ntrusted_forwarders = [\"10.0.0.0/33\"]\n"
     ));
     assert!(message.contains("10.0.0.0/33"), "{message}");
-}
-
-#[test]
-fn metrics_off_by_default_and_a_token_away_from_loopback() {
-    let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
-    assert_eq!(c.metrics.listen, None);
-    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9325\"\n");
-    let c = Config::parse(&text, "ravelin.toml").unwrap();
-    assert_eq!(c.metrics.listen, Some("127.0.0.1:9325".parse().unwrap()));
-    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9325\"\n");
-    let (line, message, fix) = error(&text);
-    assert!(message.contains("token_file"), "{message}");
-    assert!(fix.contains("127.0.0.1"), "{fix}");
-    let want = text.lines().position(|l| l.starts_with("listen")).unwrap() + 1;
-    assert_eq!(line, want);
-    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"[::]:9325\"\ntoken_file = \"t\"\n");
-    assert!(Config::parse(&text, "ravelin.toml").is_ok());
 }
