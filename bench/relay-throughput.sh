@@ -290,6 +290,11 @@ path = "$WORK/ravelin/spool"
 [delivery]
 retry_initial = "1s"
 
+# Like the Postfix it is compared with: no sender authentication (whose lookups would also
+# leave loopback).
+[checks]
+enabled = false
+
 [log]
 format = "json"
 TOML

@@ -252,6 +252,11 @@ fn metrics_count_what_the_log_says_and_need_the_token() {
         Some(0.0),
         "{page}"
     );
+    assert_eq!(
+        sample(&page, r#"ravelin_queue_messages{state="quarantined"}"#),
+        Some(0.0),
+        "{page}"
+    );
     assert_eq!(sample(&page, "ravelin_bans_active"), Some(0.0), "{page}");
     assert!(!gw.log_text().contains(token), "the token is in the log");
 }

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ravelin_dns::mta_sts::FetchSettings;
-use ravelin_dns::{LookupError, Mx, Resolver, ResolverSettings};
+use ravelin_dns::{LookupError, Mx, Resolver};
 use ravelin_wire::Reply;
 use rustls::ClientConfig;
 use tokio::sync::Semaphore;

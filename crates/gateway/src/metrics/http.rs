@@ -3,8 +3,8 @@
 //! Bound by [`bind`] before privileges are dropped (like the SMTP listeners), served by
 //! [`serve`] until shutdown. With a token configured every request must carry
 //! `Authorization: Bearer TOKEN` (compared in constant time) or gets `401`; the token is
-//! never logged. At scrape time the gauges are read: messages in `queue/` and `hold/`, and
-//! the active bans (at most [`MAX_BANS_COUNTED`]; a store that does not answer leaves the
+//! never logged. At scrape time the gauges are read: messages in `queue/`, `hold/` and
+//! `quarantine/`, and the active bans (at most [`MAX_BANS_COUNTED`]; a store that does not answer leaves the
 //! last value). How it fails: a bind error stops the start with the address named; a spool
 //! that cannot be read is logged (`event=metrics_error`) and the other metrics still served.
 
@@ -109,6 +109,8 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> R
             metrics::gauge!("ravelin_queue_messages", "state" => "queued")
                 .set(counts.queued as f64);
             metrics::gauge!("ravelin_queue_messages", "state" => "held").set(counts.held as f64);
+            metrics::gauge!("ravelin_queue_messages", "state" => "quarantined")
+                .set(counts.quarantined as f64);
         }
         Ok(Err(e)) => warn!(event = "metrics_error", reason = %e, "cannot count the spool"),
         Err(e) => warn!(event = "metrics_error", reason = %e),

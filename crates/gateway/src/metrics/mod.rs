@@ -53,7 +53,7 @@ fn describe() {
     );
     metrics::describe_gauge!(
         "ravelin_queue_messages",
-        "Messages in the spool: queued (waiting for delivery) or held by the operator."
+        "Messages in the spool: queued (waiting for delivery), held by the operator, or quarantined by a DMARC verdict."
     );
     metrics::describe_gauge!(
         "ravelin_bans_active",

@@ -180,6 +180,8 @@ pub struct SpoolCounts {
     pub queued: usize,
     /// In `hold/`: held by the operator.
     pub held: usize,
+    /// In `quarantine/`: kept back by a DMARC verdict.
+    pub quarantined: usize,
 }
 
 /// Handle to a spool directory; cheap to clone.
@@ -282,6 +284,7 @@ impl Spool {
         }
         let spool = Spool::with_lock(path, Some(lock))?;
         let recovered = spool.recover()?;
+        spool.tidy_quarantine();
         Ok((spool, recovered))
     }
 
@@ -338,6 +341,7 @@ impl Spool {
         Ok(SpoolCounts {
             queued: count(&self.inner.queue)?,
             held: count(&self.inner.hold)?,
+            quarantined: self.quarantine_count()?,
         })
     }
 

@@ -5,7 +5,7 @@
 //! in `queue/`; `quarantine/ID.info` beside it is one JSON line saying why, when and with which
 //! verdict ([`QuarantineInfo`]). The info file is written and fsynced first, then the message
 //! is renamed in and the directory fsynced, so a listed message always has its reason; an info
-//! file without a message (a crash in between) is ignored and removed on release or delete.
+//! file without a message (a crash in between) is ignored, and removed at the next start.
 //! Release renames the message into `queue/` (the queue manager finds it at its next scan; a
 //! flush request makes that prompt) and removes the info; delete unlinks both. Both take the
 //! message file's lock like `hold` and `delete` do, and are durable before they return.
@@ -92,6 +92,15 @@ impl Spool {
         Ok(out)
     }
 
+    /// How many messages are quarantined (info files not counted).
+    pub fn quarantine_count(&self) -> io::Result<usize> {
+        match read_ids(&self.quarantine_dir()) {
+            Ok((ids, _)) => Ok(ids.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One quarantined message: envelope, why, and its content.
     pub fn quarantine_read(
         &self,
@@ -133,6 +142,24 @@ impl Spool {
         sync_dir(&dir)?;
         info!(event = "quarantine_deleted", queue_id = %id);
         Ok(())
+    }
+
+    /// At start: removes info files whose message is not there (a crash between the two).
+    pub(super) fn tidy_quarantine(&self) {
+        let dir = self.quarantine_dir();
+        let Ok((_, other)) = read_ids(&dir) else {
+            return;
+        };
+        for name in other {
+            let orphan = name
+                .strip_suffix(".info")
+                .and_then(|id| id.parse::<QueueId>().ok())
+                .filter(|id| !dir.join(id.to_string()).exists());
+            if let Some(id) = orphan {
+                warn!(event = "quarantine_orphan_info", queue_id = %id, decision = "removed");
+                self.remove_info(&id);
+            }
+        }
     }
 
     fn remove_info(&self, id: &QueueId) {

@@ -821,6 +821,8 @@ async fn quarantine_survives_restart_and_releases_into_the_queue() {
     assert!(recovered.is_empty());
     assert!(spool.list().unwrap().is_empty());
     let admin = Spool::open_admin(dir.path()).unwrap();
+    let counts = admin.counts().unwrap();
+    assert_eq!((counts.queued, counts.quarantined), (0, 1));
     let listed = admin.quarantine_list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].id, &listed[0].info), (id, &info));
@@ -851,4 +853,10 @@ async fn quarantine_survives_restart_and_releases_into_the_queue() {
     admin.quarantine_delete(&second).unwrap();
     assert!(names(&qdir).is_empty());
     assert!(admin.quarantine_delete(&second).is_err());
+
+    // An info file left without its message (a crash between the two) goes at the next start.
+    fs::write(qdir.join(format!("{second}.info")), b"{}\n").unwrap();
+    drop((spool, admin));
+    let _reopened = Spool::open(dir.path()).unwrap();
+    assert!(names(&qdir).is_empty());
 }
