@@ -5,6 +5,7 @@
 //! unbound), see `dnssec_world_*`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -680,4 +681,195 @@ async fn audit_domain_reports_every_family() {
         assert_eq!(f.endpoint, "good.example");
         assert!(dns::describe(&f.id).is_some());
     }
+}
+
+/// A minimal SMTP server with STARTTLS on 127.0.0.1 (greeting, EHLO, STARTTLS, QUIT), enough
+/// for a TLS handshake after STARTTLS; it serves until the test ends.
+fn starttls_server(cert: &std::path::Path, key: &std::path::Path) -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let config = ravelin_tls::server_config(cert, key).expect("server TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tcp = BufReader::new(tcp);
+                    let _ = tcp.write_all(b"220 mx.dane.test ESMTP\r\n").await;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let verb = line.trim().to_ascii_uppercase();
+                        if verb.starts_with("EHLO") {
+                            let _ = tcp.write_all(b"250-mx.dane.test\r\n250 STARTTLS\r\n").await;
+                        } else if verb == "STARTTLS" {
+                            let _ = tcp.write_all(b"220 2.0.0 go ahead\r\n").await;
+                            let Ok(mut tls) = acceptor.accept(tcp.into_inner()).await else {
+                                return;
+                            };
+                            let mut buf = [0u8; 512];
+                            while let Ok(n) =
+                                tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await
+                            {
+                                if n == 0 {
+                                    return;
+                                }
+                                let _ = tls.write_all(b"250 ok\r\n").await;
+                            }
+                            return;
+                        } else if verb == "QUIT" {
+                            let _ = tcp.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            let _ = tcp.write_all(b"250 ok\r\n").await;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of a PEM certificate, hex (a `3 1 1` TLSA record).
+fn spki_sha256(cert_pem: &str) -> String {
+    let cert = openssl::x509::X509::from_pem(cert_pem.as_bytes()).unwrap();
+    let spki = cert.public_key().unwrap().public_key_to_der().unwrap();
+    openssl::sha::sha256(&spki)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `dns.dnssec` and `dns.dane` through unbound validating zones that NSD serves: signed,
+/// bogus and unsigned; TLSA records that match the certificate a STARTTLS server presents,
+/// that do not, and that are not secure.
+#[tokio::test]
+async fn dnssec_world_dnssec_and_dane() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("mx.dane.test").unwrap();
+    let files = pki.write_to(dir.path()).unwrap();
+    let smtp = starttls_server(&files.cert, &files.key);
+    let port = smtp.port();
+    let good = spki_sha256(&pki.cert_pem);
+    let other = "ab".repeat(32);
+    let signed = format!(
+        "@ IN MX 10 mx\nmx IN A 127.0.0.1\n_{port}._tcp.mx IN TLSA 3 1 1 {good}\n\
+         _{port}._tcp.mx IN TLSA 3 1 1 {other}\nsingle IN A 127.0.0.1\n\
+         _{port}._tcp.single IN TLSA 3 1 1 {good}\nwrong IN A 127.0.0.1\n\
+         _{port}._tcp.wrong IN TLSA 3 1 1 {other}\nnotlsa IN A 127.0.0.1\n"
+    );
+    let plain = format!("@ IN MX 10 mx\nmx IN A 127.0.0.1\n_{port}._tcp.mx IN TLSA 3 1 1 {good}\n");
+    let world = ravelin_dns::testing::DnssecWorld::builder()
+        .signed_zone("dane.test", &signed)
+        .bogus_zone("bogus.test", "@ IN MX 10 mx\nmx IN A 127.0.0.1\n")
+        .unsigned_zone("plain.test", &plain)
+        .start()
+        .expect("DNSSEC world (scripts/install-test-deps.sh installs nsd, unbound, ldnsutils)");
+    let resolver = world.resolver().unwrap();
+    let options = DnsOptions::default();
+
+    let dnssec = |domain: &'static str| {
+        let (resolver, options) = (&resolver, &options);
+        async move {
+            let ctx = DnsCtx {
+                resolver,
+                options,
+                domain,
+            };
+            let mx = dns::mx::resolve(resolver, domain).await;
+            dns::dnssec::check(&ctx, &mx).await
+        }
+    };
+    expect(
+        &dnssec("dane.test").await,
+        "dns.dnssec",
+        Status::Pass,
+        "MX mx.dane.test: signed, validated",
+    );
+    expect(
+        &dnssec("bogus.test").await,
+        "dns.dnssec",
+        Status::Fail,
+        "SERVFAIL",
+    );
+    expect(
+        &dnssec("plain.test").await,
+        "dns.dnssec",
+        Status::Warn,
+        "unsigned zone",
+    );
+
+    let tls = Arc::new(ravelin_audit::tls::TlsOptions {
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    });
+    let dane = |host: &'static str| {
+        let (resolver, tls) = (&resolver, &tls);
+        async move {
+            let endpoint = Endpoint {
+                name: Some(host.into()),
+                addr: smtp,
+                role: Role::Mx,
+                domain: None,
+            };
+            dns::dane::check(resolver, &endpoint, true, tls).await
+        }
+    };
+    expect(
+        &dane("mx.dane.test").await,
+        "dns.dane",
+        Status::Pass,
+        &format!("matching: 3 1 1 {good}"),
+    );
+    expect(
+        &dane("single.dane.test").await,
+        "dns.dane",
+        Status::Warn,
+        "rollover",
+    );
+    let wrong = dane("wrong.dane.test").await;
+    expect(&wrong, "dns.dane", Status::Fail, "no TLSA record matches");
+    expect(
+        &wrong,
+        "dns.dane",
+        Status::Fail,
+        &format!("leaf key 3 1 1 {good}"),
+    );
+    expect(
+        &dane("notlsa.dane.test").await,
+        "dns.dane",
+        Status::Info,
+        "DANE is not used",
+    );
+    expect(
+        &dane("mx.plain.test").await,
+        "dns.dane",
+        Status::Fail,
+        "not DNSSEC-secure",
+    );
+    // The test DNS server's answers are never trusted as validated: skipped, not passed.
+    let untrusted = TestDnsServer::start(&[("dane.test", &signed)]).unwrap();
+    let endpoint = Endpoint {
+        name: Some("mx.dane.test".into()),
+        addr: smtp,
+        role: Role::Mx,
+        domain: None,
+    };
+    let skipped = dns::dane::check(&untrusted.resolver().unwrap(), &endpoint, true, &tls).await;
+    expect(&skipped, "dns.dane", Status::Skipped, "not trusted");
 }
