@@ -344,7 +344,7 @@ async fn spf_records() {
         "ptr",
     );
     let void = check("spf-void.example").await;
-    expect(&void, "dns.spf", Status::Warn, "4 void lookups");
+    expect(&void, "dns.spf", Status::Fail, "4 void lookups");
     expect(
         &check("spf-missing-inc.example").await,
         "dns.spf",
@@ -872,4 +872,155 @@ async fn dnssec_world_dnssec_and_dane() {
     };
     let skipped = dns::dane::check(&untrusted.resolver().unwrap(), &endpoint, true, &tls).await;
     expect(&skipped, "dns.dane", Status::Skipped, "not trusted");
+}
+
+/// The Python interpreter of the test venv (`.venv` at the repository root).
+fn venv_python() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-test-deps.sh (it installs checkdmarc)",
+        python.display()
+    );
+    python
+}
+
+/// Runs checkdmarc's SPF and DMARC checks on `domains` through the DNS server at `port`.
+fn checkdmarc(port: u16, domains: &[&str]) -> serde_json::Value {
+    const DRIVER: &str = r#"
+import json, sys
+import dns.resolver
+from checkdmarc import spf, dmarc
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers = ["127.0.0.1"]
+resolver.port = int(sys.argv[1])
+resolver.timeout = 2
+resolver.lifetime = 4
+out = {}
+for domain in sys.argv[2:]:
+    out[domain] = {
+        "spf": spf.check_spf(domain, resolver=resolver, timeout=2),
+        "dmarc": dmarc.check_dmarc(domain, resolver=resolver, timeout=2),
+    }
+print(json.dumps(out, default=str))
+"#;
+    let output = std::process::Command::new(venv_python())
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(port.to_string())
+        .args(domains)
+        .output()
+        .expect("run checkdmarc");
+    assert!(
+        output.status.success(),
+        "checkdmarc failed (scripts/install-test-deps.sh installs it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("checkdmarc JSON")
+}
+
+/// The number before `what` in an evidence text ("2 DNS-querying terms").
+fn count_before(evidence: &str, what: &str) -> Option<u64> {
+    let at = evidence.find(what)?;
+    evidence[..at].split_whitespace().last()?.parse().ok()
+}
+
+/// Ravelin's SPF and DMARC verdicts against checkdmarc's on the same zones: the same records
+/// are valid or invalid (no record, several, syntax errors, too many lookups or void
+/// lookups, missing includes, loops), the same DNS-lookup counts for valid SPF records, the
+/// same `all` and DMARC policy, the same organisational-domain fallback and the same
+/// unauthorised report destinations. One judgement differs on purpose: `+all` is a valid
+/// record for checkdmarc and a failed check for Ravelin (it authorises the whole internet);
+/// the test asserts both read it as `all` = pass.
+#[tokio::test]
+async fn checkdmarc_agrees_on_spf_and_dmarc() {
+    let w = world();
+    let domains = [
+        "good.example",
+        "sub.good.example",
+        "nomx.example",
+        "spf-two.example",
+        "spf-plusall.example",
+        "spf-neutral.example",
+        "spf-noall.example",
+        "spf-syntax.example",
+        "spf-ptr.example",
+        "spf-void.example",
+        "spf-missing-inc.example",
+        "spf-deep.example",
+        "spf-redirect.example",
+        "spf-loop.example",
+        "dmarc-pnone.example",
+        "dmarc-weak.example",
+        "dmarc-syntax.example",
+        "dmarc-two.example",
+    ];
+    let theirs = checkdmarc(w.dns.addr().port(), &domains);
+    for domain in domains {
+        let ctx = w.ctx(domain);
+        let (spf, dmarc) = tokio::join!(dns::spf::check(&ctx), dns::dmarc::check(&ctx));
+        let their_spf = &theirs[domain]["spf"];
+        let their_dmarc = &theirs[domain]["dmarc"];
+        let context = format!(
+            "{domain}:\nours: {spf:#?}\n{dmarc:#?}\ntheirs: {:#}",
+            theirs[domain]
+        );
+
+        if domain == "spf-plusall.example" {
+            assert_eq!(their_spf["parsed"]["all"], "pass", "{context}");
+            assert!(
+                spf.status == Status::Fail && spf.evidence.contains("+all"),
+                "{context}"
+            );
+        } else {
+            let our_valid = spf.status != Status::Fail;
+            assert_eq!(
+                their_spf["valid"], our_valid,
+                "SPF validity differs for {context}"
+            );
+            if our_valid {
+                assert_eq!(
+                    their_spf["dns_lookups"].as_u64(),
+                    count_before(&spf.evidence, "DNS-querying terms"),
+                    "SPF lookup count differs for {context}"
+                );
+            }
+        }
+
+        let our_record_valid = !["no DMARC record", "several DMARC records", "syntax error"]
+            .iter()
+            .any(|t| dmarc.title.contains(t));
+        assert_eq!(
+            their_dmarc["valid"], our_record_valid,
+            "DMARC validity differs for {context}"
+        );
+        if our_record_valid {
+            let p = their_dmarc["tags"]["p"]["value"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                dmarc.evidence.contains(&format!("p={p}")),
+                "policy differs: {context}"
+            );
+            let inherited = their_dmarc["location"] != domain;
+            assert_eq!(
+                dmarc.evidence.contains("organisational domain"),
+                inherited,
+                "fallback differs: {context}"
+            );
+            let their_unauthorised = their_dmarc["warnings"].as_array().is_some_and(|w| {
+                w.iter().any(|w| {
+                    w.as_str().is_some_and(|w| {
+                        w.contains("does not indicate that it accepts DMARC reports")
+                    })
+                })
+            });
+            assert_eq!(
+                dmarc.evidence.contains("has not authorised the reports"),
+                their_unauthorised,
+                "report authorisation differs: {context}"
+            );
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! Fails on: no SPF record, more than one (a permerror), a syntax error in the record or in a
 //! record it includes, an include or redirect to a domain without SPF, an include loop, more
-//! than 10 DNS-querying terms in the whole evaluation (RFC 7208 §4.6.4, a permerror), `+all`;
-//! warns on: more than 2 void lookups (§4.6.4), `?all` or no `all` at all (the result for
+//! than 10 DNS-querying terms or more than 2 void lookups in the whole evaluation (RFC 7208
+//! §4.6.4, a permerror either way), `+all`; warns on: `?all` or no `all` at all (the result for
 //! everyone else is neutral), `ptr`, a record over 450 bytes and the parser's other warnings.
 //!
 //! Terms whose domain holds a macro (`%{i}`) cannot be followed without a message; they are
@@ -132,9 +132,9 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
     }
     if walk.voids > 2 {
         problems.push((
-            Severity::Medium,
+            Severity::High,
             format!(
-                "{} void lookups (names without records), more than the 2 RFC 7208 §4.6.4 allows: receivers may return permerror",
+                "{} void lookups (names without records), more than the 2 RFC 7208 §4.6.4 allows: receivers return permerror",
                 walk.voids
             ),
         ));
