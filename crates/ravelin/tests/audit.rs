@@ -593,8 +593,16 @@ fn a_domain_is_audited_through_its_mx_host() {
          _dmarc TXT \"v=DMARC1; p=reject; rua=mailto:dmarc@example.org\"\n\
          nullmx MX 0 .\nnullmx TXT \"v=spf1 -all\"\n"
     );
-    let dns = ravelin_dns::testing::TestDnsServer::start(&[("example.org", &zone)])
-        .expect("in-process DNS server");
+    let std::net::IpAddr::V4(v4) = ip else {
+        panic!("Postfix test instances listen on IPv4 loopback, not {ip}");
+    };
+    let [_, b, c, d] = v4.octets();
+    let reverse = format!("{d}.{c}.{b} PTR mx.example.org.\n");
+    let dns = ravelin_dns::testing::TestDnsServer::start(&[
+        ("example.org", &zone),
+        ("127.in-addr.arpa", &reverse),
+    ])
+    .expect("in-process DNS server");
     let port = postfix.addr.port().to_string();
     let a = Audit::run(&[
         "--nameserver",
@@ -639,6 +647,14 @@ fn a_domain_is_audited_through_its_mx_host() {
     );
     // Per-address findings name the MX endpoint; domain findings name the domain.
     assert_eq!(a.finding(0, "dns.ptr")["endpoint"], endpoint.as_str());
+    // The PTR name is forward-confirmed and is the name Postfix gives in its banner and EHLO.
+    a.expect(0, &[("dns.ptr", "pass")]);
+    assert!(
+        a.evidence(0, "dns.ptr")
+            .contains("banner/EHLO name: mx.example.org"),
+        "{}",
+        a.evidence(0, "dns.ptr")
+    );
     assert_eq!(a.finding(0, "dns.spf")["endpoint"], "example.org");
     assert!(
         a.evidence(0, "dns.mx")
