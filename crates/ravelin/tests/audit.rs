@@ -300,21 +300,25 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
     assert!(queued.is_empty(), "a relay test was queued: {queued:#?}");
 }
 
+/// A hardened Postfix for example.org: STARTTLS with `files`, VRFY off, unauthorised
+/// pipelining refused, low error limits.
+fn hardened_options(files: &ravelin_tls::testing::TestPkiFiles) -> PostfixOptions {
+    PostfixOptions::backend(&["postmaster", "alice"])
+        .set("smtpd_tls_security_level", "may")
+        .set("smtpd_tls_cert_file", &files.cert.display().to_string())
+        .set("smtpd_tls_key_file", &files.key.display().to_string())
+        .set("disable_vrfy_command", "yes")
+        .set("smtpd_forbid_unauth_pipelining", "yes")
+        .set("smtpd_soft_error_limit", "3")
+        .set("smtpd_hard_error_limit", "5")
+}
+
 #[test]
 fn hardened_postfix_passes_every_check() {
     let dir = daemon_tempdir();
     let pki = ravelin_tls::testing::TestPki::new("backend.test.example").expect("test PKI");
     let files = pki.write_to(dir.path()).expect("write the test PKI");
-    let postfix = Postfix::start(
-        PostfixOptions::backend(&["postmaster", "alice"])
-            .set("smtpd_tls_security_level", "may")
-            .set("smtpd_tls_cert_file", &files.cert.display().to_string())
-            .set("smtpd_tls_key_file", &files.key.display().to_string())
-            .set("disable_vrfy_command", "yes")
-            .set("smtpd_forbid_unauth_pipelining", "yes")
-            .set("smtpd_soft_error_limit", "3")
-            .set("smtpd_hard_error_limit", "5"),
-    );
+    let postfix = Postfix::start(hardened_options(&files));
     let target = format!("example.org@{}", postfix.addr);
     let a = Audit::run(&["--active", "--smuggling-wait", "2", &target]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
@@ -575,17 +579,10 @@ fn a_domain_is_audited_through_its_mx_host() {
     let pki = ravelin_tls::testing::TestPki::new("mx.example.org").expect("test PKI");
     let files = pki.write_to(dir.path()).expect("write the test PKI");
     let postfix = Postfix::start(
-        PostfixOptions::backend(&["postmaster", "alice"])
+        hardened_options(&files)
             .set("myhostname", "mx.example.org")
             .set("smtpd_tls_protocols", ">=TLSv1.2")
-            .set("smtpd_tls_mandatory_protocols", ">=TLSv1.2")
-            .set("smtpd_tls_security_level", "may")
-            .set("smtpd_tls_cert_file", &files.cert.display().to_string())
-            .set("smtpd_tls_key_file", &files.key.display().to_string())
-            .set("disable_vrfy_command", "yes")
-            .set("smtpd_forbid_unauth_pipelining", "yes")
-            .set("smtpd_soft_error_limit", "3")
-            .set("smtpd_hard_error_limit", "5"),
+            .set("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
     );
     let ip = postfix.addr.ip();
     let zone = format!(

@@ -100,28 +100,27 @@ pub async fn check(
     tls: &Arc<TlsOptions>,
 ) -> Finding {
     let at = endpoint.to_string();
+    let f = |status, severity, title: &str, evidence: String| {
+        Finding::new(ID, status, severity, at.as_str(), title, evidence)
+    };
     let host = endpoint.host();
     let port = endpoint.addr.port();
     let name = format!("_{port}._tcp.{host}");
     let answer = match resolver.tlsa(&host, port).await {
         Ok(answer) => answer,
         Err(e) if e.is_negative() => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Info,
                 Severity::Info,
-                at,
                 "no TLSA records: DANE is not used",
                 format!("TLSA {name}: none"),
             )
             .fix(FIX);
         }
         Err(e) => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Error,
                 Severity::Info,
-                at,
                 "check could not run: DNS lookup failed",
                 format!("TLSA {name}: {e}"),
             );
@@ -130,32 +129,26 @@ pub async fn check(
     let shown: Vec<String> = answer.records.iter().map(show).collect();
     let mut evidence = format!("TLSA {name}: {}", shown.join("; "));
     if !resolver.trusts_ad() {
-        return Finding::new(
-            ID,
+        return f(
             Status::Skipped,
             Severity::Info,
-            at,
             "not applicable: the resolver is not trusted to validate",
             format!("{evidence}\nrun with --nameserver pointing at a local validating resolver"),
         );
     }
     if !answer.secure {
-        return Finding::new(
-            ID,
+        return f(
             Status::Fail,
             Severity::High,
-            at,
             "TLSA records are not DNSSEC-secure: senders ignore them",
             evidence,
         )
         .fix(FIX);
     }
     if !reachable {
-        return Finding::new(
-            ID,
+        return f(
             Status::Error,
             Severity::Info,
-            at,
             "check could not run: the host could not be reached",
             evidence,
         );
@@ -163,22 +156,18 @@ pub async fn check(
     let chain = match presented_chain(endpoint, tls).await {
         Ok(chain) => chain,
         Err(e @ (ProbeError::NotOffered(_) | ProbeError::Refused(_))) => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Fail,
                 Severity::High,
-                at,
                 "TLSA records are published but TLS does not work: DANE senders defer all mail",
                 format!("{evidence}\n{e}"),
             )
             .fix(FIX);
         }
         Err(e) => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Error,
                 Severity::Info,
-                at,
                 "check could not run: no TLS handshake",
                 format!("{evidence}\n{e}"),
             );
@@ -208,11 +197,9 @@ pub async fn check(
         ));
     }
     if matched.is_empty() {
-        return Finding::new(
-            ID,
+        return f(
             Status::Fail,
             Severity::High,
-            at,
             "no TLSA record matches the certificate presented: DANE senders defer all mail",
             evidence,
         )
@@ -220,32 +207,26 @@ pub async fn check(
     }
     evidence.push_str(&format!("\nmatching: {}", matched.join("; ")));
     if answer.records.iter().any(|t| t.usage < 2) {
-        return Finding::new(
-            ID,
+        return f(
             Status::Warn,
             Severity::Low,
-            at,
             "TLSA records with PKIX usages (0, 1) are unusable for SMTP (RFC 7672 §3.1.3)",
             evidence,
         )
         .fix(FIX);
     }
     if usable.len() < 2 {
-        return Finding::new(
-            ID,
+        return f(
             Status::Warn,
             Severity::Low,
-            at,
             "DANE works, but a single TLSA record leaves no room for a key rollover",
             evidence,
         )
         .fix(FIX);
     }
-    Finding::new(
-        ID,
+    f(
         Status::Pass,
         Severity::Info,
-        at,
         "DANE: secure TLSA records match the certificate, rollover-ready",
         evidence,
     )

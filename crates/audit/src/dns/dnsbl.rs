@@ -48,6 +48,9 @@ pub fn is_retired(zone: &str) -> bool {
 pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOptions) -> Finding {
     let ip = endpoint.addr.ip();
     let at = endpoint.to_string();
+    let f = |status, severity, title: &str, evidence: String| {
+        Finding::new(ID, status, severity, at.as_str(), title, evidence)
+    };
     let (retired, zones): (Vec<String>, Vec<String>) = options
         .dnsbl_zones
         .iter()
@@ -58,11 +61,9 @@ pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOption
         .map(|z| format!("{z}: not queried (retired list)"))
         .collect();
     if zones.is_empty() {
-        return Finding::new(
-            ID,
+        return f(
             Status::Skipped,
             Severity::Info,
-            at,
             "not applicable: no list to query",
             lines.join("\n"),
         );
@@ -80,12 +81,10 @@ pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOption
     }
     let evidence = format!("{ip}\n{}", lines.join("\n"));
     if !listed.is_empty() {
-        return Finding::new(
-            ID,
+        return f(
             Status::Fail,
             Severity::High,
-            at,
-            format!("the address is listed on {}", listed.join(", ")),
+            &format!("the address is listed on {}", listed.join(", ")),
             evidence,
         )
         .fix(format!(
@@ -94,12 +93,10 @@ pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOption
         ));
     }
     if !refused.is_empty() {
-        return Finding::new(
-            ID,
+        return f(
             Status::Error,
             Severity::Info,
-            at,
-            format!(
+            &format!(
                 "query refused or unanswered by {} (not a listing)",
                 refused.join(", ")
             ),
@@ -110,12 +107,10 @@ pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOption
              Spamhaus refuse queries from public resolvers (answer 127.255.255.254).",
         );
     }
-    Finding::new(
-        ID,
+    f(
         Status::Pass,
         Severity::Info,
-        at,
-        format!("not listed on {} lists", zones.len()),
+        &format!("not listed on {} lists", zones.len()),
         evidence,
     )
 }

@@ -46,6 +46,9 @@ pub async fn check(
 ) -> Finding {
     let ip = endpoint.addr.ip();
     let at = endpoint.to_string();
+    let f = |status, severity, title: &str, evidence: String| {
+        Finding::new(ID, status, severity, at.as_str(), title, evidence)
+    };
     let fix = format!(
         "Ask whoever runs the address block of {ip} (your ISP or hosting provider) to set its \
          PTR record to the MX host name ({}), which must resolve back to {ip}; use the same \
@@ -57,33 +60,27 @@ pub async fn check(
     let confirmed = match &verdict {
         Fcrdns::Confirmed { confirmed, .. } => confirmed.clone(),
         Fcrdns::NoPtr => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Fail,
                 Severity::Medium,
-                at,
                 "no PTR record: many receivers refuse mail from this address",
                 format!("PTR {ip}: none"),
             )
             .fix(fix);
         }
         Fcrdns::NotConfirmed { .. } => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Fail,
                 Severity::Medium,
-                at,
                 "the PTR name does not resolve back to the address (no FCrDNS)",
                 format!("{ip}: {verdict}"),
             )
             .fix(fix);
         }
         Fcrdns::Failed(_) => {
-            return Finding::new(
-                ID,
+            return f(
                 Status::Error,
                 Severity::Info,
-                at,
                 "check could not run: DNS lookup failed",
                 format!("{ip}: {verdict}"),
             );
@@ -103,21 +100,17 @@ pub async fn check(
         }
     );
     if !announced.is_empty() && !announced.iter().any(|n| confirmed.contains(n)) {
-        return Finding::new(
-            ID,
+        return f(
             Status::Warn,
             Severity::Low,
-            at,
             "the PTR name differs from the name in the banner and EHLO",
             evidence,
         )
         .fix(fix);
     }
-    Finding::new(
-        ID,
+    f(
         Status::Pass,
         Severity::Info,
-        at,
         "reverse DNS is forward-confirmed and matches the server's name",
         evidence,
     )
