@@ -278,10 +278,42 @@ pub fn mx_endpoints(mx: &dns::MxSet, port: u16) -> Vec<Endpoint> {
         .collect()
 }
 
-/// Whether a target could not be audited at all: it did not resolve, or no endpoint could be
-/// reached (its only findings are `smtp.connect` errors).
+/// Whether a target could not be audited at all: every check it has is an `error` (it did
+/// not resolve, no endpoint could be reached, or every DNS lookup of a domain failed).
 pub fn could_not_run(t: &TargetReport) -> bool {
-    t.findings
-        .iter()
-        .all(|f| f.id == "smtp.connect" && f.status == Status::Error)
+    t.findings.iter().all(|f| f.status == Status::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_whose_every_check_errored_could_not_run() {
+        let error = |id: &str| {
+            Finding::new(
+                id,
+                Status::Error,
+                Severity::Info,
+                "example.org",
+                "t",
+                "timed out",
+            )
+        };
+        let mut t = TargetReport {
+            target: "example.org".into(),
+            endpoints: Vec::new(),
+            findings: vec![error("dns.mx"), error("dns.spf")],
+        };
+        assert!(could_not_run(&t));
+        t.findings.push(Finding::new(
+            "dns.dmarc",
+            Status::Fail,
+            Severity::High,
+            "example.org",
+            "no DMARC record",
+            "",
+        ));
+        assert!(!could_not_run(&t));
+    }
 }

@@ -73,6 +73,11 @@ badmx             MX 40 gone.badmx
 mx1.badmx         A 127.0.0.1
 alias.badmx       CNAME mx1.badmx
 mixednull         MX 0 .
+dualstack         MX 10 mx.dualstack
+dualstack         MX 20 mx2.dualstack
+mx.dualstack      A 127.0.0.1
+mx.dualstack      AAAA ::1
+mx2.dualstack     AAAA ::1
 mixednull         MX 10 mx1.good.example.
 
 ; --- dns.spf ------------------------------------------------------------------

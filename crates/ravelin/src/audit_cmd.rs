@@ -4,7 +4,8 @@
 //! the chosen format to stdout or `--output`, and sets the exit code: 0 clean, 1 a failed or
 //! warned finding at or above `--fail-on` (default high), 2 usage error (bad flag, bad target,
 //! unreadable targets file, no target), 3 the audit could not run (a target that did not
-//! resolve or could not be reached at all, or the report could not be written) — 1 wins over 3.
+//! resolve, could not be reached at all or whose every DNS lookup failed, or the report could
+//! not be written) — 1 wins over 3.
 //!
 //! Text output is coloured when it goes to a terminal and `NO_COLOR` is not set. A progress
 //! bar is drawn on stderr when stderr is a terminal and there is more than one target.

@@ -161,7 +161,11 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
                 Status::Error,
                 Severity::Info,
                 "check could not run: DNS lookups failed",
-                failed.join("\n"),
+                format!(
+                    "the lookups of all {} selectors failed, the first: {}",
+                    failed.len(),
+                    failed[0]
+                ),
             );
         }
         let mut evidence = format!(
