@@ -686,6 +686,13 @@ async fn audit_domain_reports_every_family() {
         assert_eq!(f.endpoint, "good.example");
         assert!(dns::describe(&f.id).is_some());
     }
+    // A domain that takes no mail has nothing for MTA-STS and TLS-RPT to protect.
+    let ctx = w.ctx("nullmx.example");
+    let findings = dns::audit_domain(&ctx, &w.mx("nullmx.example").await).await;
+    for id in ["dns.mta_sts", "dns.tlsrpt"] {
+        let f = findings.iter().find(|f| f.id == id).unwrap();
+        expect(f, id, Status::Skipped, "null MX");
+    }
 }
 
 /// A minimal SMTP server with STARTTLS on 127.0.0.1 (greeting, EHLO, STARTTLS, QUIT), enough

@@ -14,6 +14,7 @@
 //! | `dns.ptr` | [`ptr`] | per MX address: PTR, forward-confirmed, matching the banner and EHLO names |
 //! | `reputation.dnsbl` | [`dnsbl`] | per MX address: listings on the `--dnsbl` zones; list error codes are "query refused" |
 //!
+//! A domain with a null MX takes no mail: `dns.mta_sts` and `dns.tlsrpt` are skipped for it.
 //! Domain-level findings name the domain as their endpoint; per-address findings name the
 //! endpoint (`mx1.example.org[192.0.2.1]:25`). Every lookup goes through one
 //! [`ravelin_dns::Resolver`] (`--nameserver`, or the system's resolvers).
@@ -196,8 +197,8 @@ pub async fn audit_domain(ctx: &DnsCtx<'_>, mx: &MxSet) -> Vec<Finding> {
         spf::check(ctx),
         dmarc::check(ctx),
         dkim::check(ctx),
-        mta_sts::check(ctx, mx),
-        tlsrpt::check(ctx),
+        receiving(ctx, mx, "dns.mta_sts", mta_sts::check(ctx, mx)),
+        receiving(ctx, mx, "dns.tlsrpt", tlsrpt::check(ctx)),
         dnssec::check(ctx, mx),
         caa::check(ctx),
     );
@@ -211,6 +212,26 @@ pub async fn audit_domain(ctx: &DnsCtx<'_>, mx: &MxSet) -> Vec<Finding> {
         dnssec,
         caa,
     ]
+}
+
+/// A check about receiving mail over TLS, skipped for a domain with a null MX (it takes no
+/// mail, so MTA-STS and TLS reports have nothing to protect).
+async fn receiving(
+    ctx: &DnsCtx<'_>,
+    mx: &MxSet,
+    id: &str,
+    check: impl std::future::Future<Output = Finding>,
+) -> Finding {
+    if mx.is_null() {
+        return ctx.finding(
+            id,
+            Status::Skipped,
+            Severity::Info,
+            "not applicable: the domain takes no mail (null MX)",
+            format!("MX {}: 0 .", ctx.domain),
+        );
+    }
+    check.await
 }
 
 /// TXT records of `name`, or the lookup error.
