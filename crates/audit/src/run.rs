@@ -213,6 +213,15 @@ async fn audit_domain(
     if !summaries.is_empty() {
         report.findings.push(tls::consistency(domain, &summaries));
     }
+    let tls_findings: Vec<Finding> = report
+        .findings
+        .iter()
+        .filter(|f| f.id.starts_with("tls."))
+        .cloned()
+        .collect();
+    for f in &mut report.findings {
+        dns::mta_sts::certificates(f, &tls_findings);
+    }
     report
 }
 

@@ -540,6 +540,55 @@ async fn mta_sts_patterns_and_mode() {
     }
 }
 
+/// The policy against the MX endpoints' TLS: an enforced policy with an MX whose certificate
+/// fails validation is a failure; a sound MX changes nothing.
+#[tokio::test]
+async fn mta_sts_policy_against_the_mx_certificates() {
+    let w = world();
+    let policy = dns::mta_sts::check(&w.ctx("good.example"), &w.mx("good.example").await).await;
+    expect(&policy, "dns.mta_sts", Status::Pass, "mode enforce");
+    let endpoint = "mx1.good.example[127.0.0.1]:25";
+    let tls = |id: &str, status| {
+        Finding::new(
+            id,
+            status,
+            Severity::High,
+            endpoint,
+            "certificate not trusted",
+            "",
+        )
+    };
+    let mut sound = policy.clone();
+    dns::mta_sts::certificates(
+        &mut sound,
+        &[
+            tls("tls.cert_chain", Status::Pass),
+            tls("tls.cert_hostname", Status::Pass),
+        ],
+    );
+    assert_eq!(sound, policy);
+    let mut broken = policy.clone();
+    dns::mta_sts::certificates(
+        &mut broken,
+        &[
+            tls("tls.cert_chain", Status::Fail),
+            tls("tls.cert_hostname", Status::Pass),
+        ],
+    );
+    expect(
+        &broken,
+        "dns.mta_sts",
+        Status::Fail,
+        "MX mx1.good.example[127.0.0.1]:25: certificate not trusted (tls.cert_chain)",
+    );
+    assert_eq!(broken.severity, Severity::High);
+    // Other checks are left alone.
+    let mut other = tls("tls.cert_chain", Status::Pass);
+    let before = other.clone();
+    dns::mta_sts::certificates(&mut other, &[tls("tls.cert_chain", Status::Fail)]);
+    assert_eq!(other, before);
+}
+
 #[tokio::test]
 async fn tlsrpt_and_caa() {
     let w = world();

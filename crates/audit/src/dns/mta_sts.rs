@@ -7,8 +7,10 @@
 //! Fails on: an invalid record, a policy that cannot be fetched or parsed, an MX host no
 //! `mx` pattern matches (enforce: compliant senders refuse to deliver to it); warns on: no
 //! MTA-STS at all, `mode: testing` or `none`, `max_age` under one day, a Content-Type other
-//! than text/plain, the policy parser's diagnostics. Whether each MX presents a certificate
-//! valid for its name is `tls.cert_chain` / `tls.cert_hostname` of the MX endpoints.
+//! than text/plain, the policy parser's diagnostics. [`certificates`] then cross-checks the
+//! policy against what the MX endpoints presented: under `enforce` (or `testing`), an MX
+//! without STARTTLS or with a certificate that fails `tls.cert_chain` or `tls.cert_hostname`
+//! is one compliant senders refuse to deliver to (or report), which fails the check.
 //!
 //! Settings read: [`super::DnsOptions`] (`mta_sts_port`, `mta_sts_ca_file`,
 //! `mta_sts_timeout`). How it fails: a temporary failure of the TXT lookup is an `error`.
@@ -25,6 +27,9 @@ const FIX: &str = "Publish `_mta-sts.DOMAIN TXT \"v=STSv1; id=20240101T000000;\"
     mta-sts.DOMAIN, no redirect) with `version: STSv1`, `mode: enforce`, one `mx:` line per MX \
     host (or a `*.DOMAIN` pattern) and `max_age: 604800` or more; change the id whenever the \
     policy changes.";
+
+/// Where the evidence names the policy's mode (read back by [`certificates`]).
+const MODE: &str = "policy: mode ";
 
 /// Policies cached for less than a day protect little between fetches.
 const MIN_MAX_AGE: u32 = 86_400;
@@ -148,7 +153,7 @@ pub async fn check(ctx: &DnsCtx<'_>, mx: &MxSet) -> Finding {
         }
     }
     let evidence = format!(
-        "TXT {name}: id={}\npolicy: mode {}, max_age {}, mx {}",
+        "TXT {name}: id={}\n{MODE}{}, max_age {}, mx {}",
         record.id,
         policy.mode,
         policy.max_age,
@@ -168,4 +173,47 @@ pub async fn check(ctx: &DnsCtx<'_>, mx: &MxSet) -> Finding {
         "the MTA-STS policy has problems",
         FIX,
     )
+}
+
+/// Adds to a `dns.mta_sts` finding the MX endpoints whose TLS a compliant sender would refuse
+/// under the policy: no STARTTLS, or a certificate failing `tls.cert_chain` or
+/// `tls.cert_hostname` (RFC 8461 §4.2). Under `enforce` that fails the check at high
+/// severity, under `testing` at medium; other findings and other modes are left alone.
+pub fn certificates(finding: &mut Finding, endpoint_findings: &[Finding]) {
+    if finding.id != ID || !matches!(finding.status, Status::Pass | Status::Warn) {
+        return;
+    }
+    let severity = if finding.evidence.contains(&format!("{MODE}enforce")) {
+        Severity::High
+    } else if finding.evidence.contains(&format!("{MODE}testing")) {
+        Severity::Medium
+    } else {
+        return;
+    };
+    let refused: Vec<String> = endpoint_findings
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.id.as_str(),
+                "tls.starttls" | "tls.cert_chain" | "tls.cert_hostname"
+            ) && f.status == Status::Fail
+        })
+        .map(|f| {
+            format!(
+                "MX {}: {} ({}): MTA-STS senders refuse to deliver there",
+                f.endpoint, f.title, f.id
+            )
+        })
+        .collect();
+    if refused.is_empty() {
+        return;
+    }
+    let base = finding.clone();
+    *finding = verdict(
+        base,
+        refused.into_iter().map(|line| (severity, line)).collect(),
+        Severity::Medium,
+        "MTA-STS senders cannot deliver to every MX host",
+        FIX,
+    );
 }
