@@ -571,8 +571,8 @@ fn nameserver_resolves_a_host_to_every_address() {
 
 /// A domain target: `ravelin audit example.org` looks up the MX through `--nameserver`,
 /// audits the MX (a hardened Postfix with TLS) on `--smtp-port` with the SMTP, TLS and
-/// per-address DNS checks, and reports the domain's DNS checks; a null-MX domain gets its
-/// DNS checks and no endpoint.
+/// per-address DNS checks, and reports the domain's DNS checks; a null-MX domain (from a
+/// targets file) gets its DNS checks and no endpoint.
 #[test]
 fn a_domain_is_audited_through_its_mx_host() {
     let dir = daemon_tempdir();
@@ -601,6 +601,13 @@ fn a_domain_is_audited_through_its_mx_host() {
     ])
     .expect("in-process DNS server");
     let port = postfix.addr.port().to_string();
+    // Domains come from a targets file as well as from the arguments.
+    let targets = dir.path().join("domains.txt");
+    std::fs::write(
+        &targets,
+        "# parked domains\nnullmx.example.org  # takes no mail\n",
+    )
+    .expect("write the targets file");
     let a = Audit::run(&[
         "--nameserver",
         &dns.addr().to_string(),
@@ -613,7 +620,8 @@ fn a_domain_is_audited_through_its_mx_host() {
         "--fail-on",
         "critical",
         "example.org",
-        "nullmx.example.org",
+        "--targets-file",
+        &targets.display().to_string(),
     ]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
     assert_eq!(a.report["targets"][0]["target"], "example.org");
