@@ -699,6 +699,21 @@ async fn ptr_and_dnsbl() {
     let refused = bl("127.0.0.3").await;
     expect(&refused, "reputation.dnsbl", Status::Error, "query refused");
     assert!(!refused.title.contains("listed on"), "{}", refused.title);
+    // IPv4-only lists are not asked about IPv6 addresses: their NXDOMAIN is no verdict.
+    let v6 = DnsOptions {
+        dnsbl_zones: vec!["bl.test".into(), "bl.spamcop.net".into()],
+        ..w.options.clone()
+    };
+    let mut six = endpoint("127.0.0.1");
+    six.addr = "[::1]:25".parse().unwrap();
+    let f = dns::dnsbl::check(&w.resolver, &six, &v6).await;
+    expect(
+        &f,
+        "reputation.dnsbl",
+        Status::Pass,
+        "bl.spamcop.net: not queried (lists IPv4 addresses only)",
+    );
+    expect(&f, "reputation.dnsbl", Status::Pass, "bl.test: not listed");
 }
 
 /// The whole domain audit on the good domain: every domain-level check is there once, none

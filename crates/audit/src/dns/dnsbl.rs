@@ -5,7 +5,8 @@
 //! through a public resolver; anything outside 127.0.0.0/8) are never a listing: they make
 //! the check `error` with the list's meaning. Fails on: a listing (with the list's TXT
 //! reason). Zones in [`RETIRED_ZONES`] are not queried (a dead list may answer "listed" for
-//! everything) and are named in the evidence.
+//! everything), nor are the lists of [`IPV4_ONLY_ZONES`] for IPv6 addresses (their NXDOMAIN
+//! would read as "not listed"); both are named in the evidence.
 
 use ravelin_dns::{ListOutcome, Resolver, query_lists};
 
@@ -38,6 +39,20 @@ pub const RETIRED_ZONES: &[&str] = &[
     "blackholes.mail-abuse.org",
 ];
 
+/// Lists of IPv4 addresses only: asked about an IPv6 address they answer NXDOMAIN, which would
+/// read as "not listed".
+pub const IPV4_ONLY_ZONES: &[&str] = &[
+    "bl.spamcop.net",
+    "b.barracudacentral.org",
+    "psbl.surriel.com",
+];
+
+/// Whether a zone lists IPv4 addresses only.
+pub fn is_ipv4_only(zone: &str) -> bool {
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    IPV4_ONLY_ZONES.contains(&zone.as_str())
+}
+
 /// Whether a zone is retired.
 pub fn is_retired(zone: &str) -> bool {
     let zone = zone.trim_end_matches('.').to_ascii_lowercase();
@@ -51,15 +66,17 @@ pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOption
     let f = |status, severity, title: &str, evidence: String| {
         Finding::new(ID, status, severity, at.as_str(), title, evidence)
     };
-    let (retired, zones): (Vec<String>, Vec<String>) = options
-        .dnsbl_zones
-        .iter()
-        .cloned()
-        .partition(|z| is_retired(z));
-    let mut lines: Vec<String> = retired
-        .iter()
-        .map(|z| format!("{z}: not queried (retired list)"))
-        .collect();
+    let mut lines: Vec<String> = Vec::new();
+    let mut zones: Vec<String> = Vec::new();
+    for zone in &options.dnsbl_zones {
+        if is_retired(zone) {
+            lines.push(format!("{zone}: not queried (retired list)"));
+        } else if ip.is_ipv6() && is_ipv4_only(zone) {
+            lines.push(format!("{zone}: not queried (lists IPv4 addresses only)"));
+        } else {
+            zones.push(zone.clone());
+        }
+    }
     if zones.is_empty() {
         return f(
             Status::Skipped,
