@@ -58,10 +58,13 @@ pub struct AuditArgs {
     /// zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org, psbl.surriel.com).
     #[arg(long, value_name = "ZONE")]
     dnsbl: Vec<String>,
-    /// Extra CA certificates (PEM) trusted by the TLS checks; the MTA-STS policy fetch then
-    /// trusts only these.
+    /// Extra CA certificates (PEM) trusted by the TLS checks, besides the public roots.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// Trust only the CA certificates (PEM) of FILE, instead of the system roots, when
+    /// fetching MTA-STS policies (for private test PKIs).
+    #[arg(long, value_name = "FILE")]
+    mta_sts_ca_file: Option<PathBuf>,
     /// HTTPS port of MTA-STS policy hosts (for tests; the standard is 443).
     #[arg(long, default_value_t = 443, value_name = "N")]
     mta_sts_port: u16,
@@ -170,6 +173,11 @@ pub fn run(args: AuditArgs) -> ExitCode {
         },
         None => Vec::new(),
     };
+    if let Some(path) = &args.mta_sts_ca_file
+        && let Err(e) = ravelin_audit::tls::load_ca_file(path)
+    {
+        return usage(&format!("--mta-sts-ca-file {e}"));
+    }
     let (Some(format), Some(fail_on)) =
         (Format::parse(&args.format), Severity::parse(&args.fail_on))
     else {
@@ -205,7 +213,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 args.dnsbl.clone()
             },
             mta_sts_port: args.mta_sts_port,
-            mta_sts_ca_file: args.ca_file.clone(),
+            mta_sts_ca_file: args.mta_sts_ca_file.clone(),
             ..DnsOptions::default()
         },
         concurrency: usize::from(args.concurrency),
