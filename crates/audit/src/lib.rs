@@ -4,6 +4,8 @@
 //! inside, against the hardening baseline (PRODUCT.md), and reports every gap as a [`Finding`]
 //! with evidence and the exact fix.
 //!
+//! - [`dns`]: the DNS checks of a domain (MX, SPF, DMARC, DKIM, MTA-STS, TLS-RPT, DNSSEC,
+//!   CAA) and of its MX addresses (PTR, DNSBL, DANE).
 //! - [`finding`]: the finding model shared by every check and every renderer (the JSON schema
 //!   of DESIGN.md: `{"tool","version","targets":[{"target","endpoints","findings"}]}`).
 //! - [`local`]: configuration linters (`--postfix-config DIR`: main.cf and master.cf).
@@ -21,6 +23,7 @@
 //! (network error, timeout) reports a finding with status `error` or `skipped` and the reason
 //! as evidence; it never aborts the run.
 
+pub mod dns;
 pub mod finding;
 pub mod local;
 pub mod ports;

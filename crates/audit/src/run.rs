@@ -1,25 +1,34 @@
 //! Running an audit over many targets: resolution, concurrency, politeness, one report.
 //!
-//! [`audit`] resolves each target to its endpoints and runs the check families on each,
+//! [`audit`] resolves each target to its endpoints and runs the check families on each:
+//! a host target gets the SMTP checks on each address; a domain target gets its DNS checks
+//! ([`crate::dns`]), and every address of every MX host gets the SMTP checks, the TLS checks
+//! ([`crate::tls`], then `tls.consistency` across them) and the per-address DNS checks
+//! (`dns.ptr`, `reputation.dnsbl`, `dns.dane`). One [`Resolver`] serves the whole run:
+//! `--nameserver`, or the system's resolvers. Targets run
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
 //! endpoint audits of the same mail host (IP address) at the same time, whatever the
 //! concurrency: several targets naming the same server are audited one after the other.
 //! The report lists the targets in the order given; `on_done` is called as each target
 //! finishes (for a progress bar).
 //!
-//! Settings read: [`AuditOptions`]. How it fails: a target that cannot be resolved gets a
-//! single `smtp.connect` finding with status `error`; nothing aborts the run.
+//! Settings read: [`AuditOptions`]. How it fails: a host target that cannot be resolved gets a
+//! single `smtp.connect` finding with status `error`; a domain whose MX lookup fails gets a
+//! `dns.mx` error and its other DNS checks; nothing aborts the run.
 //! [`could_not_run`] tells the targets that could not be audited at all (exit code 3).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use ravelin_dns::{Resolver, ResolverSettings};
 use tokio::sync::Semaphore;
 
+use crate::dns::{self, DnsCtx, DnsOptions};
 use crate::finding::{Finding, Report, Severity, Status, TargetReport};
 use crate::smtp::{self, SmtpOptions};
-use crate::target::{self, Endpoint, Target};
+use crate::target::{self, Endpoint, Role, Target};
+use crate::tls::{self, TlsMode, TlsOptions, TlsTarget};
 
 /// How names are resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,6 +44,10 @@ pub enum NameService {
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
     pub smtp: SmtpOptions,
+    /// The TLS checks of a domain's MX endpoints.
+    pub tls: Arc<TlsOptions>,
+    /// The DNS checks of domain targets.
+    pub dns: DnsOptions,
     /// Targets audited at once (at least 1).
     pub concurrency: usize,
     pub names: NameService,
@@ -44,10 +57,21 @@ impl Default for AuditOptions {
     fn default() -> Self {
         AuditOptions {
             smtp: SmtpOptions::default(),
+            tls: Arc::new(TlsOptions::default()),
+            dns: DnsOptions::default(),
             concurrency: 8,
             names: NameService::System,
         }
     }
+}
+
+/// The resolver of a run: the one DNS server given, or the system's resolvers.
+pub fn resolver(names: &NameService) -> Result<Resolver, String> {
+    let settings = match names {
+        NameService::System => ResolverSettings::default(),
+        NameService::Server(server) => ResolverSettings::with_nameservers(vec![*server]),
+    };
+    Resolver::new(&settings).map_err(|e| format!("cannot set up the DNS resolver: {e}"))
 }
 
 /// One lock per mail host address: endpoint audits of one host never overlap.
@@ -70,6 +94,7 @@ pub async fn audit(
     options: AuditOptions,
     on_done: impl Fn(&TargetReport) + Send + Sync + 'static,
 ) -> Report {
+    let resolver = Arc::new(resolver(&options.names));
     let options = Arc::new(options);
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let locks = Arc::new(HostLocks::default());
@@ -77,15 +102,21 @@ pub async fn audit(
     let mut tasks = tokio::task::JoinSet::new();
     let count = targets.len();
     for (index, target) in targets.into_iter().enumerate() {
-        let (options, permits, locks, on_done) = (
+        let (options, permits, locks, on_done, resolver) = (
             options.clone(),
             permits.clone(),
             locks.clone(),
             on_done.clone(),
+            resolver.clone(),
         );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let report = audit_target(&target, &options, &locks).await;
+            let report = match &target {
+                Target::Domain { domain, port } => {
+                    audit_domain(domain, *port, &options, &locks, &resolver).await
+                }
+                Target::Host(_) => audit_target(&target, &options, &locks, &resolver).await,
+            };
             on_done(&report);
             (index, report)
         });
@@ -102,9 +133,14 @@ pub async fn audit(
     report
 }
 
-async fn audit_target(target: &Target, options: &AuditOptions, locks: &HostLocks) -> TargetReport {
+async fn audit_target(
+    target: &Target,
+    options: &AuditOptions,
+    locks: &HostLocks,
+    resolver: &Result<Resolver, String>,
+) -> TargetReport {
     let name = target.to_string();
-    let endpoints = match resolve(target, &options.names).await {
+    let endpoints = match resolve(target, &options.names, resolver).await {
         Ok(e) if !e.is_empty() => e,
         Ok(_) => return unresolved(name, "the name has no address".into()),
         Err(why) => return unresolved(name, why),
@@ -120,6 +156,71 @@ async fn audit_target(target: &Target, options: &AuditOptions, locks: &HostLocks
         report
             .findings
             .extend(smtp::audit_endpoint(endpoint, &options.smtp).await);
+    }
+    report
+}
+
+/// A domain: its DNS checks, then every address of every MX host.
+async fn audit_domain(
+    domain: &str,
+    port: u16,
+    options: &AuditOptions,
+    locks: &HostLocks,
+    resolver: &Result<Resolver, String>,
+) -> TargetReport {
+    let resolver = match resolver {
+        Ok(r) => r,
+        Err(why) => return unresolved(domain.to_string(), why.clone()),
+    };
+    let ctx = DnsCtx {
+        resolver,
+        options: &options.dns,
+        domain,
+    };
+    let mx = dns::mx::resolve(resolver, domain).await;
+    let endpoints = mx_endpoints(&mx, port);
+    let mut report = TargetReport {
+        target: domain.to_string(),
+        endpoints: endpoints.iter().map(Endpoint::to_string).collect(),
+        findings: dns::audit_domain(&ctx, &mx).await,
+    };
+    let mut summaries = Vec::new();
+    for endpoint in &endpoints {
+        let lock = locks.get(endpoint.addr.ip());
+        let _held = lock.lock().await;
+        let smtp_findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
+        let reachable = !smtp_findings
+            .iter()
+            .any(|f| f.id == "smtp.connect" && f.status == Status::Error);
+        report.findings.extend(smtp_findings);
+        if reachable {
+            let tls_target = TlsTarget {
+                host: endpoint.host(),
+                addr: endpoint.addr,
+                mode: match endpoint.role {
+                    Role::Submissions => TlsMode::Implicit,
+                    Role::Mx | Role::Submission => TlsMode::StartTls,
+                },
+            };
+            let tls_report = tls::audit_endpoint_async(tls_target, options.tls.clone()).await;
+            report.findings.extend(tls_report.findings);
+            summaries.push(tls_report.summary);
+        }
+        report.findings.extend(
+            dns::audit_endpoint(&ctx, endpoint, reachable, &options.smtp, &options.tls).await,
+        );
+    }
+    if !summaries.is_empty() {
+        report.findings.push(tls::consistency(domain, &summaries));
+    }
+    let tls_findings: Vec<Finding> = report
+        .findings
+        .iter()
+        .filter(|f| f.id.starts_with("tls."))
+        .cloned()
+        .collect();
+    for f in &mut report.findings {
+        dns::mta_sts::certificates(f, &tls_findings);
     }
     report
 }
@@ -142,49 +243,86 @@ fn unresolved(target: String, why: String) -> TargetReport {
     }
 }
 
-/// The endpoints of a target.
-pub async fn resolve(target: &Target, names: &NameService) -> Result<Vec<Endpoint>, String> {
+/// The endpoints of a host target: with `--nameserver`, the host name's addresses from that
+/// server; otherwise from the system (getaddrinfo, so /etc/hosts counts). A domain target's
+/// endpoints are its MX hosts' ([`dns::mx::resolve`]).
+pub async fn resolve(
+    target: &Target,
+    names: &NameService,
+    resolver: &Result<Resolver, String>,
+) -> Result<Vec<Endpoint>, String> {
     match target {
         Target::Host(h) => match (&h.host, names) {
             (target::Host::Name(name), NameService::Server(server)) => {
-                let addrs = lookup_ip(name, *server).await?;
+                let resolver = resolver.as_ref().map_err(Clone::clone)?;
+                let addrs: Vec<IpAddr> = resolver
+                    .ips(name, false)
+                    .await
+                    .map_err(|e| format!("cannot resolve {name} at {server}: {e}"))?
+                    .records;
                 Ok(target::endpoints_of(h, addrs))
             }
             _ => target::resolve_with_system(h).await,
         },
+        Target::Domain { domain, port } => {
+            let resolver = resolver.as_ref().map_err(Clone::clone)?;
+            let mx = dns::mx::resolve(resolver, domain).await;
+            Ok(mx_endpoints(&mx, *port))
+        }
     }
 }
 
-/// Every A and AAAA address of `name`, asked of one DNS server.
-async fn lookup_ip(name: &str, server: SocketAddr) -> Result<Vec<IpAddr>, String> {
-    use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-    use hickory_resolver::net::runtime::TokioRuntimeProvider;
-    let mut ns = NameServerConfig::udp_and_tcp(server.ip());
-    for connection in &mut ns.connections {
-        connection.port = server.port();
-    }
-    let mut opts = ResolverOpts::default();
-    opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
-    let mut builder = hickory_resolver::Resolver::builder_with_config(
-        ResolverConfig::from_name_servers(vec![ns]),
-        TokioRuntimeProvider::default(),
-    );
-    *builder.options_mut() = opts;
-    let resolver = builder
-        .build()
-        .map_err(|e| format!("cannot set up the resolver for {server}: {e}"))?;
-    let fqdn = format!("{}.", name.trim_end_matches('.'));
-    let lookup = resolver
-        .lookup_ip(fqdn.as_str())
-        .await
-        .map_err(|e| format!("cannot resolve {name} at {server}: {e}"))?;
-    Ok(lookup.iter().collect())
-}
-
-/// Whether a target could not be audited at all: it did not resolve, or no endpoint could be
-/// reached (its only findings are `smtp.connect` errors).
-pub fn could_not_run(t: &TargetReport) -> bool {
-    t.findings
+/// Every address of every MX host, as endpoints on `port` (`--smtp-port`, 25 by default).
+pub fn mx_endpoints(mx: &dns::MxSet, port: u16) -> Vec<Endpoint> {
+    mx.hosts
         .iter()
-        .all(|f| f.id == "smtp.connect" && f.status == Status::Error)
+        .flat_map(|host| {
+            host.addresses.iter().map(|ip| Endpoint {
+                name: Some(host.name.clone()),
+                addr: SocketAddr::new(*ip, port),
+                role: Role::Mx,
+                domain: Some(mx.domain.clone()),
+            })
+        })
+        .collect()
+}
+
+/// Whether a target could not be audited at all: every check it has is an `error` (it did
+/// not resolve, no endpoint could be reached, or every DNS lookup of a domain failed).
+pub fn could_not_run(t: &TargetReport) -> bool {
+    t.findings.iter().all(|f| f.status == Status::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_whose_every_check_errored_could_not_run() {
+        let error = |id: &str| {
+            Finding::new(
+                id,
+                Status::Error,
+                Severity::Info,
+                "example.org",
+                "t",
+                "timed out",
+            )
+        };
+        let mut t = TargetReport {
+            target: "example.org".into(),
+            endpoints: Vec::new(),
+            findings: vec![error("dns.mx"), error("dns.spf")],
+        };
+        assert!(could_not_run(&t));
+        t.findings.push(Finding::new(
+            "dns.dmarc",
+            Status::Fail,
+            Severity::High,
+            "example.org",
+            "no DMARC record",
+            "",
+        ));
+        assert!(!could_not_run(&t));
+    }
 }

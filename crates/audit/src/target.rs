@@ -1,7 +1,14 @@
 //! What the auditor is pointed at: targets as the user writes them, and the endpoints
 //! (one address and port each) they resolve to.
 //!
-//! A target is written `[SCHEME://][DOMAIN@]HOST[:PORT]`:
+//! A target is either a mail domain or a mail host.
+//!
+//! A **domain** is a bare domain name without scheme, port or `@` (`example.org`): its MX
+//! hosts are looked up (RFC 5321 §5.1: without MX records, the domain's own addresses are the
+//! implicit MX; a null MX means no mail), and every IPv4 and IPv6 address of every MX host is
+//! an endpoint on port [`TargetDefaults::smtp_port`]; the domain's DNS checks run too.
+//!
+//! A **host** is written `[SCHEME://][DOMAIN@]HOST[:PORT]`, or a bare address:
 //!
 //! - `HOST` is a host name, an IPv4 address, or an IPv6 address (in brackets when a port
 //!   follows: `[2001:db8::25]:25`).
@@ -16,8 +23,7 @@
 //!   checks are skipped with that reason.
 //!
 //! A host name resolves to every IPv4 and IPv6 address it has (at most
-//! [`MAX_ADDRESSES_PER_HOST`]); each is one [`Endpoint`], audited on its own. Domain targets
-//! (MX hosts of a domain) are a variant of [`Target`] to come with MX resolution.
+//! [`MAX_ADDRESSES_PER_HOST`]); each is one [`Endpoint`], audited on its own.
 //!
 //! Settings read: [`TargetDefaults`]. How it fails: [`Target::parse`] returns a message that
 //! quotes the offending text and shows the accepted forms; resolution returns the resolver's
@@ -92,8 +98,10 @@ pub struct HostTarget {
 /// A target as given on the command line or in a targets file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// A mail host: `host`, `host:port`, `[v6]:port`, with an optional scheme and domain.
+    /// A mail host: `host:port`, `[v6]:port`, an address, with an optional scheme and domain.
     Host(HostTarget),
+    /// A mail domain (lowercase, no final dot): its MX hosts on `port`, and its DNS records.
+    Domain { domain: String, port: u16 },
 }
 
 /// Defaults applied while parsing targets.
@@ -109,7 +117,7 @@ impl Default for TargetDefaults {
     }
 }
 
-const FORMS: &str = "expected HOST, HOST:PORT, [IPv6]:PORT, DOMAIN@HOST[:PORT], \
+const FORMS: &str = "expected DOMAIN, HOST:PORT, ADDRESS, [IPv6]:PORT, DOMAIN@HOST[:PORT], \
                      optionally prefixed with smtp://, submission:// or submissions://";
 
 impl Target {
@@ -123,6 +131,15 @@ impl Target {
             return Err(format!("target longer than {MAX_TARGET_LEN} characters"));
         }
         let bad = |why: &str| format!("target {spec:?}: {why}; {FORMS}");
+        if !spec.contains([':', '@', '/', '[']) && spec.parse::<IpAddr>().is_err() {
+            if !is_domain_name(spec) || !spec.contains('.') {
+                return Err(bad("not a domain name"));
+            }
+            return Ok(Target::Domain {
+                domain: spec.trim_end_matches('.').to_ascii_lowercase(),
+                port: defaults.smtp_port,
+            });
+        }
         let (scheme, rest) = match spec.split_once("://") {
             Some((scheme, rest)) => {
                 let role = match scheme.to_ascii_lowercase().as_str() {
@@ -175,6 +192,7 @@ impl Target {
     pub fn domain(&self) -> Option<&str> {
         match self {
             Target::Host(h) => h.domain.as_deref(),
+            Target::Domain { domain, .. } => Some(domain),
         }
     }
 }
@@ -182,6 +200,7 @@ impl Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Target::Domain { domain, .. } => f.write_str(domain),
             Target::Host(h) => {
                 if h.role != Role::from_port(h.port) {
                     write!(f, "{}://", h.role.scheme())?;
@@ -327,14 +346,25 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<HostTarget, String> {
-        Target::parse(s, TargetDefaults { smtp_port: 2525 }).map(|Target::Host(h)| h)
+        match Target::parse(s, TargetDefaults { smtp_port: 2525 })? {
+            Target::Host(h) => Ok(h),
+            Target::Domain { .. } => Err(format!("{s} parsed as a domain")),
+        }
     }
 
     #[test]
     fn parses_every_form() {
-        let h = parse("mx.example.org").unwrap();
+        assert_eq!(
+            Target::parse("Example.ORG.", TargetDefaults { smtp_port: 2525 }).unwrap(),
+            Target::Domain {
+                domain: "example.org".into(),
+                port: 2525
+            }
+        );
+        let h = parse("mx.example.org:25").unwrap();
         assert_eq!(h.host, Host::Name("mx.example.org".into()));
-        assert_eq!((h.port, h.role, h.domain), (2525, Role::Mx, None));
+        assert_eq!((h.port, h.role, h.domain), (25, Role::Mx, None));
+        assert_eq!(parse("192.0.2.1").unwrap().port, 2525);
 
         let h = parse("127.0.0.1:587").unwrap();
         assert_eq!(h.host, Host::Ip("127.0.0.1".parse().unwrap()));
@@ -369,6 +399,8 @@ mod tests {
             "x@",
             "@host",
             "ex ample@host",
+            "localhost",
+            "bad_.exa mple",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -382,6 +414,7 @@ mod tests {
             "[::1]:25",
             "example.org@127.0.0.1:2525",
             "submission://127.0.0.1:10587",
+            "example.org",
         ] {
             let t = Target::parse(spec, TargetDefaults::default()).unwrap();
             assert_eq!(t.to_string(), spec);
@@ -390,7 +423,10 @@ mod tests {
 
     #[test]
     fn endpoints_are_named_as_the_contract_says() {
-        let Target::Host(h) = Target::parse("mx1.example.org", TargetDefaults::default()).unwrap();
+        let Ok(Target::Host(h)) = Target::parse("mx1.example.org:25", TargetDefaults::default())
+        else {
+            panic!("not a host")
+        };
         let eps = endpoints_of(
             &h,
             vec![

@@ -4,7 +4,8 @@
 //! the chosen format to stdout or `--output`, and sets the exit code: 0 clean, 1 a failed or
 //! warned finding at or above `--fail-on` (default high), 2 usage error (bad flag, bad target,
 //! unreadable targets file, no target), 3 the audit could not run (a target that did not
-//! resolve or could not be reached at all, or the report could not be written) — 1 wins over 3.
+//! resolve, could not be reached at all or whose every DNS lookup failed, or the report could
+//! not be written) — 1 wins over 3.
 //!
 //! Text output is coloured when it goes to a terminal and `NO_COLOR` is not set. A progress
 //! bar is drawn on stderr when stderr is a terminal and there is more than one target.
@@ -18,11 +19,13 @@ use std::time::Duration;
 
 use clap::Args;
 use ravelin_audit::Severity;
+use ravelin_audit::dns::DnsOptions;
 use ravelin_audit::render::{self, Format};
 use ravelin_audit::run::{self, AuditOptions, NameService};
 use ravelin_audit::smtp::SmtpOptions;
 use ravelin_audit::smtp::probe::ProbeSettings;
 use ravelin_audit::target::{Target, TargetDefaults};
+use ravelin_audit::tls::{TlsOptions, Trust};
 
 /// Largest targets file read.
 const MAX_TARGETS_FILE: u64 = 4 * 1024 * 1024;
@@ -31,9 +34,9 @@ const MAX_TARGETS: usize = 100_000;
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// What to audit: HOST, HOST:PORT, [IPv6]:PORT or DOMAIN@HOST[:PORT] (the domain enables
-    /// the recipient checks), optionally prefixed with smtp://, submission:// or
-    /// submissions://.
+    /// What to audit: a mail DOMAIN (its DNS records, and every address of every MX host), or
+    /// a host: HOST:PORT, ADDRESS, [IPv6]:PORT or DOMAIN@HOST[:PORT] (the domain enables the
+    /// recipient checks), optionally prefixed with smtp://, submission:// or submissions://.
     targets: Vec<String>,
     /// Report format.
     #[arg(long, default_value = "text", value_parser = ["text", "json", "sarif", "html"])]
@@ -44,9 +47,27 @@ pub struct AuditArgs {
     /// Resolve host names with this DNS server (IP:PORT) instead of the system's resolver.
     #[arg(long, value_name = "IP:PORT")]
     nameserver: Option<SocketAddr>,
-    /// Port of targets given without a port.
+    /// Port of targets given without a port, and of a domain's MX hosts.
     #[arg(long, default_value_t = 25, value_name = "N")]
     smtp_port: u16,
+    /// Also look for DKIM keys under this selector (repeatable; common selectors are always
+    /// tried).
+    #[arg(long, value_name = "SELECTOR")]
+    dkim_selector: Vec<String>,
+    /// DNS blocklist zone to look MX addresses up in (repeatable; replaces the default list:
+    /// zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org, psbl.surriel.com).
+    #[arg(long, value_name = "ZONE")]
+    dnsbl: Vec<String>,
+    /// Extra CA certificates (PEM) trusted by the TLS checks, besides the public roots.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Trust only the CA certificates (PEM) of FILE, instead of the system roots, when
+    /// fetching MTA-STS policies (for private test PKIs).
+    #[arg(long, value_name = "FILE")]
+    mta_sts_ca_file: Option<PathBuf>,
+    /// HTTPS port of MTA-STS policy hosts (for tests; the standard is 443).
+    #[arg(long, default_value_t = 443, value_name = "N")]
+    mta_sts_port: u16,
     /// Also run the active checks: open relay up to DATA (dropped before the final dot) and
     /// SMTP smuggling (a vulnerable server receives short test messages). Only against
     /// servers you run or may test.
@@ -138,6 +159,25 @@ pub fn run(args: AuditArgs) -> ExitCode {
             args.relay_domain
         ));
     }
+    for name in args.dkim_selector.iter().chain(&args.dnsbl) {
+        if !ravelin_audit::target::is_domain_name(name) {
+            return usage(&format!(
+                "{name:?} is not a DKIM selector or DNS zone (--dkim-selector, --dnsbl)"
+            ));
+        }
+    }
+    let extra_roots = match &args.ca_file {
+        Some(path) => match ravelin_audit::tls::load_ca_file(path) {
+            Ok(certs) => certs,
+            Err(e) => return usage(&format!("--ca-file {e}")),
+        },
+        None => Vec::new(),
+    };
+    if let Some(path) = &args.mta_sts_ca_file
+        && let Err(e) = ravelin_audit::tls::load_ca_file(path)
+    {
+        return usage(&format!("--mta-sts-ca-file {e}"));
+    }
     let (Some(format), Some(fail_on)) =
         (Format::parse(&args.format), Severity::parse(&args.fail_on))
     else {
@@ -156,6 +196,25 @@ pub fn run(args: AuditArgs) -> ExitCode {
             relay_domain: args.relay_domain.clone(),
             smuggling_wait: Duration::from_secs(args.smuggling_wait),
             ..SmtpOptions::default()
+        },
+        tls: Arc::new(TlsOptions {
+            timeout: timeout.min(Duration::from_secs(15)),
+            ehlo_name: args.helo.clone(),
+            trust: Trust {
+                public_roots: true,
+                extra_roots,
+            },
+        }),
+        dns: DnsOptions {
+            dkim_selectors: args.dkim_selector.clone(),
+            dnsbl_zones: if args.dnsbl.is_empty() {
+                DnsOptions::default().dnsbl_zones
+            } else {
+                args.dnsbl.clone()
+            },
+            mta_sts_port: args.mta_sts_port,
+            mta_sts_ca_file: args.mta_sts_ca_file.clone(),
+            ..DnsOptions::default()
         },
         concurrency: usize::from(args.concurrency),
         names: match args.nameserver {

@@ -69,8 +69,9 @@ enum Command {
         #[command(subcommand)]
         action: dkim_cmd::DkimAction,
     },
-    /// Audit mail servers from outside: SMTP behaviour, disclosure, relay, smuggling.
-    Audit(audit_cmd::AuditArgs),
+    /// Audit mail domains and servers from outside: DNS records, TLS, SMTP behaviour,
+    /// disclosure, relay, smuggling, reputation.
+    Audit(Box<audit_cmd::AuditArgs>),
     /// Start a gateway on loopback in front of a built-in sink, send good mail and attacks,
     /// and show what was delivered and what was stopped. Needs nothing installed.
     Demo {
@@ -162,6 +163,6 @@ fn main() -> ExitCode {
         Command::User { action } => user_cmd::run(action),
         Command::Dkim { action } => dkim_cmd::run(action),
         Command::Demo { json } => demo::run(json),
-        Command::Audit(args) => audit_cmd::run(args),
+        Command::Audit(args) => audit_cmd::run(*args),
     }
 }

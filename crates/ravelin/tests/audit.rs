@@ -300,21 +300,25 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
     assert!(queued.is_empty(), "a relay test was queued: {queued:#?}");
 }
 
+/// A hardened Postfix for example.org: STARTTLS with `files`, VRFY off, unauthorised
+/// pipelining refused, low error limits.
+fn hardened_options(files: &ravelin_tls::testing::TestPkiFiles) -> PostfixOptions {
+    PostfixOptions::backend(&["postmaster", "alice"])
+        .set("smtpd_tls_security_level", "may")
+        .set("smtpd_tls_cert_file", &files.cert.display().to_string())
+        .set("smtpd_tls_key_file", &files.key.display().to_string())
+        .set("disable_vrfy_command", "yes")
+        .set("smtpd_forbid_unauth_pipelining", "yes")
+        .set("smtpd_soft_error_limit", "3")
+        .set("smtpd_hard_error_limit", "5")
+}
+
 #[test]
 fn hardened_postfix_passes_every_check() {
     let dir = daemon_tempdir();
     let pki = ravelin_tls::testing::TestPki::new("backend.test.example").expect("test PKI");
     let files = pki.write_to(dir.path()).expect("write the test PKI");
-    let postfix = Postfix::start(
-        PostfixOptions::backend(&["postmaster", "alice"])
-            .set("smtpd_tls_security_level", "may")
-            .set("smtpd_tls_cert_file", &files.cert.display().to_string())
-            .set("smtpd_tls_key_file", &files.key.display().to_string())
-            .set("disable_vrfy_command", "yes")
-            .set("smtpd_forbid_unauth_pipelining", "yes")
-            .set("smtpd_soft_error_limit", "3")
-            .set("smtpd_hard_error_limit", "5"),
-    );
+    let postfix = Postfix::start(hardened_options(&files));
     let target = format!("example.org@{}", postfix.addr);
     let a = Audit::run(&["--active", "--smuggling-wait", "2", &target]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
@@ -563,4 +567,123 @@ fn nameserver_resolves_a_host_to_every_address() {
     assert_eq!(of(&live, "smtp.connect"), Vec::<String>::new());
     assert_eq!(of(&dead, "smtp.connect"), vec!["error"]);
     assert_eq!(of(&dead, "smtp.open_relay"), Vec::<String>::new());
+}
+
+/// A domain target: `ravelin audit example.org` looks up the MX through `--nameserver`,
+/// audits the MX (a hardened Postfix with TLS) on `--smtp-port` with the SMTP, TLS and
+/// per-address DNS checks, and reports the domain's DNS checks; a null-MX domain (from a
+/// targets file) gets its DNS checks and no endpoint.
+#[test]
+fn a_domain_is_audited_through_its_mx_host() {
+    let dir = daemon_tempdir();
+    let pki = ravelin_tls::testing::TestPki::new("mx.example.org").expect("test PKI");
+    let files = pki.write_to(dir.path()).expect("write the test PKI");
+    let postfix = Postfix::start(
+        hardened_options(&files)
+            .set("myhostname", "mx.example.org")
+            .set("smtpd_tls_protocols", ">=TLSv1.2")
+            .set("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
+    );
+    let ip = postfix.addr.ip();
+    let zone = format!(
+        "@ MX 10 mx\nmx A {ip}\n@ TXT \"v=spf1 mx -all\"\n\
+         _dmarc TXT \"v=DMARC1; p=reject; rua=mailto:dmarc@example.org\"\n\
+         nullmx MX 0 .\nnullmx TXT \"v=spf1 -all\"\n"
+    );
+    let std::net::IpAddr::V4(v4) = ip else {
+        panic!("Postfix test instances listen on IPv4 loopback, not {ip}");
+    };
+    let [_, b, c, d] = v4.octets();
+    let reverse = format!("{d}.{c}.{b} PTR mx.example.org.\n");
+    let dns = ravelin_dns::testing::TestDnsServer::start(&[
+        ("example.org", &zone),
+        ("127.in-addr.arpa", &reverse),
+    ])
+    .expect("in-process DNS server");
+    let port = postfix.addr.port().to_string();
+    // Domains come from a targets file as well as from the arguments.
+    let targets = dir.path().join("domains.txt");
+    std::fs::write(
+        &targets,
+        "# parked domains\nnullmx.example.org  # takes no mail\n",
+    )
+    .expect("write the targets file");
+    let a = Audit::run(&[
+        "--nameserver",
+        &dns.addr().to_string(),
+        "--smtp-port",
+        &port,
+        "--ca-file",
+        &files.ca.display().to_string(),
+        "--dnsbl",
+        "bl.example.org",
+        "--fail-on",
+        "critical",
+        "example.org",
+        "--targets-file",
+        &targets.display().to_string(),
+    ]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    assert_eq!(a.report["targets"][0]["target"], "example.org");
+    let endpoint = format!("mx.example.org[{ip}]:{port}");
+    assert_eq!(
+        a.report["targets"][0]["endpoints"],
+        serde_json::json!([endpoint])
+    );
+    a.expect(0, HARDENED_MX);
+    a.expect(
+        0,
+        &[
+            ("dns.mx", "pass"),
+            ("dns.spf", "pass"),
+            ("dns.dmarc", "pass"),
+            ("dns.dkim", "warn"),
+            ("dns.mta_sts", "warn"),
+            ("dns.tlsrpt", "warn"),
+            ("dns.caa", "warn"),
+            ("dns.dane", "info"),
+            ("reputation.dnsbl", "pass"),
+            ("tls.starttls", "pass"),
+            ("tls.versions", "pass"),
+            ("tls.cert_chain", "pass"),
+            ("tls.cert_hostname", "pass"),
+            ("tls.consistency", "skipped"),
+        ],
+    );
+    // Per-address findings name the MX endpoint; domain findings name the domain.
+    assert_eq!(a.finding(0, "dns.ptr")["endpoint"], endpoint.as_str());
+    // The PTR name is forward-confirmed and is the name Postfix gives in its banner and EHLO.
+    a.expect(0, &[("dns.ptr", "pass")]);
+    assert!(
+        a.evidence(0, "dns.ptr")
+            .contains("banner/EHLO name: mx.example.org"),
+        "{}",
+        a.evidence(0, "dns.ptr")
+    );
+    assert_eq!(a.finding(0, "dns.spf")["endpoint"], "example.org");
+    assert!(
+        a.evidence(0, "dns.mx")
+            .contains(&format!("mx.example.org → {ip}"))
+    );
+
+    assert_eq!(a.report["targets"][1]["target"], "nullmx.example.org");
+    assert_eq!(a.report["targets"][1]["endpoints"], serde_json::json!([]));
+    a.expect(
+        1,
+        &[
+            ("dns.mx", "pass"),
+            ("dns.spf", "pass"),
+            ("dns.dmarc", "pass"),
+        ],
+    );
+    assert!(
+        a.evidence(1, "dns.dmarc").contains("organisational domain"),
+        "{}",
+        a.evidence(1, "dns.dmarc")
+    );
+    assert!(
+        a.findings(1).iter().all(|f| f["id"] != "smtp.connect"),
+        "a null MX has no endpoint to connect to"
+    );
+    assert!(postfix.messages().is_empty());
 }

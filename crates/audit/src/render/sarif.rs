@@ -238,4 +238,51 @@ mod tests {
         assert_eq!(endpoint_uri("example.org"), "dns:example.org");
         assert_eq!(endpoint_uri("a b\"c"), "dns:a%20b%22c");
     }
+
+    #[test]
+    fn dns_checks_get_their_rules_and_dns_locations() {
+        use crate::finding::TargetReport;
+        let mut report = Report::new();
+        report.targets.push(TargetReport {
+            target: "example.org".into(),
+            endpoints: vec!["mx1.example.org[192.0.2.1]:25".into()],
+            findings: vec![
+                Finding::new(
+                    "dns.spf",
+                    Status::Fail,
+                    Severity::High,
+                    "example.org",
+                    "+all",
+                    "v=spf1 +all",
+                ),
+                Finding::new(
+                    "reputation.dnsbl",
+                    Status::Pass,
+                    Severity::Info,
+                    "mx1.example.org[192.0.2.1]:25",
+                    "not listed",
+                    "",
+                ),
+            ],
+        });
+        let v: Value = serde_json::from_str(&render(&report)).unwrap();
+        let run = &v["runs"][0];
+        let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+        let ids: Vec<&str> = rules.iter().filter_map(|r| r["id"].as_str()).collect();
+        assert_eq!(ids, ["dns.spf", "reputation.dnsbl"]);
+        assert_eq!(
+            rules[0]["shortDescription"]["text"],
+            crate::dns::describe("dns.spf").unwrap()
+        );
+        assert_eq!(
+            rules[1]["shortDescription"]["text"],
+            crate::dns::describe("reputation.dnsbl").unwrap()
+        );
+        let results = run["results"].as_array().unwrap();
+        assert_eq!(
+            results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+            "dns:example.org"
+        );
+        assert_eq!(results[1]["ruleIndex"], 1);
+    }
 }

@@ -1,0 +1,212 @@
+//! `dns.dkim`: DKIM public keys (RFC 6376 §3.6, RFC 8463) published under the domain, found
+//! by asking for `SELECTOR._domainkey.DOMAIN` over [`COMMON_SELECTORS`] and the selectors of
+//! `--dkim-selector` (a selector cannot be listed from the DNS, so absence is only a warning:
+//! the domain may sign under a selector nobody guessed). Keys are parsed by
+//! `ravelin_dns::records::dkim`.
+//!
+//! Fails on: an RSA key under 1024 bits, a key record that does not parse; warns on: no key
+//! found, only revoked keys, an RSA key under 2048 bits, an unknown key type, `t=y`, the
+//! parser's diagnostics. Revoked keys next to live ones are noted, not faulted.
+//!
+//! Limits: at most [`MAX_SELECTORS`] selectors are asked. How it fails: selectors whose
+//! lookups fail temporarily are named; when every lookup failed, the finding is `error`.
+
+use ravelin_dns::records::dkim::{self, KeyType};
+
+use super::{DnsCtx, txt, verdict};
+use crate::finding::{Finding, Severity, Status};
+
+const ID: &str = "dns.dkim";
+
+/// Selectors tried on every domain: the defaults of common signers and mail services.
+pub const COMMON_SELECTORS: &[&str] = &[
+    "default",
+    "dkim",
+    "mail",
+    "selector1",
+    "selector2",
+    "google",
+    "k1",
+    "k2",
+    "s1",
+    "s2",
+    "key1",
+    "key2",
+    "smtp",
+    "mx",
+    "email",
+    "dkim1",
+    "mandrill",
+    "mailjet",
+    "zoho",
+    "protonmail",
+    "fm1",
+    "ed25519",
+    "rsa",
+    "ravelin",
+];
+
+/// Most selectors asked for one domain.
+pub const MAX_SELECTORS: usize = 64;
+
+const FIX: &str = "Sign outgoing mail with DKIM (Ravelin: `ravelin dkim keygen --domain DOMAIN \
+    --selector S` and publish the TXT record it prints) with RSA 2048 bits or Ed25519; \
+    remove t=y once signatures verify; replace short keys by publishing a new selector and \
+    moving the signer to it. If you sign under a selector not tried here, pass it with \
+    --dkim-selector.";
+
+/// The `dns.dkim` finding.
+pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
+    let mut selectors: Vec<String> = COMMON_SELECTORS.iter().map(|s| s.to_string()).collect();
+    for s in &ctx.options.dkim_selectors {
+        let s = s.trim_end_matches('.').to_ascii_lowercase();
+        if !selectors.contains(&s) {
+            selectors.push(s);
+        }
+    }
+    selectors.truncate(MAX_SELECTORS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, selector) in selectors.iter().enumerate() {
+        let resolver = ctx.resolver.clone();
+        let name = format!("{selector}._domainkey.{}", ctx.domain);
+        tasks.spawn(async move { (index, txt(&resolver, &name).await) });
+    }
+    let mut answers = vec![None; selectors.len()];
+    while let Some(Ok((index, result))) = tasks.join_next().await {
+        answers[index] = Some(result);
+    }
+    let mut found: Vec<String> = Vec::new();
+    let mut problems: Vec<(Severity, String)> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    let mut live = 0usize;
+    let mut revoked = 0usize;
+    for (selector, answer) in selectors.iter().zip(answers) {
+        let records = match answer {
+            Some(Ok(records)) => records,
+            Some(Err(e)) if e.is_negative() => continue,
+            Some(Err(e)) => {
+                failed.push(format!("{selector}: {e}"));
+                continue;
+            }
+            None => {
+                failed.push(format!("{selector}: the lookup was lost"));
+                continue;
+            }
+        };
+        let Some(text) = records
+            .iter()
+            .find(|r| r.contains("p=") || r.starts_with("v=DKIM1"))
+        else {
+            continue;
+        };
+        let key = match dkim::parse(text) {
+            Ok(key) => key,
+            Err(e) => {
+                problems.push((
+                    Severity::High,
+                    format!("{selector}: the key record does not parse ({e}): verifiers fail every signature"),
+                ));
+                found.push(format!("{selector}: invalid"));
+                continue;
+            }
+        };
+        if key.revoked {
+            revoked += 1;
+            found.push(format!("{selector}: revoked (empty p=)"));
+            continue;
+        }
+        live += 1;
+        let kind = match (&key.key_type, key.rsa_bits) {
+            (KeyType::Rsa, Some(bits)) => {
+                if bits < 1024 {
+                    problems.push((
+                        Severity::High,
+                        format!("{selector}: RSA {bits} bits, under 1024: verifiers treat signatures as invalid (RFC 8301)"),
+                    ));
+                } else if bits < 2048 {
+                    problems.push((
+                        Severity::Medium,
+                        format!("{selector}: RSA {bits} bits, under the 2048 recommended"),
+                    ));
+                }
+                format!("RSA {bits}")
+            }
+            (KeyType::Rsa, None) => "RSA".to_string(),
+            (KeyType::Ed25519, _) => "Ed25519".to_string(),
+            (KeyType::Other(k), _) => {
+                problems.push((
+                    Severity::Medium,
+                    format!("{selector}: key type {k:?} is unknown to verifiers"),
+                ));
+                format!("k={k}")
+            }
+        };
+        if key.testing {
+            problems.push((
+                Severity::Low,
+                format!(
+                    "{selector}: t=y, the domain is testing DKIM: verifiers may ignore failures"
+                ),
+            ));
+        }
+        for d in &key.diagnostics {
+            problems.push((Severity::Low, format!("{selector}: {d}")));
+        }
+        found.push(format!("{selector}: {kind}"));
+    }
+    if live == 0 && revoked == 0 && problems.is_empty() {
+        if !failed.is_empty() && failed.len() == selectors.len() {
+            return ctx.finding(
+                ID,
+                Status::Error,
+                Severity::Info,
+                "check could not run: DNS lookups failed",
+                format!(
+                    "the lookups of all {} selectors failed, the first: {}",
+                    failed.len(),
+                    failed[0]
+                ),
+            );
+        }
+        let mut evidence = format!(
+            "no key under {} selectors: {}",
+            selectors.len(),
+            selectors.join(", ")
+        );
+        for f in &failed {
+            evidence.push_str(&format!("\nlookup failed: {f}"));
+        }
+        return ctx
+            .finding(
+                ID,
+                Status::Warn,
+                Severity::Medium,
+                "no DKIM key found under the selectors tried",
+                evidence,
+            )
+            .fix(FIX);
+    }
+    if live == 0 && revoked > 0 {
+        problems.push((
+            Severity::Medium,
+            "every key found is revoked: nothing can verify the domain's signatures".into(),
+        ));
+    }
+    for f in failed {
+        problems.push((Severity::Low, format!("lookup failed: {f}")));
+    }
+    let base = ctx.finding(
+        ID,
+        Status::Pass,
+        Severity::Info,
+        "DKIM keys are published and strong",
+        found.join("\n"),
+    );
+    verdict(
+        base,
+        problems,
+        Severity::High,
+        "DKIM keys have problems",
+        FIX,
+    )
+}
