@@ -100,6 +100,14 @@ fn tlsa_3_1_1(cert: &Path) -> String {
     hex
 }
 
+/// Waits for `rcpt` to be deferred and asserts that the reason contains `why`.
+#[track_caller]
+fn assert_deferred(ravelin: &Ravelin, rcpt: &str, why: &str) {
+    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == rcpt);
+    let reply = deferred["reply"].as_str().unwrap_or("");
+    assert!(reply.contains(why), "{deferred}");
+}
+
 /// The `delivery_tls` events of the gateway so far.
 fn tls_events(ravelin: &Ravelin) -> Vec<Value> {
     ravelin.events("delivery_tls")
@@ -197,11 +205,7 @@ fn dane_mismatching_tlsa_defers_and_retries_never_plaintext() {
     let ravelin = gateway(world.resolver_addr(), postfix.addr.port(), &[]);
 
     send(&ravelin, "bob@dane.test", "dane mismatch");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@dane.test");
-    assert!(
-        deferred["reply"].as_str().unwrap_or("").contains("DANE"),
-        "{deferred}"
-    );
+    assert_deferred(&ravelin, "bob@dane.test", "DANE: no TLSA record matches");
     // Retried (retry_initial = 1s): a second DANE failure.
     wait_until("a retry", WAIT, || {
         let failed: Vec<Value> = tls_events(&ravelin)
@@ -393,14 +397,7 @@ fn mta_sts_enforce_defers_on_bad_certificate_or_mx_mismatch() {
     let ravelin = sts_gateway(&world);
 
     send(&ravelin, "bob@sts.test", "untrusted certificate");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@sts.test");
-    assert!(
-        deferred["reply"]
-            .as_str()
-            .unwrap_or("")
-            .contains("certificate"),
-        "{deferred}"
-    );
+    assert_deferred(&ravelin, "bob@sts.test", "certificate");
     assert!(world.postfix.messages().is_empty());
     let entry = tlsrpt_entry(&ravelin, "sts.test", "sts", 1);
     assert_eq!(
@@ -414,13 +411,10 @@ fn mta_sts_enforce_defers_on_bad_certificate_or_mx_mismatch() {
         .serve_policy(&policy("enforce", "other.sts.test", 86400));
     let ravelin = sts_gateway(&world);
     send(&ravelin, "bob@sts.test", "mx mismatch");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@sts.test");
-    assert!(
-        deferred["reply"]
-            .as_str()
-            .unwrap_or("")
-            .contains("does not match the MTA-STS policy"),
-        "{deferred}"
+    assert_deferred(
+        &ravelin,
+        "bob@sts.test",
+        "does not match the MTA-STS policy",
     );
     assert!(ravelin.events("delivery_connect").is_empty());
     assert!(world.postfix.messages().is_empty());
@@ -479,13 +473,10 @@ fn mta_sts_policy_cache_expires_after_max_age() {
 
     std::thread::sleep(Duration::from_secs(6));
     send(&ravelin, "bob@sts.test", "third");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@sts.test");
-    assert!(
-        deferred["reply"]
-            .as_str()
-            .unwrap_or("")
-            .contains("does not match the MTA-STS policy"),
-        "{deferred}"
+    assert_deferred(
+        &ravelin,
+        "bob@sts.test",
+        "does not match the MTA-STS policy",
     );
     assert_eq!(world.https.requests(), 2);
     assert_eq!(world.postfix.messages().len(), 2);
