@@ -481,3 +481,39 @@ fn mta_sts_policy_cache_expires_after_max_age() {
     assert_eq!(world.https.requests(), 2);
     assert_eq!(world.postfix.messages().len(), 2);
 }
+
+/// The policy cache is saved in the spool: after a restart the cached `enforce` policy is
+/// still in force without a new fetch (the policy file changed on the server meanwhile and
+/// would now refuse the MX), so a restart never opens a window for a downgrade either.
+#[test]
+fn mta_sts_policy_cache_survives_a_restart() {
+    let world = sts_world(true);
+    world
+        .https
+        .serve_policy(&policy("enforce", "mx.sts.test", 86400));
+    let mut ravelin = sts_gateway(&world);
+
+    send(&ravelin, "bob@sts.test", "before the restart");
+    world.postfix.wait_for_messages(1, WAIT);
+    assert_eq!(world.https.requests(), 1);
+    let saved = std::fs::read_to_string(ravelin.spool().join("mta-sts/cache.json"))
+        .expect("the saved policy cache");
+    assert!(saved.contains("\"domain\":\"sts.test\""), "{saved}");
+
+    world
+        .https
+        .serve_policy(&policy("enforce", "other.sts.test", 86400));
+    ravelin.restart();
+    ravelin.wait_for_event("mta_sts_cache_loaded", WAIT, |e| e["policies"] == 1);
+    send(&ravelin, "bob@sts.test", "after the restart");
+    world.postfix.wait_for_messages(2, WAIT);
+    assert_eq!(world.https.requests(), 1, "the policy was fetched again");
+    let tls = tls_events(&ravelin);
+    assert!(
+        tls.iter()
+            .filter(|e| e["policy"] == "mta-sts" && e["verification"] == "verified")
+            .count()
+            >= 2,
+        "{tls:#?}"
+    );
+}

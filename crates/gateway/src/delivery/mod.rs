@@ -209,6 +209,29 @@ fn check_route(name: &str, route: &Route) -> Result<(), String> {
     Ok(())
 }
 
+/// Replaces `path` with `bytes` (written to `.NAME.tmp` beside it, fsynced, renamed), creating
+/// its directory when needed; for the TLS-RPT files and the MTA-STS policy cache.
+pub(crate) fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// One delivery over one route: its name, its concurrency limit, its idle pool (fixed
 /// routes), the targets in order and the recipients (indexes).
 type Job<'a> = (
