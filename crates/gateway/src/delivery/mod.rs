@@ -538,8 +538,9 @@ impl Delivery {
                                     report.failure(e.tls_failure, host, target.addr);
                                 }
                                 let e = e.message;
+                                let addr = target.addr.map(|a| a.to_string()).unwrap_or_default();
                                 tracing::warn!(event = "delivery_host_failed", queue_id = %log_id,
-                                    route, host = %host, port = *port, error = %e);
+                                    route, host = %host, addr = %addr, port = *port, error = %e);
                                 last_error = match target.addr {
                                     Some(ip) => format!("{host}[{ip}]:{port}: {e}"),
                                     None => format!("{host}:{port}: {e}"),
