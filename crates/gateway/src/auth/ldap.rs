@@ -21,7 +21,6 @@
 //! refused before any bind: LDAP would take it as an unauthenticated bind and report success
 //! (RFC 4513 section 5.1.2). Passwords never appear in errors or logs.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +32,6 @@ use crate::config::{LdapSection, parse_ldap_url};
 
 /// LDAP result code of a failed bind (RFC 4511 appendix A).
 const INVALID_CREDENTIALS: u32 = 49;
-/// Longest service password file read.
-const MAX_PASSWORD_FILE: u64 = 4096;
 
 /// What a check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +81,13 @@ impl Ldap {
                 base: base.clone(),
                 filter: section.search_filter.clone(),
                 bind: match (&section.search_bind_dn, &section.search_bind_password_file) {
-                    (Some(dn), Some(file)) => Some((dn.clone(), read_password_file(file)?)),
+                    (Some(dn), Some(file)) => Some((
+                        dn.clone(),
+                        crate::secret::read_first_line(
+                            file,
+                            "auth.ldap.search_bind_password_file",
+                        )?,
+                    )),
                     _ => None,
                 },
             },
@@ -192,36 +195,4 @@ impl Ldap {
         driver.abort();
         outcome
     }
-}
-
-/// The service account's password: the file's first line, which must not be readable by
-/// group or others.
-fn read_password_file(path: &Path) -> Result<Password, String> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("auth.ldap.search_bind_password_file {shown}: {e}"))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| format!("auth.ldap.search_bind_password_file {shown}: {e}"))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "auth.ldap.search_bind_password_file {shown}: mode {:04o} lets group or others read the password — fix: chmod 600 {shown}",
-            mode & 0o777
-        ));
-    }
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.take(MAX_PASSWORD_FILE)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("auth.ldap.search_bind_password_file {shown}: {e}"))?;
-    let first = text.lines().next().unwrap_or("");
-    if first.is_empty() {
-        return Err(format!(
-            "auth.ldap.search_bind_password_file {shown} is empty — fix: write the service account's password on its first line"
-        ));
-    }
-    Ok(Password::new(first.to_string()))
 }

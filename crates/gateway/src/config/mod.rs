@@ -22,12 +22,15 @@
 
 mod auth;
 mod bans;
+mod checks;
 mod diagnostics;
 mod dkim;
 mod dns;
 mod greylist;
 mod header_firewall;
+mod metrics;
 mod rate_limits;
+mod screen;
 mod state;
 mod values;
 
@@ -40,6 +43,7 @@ use serde::Deserialize;
 
 pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
+pub use self::checks::{ChecksSection, Forwarder};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::dkim::{DkimKeyConfig, DkimSection};
 pub use self::dns::DnsSection;
@@ -47,9 +51,11 @@ pub use self::greylist::GreylistSection;
 pub use self::header_firewall::{
     HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
 };
+pub use self::metrics::MetricsSection;
 pub use self::rate_limits::RateLimitsSection;
+pub use self::screen::{DnsblSection, DnsblSite, MAX_GREET_WAIT, ScreenSection};
 pub use self::state::{StateSection, StoreUrl, redact_url};
-pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain, loopback};
+pub use self::values::{BackendUrl, Cidr, FIX_SEPARATOR, HumanDuration, is_domain, loopback};
 pub use crate::log::LogFormat;
 
 use self::diagnostics::{Locator, toml_path};
@@ -96,11 +102,19 @@ pub struct Config {
     #[serde(default)]
     pub greylist: GreylistSection,
     #[serde(default)]
+    pub screen: ScreenSection,
+    #[serde(default)]
+    pub dnsbl: DnsblSection,
+    #[serde(default)]
     pub auth: AuthSection,
     #[serde(default)]
     pub header_firewall: HeaderFirewallSection,
     #[serde(default)]
     pub dkim: DkimSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub checks: ChecksSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -333,8 +347,6 @@ pub struct Limits {
     pub command_timeout: HumanDuration,
     pub data_timeout: HumanDuration,
     pub session_timeout: HumanDuration,
-    /// Wait before the banner; clients that talk first are dropped. "0s" = off.
-    pub greet_pause: HumanDuration,
     /// Longest line accepted, in bytes including CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
     /// Failed AUTH attempts after which a session is closed with 421.
@@ -355,7 +367,6 @@ impl Default for Limits {
             command_timeout: HumanDuration::from_secs(120),
             data_timeout: HumanDuration::from_secs(300),
             session_timeout: HumanDuration::from_secs(30 * 60),
-            greet_pause: HumanDuration::from_secs(0),
             line_length: 1000,
             auth_failures: 3,
             header_size: 256 * 1024,
@@ -574,6 +585,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
     paths.extend(config.auth.users_file.as_mut());
+    paths.extend(config.screen.allow_file.as_mut());
+    paths.extend(config.screen.block_file.as_mut());
+    paths.extend(config.metrics.token_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
         paths.extend(ldap.search_bind_password_file.as_mut());
@@ -766,10 +780,14 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
         );
     }
     config.dns.validate(loc, &mut err);
+    config.metrics.validate(loc, &mut err);
     config.state.validate(loc, &mut err);
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);
     config.greylist.validate(loc, &mut err);
+    config.screen.validate(loc, &mut err);
+    config.dnsbl.validate(loc, &mut err);
+    config.checks.validate(loc, &mut err);
     if config.spool.path.as_os_str().is_empty() {
         err(
             loc.line(&toml_path!["spool", "path"]),
@@ -970,6 +988,20 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                     "name an existing file (relative paths start at the configuration's directory)",
                 ));
             }
+        }
+    }
+    for (file, key) in [
+        (&config.screen.allow_file, "allow_file"),
+        (&config.screen.block_file, "block_file"),
+    ] {
+        if let Some(file) = file
+            && let Err(e) = crate::screen::CidrList::load(file)
+        {
+            errors.push(loc.error_at(
+                &toml_path!["screen", key],
+                format!("screen.{key}: {e}"),
+                "write one network per line, e.g. 192.0.2.0/24 (# starts a comment); relative paths start at the configuration's directory",
+            ));
         }
     }
     let dkim_errors = dkim::check_files(config, loc);

@@ -11,6 +11,8 @@
 //! - `state/`: per-message delivery state sidecars (module `state`), one per message in `queue/` or
 //!   `hold/`, absent until the first attempt. Keeping them apart from the message lets hold and
 //!   release be a single rename of the message file.
+//! - `quarantine/`: messages kept from the backend by a DMARC verdict, each with an `.info`
+//!   of why (module `quarantine`); released into `queue/` or deleted by the operator.
 //! - `corrupt/`: files recovery or delivery found damaged, moved aside and logged, never
 //!   silently dropped.
 //! - `free/`: empty files kept for reuse. A delivered message's file is renamed here and, once
@@ -46,6 +48,7 @@
 mod commit;
 mod format;
 mod id;
+mod quarantine;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -64,6 +67,7 @@ use tracing::{debug, error, info, warn};
 use commit::{Committer, Counters};
 use format::Layout;
 pub use id::{BadQueueId, QueueId};
+pub use quarantine::{QuarantineEntry, QuarantineInfo};
 pub use state::DeliveryState;
 
 const INCOMING: &str = "incoming";
@@ -169,6 +173,15 @@ pub struct SpoolStats {
     pub commits: u64,
 }
 
+/// Messages in the spool, by place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolCounts {
+    /// In `queue/`: waiting for delivery or being delivered.
+    pub queued: usize,
+    /// In `hold/`: held by the operator.
+    pub held: usize,
+}
+
 /// Handle to a spool directory; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
@@ -239,7 +252,15 @@ impl Spool {
         if fs::metadata(path)?.mode() & 0o077 != 0 {
             fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
         }
-        for sub in [INCOMING, QUEUE, HOLD, STATE, CORRUPT, FREE] {
+        for sub in [
+            INCOMING,
+            QUEUE,
+            HOLD,
+            STATE,
+            CORRUPT,
+            FREE,
+            quarantine::QUARANTINE,
+        ] {
             builder.create(path.join(sub))?;
         }
         sync_dir(path)?;
@@ -309,6 +330,15 @@ impl Spool {
     /// recovery never sees: `incoming/`, on the spool's filesystem and as private as it.
     pub fn scratch_dir(&self) -> &Path {
         &self.inner.incoming
+    }
+
+    /// How many messages are in `queue/` and in `hold/` (directory entries, nothing read).
+    pub fn counts(&self) -> io::Result<SpoolCounts> {
+        let count = |dir: &Path| -> io::Result<usize> { Ok(fs::read_dir(dir)?.count()) };
+        Ok(SpoolCounts {
+            queued: count(&self.inner.queue)?,
+            held: count(&self.inner.hold)?,
+        })
     }
 
     pub fn stats(&self) -> SpoolStats {

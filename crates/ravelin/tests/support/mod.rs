@@ -1130,11 +1130,18 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it listens.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// Starts redis-server that requires `password` (`requirepass`).
+    pub fn start_with(password: Option<&str>) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("ravelin-redis-")
             .tempdir()
@@ -1143,14 +1150,18 @@ impl RedisServer {
             addr: free_addr(),
             dir,
             child: None,
+            password: password.map(str::to_string),
         };
         server.spawn();
         server
     }
 
-    /// `redis://ADDR/DB`.
+    /// `redis://[:PASSWORD@]ADDR/DB`.
     pub fn url(&self, db: u8) -> String {
-        format!("redis://{}/{db}", self.addr)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@{}/{db}", self.addr),
+            None => format!("redis://{}/{db}", self.addr),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -1162,11 +1173,15 @@ impl RedisServer {
         fs::write(
             &conf,
             format!(
-                "bind {}\nport {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n",
+                "bind {}\nport {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n{}",
                 self.addr.ip(),
                 self.addr.port(),
                 self.dir.path().display(),
-                self.log_path().display()
+                self.log_path().display(),
+                self.password
+                    .as_ref()
+                    .map(|p| format!("requirepass {p}\n"))
+                    .unwrap_or_default()
             ),
         )
         .expect("write redis.conf");
@@ -1273,9 +1288,21 @@ impl RavelinConfig {
             domains: vec!["example.org".into()],
             backends: vec![format!("smtp://{backend}")],
             retry_initial: "1s".into(),
-            lines: Vec::new(),
+            // Sender authentication would ask the system's resolver, outside loopback; tests
+            // that want it call `checks`, with their own name servers.
+            lines: vec![("checks".into(), "enabled = false".into())],
             extra: String::new(),
         }
+    }
+
+    /// Turns `[checks]` (SPF, DKIM, DMARC, ARC) on, with `[dns] nameservers` at `dns`.
+    pub fn checks(mut self, dns: SocketAddr) -> Self {
+        self.lines
+            .retain(|(section, line)| !(section == "checks" && line == "enabled = false"));
+        self.set("checks", "enabled = true").set(
+            "dns",
+            &format!("nameservers = [{}]", toml_string(&dns.to_string())),
+        )
     }
 
     /// Adds a listener on a free port.
