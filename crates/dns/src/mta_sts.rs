@@ -15,6 +15,10 @@
 //! expired one is reported distinctly ([`StsLookup::ExpiredFetchFailed`]) so that the caller
 //! can tell "the domain's policy server broke" from "the domain has no policy".
 //!
+//! [`PolicyCache::saved`] and [`PolicyCache::restore`] let a caller keep the cache across
+//! restarts (the gateway saves it in its spool); a restored policy is parsed again and never
+//! lives longer than its `max_age` from the time of restoring.
+//!
 //! Settings ([`FetchSettings`]): timeout (default 10 s), HTTPS port (443; tests use another),
 //! CA file (default: the system roots). The cache holds at most [`MAX_CACHED_DOMAINS`]
 //! domains; beyond that, the entry that expires first is dropped.
@@ -342,7 +346,19 @@ pub enum StsLookup {
 struct CachedPolicy {
     id: String,
     policy: Arc<StsPolicy>,
+    /// The policy file as served, so the cache can be saved and restored.
+    body: Arc<str>,
     expires: SystemTime,
+}
+
+/// One cached policy as saved outside the cache: the domain, the TXT id it was fetched for,
+/// the policy file as served and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedPolicy {
+    pub domain: String,
+    pub id: String,
+    pub body: String,
+    pub expires: SystemTime,
 }
 
 /// Policies by domain, fetched when the TXT id changes or `max_age` runs out.
@@ -413,6 +429,7 @@ impl PolicyCache {
                 let entry = CachedPolicy {
                     id: id.clone(),
                     policy: Arc::new(fetched.policy),
+                    body: Arc::from(fetched.body),
                     expires: now + max_age,
                 };
                 self.store(&domain, entry.clone());
@@ -427,6 +444,47 @@ impl PolicyCache {
                 (None, None) => StsLookup::FetchFailed { id, error },
             },
         }
+    }
+
+    /// Every cached policy that has not expired at `now`, for saving.
+    pub fn saved(&self, now: SystemTime) -> Vec<SavedPolicy> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.expires > now)
+            .map(|(domain, e)| SavedPolicy {
+                domain: domain.clone(),
+                id: e.id.clone(),
+                body: e.body.to_string(),
+                expires: e.expires,
+            })
+            .collect()
+    }
+
+    /// Puts a saved policy back (after a restart). The body is parsed again; a policy that
+    /// does not parse, has expired at `now` or whose id is not a valid MTA-STS id is
+    /// refused with the reason.
+    pub fn restore(&self, saved: SavedPolicy, now: SystemTime) -> Result<(), String> {
+        if saved.expires <= now {
+            return Err("expired".to_string());
+        }
+        let id_ok = !saved.id.is_empty()
+            && saved.id.len() <= 32
+            && saved.id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !id_ok {
+            return Err(format!("invalid id {:?}", saved.id));
+        }
+        let domain = saved.domain.trim_end_matches('.').to_ascii_lowercase();
+        let policy = parse_policy(&saved.body).map_err(|e| e.to_string())?;
+        // Never longer than the policy itself allows from now.
+        let limit = now + Duration::from_secs(u64::from(policy.max_age));
+        let entry = CachedPolicy {
+            id: saved.id,
+            policy: Arc::new(policy),
+            body: Arc::from(saved.body),
+            expires: saved.expires.min(limit),
+        };
+        self.store(&domain, entry);
+        Ok(())
     }
 
     /// Forgets every cached policy.
@@ -473,5 +531,61 @@ fn fallback(usable: Option<CachedPolicy>, otherwise: StsLookup) -> StsLookup {
     match usable {
         Some(entry) => in_force(&entry, PolicySource::CachedFallback),
         None => otherwise,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolver::ResolverSettings;
+
+    fn cache() -> PolicyCache {
+        let resolver = Resolver::new(&ResolverSettings::with_nameservers(vec![
+            "127.0.0.1:9".parse().unwrap(),
+        ]))
+        .unwrap();
+        let tls = ravelin_tls::client_config(&ravelin_tls::Verify::None).unwrap();
+        PolicyCache::new(PolicyFetcher::with_client_config(
+            resolver,
+            FetchSettings::default(),
+            tls,
+        ))
+    }
+
+    const BODY: &str = "version: STSv1\nmode: enforce\nmx: mx.example.test\nmax_age: 600\n";
+
+    fn saved(id: &str, body: &str, expires: SystemTime) -> SavedPolicy {
+        SavedPolicy {
+            domain: "Example.TEST.".into(),
+            id: id.into(),
+            body: body.into(),
+            expires,
+        }
+    }
+
+    #[test]
+    fn saved_policies_are_restored_checked_and_clamped() {
+        let now = SystemTime::now();
+        let cache = cache();
+        let far = now + Duration::from_secs(86_400);
+        cache.restore(saved("abc1", BODY, far), now).unwrap();
+        let out = cache.saved(now);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].domain, "example.test");
+        assert_eq!(out[0].body, BODY);
+        // Never longer than max_age from now, whatever the file said.
+        assert_eq!(out[0].expires, now + Duration::from_secs(600));
+        assert!(cache.saved(now + Duration::from_secs(601)).is_empty());
+
+        let soon = now + Duration::from_secs(60);
+        assert!(cache.restore(saved("abc1", BODY, now), now).is_err());
+        assert!(cache.restore(saved("a-b", BODY, soon), now).is_err());
+        assert!(cache.restore(saved("", BODY, soon), now).is_err());
+        assert!(
+            cache
+                .restore(saved("abc2", "mode: enforce\n", soon), now)
+                .is_err()
+        );
+        assert_eq!(cache.saved(now).len(), 1);
     }
 }

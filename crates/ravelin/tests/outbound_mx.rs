@@ -81,23 +81,31 @@ fn send(ravelin: &Ravelin, to: &str, subject: &str) {
 /// `_PORT._tcp.HOST. TLSA 3 1 1 <sha256 of the certificate's public key>`, computed by the
 /// openssl command line tool (independent of the code under test).
 fn tlsa_3_1_1(cert: &Path) -> String {
-    let script = format!(
-        "openssl x509 -in '{}' -noout -pubkey | openssl pkey -pubin -outform DER | openssl dgst -sha256 -hex",
+    openssl_sha256(&format!(
+        "openssl x509 -in '{}' -noout -pubkey | openssl pkey -pubin -outform DER",
         cert.display()
-    );
-    let out = run(
-        {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(script);
-            c
-        },
-        Duration::from_secs(30),
-    );
+    ))
+}
+
+/// The SHA-256 (hex) of what the shell pipeline `producer` writes, by `openssl dgst`.
+fn openssl_sha256(producer: &str) -> String {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{producer} | openssl dgst -sha256 -hex"));
+    let out = run(cmd, Duration::from_secs(30));
     assert!(out.status.success(), "openssl: {}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     let hex = text.rsplit(' ').next().unwrap_or("").trim().to_string();
     assert_eq!(hex.len(), 64, "openssl printed {text:?}");
     hex
+}
+
+/// Waits for `rcpt` to be deferred and asserts that the reason contains `why`.
+#[track_caller]
+fn assert_deferred(ravelin: &Ravelin, rcpt: &str, why: &str) {
+    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == rcpt);
+    let reply = deferred["reply"].as_str().unwrap_or("");
+    assert!(reply.contains(why), "{deferred}");
 }
 
 /// The `delivery_tls` events of the gateway so far.
@@ -197,11 +205,7 @@ fn dane_mismatching_tlsa_defers_and_retries_never_plaintext() {
     let ravelin = gateway(world.resolver_addr(), postfix.addr.port(), &[]);
 
     send(&ravelin, "bob@dane.test", "dane mismatch");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@dane.test");
-    assert!(
-        deferred["reply"].as_str().unwrap_or("").contains("DANE"),
-        "{deferred}"
-    );
+    assert_deferred(&ravelin, "bob@dane.test", "DANE: no TLSA record matches");
     // Retried (retry_initial = 1s): a second DANE failure.
     wait_until("a retry", WAIT, || {
         let failed: Vec<Value> = tls_events(&ravelin)
@@ -393,14 +397,7 @@ fn mta_sts_enforce_defers_on_bad_certificate_or_mx_mismatch() {
     let ravelin = sts_gateway(&world);
 
     send(&ravelin, "bob@sts.test", "untrusted certificate");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@sts.test");
-    assert!(
-        deferred["reply"]
-            .as_str()
-            .unwrap_or("")
-            .contains("certificate"),
-        "{deferred}"
-    );
+    assert_deferred(&ravelin, "bob@sts.test", "certificate");
     assert!(world.postfix.messages().is_empty());
     let entry = tlsrpt_entry(&ravelin, "sts.test", "sts", 1);
     assert_eq!(
@@ -414,13 +411,10 @@ fn mta_sts_enforce_defers_on_bad_certificate_or_mx_mismatch() {
         .serve_policy(&policy("enforce", "other.sts.test", 86400));
     let ravelin = sts_gateway(&world);
     send(&ravelin, "bob@sts.test", "mx mismatch");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@sts.test");
-    assert!(
-        deferred["reply"]
-            .as_str()
-            .unwrap_or("")
-            .contains("does not match the MTA-STS policy"),
-        "{deferred}"
+    assert_deferred(
+        &ravelin,
+        "bob@sts.test",
+        "does not match the MTA-STS policy",
     );
     assert!(ravelin.events("delivery_connect").is_empty());
     assert!(world.postfix.messages().is_empty());
@@ -479,14 +473,128 @@ fn mta_sts_policy_cache_expires_after_max_age() {
 
     std::thread::sleep(Duration::from_secs(6));
     send(&ravelin, "bob@sts.test", "third");
-    let deferred = ravelin.wait_for_event("deferred", WAIT, |e| e["rcpt"] == "bob@sts.test");
-    assert!(
-        deferred["reply"]
-            .as_str()
-            .unwrap_or("")
-            .contains("does not match the MTA-STS policy"),
-        "{deferred}"
+    assert_deferred(
+        &ravelin,
+        "bob@sts.test",
+        "does not match the MTA-STS policy",
     );
     assert_eq!(world.https.requests(), 2);
     assert_eq!(world.postfix.messages().len(), 2);
+}
+
+/// The policy cache is saved in the spool: after a restart the cached `enforce` policy is
+/// still in force without a new fetch (the policy file changed on the server meanwhile and
+/// would now refuse the MX), so a restart never opens a window for a downgrade either.
+#[test]
+fn mta_sts_policy_cache_survives_a_restart() {
+    let world = sts_world(true);
+    world
+        .https
+        .serve_policy(&policy("enforce", "mx.sts.test", 86400));
+    let mut ravelin = sts_gateway(&world);
+
+    send(&ravelin, "bob@sts.test", "before the restart");
+    world.postfix.wait_for_messages(1, WAIT);
+    assert_eq!(world.https.requests(), 1);
+    let saved = std::fs::read_to_string(ravelin.spool().join("mta-sts/cache.json"))
+        .expect("the saved policy cache");
+    assert!(saved.contains("\"domain\":\"sts.test\""), "{saved}");
+
+    world
+        .https
+        .serve_policy(&policy("enforce", "other.sts.test", 86400));
+    ravelin.restart();
+    ravelin.wait_for_event("mta_sts_cache_loaded", WAIT, |e| e["policies"] == 1);
+    send(&ravelin, "bob@sts.test", "after the restart");
+    world.postfix.wait_for_messages(2, WAIT);
+    assert_eq!(world.https.requests(), 1, "the policy was fetched again");
+    let tls = tls_events(&ravelin);
+    assert!(
+        tls.iter()
+            .filter(|e| e["policy"] == "mta-sts" && e["verification"] == "verified")
+            .count()
+            >= 2,
+        "{tls:#?}"
+    );
+}
+
+/// Every MX in preference order and every address of each, IPv4 and IPv6: the preferred MX
+/// has an IPv4 and an IPv6 address where nothing listens, so both connections fail and the
+/// gateway moves on to the second MX, which takes the message.
+#[test]
+fn every_mx_and_every_address_is_tried_in_order() {
+    let dir = daemon_tempdir();
+    let files = pki_files(dir.path(), "mx2.multi.test");
+    let postfix = mx_postfix("multi.test", &files);
+    let dns = TestDnsServer::start(&[(
+        "multi.test",
+        "@ IN MX 10 mx1\n@ IN MX 20 mx2\nmx1 IN A 127.0.0.3\nmx1 IN AAAA ::1\nmx2 IN A 127.0.0.1\n",
+    )])
+    .expect("test DNS server");
+    let ravelin = gateway(dns.addr(), postfix.addr.port(), &[]);
+
+    send(&ravelin, "bob@multi.test", "failover");
+    let messages = postfix.wait_for_messages(1, WAIT);
+    assert_eq!(messages[0].delivered_to, "bob@multi.test");
+    let failed: Vec<(String, String)> = ravelin
+        .events("delivery_host_failed")
+        .iter()
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap_or("").to_string(),
+                e["addr"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("mx1.multi.test".to_string(), "127.0.0.3".to_string()),
+            ("mx1.multi.test".to_string(), "::1".to_string()),
+        ]
+    );
+    let connected = ravelin.wait_for_event("delivery_connect", WAIT, |_| true);
+    assert_eq!(connected["host"], "mx2.multi.test", "{connected}");
+}
+
+/// DANE-TA: the TLSA record names the CA (2 0 1, digest of the CA certificate computed by
+/// openssl) and Postfix presents its chain with that CA; the leaf is for the MX host name,
+/// so the chain verifies up to the anchor and the message is delivered as `dane` verified.
+#[test]
+fn dane_ta_verifies_the_chain_up_to_the_published_ca() {
+    let dir = daemon_tempdir();
+    let files = pki_files(dir.path(), "mx.danta.test");
+    let chain = dir.path().join("chain.pem");
+    let mut pem = std::fs::read_to_string(&files.cert).expect("cert");
+    pem.push_str(&std::fs::read_to_string(&files.ca).expect("ca"));
+    std::fs::write(&chain, pem).expect("write chain.pem");
+    let postfix = mx_postfix(
+        "danta.test",
+        &TestPkiFiles {
+            cert: chain,
+            ..files.clone()
+        },
+    );
+    let digest = openssl_sha256(&format!(
+        "openssl x509 -in '{}' -outform DER",
+        files.ca.display()
+    ));
+    let zone = format!(
+        "@ IN MX 10 mx\nmx IN A 127.0.0.1\n_{}._tcp.mx IN TLSA 2 0 1 {digest}\n",
+        postfix.addr.port()
+    );
+    let world = DnssecWorld::builder()
+        .signed_zone("danta.test", &zone)
+        .start()
+        .expect("DNSSEC world");
+    let ravelin = gateway(world.resolver_addr(), postfix.addr.port(), &[]);
+
+    send(&ravelin, "bob@danta.test", "dane-ta");
+    postfix.wait_for_messages(1, WAIT);
+    let tls = tls_events(&ravelin);
+    assert!(
+        tls.iter()
+            .any(|e| e["policy"] == "dane" && e["verification"] == "verified"),
+        "{tls:#?}"
+    );
 }

@@ -27,12 +27,11 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 
-use crate::{PROTOCOL_VERSIONS, TlsError, provider};
+use crate::{CustomVerifier, PROTOCOL_VERSIONS, TlsError, provider};
 
 /// The most TLSA records of one host that are considered.
 pub const MAX_TLSA_RECORDS: usize = 64;
@@ -193,51 +192,6 @@ fn chain_to_anchor(
     Err(problem)
 }
 
-/// The verifier of [`client_config`].
-#[derive(Debug)]
-struct DaneVerifier {
-    records: Vec<TlsaRecord>,
-    names: Vec<String>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_chain(&self.records, &self.names, end_entity, intermediates, now)
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(|why| rustls::Error::General(format!("DANE: {why}")))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// A client configuration that accepts a server only when its chain matches one of the
 /// usable `records` (see the module documentation); `names` are the reference names for
 /// DANE-TA (the MX host name first). TLS 1.2 and 1.3 only.
@@ -253,11 +207,13 @@ pub fn client_config(
         ));
     }
     let provider = provider();
-    let verifier = DaneVerifier {
-        records,
-        names: names.to_vec(),
-        algorithms: provider.signature_verification_algorithms,
+    let names = names.to_vec();
+    let check = move |leaf: &CertificateDer<'_>, chain: &[CertificateDer<'_>], now: UnixTime| {
+        verify_chain(&records, &names, leaf, chain, now)
+            .map(|_| ())
+            .map_err(|why| rustls::Error::General(format!("DANE: {why}")))
     };
+    let verifier = CustomVerifier::new(&provider, Box::new(check));
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()

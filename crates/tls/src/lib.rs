@@ -202,9 +202,10 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TlsError> {
     let config = match verify {
         Verify::None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly {
-                algorithms: provider.signature_verification_algorithms,
-            }))
+            .with_custom_certificate_verifier(Arc::new(CustomVerifier::new(
+                &provider,
+                Box::new(|_, _, _| Ok(())),
+            )))
             .with_no_client_auth(),
         Verify::WebPki { ca_file } => builder
             .with_root_certificates(trust_anchors(ca_file.as_deref())?)
@@ -255,22 +256,45 @@ fn system_and_extra_roots(extra: Option<&Path>) -> Result<RootCertStore, TlsErro
     Ok(roots)
 }
 
-/// The [`Verify::None`] verifier: skips the chain and the name, keeps the signature checks.
-#[derive(Debug)]
-struct EncryptOnly {
+/// How a custom verifier judges the server's chain: `(leaf, intermediates, now)`.
+pub(crate) type ChainCheck = dyn Fn(&CertificateDer<'_>, &[CertificateDer<'_>], UnixTime) -> Result<(), rustls::Error>
+    + Send
+    + Sync;
+
+/// A verifier whose chain check is `check` (no name is checked unless `check` does) and
+/// whose handshake signature checks are rustls' own, so the session is always bound to the
+/// key of the presented certificate. [`Verify::None`] uses a check that accepts any chain;
+/// DANE uses [`dane`]'s TLSA matching.
+pub(crate) struct CustomVerifier {
+    check: Box<ChainCheck>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for EncryptOnly {
+impl fmt::Debug for CustomVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CustomVerifier")
+    }
+}
+
+impl CustomVerifier {
+    pub(crate) fn new(provider: &CryptoProvider, check: Box<ChainCheck>) -> CustomVerifier {
+        CustomVerifier {
+            check,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for CustomVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        (self.check)(end_entity, intermediates, now).map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

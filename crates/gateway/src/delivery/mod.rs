@@ -209,6 +209,39 @@ fn check_route(name: &str, route: &Route) -> Result<(), String> {
     Ok(())
 }
 
+/// Replaces `path` with `bytes` (written to `.NAME.tmp` beside it, fsynced, renamed), creating
+/// its directory when needed; for the TLS-RPT files and the MTA-STS policy cache.
+pub(crate) fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// One delivery over one route: its name, its concurrency limit, its idle pool (fixed
+/// routes), the targets in order and the recipients (indexes).
+type Job<'a> = (
+    &'static str,
+    &'a Semaphore,
+    Option<&'a RouteAgent>,
+    Vec<Target>,
+    Vec<usize>,
+);
+
 /// The recipients `which` grouped by domain, in order of first appearance.
 fn by_domain(recipients: &[String], which: &[usize]) -> Vec<(String, Vec<usize>)> {
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
@@ -371,71 +404,60 @@ impl Delivery {
                 remote.push(i)
             }
         }
-        if !local.is_empty() {
-            let agent = &self.inner.local;
-            let targets = agent.targets();
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        for (agent, which) in [
+            (Some(&self.inner.local), local),
+            (self.inner.remote.as_ref(), remote.clone()),
+        ] {
+            if let Some(agent) = agent
+                && !which.is_empty()
+            {
+                jobs.push((
+                    agent.kind.name(),
+                    &agent.slots,
+                    Some(agent),
+                    agent.targets(),
+                    which,
+                ));
+            }
+        }
+        if !remote.is_empty() && self.inner.remote.is_none() {
+            match &self.inner.direct {
+                Some(direct) => {
+                    for (domain, which) in by_domain(recipients, &remote) {
+                        match direct.targets(&domain, log_id).await {
+                            Ok(targets) => jobs.push(("mx", direct.slots(), None, targets, which)),
+                            Err(outcome) => {
+                                for &i in &which {
+                                    results[i] = Some(outcome.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for &i in &remote {
+                        results[i] = Some(Outcome::Transient(
+                            "no route to remote domains: set outbound.smart_host".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (route, slots, pool, targets, which) in jobs {
             self.deliver_targets(
-                agent.kind.name(),
-                &agent.slots,
-                Some(agent),
+                route,
+                slots,
+                pool,
                 &targets,
                 sender,
                 recipients,
-                &local,
+                &which,
                 &mut body,
                 &mut results,
                 log_id,
             )
             .await;
-        }
-        if !remote.is_empty() {
-            if let Some(agent) = &self.inner.remote {
-                let targets = agent.targets();
-                self.deliver_targets(
-                    agent.kind.name(),
-                    &agent.slots,
-                    Some(agent),
-                    &targets,
-                    sender,
-                    recipients,
-                    &remote,
-                    &mut body,
-                    &mut results,
-                    log_id,
-                )
-                .await;
-            } else if let Some(direct) = &self.inner.direct {
-                for (domain, which) in by_domain(recipients, &remote) {
-                    match direct.targets(&domain, log_id).await {
-                        Ok(targets) => {
-                            self.deliver_targets(
-                                "mx",
-                                direct.slots(),
-                                None,
-                                &targets,
-                                sender,
-                                recipients,
-                                &which,
-                                &mut body,
-                                &mut results,
-                                log_id,
-                            )
-                            .await
-                        }
-                        Err(outcome) => {
-                            for &i in &which {
-                                results[i] = Some(outcome.clone());
-                            }
-                        }
-                    }
-                }
-            } else {
-                for &i in &remote {
-                    results[i] = Some(Outcome::Transient(
-                        "no route to remote domains: set outbound.smart_host".into(),
-                    ));
-                }
-            }
         }
         Self::finish(recipients, results, "delivery ended without a result")
     }
@@ -516,8 +538,9 @@ impl Delivery {
                                     report.failure(e.tls_failure, host, target.addr);
                                 }
                                 let e = e.message;
+                                let addr = target.addr.map(|a| a.to_string()).unwrap_or_default();
                                 tracing::warn!(event = "delivery_host_failed", queue_id = %log_id,
-                                    route, host = %host, port = *port, error = %e);
+                                    route, host = %host, addr = %addr, port = *port, error = %e);
                                 last_error = match target.addr {
                                     Some(ip) => format!("{host}[{ip}]:{port}: {e}"),
                                     None => format!("{host}:{port}: {e}"),

@@ -62,7 +62,8 @@ pub struct DirectSettings {
     pub sts_fetch: FetchSettings,
     /// CA certificates trusted besides the system's, for MTA-STS (policy host and MX).
     pub extra_ca_file: Option<PathBuf>,
-    /// Where the TLS-RPT daily files are kept (a `tlsrpt/` directory is made inside).
+    /// Where the TLS-RPT daily files (`tlsrpt/`) and the MTA-STS policy cache
+    /// (`mta-sts/cache.json`) are kept: the spool directory.
     pub state_dir: PathBuf,
     /// Our host name: the organisation in TLS-RPT reports.
     pub hostname: String,
@@ -90,6 +91,7 @@ impl Direct {
                 resolver.clone(),
                 settings.sts_fetch.clone(),
                 settings.extra_ca_file.clone(),
+                settings.state_dir.join("mta-sts").join("cache.json"),
             )?)
         } else {
             None

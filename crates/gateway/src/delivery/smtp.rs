@@ -81,8 +81,7 @@ pub(crate) enum TlsResult {
     /// No TLS (not offered, or not wanted).
     Plaintext,
     /// Encrypted; `verified` says whether the certificate was authenticated under the
-    /// plan's policy; `failure` is a verification failure that was tolerated (MTA-STS
-    /// `testing`, or `may` after a failed handshake).
+    /// plan's policy (a tolerated verification failure is in [`Opened::tolerated`]).
     Tls { description: String, verified: bool },
 }
 

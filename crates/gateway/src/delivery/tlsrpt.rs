@@ -18,7 +18,6 @@
 //! next update; delivery never waits on or fails because of it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -235,14 +234,11 @@ impl TlsRpt {
 
     /// Writes the day's report document, replacing the file atomically.
     fn write(&self, day: &Day) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
         let text = self.document(day).to_string();
-        let path = self.dir.join(format!("{}.json", day.date));
-        let tmp = self.dir.join(format!(".{}.json.tmp", day.date));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        super::replace_file(
+            &self.dir.join(format!("{}.json", day.date)),
+            text.as_bytes(),
+        )
     }
 
     /// The RFC 8460 §4.4 document of a day.
