@@ -37,9 +37,16 @@
 //! spool body the lease already holds in memory. A failure to read the body defers the
 //! message.
 //!
+//! Address probes for recipient validation (a callout: MAIL and RCPT, no DATA) use the same
+//! connection code over the backend route: [`Delivery::probe`] (in `delivery/probe.rs`).
+//!
 //! Logs: `delivery_connect`, `delivery_tls` (protocol and cipher), `delivery_host_failed`,
 //! `delivery_tls_fallback`, and one `delivered` / `deferred` / `bounced` line per recipient,
 //! each with `queue_id`.
+
+mod probe;
+
+pub use self::probe::Probe;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -6,6 +6,8 @@
 //! - [`session`]: drives a `ravelin_wire::server` session over one connection and applies the
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
 //! - [`relay`]: relay control: which recipients a listener accepts.
+//! - [`recipients`]: recipient validation (file, LDAP, callout) and the harvest defence.
+//! - [`ldap`]: the LDAP client shared by AUTH and recipient lookups.
 //! - [`auth`]: SMTP AUTH for submission (users file, LDAP) and sender ownership.
 //! - [`cleanup`]: header processing before the spool (our Received line).
 //! - [`dkim`]: DKIM signing of outbound mail and key generation.
@@ -28,9 +30,11 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod firewall;
+pub mod ldap;
 pub mod listener;
 pub mod log;
 pub mod queue;
+pub mod recipients;
 pub mod relay;
 pub mod server;
 pub mod session;

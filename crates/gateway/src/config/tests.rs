@@ -264,6 +264,61 @@ fn auth_checks() {
 }
 
 #[test]
+fn recipients_checks() {
+    let r = |body: &str| errors(&format!("{MINIMAL}\n[recipients]\n{body}"));
+    let list = r("sources = [\"file\", \"file\"]\n");
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(list[0].1.contains("lists \"file\" twice"), "{list:#?}");
+    assert!(
+        list[1].1.contains("recipients.file is not set"),
+        "{list:#?}"
+    );
+    assert_eq!(list[0].0, 14);
+    let list = r("file = \"r.txt\"\n");
+    assert!(
+        list[0].1.contains("\"file\" is not in recipients.sources"),
+        "{list:#?}"
+    );
+    assert_eq!(list[0].0, 14);
+    let list = r(
+        "sources = [\"ldap\", \"callout\"]\nharvest_threshold = 0\n[recipients.callout]\nnegative_ttl = \"0s\"\n",
+    );
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert!(list[0].1.contains("no [recipients.ldap]"), "{list:#?}");
+    assert!(list[1].1.contains("harvest_threshold is 0"), "{list:#?}");
+    assert!(list[2].1.contains("negative_ttl is 0s"), "{list:#?}");
+    assert_eq!(list[2].0, 17);
+    let list = r(
+        "sources = [\"ldap\"]\n[recipients.ldap]\nurl = \"ldap://dc1.example.org\"\nbase = \"dc=x\"\nfilter = \"(mail=x)\"\nbind_dn = \"cn=svc\"\n",
+    );
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert!(
+        list[0].1.contains("recipients.ldap.url") && list[0].1.contains("clear text"),
+        "{list:#?}"
+    );
+    assert!(list[1].1.contains("has no {address}"), "{list:#?}");
+    assert!(list[2].1.contains("go together"), "{list:#?}");
+    let list = r("sources = [\"nis\"]\n");
+    assert!(list[0].1.contains("nis"), "{list:#?}");
+    let c = Config::parse(
+        &format!("{MINIMAL}\n[recipients]\nsources = [\"callout\", \"ldap\"]\n[recipients.ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"dc=example,dc=org\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.recipients.sources,
+        [RecipientSource::Callout, RecipientSource::Ldap]
+    );
+    let ldap = c.recipients.ldap.unwrap();
+    assert_eq!(ldap.filter, DEFAULT_LDAP_FILTER);
+    assert_eq!(ldap.timeout, HumanDuration::from_secs(10));
+    assert_eq!(
+        c.recipients.callout.positive_ttl,
+        HumanDuration::from_secs(7 * 86_400)
+    );
+}
+
+#[test]
 fn example_parses_and_states_the_true_defaults() {
     let c = Config::parse(example(), "example.toml").unwrap();
     assert_eq!(c.server, ServerSection::default());
@@ -275,6 +330,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.header_firewall, HeaderFirewallSection::default());
     assert_eq!(c.outbound, Outbound::default());
     assert_eq!(c.auth, AuthSection::default());
+    assert_eq!(c.recipients, RecipientsSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
         c.inbound.received_client,
@@ -355,6 +411,17 @@ fn example_mentions_every_key() {
         "domain",
         "selector",
         "key_file",
+        "sources",
+        "file",
+        "exact_local_part",
+        "harvest_threshold",
+        "harvest_delay",
+        "base",
+        "filter",
+        "bind_dn",
+        "bind_password_file",
+        "positive_ttl",
+        "negative_ttl",
     ] {
         assert!(
             text.lines()
