@@ -182,14 +182,30 @@ pub(super) fn validate(auth: &AuthSection, loc: &Locator<'_>, errors: &mut Vec<C
             "set bind_dn_template = \"uid={user},ou=people,dc=example,dc=org\", or search_base (with search_filter)",
         ),
     }
-    if ldap.search_bind_dn.is_some() != ldap.search_bind_password_file.is_some() {
+    validate_service_account(
+        "auth.ldap",
+        ["search_bind_dn", "search_bind_password_file"],
+        [
+            ldap.search_bind_dn.is_some(),
+            ldap.search_bind_password_file.is_some(),
+        ],
+        at,
+        &mut err,
+    );
+}
+
+/// A service account's DN and password file (`keys`, whether each is `set`) go together.
+pub(super) fn validate_service_account(
+    section: &str,
+    keys: [&str; 2],
+    set: [bool; 2],
+    at: impl Fn(&str) -> usize,
+    err: &mut impl FnMut(usize, String, &str),
+) {
+    if set[0] != set[1] {
         err(
-            at(if ldap.search_bind_dn.is_some() {
-                "search_bind_dn"
-            } else {
-                "search_bind_password_file"
-            }),
-            "auth.ldap: search_bind_dn and search_bind_password_file go together".into(),
+            at(if set[0] { keys[0] } else { keys[1] }),
+            format!("{section}: {} and {} go together", keys[0], keys[1]),
             "set both (the service account and the file with its password), or neither for an anonymous search",
         );
     }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::auth::{LdapServerKeys, validate_ldap_server};
+use super::auth::{LdapServerKeys, validate_ldap_server, validate_service_account};
 use super::diagnostics::{Locator, toml_path};
 use super::values::HumanDuration;
 
@@ -148,39 +148,39 @@ impl RecipientsSection {
                 );
             }
         }
-        if self.uses(RecipientSource::File) != self.file.is_some() {
-            let (at, message) = match &self.file {
-                None => (
-                    line("sources"),
-                    "recipients.sources has \"file\" but recipients.file is not set",
-                ),
-                Some(_) => (
-                    line("file"),
-                    "recipients.file is set but \"file\" is not in recipients.sources",
-                ),
-            };
-            err(
-                at,
-                message.into(),
+        // A source listed needs its settings, and settings without their source would be
+        // silently unused.
+        let sections = [
+            (
+                RecipientSource::File,
+                self.file.is_some(),
+                toml_path!["recipients", "file"],
+                "recipients.file",
                 "set file = \"/etc/ravelin/recipients\" and list \"file\" in sources = [\"file\"]",
-            );
-        }
-        if self.uses(RecipientSource::Ldap) != self.ldap.is_some() {
-            let (at, message) = match &self.ldap {
-                None => (
-                    line("sources"),
-                    "recipients.sources has \"ldap\" but there is no [recipients.ldap]",
-                ),
-                Some(_) => (
-                    loc.line(&toml_path!["recipients", "ldap"]),
-                    "[recipients.ldap] is set but \"ldap\" is not in recipients.sources",
-                ),
-            };
-            err(
-                at,
-                message.into(),
+            ),
+            (
+                RecipientSource::Ldap,
+                self.ldap.is_some(),
+                toml_path!["recipients", "ldap"],
+                "[recipients.ldap]",
                 "add [recipients.ldap] with url and base, and list \"ldap\" in sources",
-            );
+            ),
+        ];
+        for (source, configured, path, setting, fix) in sections {
+            let name = source.as_str();
+            match (self.uses(source), configured) {
+                (true, false) => err(
+                    line("sources"),
+                    format!("recipients.sources has \"{name}\" but {setting} is not set"),
+                    fix,
+                ),
+                (false, true) => err(
+                    loc.line(&path),
+                    format!("{setting} is set but \"{name}\" is not in recipients.sources"),
+                    fix,
+                ),
+                _ => {}
+            }
         }
         if !self.harvest_delay.is_zero() && self.harvest_threshold == 0 {
             err(
@@ -230,16 +230,12 @@ impl RecipientsSection {
                 "write the subtree to search, e.g. base = \"dc=example,dc=org\"",
             );
         }
-        if ldap.bind_dn.is_some() != ldap.bind_password_file.is_some() {
-            err(
-                at(if ldap.bind_dn.is_some() {
-                    "bind_dn"
-                } else {
-                    "bind_password_file"
-                }),
-                "recipients.ldap: bind_dn and bind_password_file go together".into(),
-                "set both (the service account and the file with its password), or neither for an anonymous search",
-            );
-        }
+        validate_service_account(
+            "recipients.ldap",
+            ["bind_dn", "bind_password_file"],
+            [ldap.bind_dn.is_some(), ldap.bind_password_file.is_some()],
+            at,
+            err,
+        );
     }
 }

@@ -284,7 +284,10 @@ fn recipients_checks() {
         "sources = [\"ldap\", \"callout\"]\nharvest_threshold = 0\n[recipients.callout]\nnegative_ttl = \"0s\"\n",
     );
     assert_eq!(list.len(), 3, "{list:#?}");
-    assert!(list[0].1.contains("no [recipients.ldap]"), "{list:#?}");
+    assert!(
+        list[0].1.contains("[recipients.ldap] is not set"),
+        "{list:#?}"
+    );
     assert!(list[1].1.contains("harvest_threshold is 0"), "{list:#?}");
     assert!(list[2].1.contains("negative_ttl is 0s"), "{list:#?}");
     assert_eq!(list[2].0, 17);
