@@ -866,6 +866,26 @@ fn load_resolves_relative_paths_and_checks_files() {
     assert_eq!(c.spool.path, dir.path().join("spool"));
     assert_eq!(c.tls.unwrap().certificate, dir.path().join("cert.pem"));
 
+    // The recipient file and the LDAP password file, relative to the configuration.
+    let text = format!(
+        "{MINIMAL}\n[recipients]\nsources = [\"file\", \"ldap\"]\nfile = \"recipients\"\n[recipients.ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"dc=x\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"pw\"\n"
+    );
+    std::fs::write(&file, &text).unwrap();
+    let err = Config::load(&file).unwrap_err();
+    assert_eq!(err.0.len(), 2, "{err}");
+    assert_eq!((err.0[0].line, err.0[1].line), (15, 20), "{err}");
+    assert!(err.0[0].message.starts_with("recipients.file: "), "{err}");
+    assert!(
+        err.0[1]
+            .message
+            .starts_with("recipients.ldap.bind_password_file: "),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("recipients"), "a@example.org\n").unwrap();
+    std::fs::write(dir.path().join("pw"), "x\n").unwrap();
+    let c = Config::load(&file).unwrap();
+    assert_eq!(c.recipients.file, Some(dir.path().join("recipients")));
+
     // Unreadable: line 0, printed without a line number.
     let missing = dir.path().join("missing.toml");
     let err = Config::load(&missing).unwrap_err();

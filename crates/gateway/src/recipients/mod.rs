@@ -260,6 +260,51 @@ mod tests {
         );
     }
 
+    /// A directory that cannot be reached: the file still accepts what it knows, but an
+    /// address it does not know is unverified (a temporary answer), never unknown.
+    #[tokio::test]
+    async fn a_source_that_cannot_answer_makes_unknown_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        std::fs::write(&path, "alice@example.org\n").unwrap();
+        // A port nothing listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let ldap = crate::config::RecipientsLdapSection {
+            url: format!("ldap://127.0.0.1:{port}"),
+            starttls: false,
+            base: "dc=example,dc=org".into(),
+            filter: crate::config::DEFAULT_LDAP_FILTER.into(),
+            bind_dn: None,
+            bind_password_file: None,
+            ca_file: None,
+            allow_plaintext: false,
+            timeout: crate::config::HumanDuration::from_secs(2),
+        };
+        let r = Recipients {
+            sources: vec![
+                Source::Ldap(Directory::new(&ldap).unwrap()),
+                Source::File(AddressFile::open(&path, false).unwrap()),
+            ],
+            permits: Semaphore::new(1),
+            harvest_threshold: 3,
+            harvest_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        };
+        assert_eq!(
+            r.check("alice@example.org", "t").await,
+            Verdict::Known { source: "file" }
+        );
+        match r.check("bob@example.org", "t").await {
+            Verdict::Unavailable { source, reason } => {
+                assert_eq!(source, "ldap");
+                assert!(reason.contains("cannot connect"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
     /// File sources in order, without I/O beyond the temporary file.
     #[tokio::test]
     async fn first_source_that_knows_wins_and_unknown_needs_every_answer() {
