@@ -1,8 +1,9 @@
 //! End-to-end proofs of recipient validation on an inbound listener of `ravelin serve`: the
 //! recipient file (known, unknown, wildcard, reload), an LDAP directory (a real slapd with
 //! `mail` and Active Directory style `proxyAddresses`), the callout to a real Postfix backend
-//! with its own recipient map (and its cache, proved by stopping the backend), and the harvest
-//! defence (tarpit, then a ban that `ravelin ban list` shows).
+//! with its own recipient map (and its cache, proved by stopping the backend; shared by two
+//! nodes through a real redis-server), and the harvest defence (tarpit, then a ban that
+//! `ravelin ban list` shows).
 //!
 //! Clients that must be counted for abuse come from 127.0.0.x addresses other than 127.0.0.1,
 //! with `[bans] exempt = []` (loopback is exempt by default). The tests need root (Postfix
@@ -346,4 +347,36 @@ fn ldap_source_finds_mail_and_proxy_addresses() {
         !ravelin.log_text().contains(service_password),
         "the service password is in the log"
     );
+}
+
+/// The callout cache lives in the state store: with Redis, an answer one node got from the
+/// backend is used by another node, which never reaches the (by then stopped) backend.
+#[test]
+fn callout_cache_is_shared_through_redis() {
+    let redis = RedisServer::start();
+    let mut postfix = Postfix::backend(&["alice"]);
+    let node = || {
+        Ravelin::start(
+            config(postfix.addr, "[\"callout\"]", "")
+                .set("state", &format!("store = {}", toml_string(&redis.url(2)))),
+        )
+    };
+    let (first, second) = (node(), node());
+    let mut c = transaction_from("127.0.0.1", first.addr());
+    assert!(rcpt(&mut c, "alice@example.org").starts_with("250"));
+    assert_eq!(
+        rcpt(&mut c, "nobody@example.org"),
+        unknown("nobody@example.org")
+    );
+    postfix.stop();
+    let mut c = transaction_from("127.0.0.1", second.addr());
+    assert!(rcpt(&mut c, "alice@example.org").starts_with("250"));
+    assert_eq!(
+        rcpt(&mut c, "nobody@example.org"),
+        unknown("nobody@example.org")
+    );
+    let answers = second.events("callout");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers.iter().all(|e| e["cached"] == true), "{answers:?}");
+    assert_tempfail(&rcpt(&mut c, "carol@example.org"), "carol@example.org");
 }
