@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
@@ -165,17 +165,18 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-struct Loaded {
-    table: Arc<AddressTable>,
+/// When the file was last looked at, and what it was then.
+struct Checked {
     stamp: Option<(SystemTime, u64)>,
-    checked: Instant,
+    at: Instant,
 }
 
 /// A recipient file kept up to date with the disk.
 pub struct AddressFile {
     path: PathBuf,
     exact_local_part: bool,
-    loaded: Mutex<Loaded>,
+    table: RwLock<Arc<AddressTable>>,
+    checked: Mutex<Checked>,
 }
 
 impl AddressFile {
@@ -187,38 +188,55 @@ impl AddressFile {
         Ok(AddressFile {
             path: path.to_path_buf(),
             exact_local_part,
-            loaded: Mutex::new(Loaded {
-                table: Arc::new(table),
+            table: RwLock::new(Arc::new(table)),
+            checked: Mutex::new(Checked {
                 stamp,
-                checked: Instant::now(),
+                at: Instant::now(),
             }),
         })
     }
 
-    /// The contents now, read again first if the file changed.
-    pub fn table(&self) -> Arc<AddressTable> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if loaded.checked.elapsed() >= RECHECK {
-            loaded.checked = Instant::now();
-            let now = stamp(&self.path);
-            if now != loaded.stamp {
-                loaded.stamp = now;
-                match read(&self.path, self.exact_local_part) {
-                    Ok(table) => {
-                        info!(event = "recipients_file_reloaded", path = %self.path.display(), entries = table.len());
-                        loaded.table = Arc::new(table);
-                    }
-                    Err(e) => {
-                        warn!(event = "recipients_file_error", path = %self.path.display(), reason = %e, decision = "keep the previous contents");
-                    }
-                }
-            }
+    /// Whether it is time to look at the file again (true for one caller per [`RECHECK`]).
+    fn due(&self) -> bool {
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if checked.at.elapsed() < RECHECK {
+            return false;
         }
-        loaded.table.clone()
+        checked.at = Instant::now();
+        true
     }
 
-    pub fn contains(&self, address: &str) -> bool {
-        self.table().contains(address)
+    /// Reads the file again if it changed (blocking I/O); lookups meanwhile use the old
+    /// contents.
+    fn refresh(&self) {
+        let now = stamp(&self.path);
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if now == checked.stamp {
+                return;
+            }
+            checked.stamp = now;
+        }
+        match read(&self.path, self.exact_local_part) {
+            Ok(table) => {
+                info!(event = "recipients_file_reloaded", path = %self.path.display(), entries = table.len());
+                *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+            }
+            Err(e) => {
+                warn!(event = "recipients_file_error", path = %self.path.display(), reason = %e, decision = "keep the previous contents");
+            }
+        }
+    }
+
+    /// Whether `address` is listed, in the file as it is now (read again first, on a
+    /// blocking thread, when it changed).
+    pub async fn contains(self: &Arc<Self>, address: &str) -> bool {
+        if self.due() {
+            let file = self.clone();
+            let _ = tokio::task::spawn_blocking(move || file.refresh()).await;
+        }
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+        table.contains(address)
     }
 }
 
@@ -276,19 +294,23 @@ mod tests {
         assert!(AddressTable::parse(&over, false).is_err());
     }
 
-    #[test]
-    fn the_file_is_read_again_when_it_changes_and_kept_when_broken() {
+    #[tokio::test]
+    async fn the_file_is_read_again_when_it_changes_and_kept_when_broken() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("recipients");
         std::fs::write(&path, "alice@example.org\n").unwrap();
-        let file = AddressFile::open(&path, false).unwrap();
-        assert!(file.contains("alice@example.org"));
+        let file = Arc::new(AddressFile::open(&path, false).unwrap());
+        assert!(file.contains("alice@example.org").await);
         std::fs::write(&path, "alice@example.org\nbob@example.org\n").unwrap();
-        file.loaded.lock().unwrap().checked -= RECHECK;
-        assert!(file.contains("bob@example.org"));
+        assert!(!file.contains("bob@example.org").await, "not yet looked at");
+        file.checked.lock().unwrap().at -= RECHECK;
+        assert!(file.contains("bob@example.org").await);
         std::fs::write(&path, "this line is wrong\n").unwrap();
-        file.loaded.lock().unwrap().checked -= RECHECK;
-        assert!(file.contains("bob@example.org"), "the old contents stay");
+        file.checked.lock().unwrap().at -= RECHECK;
+        assert!(
+            file.contains("bob@example.org").await,
+            "the old contents stay"
+        );
         assert!(read(&path, false).unwrap_err().contains(":1:"));
         std::fs::remove_file(&path).unwrap();
         assert!(AddressFile::open(&path, false).is_err());

@@ -27,6 +27,7 @@ pub mod callout;
 pub mod file;
 pub mod ldap;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ravelin_wire::Reply;
@@ -67,7 +68,7 @@ pub enum Verdict {
 }
 
 enum Source {
-    File(AddressFile),
+    File(Arc<AddressFile>),
     Ldap(Directory),
     Callout(Callout),
 }
@@ -123,7 +124,7 @@ impl Recipients {
                         .file
                         .as_deref()
                         .ok_or("recipients.sources has \"file\" but recipients.file is not set")?;
-                    Source::File(AddressFile::open(path, section.exact_local_part)?)
+                    Source::File(Arc::new(AddressFile::open(path, section.exact_local_part)?))
                 }
                 RecipientSource::Ldap => {
                     Source::Ldap(directory.take().ok_or(
@@ -153,7 +154,7 @@ impl Recipients {
         for source in &self.sources {
             let lookup = match source {
                 Source::File(f) => {
-                    if f.contains(address) {
+                    if f.contains(address).await {
                         Lookup::Known
                     } else {
                         Lookup::Unknown
@@ -285,7 +286,7 @@ mod tests {
         let r = Recipients {
             sources: vec![
                 Source::Ldap(Directory::new(&ldap).unwrap()),
-                Source::File(AddressFile::open(&path, false).unwrap()),
+                Source::File(Arc::new(AddressFile::open(&path, false).unwrap())),
             ],
             permits: Semaphore::new(1),
             harvest_threshold: 3,
@@ -312,7 +313,9 @@ mod tests {
         let path = dir.path().join("r");
         std::fs::write(&path, "alice@example.org\n@shared.example.org\n").unwrap();
         let r = Recipients {
-            sources: vec![Source::File(AddressFile::open(&path, false).unwrap())],
+            sources: vec![Source::File(Arc::new(
+                AddressFile::open(&path, false).unwrap(),
+            ))],
             permits: Semaphore::new(1),
             harvest_threshold: 3,
             harvest_delay: Duration::from_secs(1),
