@@ -4,8 +4,8 @@
 //! [`LdapServer`] holds one server's URL, its TLS configuration and the time limit of each
 //! operation; [`LdapServer::connect`] opens a connection (`ldaps://`, or `ldap://` upgraded
 //! with StartTLS when asked; the certificate is verified against a CA file or the system's
-//! roots) and [`Connection::bind`] makes a simple bind. [`read_password_file`] reads a service
-//! account's password from a file only its owner can read.
+//! roots) and [`Connection::bind`] makes a simple bind. Service account passwords are read by
+//! [`crate::secret`].
 //!
 //! How it fails: every error is a `String` naming the server and the operation (never a
 //! password); a connection that cannot be made, a TLS failure and a timeout are errors the
@@ -20,9 +20,6 @@ use ravelin_wire::auth::Password;
 use rustls::ClientConfig;
 
 use crate::config::parse_ldap_url;
-
-/// Longest password file read.
-const MAX_PASSWORD_FILE: u64 = 4096;
 
 /// One directory server.
 pub struct LdapServer {
@@ -118,35 +115,4 @@ impl Connection {
         let _ = self.ldap.unbind().await;
         self.driver.abort();
     }
-}
-
-/// A service account's password: the file's first line; the file must not be readable by
-/// group or others. `setting` names the key in errors.
-pub fn read_password_file(setting: &str, path: &Path) -> Result<Password, String> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("{setting} {shown}: {e}"))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| format!("{setting} {shown}: {e}"))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{setting} {shown}: mode {:04o} lets group or others read the password — fix: chmod 600 {shown}",
-            mode & 0o777
-        ));
-    }
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.take(MAX_PASSWORD_FILE)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{setting} {shown}: {e}"))?;
-    let first = text.lines().next().unwrap_or("");
-    if first.is_empty() {
-        return Err(format!(
-            "{setting} {shown} is empty — fix: write the service account's password on its first line"
-        ));
-    }
-    Ok(Password::new(first.to_string()))
 }

@@ -19,6 +19,8 @@
 //! - [`delivery`]: the SMTP client side: backends, smart host, TLS, connection reuse.
 //! - [`config`]: the TOML configuration, validated with file/line errors.
 //! - [`log`]: one JSON object per line for the SIEM.
+//! - [`metrics`]: Prometheus metrics counted from the log events, served over HTTP.
+//! - [`secret`]: secrets read from owner-only files.
 //! - [`state`]: the state store (embedded redb or Redis) and what sits on it: bans, rate
 //!   limits, connection counts, greylisting, the admin socket.
 //! - [`server`]: `ravelin serve`: wires all of the above together.
@@ -33,9 +35,11 @@ pub mod firewall;
 pub mod ldap;
 pub mod listener;
 pub mod log;
+pub mod metrics;
 pub mod queue;
 pub mod recipients;
 pub mod relay;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod spool;

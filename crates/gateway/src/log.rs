@@ -13,7 +13,8 @@
 //! The text format is `TS LEVEL msg key=value ...`, with values quoted and escaped when they
 //! contain spaces, quotes or control characters, so one event is always one line.
 //!
-//! Spans are recorded whatever the level, so a `warn` event inside an `info` span still carries
+//! Every event at info or above, whatever the level, is also counted by
+//! [`crate::metrics::EventCounter`]. Spans are recorded whatever the level, so a `warn` event inside an `info` span still carries
 //! the span's `session` and `client`. How it fails: [`init`] returns an error for a bad level
 //! string or when a global subscriber is already installed; a failed write to stderr drops
 //! that line (logging never stops the gateway).
@@ -64,7 +65,9 @@ where
     let targets = parse_filter(level)?;
     let filter =
         filter_fn(move |meta| meta.is_span() || targets.would_enable(meta.target(), meta.level()));
-    Ok(Registry::default().with(LineLayer { format, writer }.with_filter(filter)))
+    Ok(Registry::default()
+        .with(LineLayer { format, writer }.with_filter(filter))
+        .with(crate::metrics::EventCounter::new().with_filter(LevelFilter::INFO)))
 }
 
 /// Parses `[log] level`: `LEVEL` or `LEVEL,target=LEVEL,...` / `target=LEVEL,...`, LEVEL being

@@ -108,6 +108,17 @@ impl Gateway {
             })?;
             bound.push((l, std_listener));
         }
+        let metrics_socket = config
+            .metrics
+            .listen
+            .map(crate::metrics::http::bind)
+            .transpose()?;
+        let metrics_token = config
+            .metrics
+            .token_file
+            .as_deref()
+            .map(|f| crate::secret::read_first_line(f, "metrics.token_file"))
+            .transpose()?;
         if listener::is_root() {
             listener::drop_privileges(
                 &config.server.user,
@@ -183,6 +194,21 @@ impl Gateway {
             Err(e) => {
                 warn!(event = "admin_error", path = %socket.display(), reason = %e, decision = "continue without the admin socket (ravelin ban needs it while the gateway runs)");
             }
+        }
+        if let Some(socket) = metrics_socket {
+            let handle = crate::metrics::install()
+                .ok_or("[metrics]: another metrics recorder is installed in this process")?;
+            let endpoint = Arc::new(crate::metrics::http::Endpoint {
+                handle,
+                token: metrics_token,
+                spool: spool.clone(),
+                bans: defences.bans.clone(),
+            });
+            state_tasks.push(tokio::spawn(crate::metrics::http::serve(
+                socket,
+                endpoint,
+                shutdown_rx.clone(),
+            )));
         }
         let shared = Shared {
             spool: spool.clone(),

@@ -8,6 +8,9 @@
 //!   `ravelin queue hold` and `release` run as root keep the message's delivery state.
 //! - A permanent refusal by a Postfix backend: an RFC 3464 DSN reaches the original sender's
 //!   Maildir (parsed by Python's email package); a bounce of a null-sender message does not.
+//! - SIGKILL while the gateway delivers and generates bounces, many cycles, an operator
+//!   deleting queued messages while it is down: nothing acknowledged is lost (a delivery or a
+//!   DSN), nothing deleted gains a copy, the spool is clean after every restart.
 //! - SIGTERM while clients are in DATA: each either gets 250 and its message is delivered, or
 //!   gets 4xx / a closed connection and nothing is delivered; the process exits 0 in time.
 //! - A full spool file system: `452 4.3.1`, nothing left in the spool; accepted again once
@@ -390,6 +393,159 @@ fn every_acknowledged_message_survives_repeated_sigkill() {
         .filter(|e| e.get("queued").is_some())
         .count();
     assert_eq!(recoveries, CYCLES + 1, "one spool recovery per start");
+}
+
+/// Copies at the backend per token: (deliveries to alice, DSNs to alice naming it).
+fn backend_copies(backend: &Postfix, tokens: &[String]) -> BTreeMap<String, (usize, usize)> {
+    let mut copies: BTreeMap<String, (usize, usize)> =
+        tokens.iter().map(|t| (t.clone(), (0, 0))).collect();
+    for m in backend.messages() {
+        let text = String::from_utf8_lossy(&m.message);
+        for (token, (delivered, dsns)) in copies.iter_mut() {
+            if text.contains(&format!("<{token}@example.net>")) {
+                if m.return_path.is_empty() {
+                    *dsns += 1;
+                } else {
+                    *delivered += 1;
+                }
+            }
+        }
+    }
+    copies
+}
+
+/// Waits until the backend Postfix has nothing left in its own queue (everything it accepted
+/// is in a Maildir).
+fn backend_settled(backend: &Postfix) {
+    wait_until("the backend's queue to drain", WAIT, || {
+        backend.queue().is_empty().then_some(())
+    });
+}
+
+/// SIGKILL at random moments while the gateway receives, delivers and generates bounces, many
+/// cycles, with an operator deleting queued messages while it is down. Messages to alice are
+/// delivered; messages to bob are refused by the backend (`550 5.1.1`), so each becomes a DSN
+/// to its sender alice. After each restart the spool is checked. At the end: every
+/// acknowledged message to alice that was not deleted reached her, every one to bob produced
+/// a DSN; a deleted message gained no copy and no DSN after its deletion; nothing is left in
+/// `corrupt/`, `incoming/` or the queue.
+#[test]
+fn sigkill_during_delivery_and_bounces_loses_nothing_and_revives_nothing_deleted() {
+    const CYCLES: usize = 8;
+    const PER_CYCLE: usize = 6;
+    // A backend that takes a second per recipient, so messages wait in our queue when the
+    // gateway is killed.
+    let backend = Postfix::start(
+        PostfixOptions::backend(&["alice", "postmaster"])
+            .set("smtpd_client_restrictions", "sleep 1"),
+    );
+    let config = RavelinConfig::inbound(backend.addr)
+        .tls("off")
+        .set("delivery", "concurrency = 1")
+        .set("delivery", "retry_max = \"2s\"");
+    let mut gw = Ravelin::start(config);
+    let mut rng = Rng::from_clock();
+    // token -> (queue id, to bob?)
+    let mut acked: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    // token -> the copies it had when it was deleted
+    let mut deleted: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut n = 0;
+    for cycle in 0..CYCLES {
+        for _ in 0..PER_CYCLE {
+            n += 1;
+            let token = format!("crash-{n}");
+            let to_bob = n % 3 == 0;
+            let to = if to_bob {
+                "bob@example.org"
+            } else {
+                "alice@example.org"
+            };
+            let data = simple_message("alice@example.org", to, &token);
+            let id = send_accepted(gw.addr(), "alice@example.org", to, &data);
+            acked.insert(token, (id, to_bob));
+        }
+        // Soon enough that some are still queued, at a random point of their delivery.
+        thread::sleep(rng.millis(0, 150));
+        gw.kill();
+        // Every restart finds a consistent spool: nothing damaged.
+        assert!(
+            spool_files(&gw, "corrupt").is_empty(),
+            "cycle {cycle}: SIGKILL left damaged files: {:?}",
+            spool_files(&gw, "corrupt")
+        );
+        // With the gateway down, the operator deletes one message still queued.
+        // (Only a client's message: DSNs queued by the gateway are entries too.)
+        let queued: Vec<String> = queue_list(&gw)
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .filter(|id| acked.values().any(|(qid, _)| qid == id))
+            .collect();
+        if let Some(id) = queued.get(rng.below(queued.len().max(1) as u64) as usize) {
+            let id = id.as_str();
+            let out = gw.command(&["queue", "delete", id]);
+            assert!(
+                out.status.success(),
+                "queue delete {id}: {}",
+                describe(&out)
+            );
+            let token = acked
+                .iter()
+                .find(|(_, (qid, _))| qid == id)
+                .map(|(t, _)| t.clone())
+                .expect("a deleted id was acknowledged");
+            backend_settled(&backend);
+            let copies = backend_copies(&backend, std::slice::from_ref(&token))[&token];
+            eprintln!("cycle {cycle}: deleted {id} ({token}), copies then {copies:?}");
+            deleted.insert(token, copies);
+        }
+        thread::sleep(rng.millis(0, 200));
+        gw.restart();
+    }
+    assert!(
+        deleted.len() >= CYCLES / 2,
+        "only {} deletions: the queue was empty at most kills",
+        deleted.len()
+    );
+    wait_queue_empty(&gw, Duration::from_secs(90));
+    backend_settled(&backend);
+
+    let tokens: Vec<String> = acked.keys().cloned().collect();
+    let copies = backend_copies(&backend, &tokens);
+    let mut duplicates = 0;
+    for (token, (id, to_bob)) in &acked {
+        let (delivered, dsns) = copies[token];
+        if let Some(then) = deleted.get(token) {
+            assert_eq!(
+                (delivered, dsns),
+                *then,
+                "{token} ({id}) gained a copy after it was deleted"
+            );
+            continue;
+        }
+        if *to_bob {
+            assert_eq!(delivered, 0, "{token} ({id}) to bob was delivered");
+            assert!(dsns >= 1, "{token} ({id}) to bob bounced without a DSN");
+            duplicates += dsns - 1;
+        } else {
+            assert_eq!(dsns, 0, "{token} ({id}) to alice produced a DSN");
+            assert!(delivered >= 1, "{token} ({id}) to alice was lost");
+            duplicates += delivered - 1;
+        }
+    }
+    for sub in ["corrupt", "incoming", "queue", "hold"] {
+        assert!(
+            spool_files(&gw, sub).is_empty(),
+            "{sub}/ not empty at the end: {:?}",
+            spool_files(&gw, sub)
+        );
+    }
+    eprintln!(
+        "SIGKILL cycles: {CYCLES}; acknowledged: {}; deleted by the operator: {}; \
+         bounced: {}; duplicates: {duplicates}; lost: 0",
+        acked.len(),
+        deleted.len(),
+        acked.values().filter(|(_, b)| *b).count()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -134,3 +134,124 @@ fn spool_files_are_private() {
     assert!(files >= 2, "no message and state file found: {entries:?}");
     eprintln!("{} spool entries checked, {files} files", entries.len());
 }
+
+/// One HTTP/1.1 GET, the connection closed after it: the status and the body.
+fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read the response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page, if present.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_count_what_the_log_says_and_need_the_token() {
+    let sink = SmtpSink::start();
+    let metrics = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics.token");
+    let token = "s3cret-metrics-token-4711";
+    fs::write(&token_file, format!("{token}\n")).unwrap();
+    fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let config = RavelinConfig::inbound(sink.addr).tls("off").extra(&format!(
+        "[metrics]\nlisten = \"{metrics}\"\ntoken_file = {}\n",
+        toml_string(&token_file.to_string_lossy())
+    ));
+    let gw = Ravelin::start(config);
+    wait_for_port(metrics, WAIT);
+    let pid = gw.pid().expect("running");
+    let want: BTreeSet<SocketAddr> = [gw.addr(), metrics].into_iter().collect();
+    assert_eq!(
+        listening_sockets(pid),
+        want,
+        "the SMTP listener and the metrics endpoint only"
+    );
+
+    // No token, a wrong one: 401; the right one: the page.
+    assert_eq!(http_get(metrics, "/metrics", None).0, 401);
+    assert_eq!(http_get(metrics, "/health", Some("wrong")).0, 401);
+    assert_eq!(
+        http_get(metrics, "/health", Some(token)),
+        (200, "ok\n".into())
+    );
+
+    // One message delivered, one relay attempt refused.
+    let out = swaks_send(
+        gw.addr(),
+        "a@example.net",
+        "user@example.org",
+        b"Subject: m\r\n\r\nx",
+        &[],
+    );
+    assert!(out.status.success(), "swaks: {}", describe(&out));
+    sink.wait_for_messages(1, WAIT);
+    let mut c = RawClient::connect(gw.addr()).unwrap();
+    c.read_reply().unwrap();
+    c.command("EHLO client.example.net").unwrap();
+    c.command("MAIL FROM:<a@example.net>").unwrap();
+    assert!(
+        c.command("RCPT TO:<victim@elsewhere.example>")
+            .unwrap()
+            .code
+            >= 500
+    );
+    c.command("QUIT").unwrap();
+    gw.wait_for_event("delivered", WAIT, |_| true);
+
+    let (status, page) = http_get(metrics, "/metrics", Some(token));
+    assert_eq!(status, 200, "{page}");
+    let delivered = sample(
+        &page,
+        r#"ravelin_events_total{event="delivered",decision="",kind=""}"#,
+    );
+    assert_eq!(delivered, Some(1.0), "{page}");
+    let rcpt_events = gw.events("rcpt");
+    let refused = rcpt_events
+        .iter()
+        .filter(|e| e["decision"] == "reject")
+        .count();
+    assert!(refused >= 1, "no refused RCPT logged: {rcpt_events:?}");
+    assert_eq!(
+        sample(
+            &page,
+            r#"ravelin_events_total{event="rcpt",decision="reject",kind=""}"#
+        ),
+        Some(refused as f64),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"ravelin_queue_messages{state="queued"}"#),
+        Some(0.0),
+        "{page}"
+    );
+    assert_eq!(sample(&page, "ravelin_bans_active"), Some(0.0), "{page}");
+    assert!(!gw.log_text().contains(token), "the token is in the log");
+}

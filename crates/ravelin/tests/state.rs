@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -220,6 +221,57 @@ fn two_nodes_share_bans_and_limits_through_redis_and_fail_open_without_it() {
     assert!(
         list.iter().any(|x| x["target"] == "127.0.0.11/32"),
         "{list:?}"
+    );
+}
+
+/// A Redis password (in the store URL) works and appears nowhere: not in the log of a normal
+/// run, nor in the log of an outage and a recovery, nor in `ravelin config check`'s answer to
+/// a bad URL that carries it.
+#[test]
+fn the_redis_password_is_never_logged() {
+    let password = "redis-pw-90210-secret";
+    let sink = SmtpSink::start();
+    let mut redis = RedisServer::start_with(Some(password));
+    let gw = Ravelin::start(redis_config(sink.addr, &redis));
+    probe_relay("127.0.0.5", gw.addr());
+    assert_banned("127.0.0.5", gw.addr());
+    redis.stop();
+    assert_eq!(mail_code("127.0.0.6", gw.addr()), 250);
+    gw.wait_for_event("state_unavailable", WAIT, |_| true);
+    redis.restart();
+    wait_until("the node to reach Redis again", WAIT, || {
+        let _ = mail_code("127.0.0.20", gw.addr());
+        (!gw.events("state_recovered").is_empty()).then_some(())
+    });
+    let log = gw.log_text();
+    assert!(
+        log.contains(&redis.addr.to_string()) || log.contains("redis"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(password),
+        "the Redis password is in the log:\n{log}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = config(sink.addr)
+        .set("state", &format!("store = \"redis://:{password}@\""))
+        .render(dir.path());
+    fs::write(&bad, text).unwrap();
+    let out = ravelin_cli(
+        &["config", "check", "--config", &bad.to_string_lossy()],
+        WAIT,
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a URL without a host passed: {said}");
+    assert!(
+        !said.contains(password),
+        "config check shows the password: {said}"
     );
 }
 

@@ -27,7 +27,8 @@ use ldap3::{Scope, SearchOptions, dn_escape, ldap_escape};
 use ravelin_wire::auth::Password;
 
 use crate::config::LdapSection;
-use crate::ldap::{LdapServer, read_password_file};
+use crate::ldap::LdapServer;
+use crate::secret::read_first_line;
 
 /// LDAP result code of a failed bind (RFC 4511 appendix A).
 const INVALID_CREDENTIALS: u32 = 49;
@@ -75,7 +76,7 @@ impl Ldap {
                 bind: match (&section.search_bind_dn, &section.search_bind_password_file) {
                     (Some(dn), Some(file)) => Some((
                         dn.clone(),
-                        read_password_file("auth.ldap.search_bind_password_file", file)?,
+                        read_first_line(file, "auth.ldap.search_bind_password_file")?,
                     )),
                     _ => None,
                 },

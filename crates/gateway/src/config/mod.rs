@@ -27,6 +27,7 @@ mod dkim;
 mod dns;
 mod greylist;
 mod header_firewall;
+mod metrics;
 mod rate_limits;
 mod recipients;
 mod state;
@@ -48,6 +49,7 @@ pub use self::greylist::GreylistSection;
 pub use self::header_firewall::{
     HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
 };
+pub use self::metrics::MetricsSection;
 pub use self::rate_limits::RateLimitsSection;
 pub use self::recipients::{
     CalloutSection, DEFAULT_LDAP_FILTER, RecipientSource, RecipientsLdapSection, RecipientsSection,
@@ -107,6 +109,8 @@ pub struct Config {
     pub dkim: DkimSection,
     #[serde(default)]
     pub recipients: RecipientsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -563,6 +567,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
     paths.extend(config.auth.users_file.as_mut());
+    paths.extend(config.metrics.token_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
         paths.extend(ldap.search_bind_password_file.as_mut());
@@ -746,6 +751,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
         );
     }
     config.dns.validate(loc, &mut err);
+    config.metrics.validate(loc, &mut err);
     config.state.validate(loc, &mut err);
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);

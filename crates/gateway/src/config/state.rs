@@ -61,12 +61,12 @@ impl FromStr for StoreUrl {
             return match redis::Client::open(text) {
                 Ok(_) => Ok(StoreUrl::Redis(text.to_string())),
                 Err(_) => Err(format!(
-                    "state.store: the Redis URL cannot be read{FIX_SEPARATOR}{fix}, e.g. \"redis://10.0.0.7:6379/0\""
+                    "the Redis URL cannot be read{FIX_SEPARATOR}{fix}, e.g. \"redis://10.0.0.7:6379/0\""
                 )),
             };
         }
         Err(format!(
-            "state.store \"{}\" is neither \"embedded\" nor a redis:// URL{FIX_SEPARATOR}{fix}",
+            "\"{}\" is neither \"embedded\" nor a redis:// URL{FIX_SEPARATOR}{fix}",
             redact_url(text).escape_debug()
         ))
     }

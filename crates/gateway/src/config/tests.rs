@@ -1081,3 +1081,20 @@ fn dns_section_reads_timeout_attempts_and_ad_trust() {
         + 1;
     assert_eq!(line, want);
 }
+
+#[test]
+fn metrics_off_by_default_and_a_token_away_from_loopback() {
+    let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
+    assert_eq!(c.metrics.listen, None);
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9325\"\n");
+    let c = Config::parse(&text, "ravelin.toml").unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9325".parse().unwrap()));
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9325\"\n");
+    let (line, message, fix) = error(&text);
+    assert!(message.contains("token_file"), "{message}");
+    assert!(fix.contains("127.0.0.1"), "{fix}");
+    let want = text.lines().position(|l| l.starts_with("listen")).unwrap() + 1;
+    assert_eq!(line, want);
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"[::]:9325\"\ntoken_file = \"t\"\n");
+    assert!(Config::parse(&text, "ravelin.toml").is_ok());
+}

@@ -20,7 +20,8 @@ use ravelin_wire::auth::Password;
 
 use super::Lookup;
 use crate::config::RecipientsLdapSection;
-use crate::ldap::{LdapServer, read_password_file};
+use crate::ldap::LdapServer;
+use crate::secret::read_first_line;
 
 /// LDAP result code "size limit exceeded": more than the one entry asked for exists.
 const SIZE_LIMIT_EXCEEDED: u32 = 4;
@@ -46,7 +47,7 @@ impl Directory {
         let bind = match (&section.bind_dn, &section.bind_password_file) {
             (Some(dn), Some(file)) => Some((
                 dn.clone(),
-                read_password_file("recipients.ldap.bind_password_file", file)?,
+                read_first_line(file, "recipients.ldap.bind_password_file")?,
             )),
             _ => None,
         };

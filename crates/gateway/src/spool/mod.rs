@@ -169,6 +169,15 @@ pub struct SpoolStats {
     pub commits: u64,
 }
 
+/// Messages in the spool, by place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolCounts {
+    /// In `queue/`: waiting for delivery or being delivered.
+    pub queued: usize,
+    /// In `hold/`: held by the operator.
+    pub held: usize,
+}
+
 /// Handle to a spool directory; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
@@ -309,6 +318,15 @@ impl Spool {
     /// recovery never sees: `incoming/`, on the spool's filesystem and as private as it.
     pub fn scratch_dir(&self) -> &Path {
         &self.inner.incoming
+    }
+
+    /// How many messages are in `queue/` and in `hold/` (directory entries, nothing read).
+    pub fn counts(&self) -> io::Result<SpoolCounts> {
+        let count = |dir: &Path| -> io::Result<usize> { Ok(fs::read_dir(dir)?.count()) };
+        Ok(SpoolCounts {
+            queued: count(&self.inner.queue)?,
+            held: count(&self.inner.hold)?,
+        })
     }
 
     pub fn stats(&self) -> SpoolStats {

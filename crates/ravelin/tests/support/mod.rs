@@ -1130,11 +1130,18 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it listens.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// Starts redis-server that requires `password` (`requirepass`).
+    pub fn start_with(password: Option<&str>) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("ravelin-redis-")
             .tempdir()
@@ -1143,14 +1150,18 @@ impl RedisServer {
             addr: free_addr(),
             dir,
             child: None,
+            password: password.map(str::to_string),
         };
         server.spawn();
         server
     }
 
-    /// `redis://ADDR/DB`.
+    /// `redis://[:PASSWORD@]ADDR/DB`.
     pub fn url(&self, db: u8) -> String {
-        format!("redis://{}/{db}", self.addr)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@{}/{db}", self.addr),
+            None => format!("redis://{}/{db}", self.addr),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -1162,11 +1173,15 @@ impl RedisServer {
         fs::write(
             &conf,
             format!(
-                "bind {}\nport {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n",
+                "bind {}\nport {}\nprotected-mode no\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n{}",
                 self.addr.ip(),
                 self.addr.port(),
                 self.dir.path().display(),
-                self.log_path().display()
+                self.log_path().display(),
+                self.password
+                    .as_ref()
+                    .map(|p| format!("requirepass {p}\n"))
+                    .unwrap_or_default()
             ),
         )
         .expect("write redis.conf");
