@@ -173,6 +173,21 @@ impl PolicyFetcher {
         })
     }
 
+    /// A fetcher whose TLS connections use `config` (for trust anchors other than the
+    /// system roots or one CA file, e.g. the system roots plus a private CA);
+    /// `settings.ca_file` is then not read.
+    pub fn with_client_config(
+        resolver: Resolver,
+        settings: FetchSettings,
+        config: Arc<rustls::ClientConfig>,
+    ) -> PolicyFetcher {
+        PolicyFetcher {
+            resolver,
+            tls: TlsConnector::from(config),
+            settings,
+        }
+    }
+
     /// Fetches and parses the policy of `domain`.
     pub async fn fetch(&self, domain: &str) -> Result<FetchedPolicy, FetchError> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();

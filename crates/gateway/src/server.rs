@@ -14,8 +14,8 @@
 //! Listener kinds: `inbound` (relay control by `inbound.domains`), `submission` and
 //! `submissions` (AUTH inside TLS, required before MAIL; any destination), `relay` (only
 //! `outbound.trusted_networks`; any destination). Mail from the last three is outbound: it goes
-//! to `outbound.smart_host` (a warning is logged at start when there is none: such mail then
-//! waits in the queue).
+//! to `outbound.smart_host` when one is set, otherwise directly to the recipient domains' MX
+//! hosts with DANE / MTA-STS / opportunistic TLS (`crate::delivery::mx`).
 //!
 //! Shutdown (SIGTERM, SIGINT, or [`Gateway::shutdown`]): listeners stop accepting, sessions
 //! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
@@ -39,6 +39,7 @@ use ravelin_wire::headers::HeaderLimits;
 use crate::auth::Authenticator;
 use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
+use crate::delivery::mx::DirectSettings;
 use crate::delivery::{Delivery, DeliverySettings, Route, TlsPolicy};
 use crate::dkim::Signer;
 use crate::firewall::HeaderFirewall;
@@ -87,14 +88,6 @@ impl Gateway {
         } else {
             None
         };
-        if config.listen.iter().any(|l| l.kind != ListenKind::Inbound)
-            && config.outbound.smart_host.is_none()
-        {
-            warn!(
-                event = "no_outbound_route",
-                reason = "submission/relay listeners accept outbound mail but outbound.smart_host is not set; mail to other domains stays deferred"
-            );
-        }
         // Read while still privileged: key and password files may be readable by root only.
         let directory = Recipients::directory(config)?;
         let signer = Arc::new(Signer::new(&config.dkim).map_err(|e| format!("[dkim]: {e}"))?);
@@ -164,7 +157,32 @@ impl Gateway {
                 hosts: vec![(h.host.clone(), h.port)],
                 tls: next_hop_tls(config.outbound.smart_host_tls, None),
             }),
-        )?;
+        )?
+        .with_direct(DirectSettings {
+            resolver: config.dns.resolver_settings(),
+            port: config.delivery.smtp_port,
+            dane: config.outbound.dane,
+            mta_sts: config.outbound.mta_sts,
+            sts_fetch: ravelin_dns::mta_sts::FetchSettings {
+                port: config.outbound.mta_sts_port,
+                ..Default::default()
+            },
+            extra_ca_file: config.outbound.extra_ca_file.clone(),
+            state_dir: config.spool.path.clone(),
+            hostname: config.hostname.clone(),
+        })?;
+        match &config.outbound.smart_host {
+            Some(h) => {
+                info!(event = "outbound_route", route = "smart_host", host = %h.host, port = h.port)
+            }
+            None => info!(
+                event = "outbound_route",
+                route = "mx",
+                smtp_port = config.delivery.smtp_port,
+                dane = config.outbound.dane,
+                mta_sts = config.outbound.mta_sts
+            ),
+        }
         let queue = QueueManager::start(
             spool.clone(),
             recovered,

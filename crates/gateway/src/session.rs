@@ -501,7 +501,11 @@ impl Session<'_> {
                 }
                 let limits = &self.shared.defences.limits;
                 if let Err(e) = limits
-                    .message(self.peer.ip(), self.tx.sender_domain.as_deref())
+                    .message(
+                        self.peer.ip(),
+                        self.tx.sender_domain.as_deref(),
+                        self.auth_user.as_deref(),
+                    )
                     .await
                 {
                     self.rejected += 1;
@@ -561,7 +565,11 @@ impl Session<'_> {
         let client = self.peer.ip();
         if let Err(e) = d
             .limits
-            .recipient(client, self.tx.sender_domain.as_deref())
+            .recipient(
+                client,
+                self.tx.sender_domain.as_deref(),
+                self.auth_user.as_deref(),
+            )
             .await
         {
             self.rejected += 1;

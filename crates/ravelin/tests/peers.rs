@@ -332,6 +332,15 @@ fn raw_client_binds_distinct_loopback_addresses() {
     assert_eq!(peer.ip(), local);
 }
 
+/// Without name servers of its own, a test gateway's resolver is a closed loopback port, so
+/// direct delivery never sends a query (or mail) off the host.
+#[test]
+fn ravelin_config_keeps_dns_on_loopback_by_default() {
+    let text = RavelinConfig::inbound(free_addr()).render(std::path::Path::new("/tmp/spool"));
+    let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(doc["dns"]["nameservers"][0].as_str(), Some("127.0.0.1:9"));
+}
+
 #[test]
 fn ravelin_config_renders_the_contract_keys_as_valid_toml() {
     let backend = free_addr();

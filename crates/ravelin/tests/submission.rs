@@ -271,6 +271,34 @@ fn no_auth_before_starttls_and_no_mail_before_auth() {
     assert!(ravelin.events("auth").is_empty());
 }
 
+/// `[rate_limits] messages_per_user`: alice's third message within the window is refused with
+/// `451 4.7.1` at MAIL FROM, although she sends from loopback (exempt from the address
+/// limits): a stolen password cannot turn the gateway into a spam cannon.
+#[test]
+fn per_user_limits_hold_for_an_authenticated_user() {
+    let sink = SmtpSink::start();
+    let ravelin = start(
+        outbound_config(sink.addr, SENDER_MAP, "").set("rate_limits", "messages_per_user = 2"),
+    );
+    let sub = ravelin.listener("sub");
+    for n in 0..2 {
+        let (out, transcript) = alice_sends(sub, ALICE, "friend@elsewhere.example");
+        assert!(out.status.success(), "message {n}: {transcript}");
+    }
+    let (out, transcript) = alice_sends(sub, ALICE, "friend@elsewhere.example");
+    assert!(
+        !out.status.success(),
+        "the third message went through: {transcript}"
+    );
+    assert!(
+        transcript.contains("451 4.7.1"),
+        "no 451 4.7.1 to MAIL FROM: {transcript}"
+    );
+    let limited = ravelin.wait_for_event("rate_limit", WAIT, |_| true);
+    assert_eq!(limited["limit"], "messages_per_user", "{limited}");
+    sink.wait_for_messages(2, WAIT);
+}
+
 /// A wrong password gets 535 5.7.8 after a one-second tarpit; the log says `event=auth`,
 /// `result=failure` with the login name and neither password. With `limits.auth_failures = 2`
 /// a client that fails twice in one session is disconnected with 421.

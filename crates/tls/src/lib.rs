@@ -15,6 +15,9 @@
 //!   are not checked, but the handshake signature is, so the session is still bound to the key
 //!   the server presented. [`Verify::WebPki`] checks the chain against the system roots or one CA
 //!   file, and the name given at connect time (Postfix level `verify`).
+//!   [`Verify::WebPkiPlus`] is the same check against the system roots and one more CA file
+//!   (MTA-STS, where a private CA is trusted besides the public ones).
+//! - [`dane`]: DANE for SMTP (RFC 7672): TLSA matching and a verifier for DANE-EE and DANE-TA.
 //! - [`describe`]: the negotiated protocol and cipher for Received headers and logs.
 //! - [`testing::TestPki`]: a throw-away CA and leaf certificate for tests of every crate.
 //!
@@ -22,6 +25,8 @@
 //! with it (unreadable, too large, not PEM, no certificate, no private key, key does not match the
 //! certificate). Nothing here panics on file contents. PEM files larger than [`MAX_PEM_BYTES`]
 //! are refused.
+
+pub mod dane;
 
 use std::fmt;
 use std::io::Read;
@@ -183,6 +188,10 @@ pub enum Verify {
     /// Check the chain and the server name: against the system's trusted roots, or, when
     /// `ca_file` is given, against the CA certificates in that file only.
     WebPki { ca_file: Option<PathBuf> },
+    /// Check the chain and the server name against the system's trusted roots and, besides
+    /// them, the CA certificates in `extra_ca_file`. An empty or unreadable system store is
+    /// tolerated when the extra file gives at least one root.
+    WebPkiPlus { extra_ca_file: Option<PathBuf> },
 }
 
 /// The SMTP client configuration for one verification policy; TLS 1.2 and 1.3 only.
@@ -199,6 +208,9 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TlsError> {
             .with_no_client_auth(),
         Verify::WebPki { ca_file } => builder
             .with_root_certificates(trust_anchors(ca_file.as_deref())?)
+            .with_no_client_auth(),
+        Verify::WebPkiPlus { extra_ca_file } => builder
+            .with_root_certificates(system_and_extra_roots(extra_ca_file.as_deref())?)
             .with_no_client_auth(),
     };
     Ok(Arc::new(config))
@@ -229,6 +241,17 @@ fn trust_anchors(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
             }
         }
     }
+    Ok(roots)
+}
+
+/// The roots for [`Verify::WebPkiPlus`]: the system store plus the extra file's certificates.
+fn system_and_extra_roots(extra: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let Some(extra) = extra else {
+        return trust_anchors(None);
+    };
+    let mut roots = trust_anchors(Some(extra))?;
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
     Ok(roots)
 }
 

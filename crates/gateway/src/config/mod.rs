@@ -297,6 +297,14 @@ pub struct Outbound {
     /// Send all outbound mail through this host instead of the recipients' MX.
     pub smart_host: Option<BackendUrl>,
     pub smart_host_tls: NextHopTls,
+    /// Direct delivery: authenticate MX hosts by DNSSEC-secure TLSA records (RFC 7672).
+    pub dane: bool,
+    /// Direct delivery: apply the recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// CA certificates trusted besides the system's for MTA-STS (policy host and MX).
+    pub extra_ca_file: Option<PathBuf>,
+    /// The HTTPS port MTA-STS policies are fetched from: 443; other values are for tests.
+    pub mta_sts_port: u16,
 }
 
 impl Default for Outbound {
@@ -305,6 +313,10 @@ impl Default for Outbound {
             trusted_networks: Vec::new(),
             smart_host: None,
             smart_host_tls: NextHopTls::Encrypt,
+            dane: true,
+            mta_sts: true,
+            extra_ca_file: None,
+            mta_sts_port: 443,
         }
     }
 }
@@ -394,6 +406,9 @@ pub struct DeliverySection {
     pub max_lifetime: HumanDuration,
     /// How often the spool is scanned for messages due.
     pub scan_interval: HumanDuration,
+    /// The port of the mail exchangers direct delivery connects to: 25; other values are
+    /// for tests.
+    pub smtp_port: u16,
 }
 
 impl Default for DeliverySection {
@@ -407,6 +422,7 @@ impl Default for DeliverySection {
             retry_max: HumanDuration::from_secs(3600),
             max_lifetime: HumanDuration::from_secs(5 * 86_400),
             scan_interval: HumanDuration::from_secs(60),
+            smtp_port: 25,
         }
     }
 }
@@ -564,6 +580,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         paths.push(&mut tls.private_key);
     }
     paths.extend(config.inbound.backend_ca_file.as_mut());
+    paths.extend(config.outbound.extra_ca_file.as_mut());
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
     paths.extend(config.auth.users_file.as_mut());
@@ -728,6 +745,20 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                 "write a positive duration, e.g. \"5m\"",
             );
         }
+    }
+    if d.smtp_port == 0 {
+        err(
+            delivery_line("smtp_port"),
+            "delivery.smtp_port is 0".into(),
+            "write the port of the mail exchangers, normally smtp_port = 25",
+        );
+    }
+    if config.outbound.mta_sts_port == 0 {
+        err(
+            loc.line(&toml_path!["outbound", "mta_sts_port"]),
+            "outbound.mta_sts_port is 0".into(),
+            "write the HTTPS port of MTA-STS policy hosts, normally mta_sts_port = 443",
+        );
     }
     if d.retry_max < d.retry_initial {
         err(
@@ -937,6 +968,9 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     }
     if let Some(ca) = &config.inbound.backend_ca_file {
         files.push((ca, ["inbound", "backend_ca_file"]));
+    }
+    if let Some(ca) = &config.outbound.extra_ca_file {
+        files.push((ca, ["outbound", "extra_ca_file"]));
     }
     let mut errors = Vec::new();
     if let Some(ldap) = &config.auth.ldap {

@@ -26,6 +26,9 @@ pub struct RateLimitsSection {
     pub messages_per_sender_domain: u32,
     /// RCPT TO commands per sender domain per window.
     pub recipients_per_sender_domain: u32,
+    /// MAIL FROM / RCPT TO per authenticated user per window, whatever the client address.
+    pub messages_per_user: u32,
+    pub recipients_per_user: u32,
     /// Connections one address may hold at once (per node).
     pub connections_per_address: u32,
     /// Connections one prefix (`ipv4_prefix`, `ipv6_prefix`) may hold at once (per node).
@@ -51,6 +54,8 @@ impl Default for RateLimitsSection {
             recipients_per_address: 10_000,
             messages_per_sender_domain: 0,
             recipients_per_sender_domain: 0,
+            messages_per_user: 500,
+            recipients_per_user: 2000,
             connections_per_address: 50,
             connections_per_prefix: 200,
             connection_rate_per_address: 300,

@@ -59,6 +59,10 @@ fn minimal_file_gets_hardened_defaults() {
     assert_eq!(c.inbound.backend_tls, NextHopTls::May);
     assert!(c.inbound.received_client);
     assert_eq!(c.outbound.smart_host_tls, NextHopTls::Encrypt);
+    assert!(c.outbound.dane && c.outbound.mta_sts);
+    assert_eq!(c.outbound.extra_ca_file, None);
+    assert_eq!(c.outbound.mta_sts_port, 443);
+    assert_eq!(c.delivery.smtp_port, 25);
     assert_eq!(c.server.user, "ravelin");
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.limits.message_size, 26_214_400);
@@ -121,6 +125,10 @@ received_client = false
 trusted_networks = ["10.0.0.0/8", "192.0.2.25", "2001:db8::/32"]
 smart_host = "smtp://smarthost.example.net:587"
 smart_host_tls = "verify"
+dane = false
+mta_sts = false
+extra_ca_file = "/etc/ravelin/extra-ca.pem"
+mta_sts_port = 8443
 
 [limits]
 message_size = 10485760
@@ -138,6 +146,7 @@ path = "/srv/spool"
 
 [delivery]
 concurrency = 4
+smtp_port = 2525
 connect_timeout = "10s"
 command_timeout = "2m"
 idle_timeout = "5s"
@@ -206,6 +215,13 @@ fn full_file_sets_every_key() {
     assert_eq!(c.limits.hard_errors, 5);
     assert_eq!(c.delivery.retry_max.get(), Duration::from_secs(7200));
     assert_eq!(c.delivery.concurrency, 4);
+    assert_eq!(c.delivery.smtp_port, 2525);
+    assert!(!c.outbound.dane && !c.outbound.mta_sts);
+    assert_eq!(
+        c.outbound.extra_ca_file,
+        Some(PathBuf::from("/etc/ravelin/extra-ca.pem"))
+    );
+    assert_eq!(c.outbound.mta_sts_port, 8443);
     assert_eq!(c.spool.path, PathBuf::from("/srv/spool"));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.dns.nameservers.len(), 2);
@@ -367,6 +383,11 @@ fn example_mentions_every_key() {
         "trusted_networks",
         "smart_host",
         "smart_host_tls",
+        "dane",
+        "mta_sts",
+        "extra_ca_file",
+        "mta_sts_port",
+        "smtp_port",
         "message_size",
         "recipients",
         "soft_errors",
@@ -1097,4 +1118,20 @@ fn metrics_off_by_default_and_a_token_away_from_loopback() {
     assert_eq!(line, want);
     let text = format!("{MINIMAL}\n[metrics]\nlisten = \"[::]:9325\"\ntoken_file = \"t\"\n");
     assert!(Config::parse(&text, "ravelin.toml").is_ok());
+}
+
+#[test]
+fn direct_delivery_ports_must_not_be_zero() {
+    let text = format!("{MINIMAL}\n[outbound]\nmta_sts_port = 0\n\n[delivery]\nsmtp_port = 0\n");
+    let list = errors(&text);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(
+        list.iter().any(|e| e.1.contains("delivery.smtp_port is 0")),
+        "{list:#?}"
+    );
+    assert!(
+        list.iter()
+            .any(|e| e.1.contains("outbound.mta_sts_port is 0")),
+        "{list:#?}"
+    );
 }

@@ -12,7 +12,7 @@
 use ravelin_wire::Reply;
 use ravelin_wire::client::{RcptOutcome, Step};
 
-use super::Delivery;
+use super::{Delivery, smtp};
 
 /// What the backend said of one address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,14 +28,14 @@ pub enum Probe {
 impl Delivery {
     /// Asks the backend route whether it takes mail for `recipient`.
     pub async fn probe(&self, recipient: &str) -> Probe {
-        let agent = &self.inner.local;
-        let limit = self.inner.settings.command_timeout;
+        let settings = &self.inner.settings;
         let mut last_error = String::from("no backend host");
-        for (host, port) in &agent.route.hosts {
-            let mut conn = match self.open(agent, host, *port, "callout").await {
-                Ok(conn) => conn,
+        for target in self.inner.local.targets() {
+            let (host, port) = (&target.host, target.port);
+            let mut conn = match smtp::open(settings, "local", &target, "callout").await {
+                Ok(opened) => opened.conn,
                 Err(e) => {
-                    last_error = format!("{host}:{port}: {e}");
+                    last_error = format!("{host}:{port}: {}", e.message);
                     continue;
                 }
             };
@@ -43,7 +43,7 @@ impl Delivery {
                 conn.close().await;
                 return Probe::Failed(e.to_string());
             }
-            let answer = match conn.step(limit).await {
+            let answer = match conn.step(settings.command_timeout).await {
                 Ok(Step::Done(outcomes)) => outcomes.into_iter().next(),
                 Ok(other) => {
                     last_error = format!("{host}:{port}: unexpected step {other:?}");

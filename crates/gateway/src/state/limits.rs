@@ -1,7 +1,8 @@
 //! Rate limits and connection counts.
 //!
 //! [`RateLimits`] counts, in the state store (shared by a cluster, kept across restarts),
-//! MAIL FROM and RCPT TO commands per client address and per sender domain in the sliding
+//! MAIL FROM and RCPT TO commands per client address, per sender domain and per authenticated
+//! user in the sliding
 //! `[rate_limits] window`, and new connections per address and per prefix in the fixed
 //! `connection_window`. [`ConnectionTracker`] counts the connections each address and prefix
 //! holds on this node, in memory: a guard per connection gives its slot back when dropped, so
@@ -102,28 +103,52 @@ impl RateLimits {
         .await
     }
 
-    /// A MAIL FROM from `ip` with a sender in `sender_domain` (`None` for the null sender).
-    pub async fn message(&self, ip: IpAddr, sender_domain: Option<&str>) -> Result<(), Exceeded> {
-        self.per_message(ip, sender_domain, "msg").await
+    /// A MAIL FROM from `ip` with a sender in `sender_domain` (`None` for the null sender),
+    /// by the authenticated `user` if any.
+    pub async fn message(
+        &self,
+        ip: IpAddr,
+        sender_domain: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<(), Exceeded> {
+        self.per_message(ip, sender_domain, user, "msg").await
     }
 
-    /// A RCPT TO from `ip` in a transaction from `sender_domain`.
-    pub async fn recipient(&self, ip: IpAddr, sender_domain: Option<&str>) -> Result<(), Exceeded> {
-        self.per_message(ip, sender_domain, "rcpt").await
+    /// A RCPT TO from `ip` in a transaction from `sender_domain`, by `user` if any.
+    pub async fn recipient(
+        &self,
+        ip: IpAddr,
+        sender_domain: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<(), Exceeded> {
+        self.per_message(ip, sender_domain, user, "rcpt").await
     }
 
     async fn per_message(
         &self,
         ip: IpAddr,
         sender_domain: Option<&str>,
+        user: Option<&str>,
         kind: &str,
     ) -> Result<(), Exceeded> {
+        let c = &self.config;
+        let w = Window::Sliding(c.window.0);
+        let msg = kind == "msg";
+        // An account's limit holds from every address: a stolen password is used from
+        // anywhere, including the webmail host on loopback.
+        if let Some(user) = user.filter(|u| !u.is_empty() && u.len() <= 255) {
+            let (max, key) = if msg {
+                (c.messages_per_user, "messages_per_user")
+            } else {
+                (c.recipients_per_user, "recipients_per_user")
+            };
+            self.count(key, kind, format!("user:{}", user.to_lowercase()), max, w)
+                .await?;
+        }
         if self.is_exempt(ip) {
             return Ok(());
         }
-        let c = &self.config;
-        let w = Window::Sliding(c.window.0);
-        let (per_address, per_domain, address_key, domain_key) = if kind == "msg" {
+        let (per_address, per_domain, address_key, domain_key) = if msg {
             (
                 c.messages_per_address,
                 c.messages_per_sender_domain,

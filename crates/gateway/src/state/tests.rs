@@ -277,24 +277,24 @@ async fn rate_limits_per_address_and_sender_domain() {
     };
     let limits = RateLimits::new(store(&dir), &config, &[net("192.0.2.25/32")]);
     let a = ip("127.0.0.7");
-    assert!(limits.message(a, Some("example.net")).await.is_ok());
-    assert!(limits.message(a, None).await.is_ok());
-    let e = limits.message(a, None).await.unwrap_err();
+    assert!(limits.message(a, Some("example.net"), None).await.is_ok());
+    assert!(limits.message(a, None, None).await.is_ok());
+    let e = limits.message(a, None, None).await.unwrap_err();
     assert_eq!(
         (e.limit, e.subject.as_str(), e.count, e.max),
         ("messages_per_address", "127.0.0.7/32", 3, 2)
     );
-    assert!(limits.message(ip("127.0.0.8"), None).await.is_ok());
+    assert!(limits.message(ip("127.0.0.8"), None, None).await.is_ok());
     for client in ["127.0.0.10", "127.0.0.11", "127.0.0.12"] {
         assert!(
             limits
-                .recipient(ip(client), Some("Example.NET"))
+                .recipient(ip(client), Some("Example.NET"), None)
                 .await
                 .is_ok()
         );
     }
     let e = limits
-        .recipient(ip("127.0.0.13"), Some("example.net"))
+        .recipient(ip("127.0.0.13"), Some("example.net"), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -302,8 +302,8 @@ async fn rate_limits_per_address_and_sender_domain() {
         ("recipients_per_sender_domain", "@example.net")
     );
     for _ in 0..10 {
-        assert!(limits.message(ip("10.1.2.3"), None).await.is_ok());
-        assert!(limits.message(ip("192.0.2.25"), None).await.is_ok());
+        assert!(limits.message(ip("10.1.2.3"), None, None).await.is_ok());
+        assert!(limits.message(ip("192.0.2.25"), None, None).await.is_ok());
     }
     assert!(limits.connection(ip("127.1.0.1")).await.is_ok());
     assert!(limits.connection(ip("127.1.0.1")).await.is_ok());
@@ -317,6 +317,58 @@ async fn rate_limits_per_address_and_sender_domain() {
         "connection_rate_per_prefix",
         "the fourth connection from 127.1.0.0/24 that got as far as the prefix count"
     );
+}
+
+#[tokio::test]
+async fn per_user_limits_hold_from_every_address_even_exempt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RateLimitsSection {
+        messages_per_user: 2,
+        recipients_per_user: 3,
+        ..RateLimitsSection::default()
+    };
+    // Loopback is exempt from the address limits by default; not from the user's.
+    let limits = RateLimits::new(store(&dir), &config, &[]);
+    assert!(
+        limits
+            .message(ip("127.0.0.1"), None, Some("Alice"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        limits
+            .message(ip("192.0.2.9"), None, Some("alice"))
+            .await
+            .is_ok()
+    );
+    let e = limits
+        .message(ip("198.51.100.3"), None, Some("ALICE"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.limit, e.subject.as_str(), e.count, e.max),
+        ("messages_per_user", "user:alice", 3, 2)
+    );
+    assert!(
+        limits
+            .message(ip("127.0.0.1"), None, Some("bob"))
+            .await
+            .is_ok()
+    );
+    assert!(limits.message(ip("127.0.0.1"), None, None).await.is_ok());
+    for _ in 0..3 {
+        assert!(
+            limits
+                .recipient(ip("127.0.0.1"), None, Some("bob"))
+                .await
+                .is_ok()
+        );
+    }
+    let e = limits
+        .recipient(ip("127.0.0.1"), None, Some("bob"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.limit, "recipients_per_user");
 }
 
 #[test]

@@ -1400,8 +1400,23 @@ impl RavelinConfig {
         self.section_lines("delivery", &mut out);
         out.push_str("\n[log]\nformat = \"json\"\n");
         self.section_lines("log", &mut out);
+        // Tests send nothing off the host: without name servers of its own, a gateway asks
+        // a closed loopback port (lookups fail at once) instead of the system's resolver, so
+        // that direct delivery to a remote domain (a bounce, say) never leaves 127.0.0.0/8.
+        let has_nameservers = self
+            .lines
+            .iter()
+            .any(|(s, l)| s == "dns" && l.trim_start().starts_with("nameservers"));
+        let mut lines = self.lines.clone();
+        if !has_nameservers && !self.extra.contains("[dns]") {
+            lines.push(("dns".into(), "nameservers = [\"127.0.0.1:9\"]".into()));
+        }
+        let this = RavelinConfig {
+            lines,
+            ..self.clone()
+        };
         let known = ["", "server", "inbound", "spool", "delivery", "log"];
-        let others: BTreeSet<&str> = self
+        let others: BTreeSet<&str> = this
             .lines
             .iter()
             .map(|(s, _)| s.as_str())
@@ -1409,7 +1424,7 @@ impl RavelinConfig {
             .collect();
         for section in others {
             out.push_str(&format!("\n[{section}]\n"));
-            self.section_lines(section, &mut out);
+            this.section_lines(section, &mut out);
         }
         if !self.extra.is_empty() {
             out.push('\n');

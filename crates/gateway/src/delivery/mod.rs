@@ -2,33 +2,43 @@
 //!
 //! [`Delivery::deliver`] takes one message and its recipients and returns one [`Outcome`] per
 //! recipient. Recipients whose domain is one of the accepted (local) domains go to the
-//! backend route, all others to the smart host; without a smart host they are deferred. The
-//! protocol is `ravelin_wire::client`; this module only moves its bytes, with a timeout on
-//! the connect ([`DeliverySettings::connect_timeout`]) and on every read and write
-//! ([`DeliverySettings::command_timeout`]).
+//! backend route; all others go to the smart host when one is configured, else directly to
+//! the recipient domain's mail exchangers ([`Delivery::with_direct`], see [`mx`]), else they
+//! are deferred.
+//!
+//! - [`smtp`]: one SMTP session over one connection (connect, EHLO, STARTTLS under a TLS
+//!   plan, the transaction, the body).
+//! - [`mx`]: direct delivery: MX lookup, null MX, implicit MX, the order of hosts and
+//!   addresses, and the TLS policy of each (DANE, else MTA-STS, else opportunistic).
+//! - [`dane`]: the TLSA lookup and the DANE decision for one MX host (RFC 7672).
+//! - [`policy`]: the MTA-STS policy of a domain (RFC 8461) and what it asks of each MX host.
+//! - [`tlsrpt`]: TLS results per policy domain, written as a daily RFC 8460 aggregate.
 //!
 //! Settings read: [`DeliverySettings`] (HELO name, timeouts, connections per route), the two
-//! [`Route`]s (hosts in order, TLS policy) and the list of local domains.
+//! [`Route`]s (hosts in order, TLS policy), the list of local domains and, for direct
+//! delivery, [`mx::DirectSettings`].
 //!
-//! Failover: the hosts of a route are tried in order. A connection that fails, a greeting
-//! other than 2xx, EHLO/HELO refused, a TLS failure where TLS is required, 421, or a
-//! connection lost before the body went out moves on to the next host; recipients the
-//! previous host already refused permanently keep that answer. Once the body has started,
-//! a lost connection defers the recipients still open (the message may have arrived; we do
-//! not risk a second copy on another host). When every host fails, every open recipient is
-//! deferred with the last error.
+//! Failover: the targets (hosts of a route, or the addresses of the MX hosts) are tried in
+//! order. A connection that fails, a greeting other than 2xx, EHLO/HELO refused, a TLS failure
+//! where TLS is required, 421, or a connection lost before the body went out moves on to the
+//! next target; recipients the previous target already refused permanently keep that answer.
+//! Once the body has started, a lost connection defers the recipients still open (the
+//! message may have arrived; we do not risk a second copy on another host). When every
+//! target fails, every open recipient is deferred with the last error.
 //!
-//! TLS follows Postfix's `smtp_tls_security_level`: `none` never sends STARTTLS; `may` uses
-//! it when offered without checking the certificate, and when the handshake fails retries the
-//! same host in plaintext; `encrypt` requires it without checking the certificate; `verify`
-//! requires it and checks the chain (against the configured CA file, or the system roots)
-//! and the host name. A TLS configuration that cannot be built fails [`Delivery::new`].
+//! TLS towards fixed routes follows Postfix's `smtp_tls_security_level`: `none` never sends
+//! STARTTLS; `may` uses it when offered without checking the certificate, and when the
+//! handshake fails retries the same host in plaintext; `encrypt` requires it without
+//! checking the certificate; `verify` requires it and checks the chain (against the
+//! configured CA file, or the system roots) and the host name. A TLS configuration that
+//! cannot be built fails [`Delivery::new`].
 //!
-//! Connections are reused: after a completed transaction the connection waits in a per-host
-//! idle pool for at most [`DeliverySettings::idle_timeout`] and then is closed with QUIT. A
-//! reused connection that turns out dead before the body was sent is replaced by a fresh
-//! one to the same host without counting as a failure of that host. At most
-//! [`DeliverySettings::max_connections_per_route`] deliveries use a route at once.
+//! Connections of fixed routes are reused: after a completed transaction the connection
+//! waits in a per-host idle pool for at most [`DeliverySettings::idle_timeout`] and then is
+//! closed with QUIT. A reused connection that turns out dead before the body was sent is
+//! replaced by a fresh one to the same host without counting as a failure of that host. At
+//! most [`DeliverySettings::max_connections_per_route`] deliveries use a route at once.
+//! Direct (MX) connections are not reused: their TLS policy is decided per message.
 //!
 //! The body is read from the caller's reader in 64 KiB chunks and written through
 //! `DotStuffer`; this module never holds it in memory whole. The reader must be seekable: a
@@ -40,39 +50,34 @@
 //! Address probes for recipient validation (a callout: MAIL and RCPT, no DATA) use the same
 //! connection code over the backend route: [`Delivery::probe`] (in `delivery/probe.rs`).
 //!
-//! Logs: `delivery_connect`, `delivery_tls` (protocol and cipher), `delivery_host_failed`,
-//! `delivery_tls_fallback`, and one `delivered` / `deferred` / `bounced` line per recipient,
-//! each with `queue_id`.
+//! Logs: `delivery_connect`, `delivery_tls` (policy, verification, protocol and cipher),
+//! `delivery_host_failed`, `delivery_tls_fallback`, `delivery_mx`, and one `delivered` /
+//! `deferred` / `bounced` line per recipient, each with `queue_id`.
 
+pub mod dane;
+pub mod mx;
+pub mod policy;
 mod probe;
+pub mod smtp;
+pub mod tlsrpt;
 
 pub use self::probe::Probe;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ravelin_wire::Reply;
-use ravelin_wire::client::{Client, ClientError, RcptOutcome, Step, Transaction, check_path};
-use ravelin_wire::data::DotStuffer;
+use ravelin_wire::client::{Client, ClientError, RcptOutcome, check_path};
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
-/// How much of the body is read, stuffed and written at a time.
-pub const BODY_CHUNK: usize = 64 * 1024;
-/// Read buffer for replies.
-const READ_BUF: usize = 8 * 1024;
-/// How long QUIT may take when closing a connection we no longer need.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use self::smtp::BODY_CHUNK;
+use self::smtp::{Attempt, Body, Conn, Target, TlsPlan};
 
 /// When to use STARTTLS; the names are Postfix's `smtp_tls_security_level` values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +130,7 @@ impl fmt::Debug for Delivery {
             .field("local_domains", &self.inner.local_domains)
             .field("local", &self.inner.local.route)
             .field("remote", &self.inner.remote.as_ref().map(|r| &r.route))
+            .field("direct", &self.inner.direct.is_some())
             .finish()
     }
 }
@@ -134,6 +140,8 @@ struct Inner {
     local_domains: Vec<String>,
     local: RouteAgent,
     remote: Option<RouteAgent>,
+    /// Direct delivery to the MX hosts, when there is no smart host.
+    direct: Option<mx::Direct>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,175 +185,6 @@ struct IdleConn {
     since: Instant,
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// One open SMTP session.
-struct Conn {
-    stream: Stream,
-    client: Client,
-    host: String,
-    port: u16,
-    buf: Box<[u8]>,
-}
-
-/// Why a session step failed.
-#[derive(Debug)]
-enum ConnError {
-    Client(ClientError),
-    Io(String),
-}
-
-impl fmt::Display for ConnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnError::Client(e) => e.fmt(f),
-            ConnError::Io(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Runs an I/O future under a time limit, naming what timed out.
-async fn timed<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl Future<Output = io::Result<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: timed out after {} ms", limit.as_millis())),
-    }
-}
-
-impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-            Stream::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-        }
-    }
-}
-
-impl Conn {
-    /// Does what the client asks (writes, reads) until it needs a decision from us.
-    async fn step(&mut self, limit: Duration) -> Result<Step, ConnError> {
-        loop {
-            match self.client.poll().map_err(ConnError::Client)? {
-                Step::Send(bytes) => timed(limit, "write", self.stream.write_all(&bytes))
-                    .await
-                    .map_err(ConnError::Io)?,
-                Step::Read => {
-                    let n = timed(limit, "read", self.stream.read(&mut self.buf))
-                        .await
-                        .map_err(ConnError::Io)?;
-                    if n == 0 {
-                        self.client.eof();
-                    } else {
-                        self.client.feed(&self.buf[..n]);
-                    }
-                }
-                other => return Ok(other),
-            }
-        }
-    }
-
-    /// Ends the session with QUIT (best effort) and drops the connection.
-    async fn close(mut self) {
-        if self.client.quit().is_ok() {
-            let _ = self.step(QUIT_TIMEOUT).await;
-        }
-    }
-
-    fn label(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
-/// The message body: a seekable reader and what we learned about it.
-struct Body<R> {
-    reader: R,
-    start: u64,
-    len: u64,
-    eight_bit: Option<bool>,
-    /// Reads may wait for the disk (so they leave the runtime's worker thread).
-    may_block: bool,
-}
-
-impl<R: Read + Seek> Body<R> {
-    fn rewind(&mut self) -> io::Result<()> {
-        self.reader.seek(SeekFrom::Start(self.start)).map(|_| ())
-    }
-
-    fn read_chunk(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let reader = &mut self.reader;
-        let mut read = || loop {
-            match reader.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        };
-        if !self.may_block {
-            return read();
-        }
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
-            _ => read(),
-        }
-    }
-
-    /// Whether any octet is above 127 (scanned once, on first need).
-    fn eight_bit(&mut self) -> io::Result<bool> {
-        if let Some(v) = self.eight_bit {
-            return Ok(v);
-        }
-        self.rewind()?;
-        let mut buf = vec![0u8; BODY_CHUNK];
-        let mut found = false;
-        loop {
-            let n = self.read_chunk(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            if !buf[..n].is_ascii() {
-                found = true;
-                break;
-            }
-        }
-        self.eight_bit = Some(found);
-        Ok(found)
-    }
-}
-
-/// How one attempt at a transaction on one connection ended.
-enum Attempt {
-    /// The server answered for every recipient.
-    Done(Vec<RcptOutcome>),
-    Failed {
-        error: String,
-        /// Answers that are already final, one slot per recipient of the attempt.
-        settled: Vec<Option<RcptOutcome>>,
-        /// Part of the body may have reached the server, or the failure is ours (reading
-        /// the message): do not try another host.
-        no_failover: bool,
-    },
-}
-
 /// The rustls client configuration for a policy (`None` for [`TlsPolicy::None`]). `may` and
 /// `encrypt` encrypt without authenticating, as Postfix does (handshake signatures are still
 /// checked); `verify` checks chain and name against the CA file or the system roots.
@@ -374,6 +213,19 @@ fn check_route(name: &str, route: &Route) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The recipients `which` grouped by domain, in order of first appearance.
+fn by_domain(recipients: &[String], which: &[usize]) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for &i in which {
+        let domain = domain_of(&recipients[i]).unwrap_or_default();
+        match groups.iter_mut().find(|(d, _)| *d == domain) {
+            Some((_, list)) => list.push(i),
+            None => groups.push((domain, vec![i])),
+        }
+    }
+    groups
 }
 
 /// The domain of an address, lower-cased, without a trailing dot (`None` without `@`).
@@ -432,7 +284,25 @@ impl Delivery {
                 local_domains,
                 local,
                 remote,
+                direct: None,
             }),
+        })
+    }
+
+    /// Sends mail for other domains directly to their mail exchangers when no smart host
+    /// route was given to [`Delivery::new`] (with a smart host, that route wins and this is
+    /// ignored). Fails when the TLS configurations cannot be built.
+    pub fn with_direct(self, direct: mx::DirectSettings) -> Result<Self, String> {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .map_err(|_| "with_direct must be called before the agent is shared".to_string())?;
+        if inner.remote.is_none() {
+            inner.direct = Some(mx::Direct::new(
+                direct,
+                inner.settings.max_connections_per_route,
+            )?);
+        }
+        Ok(Delivery {
+            inner: Arc::new(inner),
         })
     }
 
@@ -508,8 +378,13 @@ impl Delivery {
             }
         }
         if !local.is_empty() {
-            self.deliver_route(
-                &self.inner.local,
+            let agent = &self.inner.local;
+            let targets = agent.targets();
+            self.deliver_targets(
+                agent.kind.name(),
+                &agent.slots,
+                Some(agent),
+                &targets,
                 sender,
                 recipients,
                 &local,
@@ -520,25 +395,51 @@ impl Delivery {
             .await;
         }
         if !remote.is_empty() {
-            match &self.inner.remote {
-                Some(agent) => {
-                    self.deliver_route(
-                        agent,
-                        sender,
-                        recipients,
-                        &remote,
-                        &mut body,
-                        &mut results,
-                        log_id,
-                    )
-                    .await
-                }
-                None => {
-                    for &i in &remote {
-                        results[i] = Some(Outcome::Transient(
-                            "no route to remote domains: set outbound.smart_host".into(),
-                        ));
+            if let Some(agent) = &self.inner.remote {
+                let targets = agent.targets();
+                self.deliver_targets(
+                    agent.kind.name(),
+                    &agent.slots,
+                    Some(agent),
+                    &targets,
+                    sender,
+                    recipients,
+                    &remote,
+                    &mut body,
+                    &mut results,
+                    log_id,
+                )
+                .await;
+            } else if let Some(direct) = &self.inner.direct {
+                for (domain, which) in by_domain(recipients, &remote) {
+                    match direct.targets(&domain, log_id).await {
+                        Ok(targets) => {
+                            self.deliver_targets(
+                                "mx",
+                                direct.slots(),
+                                None,
+                                &targets,
+                                sender,
+                                recipients,
+                                &which,
+                                &mut body,
+                                &mut results,
+                                log_id,
+                            )
+                            .await
+                        }
+                        Err(outcome) => {
+                            for &i in &which {
+                                results[i] = Some(outcome.clone());
+                            }
+                        }
                     }
+                }
+            } else {
+                for &i in &remote {
+                    results[i] = Some(Outcome::Transient(
+                        "no route to remote domains: set outbound.smart_host".into(),
+                    ));
                 }
             }
         }
@@ -564,12 +465,16 @@ impl Delivery {
             .collect()
     }
 
-    /// Delivers to the recipients `which` (indexes into `recipients`) over one route,
-    /// filling their slots in `results`.
+    /// Delivers to the recipients `which` (indexes into `recipients`) through `targets` in
+    /// order, filling their slots in `results`. `pool` is the route whose idle connections
+    /// may be reused (targets with `reuse`).
     #[allow(clippy::too_many_arguments)]
-    async fn deliver_route<R: Read + Seek + Send>(
+    async fn deliver_targets<R: Read + Seek + Send>(
         &self,
-        agent: &RouteAgent,
+        route: &'static str,
+        slots: &Semaphore,
+        pool: Option<&RouteAgent>,
+        targets: &[Target],
         sender: &str,
         recipients: &[String],
         which: &[usize],
@@ -578,11 +483,13 @@ impl Delivery {
         log_id: &str,
     ) {
         let settings = &self.inner.settings;
-        let Ok(_slot) = agent.slots.acquire().await else {
+        let Ok(_slot) = slots.acquire().await else {
             return;
         };
         let mut last_error = String::from("no host tried");
-        for (host, port) in &agent.route.hosts {
+        for target in targets {
+            let (host, port) = (&target.host, &target.port);
+            let pool = pool.filter(|_| target.reuse);
             let mut fresh_tried = false;
             loop {
                 let open: Vec<usize> = which
@@ -593,7 +500,8 @@ impl Delivery {
                 if open.is_empty() {
                     return;
                 }
-                let (mut conn, reused) = match agent.take_idle(host, *port, settings.idle_timeout) {
+                let idle = pool.and_then(|p| p.take_idle(host, *port, settings.idle_timeout));
+                let (mut conn, reused) = match idle {
                     Some(conn) => {
                         tracing::debug!(event = "delivery_reuse", queue_id = %log_id,
                             host = %host, port = *port);
@@ -602,19 +510,31 @@ impl Delivery {
                     None if fresh_tried => break,
                     None => {
                         fresh_tried = true;
-                        match self.open(agent, host, *port, log_id).await {
-                            Ok(conn) => (conn, false),
+                        match smtp::open(settings, route, target, log_id).await {
+                            Ok(opened) => {
+                                if let Some(report) = &target.report {
+                                    report.session(&opened, host, target.addr);
+                                }
+                                (opened.conn, false)
+                            }
                             Err(e) => {
+                                if let Some(report) = &target.report {
+                                    report.failure(e.tls_failure, host, target.addr);
+                                }
+                                let e = e.message;
                                 tracing::warn!(event = "delivery_host_failed", queue_id = %log_id,
-                                    route = agent.kind.name(), host = %host, port = *port, error = %e);
-                                last_error = format!("{host}:{port}: {e}");
+                                    route, host = %host, port = *port, error = %e);
+                                last_error = match target.addr {
+                                    Some(ip) => format!("{host}[{ip}]:{port}: {e}"),
+                                    None => format!("{host}:{port}: {e}"),
+                                };
                                 break;
                             }
                         }
                     }
                 };
                 let rcpts: Vec<String> = open.iter().map(|&i| recipients[i].clone()).collect();
-                match self.transact(&mut conn, sender, rcpts, body).await {
+                match smtp::transact(settings, &mut conn, sender, rcpts, body).await {
                     Attempt::Done(outcomes) => {
                         let label = conn.label();
                         for (&i, o) in open.iter().zip(outcomes) {
@@ -626,8 +546,10 @@ impl Delivery {
                                 }
                             });
                         }
-                        if conn.client.is_ready() {
-                            self.put_idle(agent, conn);
+                        if let Some(pool) = pool
+                            && conn.client.is_ready()
+                        {
+                            self.put_idle(pool, conn);
                         } else {
                             conn.close().await;
                         }
@@ -641,7 +563,7 @@ impl Delivery {
                         let label = conn.label();
                         drop(conn);
                         tracing::warn!(event = "delivery_host_failed", queue_id = %log_id,
-                            route = agent.kind.name(), host = %host, port = *port, reused, no_failover,
+                            route, host = %host, port = *port, reused, no_failover,
                             error = %error);
                         let error = format!("{label}: {error}");
                         for (&i, s) in open.iter().zip(settled) {
@@ -676,230 +598,6 @@ impl Delivery {
                 results[i] = Some(Outcome::Transient(last_error.clone()));
             }
         }
-    }
-
-    /// Connects, reads the greeting, says EHLO and applies the route's TLS policy.
-    async fn open(
-        &self,
-        agent: &RouteAgent,
-        host: &str,
-        port: u16,
-        log_id: &str,
-    ) -> Result<Conn, String> {
-        let conn = self.connect(agent, host, port, log_id).await?;
-        let Some(tls) = &agent.tls else {
-            return Ok(conn);
-        };
-        let required = !matches!(agent.route.tls, TlsPolicy::May);
-        if !conn.client.capabilities().starttls {
-            if required {
-                conn.close().await;
-                return Err("STARTTLS required but not offered".into());
-            }
-            return Ok(conn);
-        }
-        match self.starttls(conn, tls, log_id).await {
-            Ok(conn) => Ok(conn),
-            Err(e) if required => Err(e),
-            Err(e) => {
-                tracing::warn!(event = "delivery_tls_fallback", queue_id = %log_id, host = %host,
-                    port, error = %e);
-                self.connect(agent, host, port, log_id).await
-            }
-        }
-    }
-
-    async fn connect(
-        &self,
-        agent: &RouteAgent,
-        host: &str,
-        port: u16,
-        log_id: &str,
-    ) -> Result<Conn, String> {
-        let settings = &self.inner.settings;
-        let tcp = timed(
-            settings.connect_timeout,
-            "connect",
-            TcpStream::connect((host, port)),
-        )
-        .await?;
-        let _ = tcp.set_nodelay(true);
-        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(event = "delivery_connect", queue_id = %log_id, route = agent.kind.name(),
-            host = %host, port, peer = %peer);
-        let client = Client::new(&settings.helo_name).map_err(|e| e.to_string())?;
-        let mut conn = Conn {
-            stream: Stream::Plain(tcp),
-            client,
-            host: host.to_string(),
-            port,
-            buf: vec![0u8; READ_BUF].into_boxed_slice(),
-        };
-        match conn.step(settings.command_timeout).await {
-            Ok(Step::Ready) => Ok(conn),
-            Ok(other) => Err(format!("unexpected step {other:?} while opening")),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// STARTTLS and the handshake; any failure (refusal included) is an error.
-    async fn starttls(
-        &self,
-        mut conn: Conn,
-        tls: &Arc<ClientConfig>,
-        log_id: &str,
-    ) -> Result<Conn, String> {
-        let limit = self.inner.settings.command_timeout;
-        conn.client.starttls().map_err(|e| e.to_string())?;
-        match conn.step(limit).await {
-            Ok(Step::StartTls) => {}
-            Ok(Step::StartTlsRefused(reply)) => {
-                conn.close().await;
-                return Err(format!("STARTTLS refused: {reply}"));
-            }
-            Ok(other) => return Err(format!("unexpected step {other:?} after STARTTLS")),
-            Err(e) => return Err(e.to_string()),
-        }
-        let Conn {
-            stream,
-            mut client,
-            host,
-            port,
-            buf,
-        } = conn;
-        let Stream::Plain(tcp) = stream else {
-            return Err("STARTTLS on a connection that is already encrypted".into());
-        };
-        let name = ServerName::try_from(host.clone())
-            .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
-        let connector = TlsConnector::from(tls.clone());
-        let stream = timed(limit, "TLS handshake", connector.connect(name, tcp)).await?;
-        let (_, session) = stream.get_ref();
-        let protocol = session
-            .protocol_version()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_default();
-        let cipher = session
-            .negotiated_cipher_suite()
-            .map(|c| format!("{:?}", c.suite()))
-            .unwrap_or_default();
-        tracing::info!(event = "delivery_tls", queue_id = %log_id, host = %host, port,
-            protocol = %protocol, cipher = %cipher);
-        client.tls_established().map_err(|e| e.to_string())?;
-        let mut conn = Conn {
-            stream: Stream::Tls(Box::new(stream)),
-            client,
-            host,
-            port,
-            buf,
-        };
-        match conn.step(limit).await {
-            Ok(Step::Ready) => Ok(conn),
-            Ok(other) => Err(format!("unexpected step {other:?} after TLS")),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// One transaction on an open connection.
-    async fn transact<R: Read + Seek + Send>(
-        &self,
-        conn: &mut Conn,
-        sender: &str,
-        recipients: Vec<String>,
-        body: &mut Body<R>,
-    ) -> Attempt {
-        let limit = self.inner.settings.command_timeout;
-        let n = recipients.len();
-        let failed = |error: String, settled: Vec<Option<RcptOutcome>>, no_failover: bool| {
-            let mut settled = settled;
-            settled.resize(n, None);
-            Attempt::Failed {
-                error,
-                settled,
-                no_failover,
-            }
-        };
-        let eight_bit = if conn.client.capabilities().eightbitmime {
-            match body.eight_bit() {
-                Ok(v) => v,
-                Err(e) => return failed(format!("cannot read the message: {e}"), Vec::new(), true),
-            }
-        } else {
-            false
-        };
-        let tx = Transaction {
-            sender: sender.to_string(),
-            recipients,
-            size: Some(body.len),
-            eight_bit,
-        };
-        if let Err(e) = conn.client.begin(tx) {
-            // Addresses were checked before; this is a bug, not the server's doing.
-            return failed(e.to_string(), Vec::new(), true);
-        }
-        let mut body_started = false;
-        loop {
-            match conn.step(limit).await {
-                Ok(Step::Done(outcomes)) => return Attempt::Done(outcomes),
-                Ok(Step::SendBody) => {
-                    body_started = true;
-                    if let Err(e) = self.send_body(conn, body).await {
-                        return failed(e, conn.client.settled(), true);
-                    }
-                    if let Err(e) = conn.client.body_sent() {
-                        return failed(e.to_string(), conn.client.settled(), true);
-                    }
-                }
-                Ok(other) => {
-                    return failed(
-                        format!("unexpected step {other:?}"),
-                        conn.client.settled(),
-                        body_started,
-                    );
-                }
-                Err(e) => return failed(e.to_string(), conn.client.settled(), body_started),
-            }
-        }
-    }
-
-    async fn send_body<R: Read + Seek + Send>(
-        &self,
-        conn: &mut Conn,
-        body: &mut Body<R>,
-    ) -> Result<(), String> {
-        let limit = self.inner.settings.command_timeout;
-        body.rewind()
-            .map_err(|e| format!("cannot read the message: {e}"))?;
-        let mut stuffer = DotStuffer::new();
-        let mut chunk = vec![0u8; BODY_CHUNK];
-        // Stuffed output waits here until it fills a chunk, so the last piece of the body and
-        // the final dot leave in one write (one segment for a small message).
-        let mut out = Vec::with_capacity(2 * BODY_CHUNK + BODY_CHUNK / 16);
-        let mut total: u64 = 0;
-        loop {
-            let n = body
-                .read_chunk(&mut chunk)
-                .map_err(|e| format!("cannot read the message: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            stuffer.push(&chunk[..n], &mut out);
-            if out.len() >= BODY_CHUNK {
-                timed(limit, "write body", conn.stream.write_all(&out)).await?;
-                out.clear();
-            }
-        }
-        stuffer.finish(&mut out);
-        timed(limit, "write body", conn.stream.write_all(&out)).await?;
-        if total != body.len {
-            tracing::warn!(
-                event = "delivery_size_mismatch",
-                announced = body.len,
-                sent = total
-            );
-        }
-        Ok(())
     }
 
     /// Parks a healthy connection for reuse and makes sure the route's reaper will close it
@@ -978,6 +676,29 @@ async fn reap_idle(weak: Weak<Inner>, kind: RouteKind, wait: Duration) {
 }
 
 impl RouteAgent {
+    /// The route's hosts as targets, in order, with the route's TLS plan.
+    fn targets(&self) -> Vec<Target> {
+        let (plan, policy) = match (&self.route.tls, &self.tls) {
+            (TlsPolicy::None, _) | (_, None) => (TlsPlan::None, "none"),
+            (TlsPolicy::May, Some(c)) => (TlsPlan::May(c.clone()), "may"),
+            (TlsPolicy::Encrypt, Some(c)) => (TlsPlan::Require(c.clone()), "encrypt"),
+            (TlsPolicy::Verify { .. }, Some(c)) => (TlsPlan::Require(c.clone()), "verify"),
+        };
+        self.route
+            .hosts
+            .iter()
+            .map(|(host, port)| Target {
+                host: host.clone(),
+                port: *port,
+                addr: None,
+                plan: plan.clone(),
+                policy,
+                reuse: true,
+                report: None,
+            })
+            .collect()
+    }
+
     /// When the longest-waiting idle connection was parked.
     fn oldest_idle(&self) -> Option<Instant> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -1063,7 +784,8 @@ mod tests {
     use rustls::ServerConfig;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::PrivateKeyDer;
-    use tokio_rustls::TlsAcceptor;
+    use rustls::pki_types::ServerName;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     /// A private CA and a server certificate it issued for `name`.
     struct Pki {
