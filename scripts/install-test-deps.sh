@@ -21,7 +21,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
-PY_PACKAGES=(dkimpy dnspython pynacl)
+PY_PACKAGES=(dkimpy dnspython pynacl authres)
 DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl openssl python3-venv)
 DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
@@ -117,7 +117,7 @@ quiet_system_services() {
 
 install_venv() {
     local py
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing' 2>/dev/null; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing, authres' 2>/dev/null; then
         say "Python venv present: .venv (${PY_PACKAGES[*]})"
         return
     fi
@@ -131,7 +131,7 @@ install_venv() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" \
         || die "pip install ${PY_PACKAGES[*]} failed"
-    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing' || die "dkimpy/dnspython not importable"
+    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing, authres' || die "dkimpy/dnspython/authres not importable"
     say "installed into .venv: ${PY_PACKAGES[*]}"
 }
 

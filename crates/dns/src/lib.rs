@@ -53,7 +53,7 @@ pub use dnsbl::{ListOutcome, ZoneOutcome, query_list, query_lists};
 pub use fcrdns::{Fcrdns, fcrdns};
 pub use resolver::{
     AdTrust, Answer, Caa, ConfigError, Failure, LookupError, Mx, Resolver, ResolverSettings, Tlsa,
-    reverse_name, reversed_ip,
+    hickory_config, reverse_name, reversed_ip,
 };
 
 #[cfg(feature = "testing")]

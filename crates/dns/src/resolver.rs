@@ -41,7 +41,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverOpts};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::FirstAnswer;
 use hickory_resolver::net::{DnsError, DnsHandle, NetError, RetryDnsHandle};
@@ -289,29 +289,9 @@ struct Resolved {
 impl Resolver {
     /// A resolver for the settings. With no name servers, `/etc/resolv.conf` is read now.
     pub fn new(settings: &ResolverSettings) -> Result<Resolver, ConfigError> {
-        let nameservers = if settings.nameservers.is_empty() {
-            system_nameservers()?
-        } else {
-            settings.nameservers.clone()
-        };
-        let timeout = settings
-            .timeout
-            .clamp(Duration::from_millis(10), MAX_TIMEOUT);
-        let attempts = settings.attempts.clamp(1, MAX_ATTEMPTS);
-
-        let mut options = ResolverOpts::default();
-        options.timeout = timeout;
-        options.attempts = attempts;
-        options.edns_payload_len = EDNS_PAYLOAD;
-        options.cache_size = 0;
-
-        let configs = nameservers.iter().map(|addr| {
-            let mut config = NameServerConfig::udp_and_tcp(addr.ip());
-            for connection in &mut config.connections {
-                connection.port = addr.port();
-            }
-            config
-        });
+        let (nameservers, options) = effective(settings)?;
+        let (timeout, attempts) = (options.timeout, options.attempts);
+        let configs = nameservers.iter().map(|addr| name_server(*addr));
         let tls = TlsConfig::new().map_err(|e| ConfigError(format!("resolver set-up: {e}")))?;
         let context = Arc::new(PoolContext::new(options, tls));
         let pool = NameServerPool::from_config(configs, context, TokioRuntimeProvider::default());
@@ -730,6 +710,47 @@ pub fn reversed_ip(ip: IpAddr) -> String {
 }
 
 /// The name servers of `/etc/resolv.conf`, with their ports.
+/// The name servers (resolv.conf's when none are configured) and the hickory options of
+/// `settings`: timeout and attempts clamped, EDNS payload, no cache.
+fn effective(settings: &ResolverSettings) -> Result<(Vec<SocketAddr>, ResolverOpts), ConfigError> {
+    let nameservers = if settings.nameservers.is_empty() {
+        system_nameservers()?
+    } else {
+        settings.nameservers.clone()
+    };
+    let mut options = ResolverOpts::default();
+    options.timeout = settings
+        .timeout
+        .clamp(Duration::from_millis(10), MAX_TIMEOUT);
+    options.attempts = settings.attempts.clamp(1, MAX_ATTEMPTS);
+    options.edns_payload_len = EDNS_PAYLOAD;
+    options.cache_size = 0;
+    Ok((nameservers, options))
+}
+
+fn name_server(addr: SocketAddr) -> NameServerConfig {
+    let mut config = NameServerConfig::udp_and_tcp(addr.ip());
+    for connection in &mut config.connections {
+        connection.port = addr.port();
+    }
+    config
+}
+
+/// The same name servers, timeout and attempts as a hickory `ResolverConfig` and
+/// `ResolverOpts`, for libraries that build their own hickory resolver (mail-auth's SPF, DKIM,
+/// DMARC and ARC lookups), so that every lookup of the gateway follows `[dns]`.
+pub fn hickory_config(
+    settings: &ResolverSettings,
+) -> Result<(ResolverConfig, ResolverOpts), ConfigError> {
+    let (nameservers, options) = effective(settings)?;
+    let config = ResolverConfig::from_parts(
+        None,
+        Vec::new(),
+        nameservers.into_iter().map(name_server).collect(),
+    );
+    Ok((config, options))
+}
+
 fn system_nameservers() -> Result<Vec<SocketAddr>, ConfigError> {
     let (config, _options) = hickory_resolver::system_conf::read_system_conf().map_err(|e| {
         ConfigError(format!(

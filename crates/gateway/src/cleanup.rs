@@ -17,6 +17,12 @@
 //! [`MEMORY_STAGE`] octets, beyond that in an unnamed file in the spool's `incoming/`) until
 //! its hash is known, then the signatures, the header and the body are written.
 //!
+//! Inbound mail on a listener with sender authentication ([`Policy::hold_for_checks`]) is
+//! held the same way, together with the header as the client sent it: [`MessageCleanup::finish`]
+//! then returns it as [`Finished::Held`], the session runs the checks ([`crate::checks`]) on
+//! [`Held::message`] and writes the message with the Authentication-Results field on top
+//! ([`Held::write`]), just below our Received line, or drops it.
+//!
 //! How it fails: a header over a limit is [`CleanupError::Header`] with
 //! [`HeaderError::is_limit`] (the session answers `552 5.3.4`), a malformed one (see
 //! [`ravelin_wire::headers`] for what is refused and why) also [`CleanupError::Header`]
@@ -100,6 +106,8 @@ pub struct Policy {
     pub limits: HeaderLimits,
     /// The authserv-id of our Authentication-Results fields (inbound).
     pub authserv_id: String,
+    /// Inbound: hold each message for the end-of-data checks (see [`Finished::Held`]).
+    pub hold_for_checks: bool,
     /// DKIM keys (outbound; `None` or empty: no signing).
     pub signer: Option<Arc<Signer>>,
     /// Where a held-back body goes once it outgrows memory (see `Spool::scratch_dir`).
@@ -160,8 +168,13 @@ enum State {
     Header,
     /// Header written; the body streams through.
     Streaming,
-    /// Outbound, to be signed: the processed header and the body held back.
-    Holding { header: Vec<u8>, body: Stage },
+    /// Outbound, to be signed, or inbound, to be checked: the processed header and the body
+    /// held back; for the checks also the header as received.
+    Holding {
+        header: Vec<u8>,
+        original: Option<Vec<u8>>,
+        body: Stage,
+    },
     /// An error was returned; nothing more is taken.
     Failed,
 }
@@ -215,36 +228,46 @@ impl MessageCleanup {
     }
 
     /// At the end of the data: what is left goes out (a message without an empty line is all
-    /// header), signed when it should be. Returns what was done.
-    pub fn finish(mut self, out: &mut Sink<'_>) -> Result<Report, CleanupError> {
+    /// header), signed when it should be; a message held for the checks is handed back.
+    pub fn finish(mut self, out: &mut Sink<'_>) -> Result<Finished, CleanupError> {
         if matches!(self.state, State::Header) {
             let header = self.collector.take();
             self.process_header(&header, out)?;
         }
         match std::mem::replace(&mut self.state, State::Failed) {
-            State::Holding { header, mut body } => {
+            State::Holding {
+                header,
+                original: Some(original),
+                body,
+            } => {
+                return Ok(Finished::Held(Held {
+                    report: self.report,
+                    original,
+                    header,
+                    body,
+                }));
+            }
+            State::Holding {
+                header,
+                original: None,
+                mut body,
+            } => {
                 let signer =
                     self.policy.signer.as_deref().ok_or_else(|| {
                         io::Error::other("a message held for signing without keys")
                     })?;
                 let outcome = signer.sign(&header, &mut |feed| body.replay(feed))?;
-                if let Outcome::Signed { fields, .. } = &outcome {
-                    out(fields)?;
-                }
-                out(&header)?;
-                let mut result = Ok(());
-                body.replay(&mut |chunk| {
-                    if result.is_ok() {
-                        result = out(chunk);
-                    }
-                })?;
-                result?;
+                let fields = match &outcome {
+                    Outcome::Signed { fields, .. } => fields.as_slice(),
+                    Outcome::Unsigned(_) => &[],
+                };
+                emit(fields, &header, &mut body, out)?;
                 self.report.dkim = Some(outcome);
             }
             State::Failed => return Err(io::Error::other("an earlier error").into()),
             State::Header | State::Streaming => {}
         }
-        Ok(self.report)
+        Ok(Finished::Written(self.report))
     }
 
     /// Parses and filters the header; writes it, or holds it for signing.
@@ -265,10 +288,19 @@ impl MessageCleanup {
             .signer
             .as_deref()
             .filter(|s| policy.outbound && !s.is_empty());
+        if !policy.outbound && policy.hold_for_checks {
+            self.state = State::Holding {
+                header: filtered.header,
+                original: Some(header.to_vec()),
+                body: Stage::new(policy.scratch_dir.clone()),
+            };
+            return Ok(());
+        }
         match signer.map(|s| s.signing_domain(&filtered.header)) {
             Some(Ok(_)) => {
                 self.state = State::Holding {
                     header: filtered.header,
+                    original: None,
                     body: Stage::new(policy.scratch_dir.clone()),
                 };
             }
@@ -284,11 +316,69 @@ impl MessageCleanup {
     }
 }
 
+/// What [`MessageCleanup::finish`] did.
+pub enum Finished {
+    /// The message is written; what was done to it.
+    Written(Report),
+    /// Held for the checks; nothing is written yet.
+    Held(Held),
+}
+
+/// An inbound message held for the end-of-data checks.
+pub struct Held {
+    /// What the header firewall did.
+    pub report: Report,
+    /// The header section as the client sent it (what signatures cover).
+    original: Vec<u8>,
+    /// The header after the firewall (what is stored).
+    header: Vec<u8>,
+    body: Stage,
+}
+
+impl Held {
+    /// The message as received: all of it when it is at most `max` octets (`true`), else
+    /// only its header section (`false`), so that at most `max` octets are held in memory.
+    pub fn message(&mut self, max: u64) -> io::Result<(Vec<u8>, bool)> {
+        let total = self.original.len() as u64 + self.body.len;
+        if total > max {
+            return Ok((self.original.clone(), false));
+        }
+        let mut all = Vec::with_capacity(total as usize);
+        all.extend_from_slice(&self.original);
+        self.body
+            .replay(&mut |chunk| all.extend_from_slice(chunk))?;
+        Ok((all, true))
+    }
+
+    /// Writes `fields` (our Authentication-Results), then the filtered header and the body.
+    pub fn write(mut self, fields: &[u8], out: &mut Sink<'_>) -> Result<Report, CleanupError> {
+        emit(fields, &self.header, &mut self.body, out)?;
+        Ok(self.report)
+    }
+}
+
+/// Writes `fields`, `header` and the held body, in order.
+fn emit(fields: &[u8], header: &[u8], body: &mut Stage, out: &mut Sink<'_>) -> io::Result<()> {
+    if !fields.is_empty() {
+        out(fields)?;
+    }
+    out(header)?;
+    let mut result = Ok(());
+    body.replay(&mut |chunk| {
+        if result.is_ok() {
+            result = out(chunk);
+        }
+    })?;
+    result
+}
+
 /// A body held back: memory first, then an unnamed file.
 struct Stage {
     memory: Vec<u8>,
     file: Option<File>,
     dir: PathBuf,
+    /// Octets held.
+    len: u64,
 }
 
 impl Stage {
@@ -297,10 +387,12 @@ impl Stage {
             memory: Vec::new(),
             file: None,
             dir,
+            len: 0,
         }
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.len += bytes.len() as u64;
         if self.file.is_none() && self.memory.len() + bytes.len() > MEMORY_STAGE {
             let mut file = tempfile::tempfile_in(&self.dir)?;
             file.write_all(&self.memory)?;
@@ -375,6 +467,7 @@ mod tests {
                 max_line: 1000,
             },
             authserv_id: "mx1.example.org".into(),
+            hold_for_checks: false,
             signer: signer.map(Arc::new),
             scratch_dir: scratch.to_path_buf(),
         })
@@ -394,10 +487,23 @@ mod tests {
                 Ok(())
             })?;
         }
-        let report = c.finish(&mut |b| {
+        let finished = c.finish(&mut |b| {
             out.extend_from_slice(b);
             Ok(())
         })?;
+        let report = match finished {
+            Finished::Written(report) => report,
+            Finished::Held(mut held) => {
+                let (message, complete) = held.message(u64::MAX)?;
+                assert!(complete);
+                out.extend_from_slice(&message);
+                out.extend_from_slice(b"--\r\n");
+                held.write(b"Authentication-Results: x; none\r\n", &mut |b| {
+                    out.extend_from_slice(b);
+                    Ok(())
+                })?
+            }
+        };
         Ok((out, report))
     }
 
@@ -425,6 +531,54 @@ mod tests {
         let (out, _) = run(&p, b"Subject: only\r\nX-MS-Exchange-Forest-X: 1\r\n", 5).unwrap();
         assert_eq!(out, b"Subject: only\r\n");
         assert_eq!(run(&p, b"", 5).unwrap().0, b"");
+    }
+
+    #[test]
+    fn inbound_held_for_checks_keeps_the_header_as_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy(false, None, dir.path());
+        Arc::get_mut(&mut p).unwrap().hold_for_checks = true;
+        for size in [1, 5, 4096] {
+            let mut c = MessageCleanup::new(p.clone());
+            let mut written = Vec::new();
+            for chunk in INBOUND.chunks(size) {
+                c.push(chunk, &mut |b| {
+                    written.extend_from_slice(b);
+                    Ok(())
+                })
+                .unwrap();
+            }
+            let Finished::Held(mut held) = c
+                .finish(&mut |b| {
+                    written.extend_from_slice(b);
+                    Ok(())
+                })
+                .unwrap()
+            else {
+                panic!("not held");
+            };
+            // Nothing is written before the verdict; the checks see what the client sent.
+            assert!(written.is_empty());
+            assert_eq!(held.message(1 << 20).unwrap(), (INBOUND.to_vec(), true));
+            let header_only = held.message(10).unwrap();
+            assert_eq!(header_only.0, &INBOUND[..INBOUND.len() - 13]);
+            assert!(!header_only.1);
+            let report = held
+                .write(
+                    b"Authentication-Results: mx1.example.org; spf=pass\r\n",
+                    &mut |b| {
+                        written.extend_from_slice(b);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                written,
+                b"Authentication-Results: mx1.example.org; spf=pass\r\n\
+                  From: it@example.org\r\nSubject: hi\r\n\r\nbody line\r\n\r\n"
+            );
+            assert_eq!(report.removed.len(), 2);
+        }
     }
 
     #[test]

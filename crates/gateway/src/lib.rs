@@ -2,6 +2,9 @@
 //!
 //! The mail's path is the module layout:
 //!
+//! - [`screen`]: before the dialogue: allow and block files, greet wait (pregreet), the
+//!   verdict cache, the reputation score at connect.
+//! - [`checks`]: checks that score a client (DNS lists, reverse DNS, HELO).
 //! - [`listener`]: binds the configured listeners, accepts connections, drops privileges.
 //! - [`session`]: drives a `ravelin_wire::server` session over one connection and applies the
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
@@ -9,6 +12,7 @@
 //! - [`recipients`]: recipient validation (file, LDAP, callout) and the harvest defence.
 //! - [`ldap`]: the LDAP client shared by AUTH and recipient lookups.
 //! - [`auth`]: SMTP AUTH for submission (users file, LDAP) and sender ownership.
+//! - [`checks`]: end-of-DATA checks of the whole message: SPF, DKIM, DMARC, ARC.
 //! - [`cleanup`]: header processing before the spool (our Received line).
 //! - [`dkim`]: DKIM signing of outbound mail and key generation.
 //! - [`firewall`]: the header firewall: what reveals the inside goes out of outbound mail,
@@ -27,6 +31,7 @@
 
 pub mod auth;
 pub mod bounce;
+pub mod checks;
 pub mod cleanup;
 pub mod config;
 pub mod delivery;
@@ -39,6 +44,7 @@ pub mod metrics;
 pub mod queue;
 pub mod recipients;
 pub mod relay;
+pub mod screen;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -6,8 +6,10 @@
 //! when a submission listener needs them (users file, LDAP service password) and the DKIM keys
 //! are read (`[dkim]`), every listener is bound, then — when started as root — the process
 //! gives the spool to `server.user` and becomes that user, then
-//! the spool is opened and recovered, the queue manager starts delivering what was found, and
-//! only then do the listeners accept connections.
+//! the spool is opened and recovered, the queue manager starts delivering what was found, the
+//! state store is opened and the screen built (its allow and block files read, a bad line
+//! stopping the start; a resolver from `[dns]` made when `[dnsbl]` has anything to look up),
+//! and only then do the listeners accept connections.
 //!
 //! The process umask is set to 077 first: nothing the gateway writes is readable by others.
 //!
@@ -37,6 +39,8 @@ use tracing::{info, warn};
 use ravelin_wire::headers::HeaderLimits;
 
 use crate::auth::Authenticator;
+use crate::checks::auth::Verifier;
+use crate::checks::reputation::Reputation;
 use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
 use crate::delivery::mx::DirectSettings;
@@ -47,6 +51,7 @@ use crate::listener::{self, Bound};
 use crate::queue::{QueueHandle, QueueManager, QueueSettings};
 use crate::recipients::Recipients;
 use crate::relay::RelayPolicy;
+use crate::screen::Screen;
 use crate::session::{SessionSettings, Shared};
 use crate::spool::Spool;
 use crate::state::{Defences, Store, admin};
@@ -228,10 +233,12 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
         }
+        let screen = Arc::new(screen(config, store.clone())?);
         let shared = Shared {
             spool: spool.clone(),
             queue: queue.clone(),
             defences,
+            screen,
             shutdown: shutdown_rx,
         };
         let relay = RelayPolicy::new(&config.inbound.domains);
@@ -241,6 +248,7 @@ impl Gateway {
             max_fields: config.limits.header_fields,
             max_line: config.limits.line_length,
         };
+        let verifier = Verifier::from_config(config)?.map(Arc::new);
         let sessions = TaskTracker::new();
         let mut addresses = Vec::new();
         let mut accept_loops = Vec::new();
@@ -272,7 +280,6 @@ impl Gateway {
                 command_timeout: config.limits.command_timeout.0,
                 data_timeout: config.limits.data_timeout.0,
                 session_timeout: config.limits.session_timeout.0,
-                greet_pause: config.limits.greet_pause.0,
                 kind: l.kind,
                 auth: authenticator.clone().filter(|_| submission(l.kind)),
                 trusted_networks: config.outbound.trusted_networks.clone(),
@@ -280,11 +287,13 @@ impl Gateway {
                     outbound: l.kind.is_outbound(),
                     firewall: firewall.clone(),
                     limits: header_limits,
-                    authserv_id: config.hostname.clone(),
+                    authserv_id: config.checks.authserv_id(&config.hostname).to_string(),
+                    hold_for_checks: !l.kind.is_outbound() && verifier.is_some(),
                     signer: l.kind.is_outbound().then(|| signer.clone()),
                     scratch_dir: spool.scratch_dir().to_path_buf(),
                 }),
                 recipients: recipients.clone().filter(|_| l.kind == ListenKind::Inbound),
+                checks: verifier.clone().filter(|_| !l.kind.is_outbound()),
             };
             info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());
             addresses.push((l.name.clone(), local));
@@ -358,6 +367,20 @@ impl Gateway {
             spool_synced = stats.commits
         );
     }
+}
+
+/// The screen of the inbound listeners, with the reputation checks when any can score (a
+/// resolver from `[dns]` is made only then).
+fn screen(config: &Config, store: Store) -> Result<Screen, String> {
+    let inbound = config.listen.iter().any(|l| l.kind == ListenKind::Inbound);
+    let reputation = if inbound && (!config.dnsbl.sites.is_empty() || config.dnsbl.checks_ptr()) {
+        let resolver = ravelin_dns::Resolver::new(&config.dns.resolver_settings())
+            .map_err(|e| format!("[dns]: cannot set up the resolver for [dnsbl]: {e}"))?;
+        Reputation::new(&config.dnsbl, resolver).map(Arc::new)
+    } else {
+        None
+    };
+    Screen::new(config, store, reputation)
 }
 
 /// The rustls configuration for the listeners, if any uses TLS.

@@ -1,10 +1,14 @@
 //! One SMTP connection: drives a `ravelin_wire::server` session over TCP (and TLS after
 //! STARTTLS or on an implicit-TLS listener) and applies the gateway's policy to its decisions.
 //!
-//! Order of events on a connection: on a `relay` listener, a client outside
-//! `outbound.trusted_networks` is refused at once (`554 5.7.1`) and closed; then the pregreet
-//! check (bytes that arrived before our greeting mean a client that does not wait for replies),
-//! greeting, then the command loop. On `submission` / `submissions` listeners the wire session
+//! Order of events on a connection: a client in `[screen] block_file` is refused (`554 5.7.1`),
+//! then the connection limits and bans; on a `relay` listener, a client outside
+//! `outbound.trusted_networks` is refused at once (`554 5.7.1`) and closed; then, on an
+//! `inbound` listener, the [`crate::screen`] (greet wait with pregreet detection, reputation
+//! score at connect; elsewhere only the instant pregreet check: bytes that arrived before our
+//! greeting mean a client that does not wait for replies), greeting, then the command loop.
+//! For a screened client the HELO name is scored too, and MAIL is refused with `554 5.7.1`
+//! when the connect-time and HELO scores together reach `[dnsbl] threshold`. On `submission` / `submissions` listeners the wire session
 //! offers AUTH inside TLS and refuses MAIL before it; AUTH is checked by [`crate::auth`] and
 //! logged as `event=auth` with the result and login name (never the password), and the
 //! envelope sender must belong to the authenticated user (`553 5.7.1` otherwise), and so must
@@ -48,14 +52,17 @@ use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use crate::auth::{Authenticator, Outcome};
-use crate::cleanup::{self, CleanupError, MessageCleanup, Trace};
+use crate::checks::auth::{Action, Verifier};
+use crate::checks::reputation::{self, Score};
+use crate::cleanup::{self, CleanupError, Finished, MessageCleanup, Trace};
 use crate::config::{AbuseKind, Cidr, ListenKind};
 use crate::queue::QueueHandle;
 use crate::recipients::{self, Recipients};
 use crate::relay::RelayPolicy;
-use crate::spool::{Direction, Envelope, Incoming, Spool};
+use crate::screen::{self, Screen, Standing};
+use crate::spool::{Direction, Envelope, Incoming, QuarantineInfo, Spool};
 use crate::state::greylist::GreyVerdict;
-use crate::state::{ConnectionGuard, Decision, Defences, Exceeded};
+use crate::state::{ConnectionGuard, Decision, Defences, Exceeded, canonical_ip};
 
 /// Per-listener settings of the sessions it accepts.
 pub struct SessionSettings {
@@ -72,8 +79,6 @@ pub struct SessionSettings {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub session_timeout: Duration,
-    /// How long to wait for a client that talks before the greeting.
-    pub greet_pause: Duration,
     /// What the listener is for: relay control, AUTH and the direction of its mail follow.
     pub kind: ListenKind,
     /// Password checks; present on submission listeners.
@@ -84,6 +89,8 @@ pub struct SessionSettings {
     pub cleanup: Arc<cleanup::Policy>,
     /// Recipient validation; present on inbound listeners when sources are configured.
     pub recipients: Option<Arc<Recipients>>,
+    /// SPF, DKIM, DMARC and ARC at the end of data (inbound listeners, `[checks] enabled`).
+    pub checks: Option<Arc<Verifier>>,
 }
 
 impl SessionSettings {
@@ -105,6 +112,8 @@ pub struct Shared {
     pub queue: QueueHandle,
     /// Bans, rate limits, connection counts and greylisting over the state store.
     pub defences: Arc<Defences>,
+    /// Allow and block files, greet wait, reputation scoring.
+    pub screen: Arc<Screen>,
     /// Turns true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -185,6 +194,13 @@ struct Session<'a> {
     shared: &'a Shared,
     id: String,
     peer: SocketAddr,
+    /// Our address the client connected to.
+    local: std::net::IpAddr,
+    /// On an inbound listener, for a screened client: the connect-time score, to which the
+    /// HELO score is added.
+    score: Option<Score>,
+    /// The score of the last HELO name.
+    helo_score: Option<Score>,
     helo: Option<(String, bool)>,
     tls_info: Option<String>,
     /// The login name once AUTH succeeded.
@@ -218,6 +234,11 @@ pub async fn serve_connection(
         shared: &shared,
         id,
         peer,
+        local: tcp
+            .local_addr()
+            .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip()),
+        score: None,
+        helo_score: None,
         helo: None,
         tls_info: None,
         auth_user: None,
@@ -254,10 +275,8 @@ impl Session<'_> {
                 Err(e) => return format!("TLS handshake failed: {e}"),
             }
         } else {
-            if !untrusted && pregreet(&tcp, self.settings.greet_pause).await {
-                warn!(event = "pregreet", session = %self.id, client = %self.peer.ip(), decision = "reject", reason = "client talked before the greeting");
-                wire.reject_pregreet();
-                self.record(AbuseKind::Pregreet).await;
+            if !untrusted {
+                self.screen(&tcp, &mut wire).await;
             }
             Conn::Plain(tcp)
         };
@@ -346,6 +365,42 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Before the greeting: on an inbound listener the screen (greet wait, reputation at
+    /// connect); elsewhere only the instant pregreet check.
+    async fn screen(&mut self, tcp: &TcpStream, wire: &mut ServerSession) {
+        let outcome = if self.settings.kind == ListenKind::Inbound {
+            self.shared.screen.run(tcp, self.peer.ip(), &self.id).await
+        } else {
+            screen::instant_check(tcp).await
+        };
+        match outcome {
+            screen::Outcome::Pass(score) => self.score = score,
+            screen::Outcome::Pregreet => {
+                warn!(event = "pregreet", session = %self.id, client = %self.peer.ip(), decision = "reject", reason = "client talked before the greeting");
+                wire.reject_pregreet();
+                self.record(AbuseKind::Pregreet).await;
+            }
+            screen::Outcome::Refuse(score) => {
+                let reply = reputation::refusal(self.peer.ip(), &score);
+                warn!(event = "refused", session = %self.id, client = %self.peer.ip(), listener = %self.settings.listener, decision = "reject", reason = %reply.one_line());
+                wire.refuse_connection(reply);
+            }
+        }
+    }
+
+    /// The refusal of MAIL when the connect-time score and the HELO score together reach
+    /// the threshold.
+    fn helo_refusal(&self) -> Option<Reply> {
+        let (Some(connect), Some(helo)) = (&self.score, &self.helo_score) else {
+            return None;
+        };
+        let mut total = connect.clone();
+        total.total = total.total.saturating_add(helo.total);
+        total.reasons.extend(helo.reasons.iter().cloned());
+        (helo.total != 0 && total.total >= self.shared.screen.threshold())
+            .then(|| reputation::refusal(self.peer.ip(), &total))
     }
 
     /// On a relay listener, refuses a client outside the trusted networks; true if refused.
@@ -482,7 +537,16 @@ impl Session<'_> {
     async fn handle(&mut self, ev: Event) -> Option<Verdict> {
         match ev {
             Event::Helo { name, extended } => {
-                info!(event = "helo", session = %self.id, client = %self.peer.ip(), helo = %name, esmtp = extended);
+                if self.score.is_some() {
+                    let score = self
+                        .shared
+                        .screen
+                        .helo_score(&name, self.peer.ip(), self.local);
+                    info!(event = "helo", session = %self.id, client = %self.peer.ip(), helo = %name, esmtp = extended, score = score.total, checks = %score.describe());
+                    self.helo_score = Some(score);
+                } else {
+                    info!(event = "helo", session = %self.id, client = %self.peer.ip(), helo = %name, esmtp = extended);
+                }
                 self.helo = Some((name, extended));
                 self.tx = Transaction::default();
                 None
@@ -493,6 +557,12 @@ impl Session<'_> {
                     ReversePath::Null => (String::new(), None),
                     ReversePath::Path(p) => (from.to_string(), Some(p.mailbox.domain.to_string())),
                 };
+                if let Some(reply) = self.helo_refusal() {
+                    self.rejected += 1;
+                    warn!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, decision = "reject", reason = %reply.one_line());
+                    self.tx = Transaction::default();
+                    return Some(Verdict::Reject(reply));
+                }
                 if let Some(reply) = self.sender_refusal(&from) {
                     self.rejected += 1;
                     warn!(event = "mail", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, user = self.auth_user.as_deref().unwrap_or(""), decision = "reject", reason = %reply.one_line());
@@ -709,8 +779,35 @@ impl Session<'_> {
             return Verdict::Reject(storage_error());
         };
         let id = *incoming.id();
+        let mut quarantine = None;
         if let (Some(cleanup), None, None) = (tx.cleanup.take(), &tx.write_error, &tx.refusal) {
-            let result = cleanup.finish(&mut |bytes| incoming.write(bytes));
+            let result = match cleanup.finish(&mut |bytes| incoming.write(bytes)) {
+                Ok(Finished::Written(report)) => Ok(report),
+                Ok(Finished::Held(held)) => match self.check(&id, &tx, held, &mut incoming).await {
+                    Ok((report, Action::Deliver, _)) => Ok(report),
+                    Ok((_, Action::Reject(domain), _)) => {
+                        drop(incoming);
+                        self.rejected += 1;
+                        let reply = Reply::ext(
+                            550,
+                            (5, 7, 1),
+                            format!("Email rejected per DMARC policy for {domain}"),
+                        );
+                        warn!(event = "data", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, decision = "reject", reason = %reply.one_line());
+                        return Verdict::Reject(reply);
+                    }
+                    Ok((report, Action::Quarantine(domain), header)) => {
+                        quarantine = Some(QuarantineInfo {
+                            reason: format!("DMARC policy quarantine for {domain}"),
+                            time: date::now_secs(),
+                            verdict: header,
+                        });
+                        Ok(report)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             if let Ok(report) = &result {
                 self.log_cleanup(&id, report);
                 if let Some(reply) = report
@@ -738,6 +835,20 @@ impl Session<'_> {
             warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
             return Verdict::Reject(storage_error());
         }
+        if let (Some(info), None, None) = (&quarantine, &tx.refusal, &tx.write_error) {
+            return match incoming.commit_quarantined(info).await {
+                Ok(_) => {
+                    self.accepted += 1;
+                    info!(event = "queued", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, recipients = tx.recipients.len(), size, direction = "inbound", decision = "quarantine", reason = %info.reason);
+                    Verdict::AcceptWith(Reply::ext(250, (2, 0, 0), format!("Ok: queued as {id}")))
+                }
+                Err(e) => {
+                    self.rejected += 1;
+                    warn!(event = "spool_error", session = %self.id, queue_id = %id, client = %self.peer.ip(), decision = "tempfail", reason = %e);
+                    Verdict::Reject(storage_error())
+                }
+            };
+        }
         match incoming.commit().await {
             Ok(_) => {
                 self.accepted += 1;
@@ -764,6 +875,47 @@ impl Session<'_> {
     }
 }
 
+impl Session<'_> {
+    /// Runs the sender authentication checks on a held message, then writes it to the spool
+    /// file with our Authentication-Results field on top. Returns what the cleanup did, what
+    /// to do with the message and the field.
+    async fn check(
+        &self,
+        id: &crate::spool::QueueId,
+        tx: &Transaction,
+        mut held: cleanup::Held,
+        incoming: &mut Incoming,
+    ) -> Result<(cleanup::Report, Action, String), CleanupError> {
+        let Some(verifier) = self.settings.checks.as_deref() else {
+            return Ok((
+                held.write(b"", &mut |b| incoming.write(b))?,
+                Action::Deliver,
+                String::new(),
+            ));
+        };
+        let (message, complete) = held.message(verifier.max_size())?;
+        let helo = self.helo.as_ref().map_or("", |(h, _)| h.as_str());
+        let smtp = crate::checks::auth::Session {
+            client: self.peer.ip(),
+            helo,
+            mail_from: &tx.sender,
+        };
+        let verdict = verifier.verify(&smtp, &message, complete).await;
+        drop(message);
+        let action = match &verdict.action {
+            Action::Deliver => "deliver",
+            Action::Quarantine(_) => "quarantine",
+            Action::Reject(_) => "reject",
+        };
+        info!(event = "auth_checks", session = %self.id, queue_id = %id, client = %self.peer.ip(), from = %tx.sender, results = %verdict.summary, decision = action, exempt = verdict.exempt.unwrap_or(""));
+        let report = match verdict.action {
+            Action::Reject(_) => held.report,
+            _ => held.write(verdict.header.as_bytes(), &mut |b| incoming.write(b))?,
+        };
+        Ok((report, verdict.action, verdict.header))
+    }
+}
+
 fn rate_limit_reply() -> Reply {
     Reply::ext(
         451,
@@ -782,6 +934,17 @@ async fn admit(
 ) -> Result<ConnectionGuard, Reply> {
     let d = &shared.defences;
     let client = peer.ip();
+    if shared.screen.standing(client) == Standing::Blocked {
+        warn!(event = "blocked", session = %id, client = %client, listener = %settings.listener, decision = "reject", reason = "client in [screen] block_file");
+        return Err(Reply::ext(
+            554,
+            (5, 7, 1),
+            format!(
+                "Service unavailable; client [{}] blocked by local policy",
+                canonical_ip(client)
+            ),
+        ));
+    }
     let slot = d.connections.try_acquire(client).map_err(|e| {
         warn!(event = "connection_limit", session = %id, client = %client, listener = %settings.listener, limit = e.limit, subject = %e.subject, max = e.max, decision = "reject", reason = "too many connections");
         Reply::ext(421, (4, 7, 0), format!("{} Error: too many connections", settings.hostname))
@@ -882,16 +1045,4 @@ fn storage_error() -> Reply {
         (4, 3, 1),
         "Insufficient system storage, try again later",
     )
-}
-
-/// Whether the client sent anything before our greeting: bytes already waiting on the socket
-/// now, or arriving within `pause`.
-async fn pregreet(tcp: &TcpStream, pause: Duration) -> bool {
-    let mut probe = [0u8; 1];
-    if pause.is_zero() {
-        use std::os::fd::AsRawFd;
-        let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-        return matches!(nix::sys::socket::recv(tcp.as_raw_fd(), &mut probe, flags), Ok(n) if n > 0);
-    }
-    matches!(timeout(pause, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
 }

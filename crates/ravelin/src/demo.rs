@@ -243,11 +243,19 @@ domains = ["demo.example"]
 backend = ["smtp://{sink_addr}"]
 [limits]
 message_size = 1048576
-greet_pause = "150ms"
+[screen]
+greet_wait = "150ms"
+exempt = []
+[dnsbl]
+no_ptr = 0
+ptr_not_confirmed = 0
 [spool]
 path = "{}"
 [delivery]
 retry_initial = "1s"
+# Offline: there is no DNS to look SPF, DKIM and DMARC up in.
+[checks]
+enabled = false
 "#,
         dir.display()
     );

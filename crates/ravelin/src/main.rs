@@ -8,6 +8,7 @@ mod audit_cmd;
 mod ban_cmd;
 mod demo;
 mod dkim_cmd;
+mod quarantine_cmd;
 mod queue_cmd;
 mod user_cmd;
 
@@ -46,6 +47,12 @@ enum Command {
     Queue {
         #[command(subcommand)]
         action: queue_cmd::QueueAction,
+    },
+    /// Messages kept from the backend by a DMARC verdict: list, show, release, delete
+    /// (works while the gateway runs).
+    Quarantine {
+        #[command(subcommand)]
+        action: quarantine_cmd::QuarantineAction,
     },
     /// List, add and remove bans (works while the gateway runs).
     Ban {
@@ -150,6 +157,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Queue { action } => queue_cmd::run(action),
+        Command::Quarantine { action } => quarantine_cmd::run(action),
         Command::Ban { action } => ban_cmd::run(action),
         Command::User { action } => user_cmd::run(action),
         Command::Dkim { action } => dkim_cmd::run(action),

@@ -60,7 +60,7 @@ pub enum QueueAction {
     },
 }
 
-fn open(config: &std::path::Path) -> Result<Spool, ExitCode> {
+pub(crate) fn open(config: &std::path::Path) -> Result<Spool, ExitCode> {
     let config = super::load(config)?;
     Spool::open_admin(&config.spool.path).map_err(|e| {
         eprintln!(
@@ -71,7 +71,7 @@ fn open(config: &std::path::Path) -> Result<Spool, ExitCode> {
     })
 }
 
-fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, ExitCode> {
+pub(crate) fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, ExitCode> {
     if ids.is_empty() {
         eprintln!("ravelin: give at least one queue id (see `ravelin queue list`)");
         return Err(ExitCode::from(2));
@@ -98,10 +98,7 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
             let spool = open(&config)?;
             let entries = spool.list().map_err(|e| fail(&e))?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&entries).unwrap_or_default()
-                );
+                print_json(serde_json::to_value(&entries));
             } else if entries.is_empty() {
                 println!("Mail queue is empty");
             } else {
@@ -205,20 +202,31 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
 
 /// The header section of a queued message (at most 64 KiB).
 fn read_headers(spool: &Spool, id: &QueueId) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
     let (_, _, body) = spool.read(id)?;
+    header_of(body)
+}
+
+/// The header section of a message's content (at most 64 KiB of it is read).
+pub(crate) fn header_of(body: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut buf = Vec::new();
     body.take(64 * 1024).read_to_end(&mut buf)?;
     Ok(ravelin_gateway::spool::header_section(&buf).to_vec())
 }
 
-fn fail(e: &std::io::Error) -> ExitCode {
+/// Prints `value` as pretty JSON (`--json`).
+pub(crate) fn print_json(value: serde_json::Result<serde_json::Value>) {
+    let text = value.and_then(|v| serde_json::to_string_pretty(&v));
+    println!("{}", text.unwrap_or_default());
+}
+
+pub(crate) fn fail(e: &std::io::Error) -> ExitCode {
     eprintln!("ravelin: {e}");
     ExitCode::from(1)
 }
 
 /// Applies `op` to each id; reports each result; exit 1 if any failed.
-fn each(
+pub(crate) fn each(
     config: &std::path::Path,
     ids: &[String],
     json: bool,

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ravelin_gateway::cleanup::{self, MessageCleanup, Policy, Trace};
+use ravelin_gateway::cleanup::{self, Finished, MessageCleanup, Policy, Trace};
 use ravelin_gateway::config::{DkimKeyConfig, DkimSection, HeaderFirewallSection};
 use ravelin_gateway::dkim::{Outcome, Signer};
 use ravelin_gateway::firewall::HeaderFirewall;
@@ -86,6 +86,7 @@ fn keys() -> Keys {
         firewall: HeaderFirewall::new(&HeaderFirewallSection::default(), HOSTNAME),
         limits: HeaderLimits::default(),
         authserv_id: HOSTNAME.into(),
+        hold_for_checks: false,
         signer: Some(Arc::new(signer)),
         scratch_dir: dir.path().to_path_buf(),
     });
@@ -133,6 +134,9 @@ fn sign(policy: &Arc<Policy>, message: &[u8], chunk: usize) -> Vec<u8> {
             Ok(())
         })
         .expect("pipeline finish");
+    let Finished::Written(report) = report else {
+        panic!("an outbound message held for the inbound checks");
+    };
     match report.dkim {
         Some(Outcome::Signed {
             domain, selectors, ..

@@ -348,7 +348,10 @@ fn pregreet_protocol_abuse_and_errors_earn_bans() {
     let sink = SmtpSink::start();
     let ravelin = Ravelin::start(
         config(sink.addr)
-            .set("limits", "greet_pause = \"300ms\"")
+            .set("screen", "greet_wait = \"300ms\"")
+            .set("screen", "exempt = []")
+            .set("dnsbl", "no_ptr = 0")
+            .set("dnsbl", "ptr_not_confirmed = 0")
             .set("limits", "soft_errors = 9")
             .set("limits", "hard_errors = 10"),
     );

@@ -73,13 +73,19 @@ pub fn default_outbound_remove() -> Vec<String> {
 /// (`X-MS-Exchange-Organization-AuthAs: Internal` and `...-SCL: -1` skip its checks; in a hybrid
 /// organisation the cross-tenant and transport stamps are promoted to organisation fields).
 /// Narrower than outbound: Exchange Online signs mail with DKIM over
-/// `X-MS-Exchange-SenderADCheck`, which must arrive intact.
+/// `X-MS-Exchange-SenderADCheck`, which must arrive intact. Also the verdicts of Exchange
+/// Online Protection (`X-Forefront-Antispam-Report: SFV:SKN` means "skip filtering") and the
+/// SpamAssassin verdicts that Postfix/Dovecot backends and Sieve rules act on.
 pub fn default_inbound_remove() -> Vec<String> {
     [
         "X-MS-Exchange-Organization-*",
         "X-MS-Exchange-Forest-*",
         "X-MS-Exchange-CrossTenant-*",
         "X-MS-Exchange-Transport-*",
+        "X-Forefront-Antispam-Report*",
+        "X-Microsoft-Antispam*",
+        "X-Spam-Flag",
+        "X-Spam-Status",
     ]
     .map(String::from)
     .to_vec()

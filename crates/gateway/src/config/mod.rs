@@ -22,6 +22,7 @@
 
 mod auth;
 mod bans;
+mod checks;
 mod diagnostics;
 mod dkim;
 mod dns;
@@ -30,6 +31,7 @@ mod header_firewall;
 mod metrics;
 mod rate_limits;
 mod recipients;
+mod screen;
 mod state;
 mod values;
 
@@ -42,6 +44,7 @@ use serde::Deserialize;
 
 pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
+pub use self::checks::{ChecksSection, Forwarder};
 pub use self::diagnostics::{ConfigError, ConfigErrors};
 pub use self::dkim::{DkimKeyConfig, DkimSection};
 pub use self::dns::DnsSection;
@@ -54,8 +57,9 @@ pub use self::rate_limits::RateLimitsSection;
 pub use self::recipients::{
     CalloutSection, DEFAULT_LDAP_FILTER, RecipientSource, RecipientsLdapSection, RecipientsSection,
 };
+pub use self::screen::{DnsblSection, DnsblSite, MAX_GREET_WAIT, ScreenSection};
 pub use self::state::{StateSection, StoreUrl, redact_url};
-pub use self::values::{BackendUrl, Cidr, HumanDuration, is_domain, loopback};
+pub use self::values::{BackendUrl, Cidr, FIX_SEPARATOR, HumanDuration, is_domain, loopback};
 pub use crate::log::LogFormat;
 
 use self::diagnostics::{Locator, toml_path};
@@ -102,6 +106,10 @@ pub struct Config {
     #[serde(default)]
     pub greylist: GreylistSection,
     #[serde(default)]
+    pub screen: ScreenSection,
+    #[serde(default)]
+    pub dnsbl: DnsblSection,
+    #[serde(default)]
     pub auth: AuthSection,
     #[serde(default)]
     pub header_firewall: HeaderFirewallSection,
@@ -111,6 +119,8 @@ pub struct Config {
     pub recipients: RecipientsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub checks: ChecksSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -343,8 +353,6 @@ pub struct Limits {
     pub command_timeout: HumanDuration,
     pub data_timeout: HumanDuration,
     pub session_timeout: HumanDuration,
-    /// Wait before the banner; clients that talk first are dropped. "0s" = off.
-    pub greet_pause: HumanDuration,
     /// Longest line accepted, in bytes including CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
     /// Failed AUTH attempts after which a session is closed with 421.
@@ -365,7 +373,6 @@ impl Default for Limits {
             command_timeout: HumanDuration::from_secs(120),
             data_timeout: HumanDuration::from_secs(300),
             session_timeout: HumanDuration::from_secs(30 * 60),
-            greet_pause: HumanDuration::from_secs(0),
             line_length: 1000,
             auth_failures: 3,
             header_size: 256 * 1024,
@@ -584,6 +591,8 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.server.pid_file.as_mut());
     paths.extend(config.state.path.as_mut());
     paths.extend(config.auth.users_file.as_mut());
+    paths.extend(config.screen.allow_file.as_mut());
+    paths.extend(config.screen.block_file.as_mut());
     paths.extend(config.metrics.token_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
@@ -788,6 +797,9 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     config.rate_limits.validate(loc, &mut err);
     config.greylist.validate(loc, &mut err);
     config.recipients.validate(loc, &mut err);
+    config.screen.validate(loc, &mut err);
+    config.dnsbl.validate(loc, &mut err);
+    config.checks.validate(loc, &mut err);
     if config.spool.path.as_os_str().is_empty() {
         err(
             loc.line(&toml_path!["spool", "path"]),
@@ -1014,6 +1026,20 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                     file.display()
                 ),
                 "name an existing file (relative paths start at the configuration's directory)",
+            ));
+        }
+    }
+    for (file, key) in [
+        (&config.screen.allow_file, "allow_file"),
+        (&config.screen.block_file, "block_file"),
+    ] {
+        if let Some(file) = file
+            && let Err(e) = crate::screen::CidrList::load(file)
+        {
+            errors.push(loc.error_at(
+                &toml_path!["screen", key],
+                format!("screen.{key}: {e}"),
+                "write one network per line, e.g. 192.0.2.0/24 (# starts a comment); relative paths start at the configuration's directory",
             ));
         }
     }

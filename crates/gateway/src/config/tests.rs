@@ -138,7 +138,6 @@ hard_errors = 5
 command_timeout = "1m"
 data_timeout = "10m"
 session_timeout = "1h"
-greet_pause = "3s"
 line_length = 2048
 
 [spool]
@@ -210,7 +209,6 @@ fn full_file_sets_every_key() {
             .as_deref(),
         Some("smtp://smarthost.example.net:587")
     );
-    assert_eq!(c.limits.greet_pause.get(), Duration::from_secs(3));
     assert_eq!(c.limits.line_length, 2048);
     assert_eq!(c.limits.hard_errors, 5);
     assert_eq!(c.delivery.retry_max.get(), Duration::from_secs(7200));
@@ -350,6 +348,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.outbound, Outbound::default());
     assert_eq!(c.auth, AuthSection::default());
     assert_eq!(c.recipients, RecipientsSection::default());
+    assert_eq!(c.checks, ChecksSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
         c.inbound.received_client,
@@ -395,7 +394,19 @@ fn example_mentions_every_key() {
         "command_timeout",
         "data_timeout",
         "session_timeout",
-        "greet_pause",
+        "greet_wait",
+        "cache_ttl",
+        "exempt",
+        "allow_file",
+        "block_file",
+        "sites",
+        "threshold",
+        "no_ptr",
+        "ptr_not_confirmed",
+        "helo_our_name",
+        "helo_our_address",
+        "helo_not_fqdn",
+        "helo_literal_mismatch",
         "line_length",
         "auth_failures",
         "users_file",
@@ -446,6 +457,11 @@ fn example_mentions_every_key() {
         "bind_password_file",
         "positive_ttl",
         "negative_ttl",
+        "authserv_id",
+        "enforce_dmarc",
+        "deadline",
+        "max_verify_size",
+        "trusted_forwarders",
     ] {
         assert!(
             text.lines()
@@ -941,6 +957,8 @@ fn example_states_the_state_ban_and_limit_defaults() {
     assert_eq!(c.state, StateSection::default());
     assert_eq!(c.rate_limits, RateLimitsSection::default());
     assert_eq!(c.greylist, GreylistSection::default());
+    assert_eq!(c.screen, ScreenSection::default());
+    assert_eq!(c.dnsbl, DnsblSection::default());
     let d = BansSection::default();
     for kind in AbuseKind::ALL {
         assert_eq!(c.bans.rule(kind), d.rule(kind), "{kind}");
@@ -1104,6 +1122,77 @@ fn dns_section_reads_timeout_attempts_and_ad_trust() {
 }
 
 #[test]
+fn screen_and_dnsbl_sections_are_read_and_checked() {
+    let base = MINIMAL.to_string();
+    let c = Config::parse(
+        &format!(
+            "{base}\n[screen]\ngreet_wait = \"2s\"\nexempt = []\ncache_ttl = \"2h\"\n\n[dnsbl]\nsites = [\"zen.spamhaus.org=127.0.0.[2..11]*3\", \"list.dnswl.org=127.0.[0..255].[1..3]*-4\"]\nthreshold = 4\nno_ptr = 0\nptr_not_confirmed = 0\n"
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.screen.greet_wait.get(), Duration::from_secs(2));
+    assert!(c.screen.exempt.is_empty());
+    assert_eq!(c.screen.cache_ttl.get(), Duration::from_secs(7200));
+    assert_eq!(c.dnsbl.sites.len(), 2);
+    assert_eq!(c.dnsbl.sites[1].weight, -4);
+    assert_eq!(c.dnsbl.threshold, 4);
+    assert!(!c.dnsbl.checks_ptr());
+    assert_eq!(
+        ScreenSection::default().greet_wait.get(),
+        Duration::from_secs(6)
+    );
+    assert_eq!(DnsblSection::default().sites, Vec::new());
+
+    let (line, message, fix) = error(&format!(
+        "{base}\n[dnsbl]\nsites = [\n  \"zen.example=127.0.0.[9..2]*3\",\n]\n"
+    ));
+    assert_eq!(line, base.lines().count() + 4);
+    assert!(message.contains("9..2"), "{message}");
+    assert!(fix.contains("zone[=filter][*weight]"), "{fix}");
+    let (line, message, _) = error(&format!("{base}\n[screen]\ngreet_wait = \"2m\"\n"));
+    assert_eq!(line, base.lines().count() + 3);
+    assert!(message.contains("greet_wait"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[dnsbl]\nthreshold = 0\n"));
+    assert!(message.contains("threshold"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[dnsbl]\ntimeout = \"0s\"\n"));
+    assert!(message.contains("dnsbl.timeout"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[screen]\ngreet_pause = \"1s\"\n"));
+    assert!(message.contains("greet_pause"), "{message}");
+}
+
+#[test]
+fn screen_files_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("allow.cidr"), "# ok\n192.0.2.0/24\n").unwrap();
+    std::fs::write(
+        dir.path().join("block.cidr"),
+        "198.51.100.0/24\n198.51.100.1/24\n",
+    )
+    .unwrap();
+    let path = dir.path().join("ravelin.toml");
+    std::fs::write(
+        &path,
+        format!("{MINIMAL}\n[screen]\nallow_file = \"allow.cidr\"\nblock_file = \"block.cidr\"\n"),
+    )
+    .unwrap();
+    let errors = Config::load(&path).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("block.cidr line 2"),
+        "{:?}",
+        errors[0]
+    );
+    assert_eq!(errors[0].line, MINIMAL.lines().count() + 4);
+    std::fs::write(dir.path().join("block.cidr"), "198.51.100.0/24\n").unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(
+        c.screen.allow_file.as_deref(),
+        Some(dir.path().join("allow.cidr").as_path())
+    );
+}
+
+#[test]
 fn metrics_off_by_default_and_a_token_away_from_loopback() {
     let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
     assert_eq!(c.metrics.listen, None);
@@ -1134,4 +1223,42 @@ fn direct_delivery_ports_must_not_be_zero() {
             .any(|e| e.1.contains("outbound.mta_sts_port is 0")),
         "{list:#?}"
     );
+}
+
+#[test]
+fn checks_section_is_read_and_checked() {
+    let c = Config::parse(MINIMAL, "t").unwrap();
+    assert!(c.checks.enabled && c.checks.enforce_dmarc);
+    assert_eq!(c.checks.authserv_id(&c.hostname), c.hostname);
+    let c = Config::parse(
+        &format!(
+            "{MINIMAL}\n[checks]\nauthserv_id = \"auth.example.org\"\nenforce_dmarc = false\ndeadline = \"3s\"\ntrusted_forwarders = [\"192.0.2.0/24\", \"2001:db8::1\", \"Lists.Example.NET.\"]\n"
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.checks.authserv_id("ignored"), "auth.example.org");
+    assert!(!c.checks.enforce_dmarc);
+    assert_eq!(c.checks.deadline, HumanDuration::from_secs(3));
+    assert_eq!(
+        c.checks.trusted_forwarders,
+        [
+            Forwarder::Network("192.0.2.0/24".parse().unwrap()),
+            Forwarder::Network("2001:db8::1".parse().unwrap()),
+            Forwarder::Domain("lists.example.net".into()),
+        ]
+    );
+    let base = MINIMAL.to_string();
+    let (line, message, fix) = error(&format!("{base}\n[checks]\ndeadline = \"0s\"\n"));
+    assert_eq!(line, base.lines().count() + 3);
+    assert!(message.contains("checks.deadline"), "{message}");
+    assert!(fix.contains("positive"), "{fix}");
+    let (_, message, _) = error(&format!("{base}\n[checks]\nmax_verify_size = 100\n"));
+    assert!(message.contains("max_verify_size = 100"), "{message}");
+    let (_, message, _) = error(&format!("{base}\n[checks]\nauthserv_id = \"not a host\"\n"));
+    assert!(message.contains("authserv_id"), "{message}");
+    let (_, message, _) = error(&format!(
+        "{base}\n[checks]\ntrusted_forwarders = [\"10.0.0.0/33\"]\n"
+    ));
+    assert!(message.contains("10.0.0.0/33"), "{message}");
 }

@@ -20,7 +20,10 @@ pub const FIX_SEPARATOR: &str = " — fix: ";
 
 /// Deserializes a `T` from a TOML string through `T::from_str`, naming `expecting` when the
 /// value is not a string at all.
-fn from_toml_string<'de, D, T>(deserializer: D, expecting: &'static str) -> Result<T, D::Error>
+pub(super) fn from_toml_string<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr<Err = String>,

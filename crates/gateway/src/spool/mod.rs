@@ -11,6 +11,8 @@
 //! - `state/`: per-message delivery state sidecars (module `state`), one per message in `queue/` or
 //!   `hold/`, absent until the first attempt. Keeping them apart from the message lets hold and
 //!   release be a single rename of the message file.
+//! - `quarantine/`: messages kept from the backend by a DMARC verdict, each with an `.info`
+//!   of why (module `quarantine`); released into `queue/` or deleted by the operator.
 //! - `corrupt/`: files recovery or delivery found damaged, moved aside and logged, never
 //!   silently dropped.
 //! - `free/`: empty files kept for reuse. A delivered message's file is renamed here and, once
@@ -46,6 +48,7 @@
 mod commit;
 mod format;
 mod id;
+mod quarantine;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -64,6 +67,7 @@ use tracing::{debug, error, info, warn};
 use commit::{Committer, Counters};
 use format::Layout;
 pub use id::{BadQueueId, QueueId};
+pub use quarantine::{QuarantineEntry, QuarantineInfo};
 pub use state::DeliveryState;
 
 const INCOMING: &str = "incoming";
@@ -248,7 +252,15 @@ impl Spool {
         if fs::metadata(path)?.mode() & 0o077 != 0 {
             fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
         }
-        for sub in [INCOMING, QUEUE, HOLD, STATE, CORRUPT, FREE] {
+        for sub in [
+            INCOMING,
+            QUEUE,
+            HOLD,
+            STATE,
+            CORRUPT,
+            FREE,
+            quarantine::QUARANTINE,
+        ] {
             builder.create(path.join(sub))?;
         }
         sync_dir(path)?;

@@ -86,7 +86,13 @@ pub(crate) fn load(path: &Path) -> io::Result<Option<DeliveryState>> {
 
 /// Replaces the state file at `path` durably (tmp + fsync + rename + fsync of the directory).
 pub(crate) fn store(path: &Path, state: &DeliveryState) -> io::Result<()> {
-    let json = serde_json::to_vec(state).map_err(io::Error::other)?;
+    store_json(path, state)
+}
+
+/// Replaces the file at `path` with `value` as JSON, durably (tmp + fsync + rename + fsync of
+/// the directory), owned like its directory.
+pub(crate) fn store_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    let json = serde_json::to_vec(value).map_err(io::Error::other)?;
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);

@@ -792,3 +792,63 @@ fn header_section_cases() {
     assert_eq!(header_section(b"A: 1\r\nB: trunc"), b"A: 1\r\n");
     assert_eq!(header_section(b"no line end"), b"");
 }
+
+#[tokio::test]
+async fn quarantine_survives_restart_and_releases_into_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut inc = spool
+        .create(envelope("a@example.org", &["b@example.org"]))
+        .unwrap();
+    let id = *inc.id();
+    inc.write(BODY).unwrap();
+    let info = QuarantineInfo {
+        reason: "DMARC policy quarantine for example.com".into(),
+        time: 1_700_000_100,
+        verdict: "Authentication-Results: mx; dmarc=fail".into(),
+    };
+    assert_eq!(
+        inc.commit_quarantined(&info).await.unwrap(),
+        BODY.len() as u64
+    );
+    let qdir = dir.path().join("quarantine");
+    assert_eq!(names(&qdir), [id.to_string(), format!("{id}.info")]);
+    assert!(names(&dir.path().join("incoming")).is_empty());
+    drop(spool);
+
+    // Recovery neither queues nor discards it; the queue manager never sees it.
+    let (spool, recovered) = Spool::open(dir.path()).unwrap();
+    assert!(recovered.is_empty());
+    assert!(spool.list().unwrap().is_empty());
+    let admin = Spool::open_admin(dir.path()).unwrap();
+    let listed = admin.quarantine_list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, &listed[0].info), (id, &info));
+    let (stored, read_info, mut body) = admin.quarantine_read(&id).unwrap();
+    assert_eq!(stored.recipients, ["b@example.org"]);
+    assert_eq!(read_info, info);
+    let mut out = Vec::new();
+    body.read_to_end(&mut out).unwrap();
+    assert_eq!(out, BODY);
+
+    // Release: into queue/, the info gone, a flush requested; a second release fails.
+    admin.quarantine_release(&id).unwrap();
+    assert!(names(&qdir).is_empty());
+    assert_eq!(spool.scan_queue().unwrap(), [id]);
+    assert_eq!(body_of(&spool, &id), BODY);
+    assert!(spool.take_flush_request().unwrap());
+    let e = admin.quarantine_release(&id).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    assert!(e.to_string().contains("quarantine"), "{e}");
+
+    // Delete is final.
+    let mut inc = spool
+        .create(envelope("a@example.org", &["c@example.org"]))
+        .unwrap();
+    let second = *inc.id();
+    inc.write(BODY).unwrap();
+    inc.commit_quarantined(&info).await.unwrap();
+    admin.quarantine_delete(&second).unwrap();
+    assert!(names(&qdir).is_empty());
+    assert!(admin.quarantine_delete(&second).is_err());
+}

@@ -1288,9 +1288,21 @@ impl RavelinConfig {
             domains: vec!["example.org".into()],
             backends: vec![format!("smtp://{backend}")],
             retry_initial: "1s".into(),
-            lines: Vec::new(),
+            // Sender authentication would ask the system's resolver, outside loopback; tests
+            // that want it call `checks`, with their own name servers.
+            lines: vec![("checks".into(), "enabled = false".into())],
             extra: String::new(),
         }
+    }
+
+    /// Turns `[checks]` (SPF, DKIM, DMARC, ARC) on, with `[dns] nameservers` at `dns`.
+    pub fn checks(mut self, dns: SocketAddr) -> Self {
+        self.lines
+            .retain(|(section, line)| !(section == "checks" && line == "enabled = false"));
+        self.set("checks", "enabled = true").set(
+            "dns",
+            &format!("nameservers = [{}]", toml_string(&dns.to_string())),
+        )
     }
 
     /// Adds a listener on a free port.
