@@ -261,6 +261,16 @@ mod tests {
         );
     }
 
+    fn with_sources(sources: Vec<Source>) -> Recipients {
+        Recipients {
+            sources,
+            permits: Semaphore::new(1),
+            harvest_threshold: 3,
+            harvest_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+
     /// A directory that cannot be reached: the file still accepts what it knows, but an
     /// address it does not know is unverified (a temporary answer), never unknown.
     #[tokio::test]
@@ -283,16 +293,10 @@ mod tests {
             allow_plaintext: false,
             timeout: crate::config::HumanDuration::from_secs(2),
         };
-        let r = Recipients {
-            sources: vec![
-                Source::Ldap(Directory::new(&ldap).unwrap()),
-                Source::File(Arc::new(AddressFile::open(&path, false).unwrap())),
-            ],
-            permits: Semaphore::new(1),
-            harvest_threshold: 3,
-            harvest_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(10),
-        };
+        let r = with_sources(vec![
+            Source::Ldap(Directory::new(&ldap).unwrap()),
+            Source::File(Arc::new(AddressFile::open(&path, false).unwrap())),
+        ]);
         assert_eq!(
             r.check("alice@example.org", "t").await,
             Verdict::Known { source: "file" }
@@ -312,15 +316,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r");
         std::fs::write(&path, "alice@example.org\n@shared.example.org\n").unwrap();
-        let r = Recipients {
-            sources: vec![Source::File(Arc::new(
-                AddressFile::open(&path, false).unwrap(),
-            ))],
-            permits: Semaphore::new(1),
-            harvest_threshold: 3,
-            harvest_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(10),
-        };
+        let r = with_sources(vec![Source::File(Arc::new(
+            AddressFile::open(&path, false).unwrap(),
+        ))]);
         assert_eq!(
             r.check("Alice@example.org", "t").await,
             Verdict::Known { source: "file" }
