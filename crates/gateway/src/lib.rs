@@ -9,6 +9,8 @@
 //! - [`session`]: drives a `ravelin_wire::server` session over one connection and applies the
 //!   gateway's policy (relay control, STARTTLS, limits, timeouts).
 //! - [`relay`]: relay control: which recipients a listener accepts.
+//! - [`recipients`]: recipient validation (file, LDAP, callout) and the harvest defence.
+//! - [`ldap`]: the LDAP client shared by AUTH and recipient lookups.
 //! - [`auth`]: SMTP AUTH for submission (users file, LDAP) and sender ownership.
 //! - [`checks`]: end-of-DATA checks of the whole message: SPF, DKIM, DMARC, ARC.
 //! - [`cleanup`]: header processing before the spool (our Received line).
@@ -35,10 +37,12 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod firewall;
+pub mod ldap;
 pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod queue;
+pub mod recipients;
 pub mod relay;
 pub mod screen;
 pub mod secret;

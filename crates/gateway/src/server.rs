@@ -49,6 +49,7 @@ use crate::dkim::Signer;
 use crate::firewall::HeaderFirewall;
 use crate::listener::{self, Bound};
 use crate::queue::{QueueHandle, QueueManager, QueueSettings};
+use crate::recipients::Recipients;
 use crate::relay::RelayPolicy;
 use crate::screen::Screen;
 use crate::session::{SessionSettings, Shared};
@@ -92,7 +93,8 @@ impl Gateway {
         } else {
             None
         };
-        // Read while still privileged: key files may be readable by root only.
+        // Read while still privileged: key and password files may be readable by root only.
+        let directory = Recipients::directory(config)?;
         let signer = Arc::new(Signer::new(&config.dkim).map_err(|e| format!("[dkim]: {e}"))?);
         let mut bound = Vec::new();
         for l in &config.listen {
@@ -193,7 +195,7 @@ impl Gateway {
         let queue = QueueManager::start(
             spool.clone(),
             recovered,
-            Arc::new(delivery),
+            Arc::new(delivery.clone()),
             QueueSettings {
                 concurrency: config.delivery.concurrency as usize,
                 retry_initial: config.delivery.retry_initial.0,
@@ -209,6 +211,8 @@ impl Gateway {
             .map_err(|e| format!("cannot open the state store ([state] store): {e}"))?;
         info!(event = "state_store", store = %store.describe());
         let defences = Arc::new(Defences::new(config, store.clone()));
+        let recipients =
+            Recipients::from_config(config, directory, &delivery, &store)?.map(Arc::new);
         let mut state_tasks =
             vec![store.spawn_sweeper(config.state.sweep_interval.0, shutdown_rx.clone())];
         let socket = admin::socket_path(&config.spool.path);
@@ -292,6 +296,7 @@ impl Gateway {
                     signer: l.kind.is_outbound().then(|| signer.clone()),
                     scratch_dir: spool.scratch_dir().to_path_buf(),
                 }),
+                recipients: recipients.clone().filter(|_| l.kind == ListenKind::Inbound),
                 checks: verifier.clone().filter(|_| !l.kind.is_outbound()),
             };
             info!(event = "listening", listener = %l.name, address = %local, kind = l.kind.as_str(), tls = mode.as_str());

@@ -15,7 +15,10 @@
 //! every From field of the message (checked on the header block the cleanup collected, at the
 //! end of data, before the message is committed: `553 5.7.1`, nothing stored). Mail from
 //! these listeners may go to any domain and is marked outbound in the spool envelope. On
-//! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`]. DATA
+//! inbound listeners MAIL is accepted from anyone; RCPT goes through [`crate::relay`], then
+//! the rate limits, then [`crate::recipients`] (unknown: `550 5.1.1`, recorded as harvesting
+//! abuse; lookup failed: `450 4.1.1`; after `harvest_threshold` unknown recipients each
+//! further RCPT is delayed), then greylisting. DATA
 //! opens a spool file that starts with our Received line, the content passes through
 //! [`crate::cleanup`] (header limits, the header firewall, DKIM signing on outbound listeners)
 //! and streams to disk as it arrives, and the `250` carrying the queue id is sent only after
@@ -54,6 +57,7 @@ use crate::checks::reputation::{self, Score};
 use crate::cleanup::{self, CleanupError, Finished, MessageCleanup, Trace};
 use crate::config::{AbuseKind, Cidr, ListenKind};
 use crate::queue::QueueHandle;
+use crate::recipients::{self, Recipients};
 use crate::relay::RelayPolicy;
 use crate::screen::{self, Screen, Standing};
 use crate::spool::{Direction, Envelope, Incoming, QuarantineInfo, Spool};
@@ -83,6 +87,8 @@ pub struct SessionSettings {
     pub trusted_networks: Vec<Cidr>,
     /// Header limits, the header firewall and, outbound, DKIM signing.
     pub cleanup: Arc<cleanup::Policy>,
+    /// Recipient validation; present on inbound listeners when sources are configured.
+    pub recipients: Option<Arc<Recipients>>,
     /// SPF, DKIM, DMARC and ARC at the end of data (inbound listeners, `[checks] enabled`).
     pub checks: Option<Arc<Verifier>>,
 }
@@ -202,6 +208,8 @@ struct Session<'a> {
     tx: Transaction,
     accepted: u32,
     rejected: u32,
+    /// Recipients refused as unknown in this session (the harvest tarpit counts them).
+    unknown_recipients: u32,
 }
 
 /// Serves one accepted connection to its end.
@@ -237,6 +245,7 @@ pub async fn serve_connection(
         tx: Transaction::default(),
         accepted: 0,
         rejected: 0,
+        unknown_recipients: 0,
     };
     let reason = s.run(tcp).await;
     // The connection's slot is free once its end is logged.
@@ -577,17 +586,20 @@ impl Session<'_> {
                 Some(Verdict::Accept)
             }
             Event::Auth(credentials) => Some(self.authenticate(credentials).await),
-            Event::Rcpt { to } => match self.check_recipient(&to) {
-                Ok(rcpt) => Some(self.accept_rcpt(rcpt).await),
-                Err(reply) => {
-                    self.rejected += 1;
-                    warn!(event = "rcpt", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, to = %to, decision = "reject", reason = %reply.one_line());
-                    Some(match self.record(AbuseKind::RelayProbing).await {
-                        Decision::Ban(_) => Verdict::RejectAndClose(reply),
-                        _ => Verdict::Reject(reply),
-                    })
+            Event::Rcpt { to } => {
+                self.harvest_tarpit().await;
+                match self.check_recipient(&to) {
+                    Ok(rcpt) => Some(self.accept_rcpt(rcpt).await),
+                    Err(reply) => {
+                        self.rejected += 1;
+                        warn!(event = "rcpt", session = %self.id, client = %self.peer.ip(), from = %self.tx.sender, to = %to, decision = "reject", reason = %reply.one_line());
+                        Some(match self.record(AbuseKind::RelayProbing).await {
+                            Decision::Ban(_) => Verdict::RejectAndClose(reply),
+                            _ => Verdict::Reject(reply),
+                        })
+                    }
                 }
-            },
+            }
             Event::DataStart => Some(self.start_data()),
             Event::Data(chunk) => {
                 let tx = &mut self.tx;
@@ -634,6 +646,9 @@ impl Session<'_> {
             self.rate_limited(&e, "rcpt");
             return Verdict::Reject(rate_limit_reply());
         }
+        if let Some(verdict) = self.validate_recipient(&rcpt).await {
+            return verdict;
+        }
         if let Some(g) = &d.greylist
             && let GreyVerdict::Defer(_) = g.check(client, &self.tx.sender, &rcpt).await
         {
@@ -648,6 +663,43 @@ impl Session<'_> {
         info!(event = "rcpt", session = %self.id, client = %client, to = %rcpt, decision = "accept");
         self.tx.recipients.push(rcpt);
         Verdict::Accept
+    }
+
+    /// Recipient validation; `None` when the recipient may go on (known, or not checked).
+    async fn validate_recipient(&mut self, rcpt: &str) -> Option<Verdict> {
+        let checker = self.settings.recipients.clone()?;
+        let client = self.peer.ip();
+        match checker.check(rcpt, &self.id).await {
+            recipients::Verdict::Known { .. } => None,
+            recipients::Verdict::Unknown { sources } => {
+                self.rejected += 1;
+                self.unknown_recipients += 1;
+                let reply = recipients::unknown_reply(rcpt);
+                warn!(event = "recipient_unknown", session = %self.id, client = %client, from = %self.tx.sender, to = %rcpt, source = %sources, count = self.unknown_recipients, decision = "reject", reason = %reply.one_line());
+                Some(match self.record(AbuseKind::Harvesting).await {
+                    Decision::Ban(_) => Verdict::RejectAndClose(reply),
+                    _ => Verdict::Reject(reply),
+                })
+            }
+            recipients::Verdict::Unavailable { source, reason } => {
+                self.rejected += 1;
+                let reply = recipients::unavailable_reply(rcpt);
+                warn!(event = "recipient_unverified", session = %self.id, client = %client, from = %self.tx.sender, to = %rcpt, source, reason = %reason, decision = "tempfail");
+                Some(Verdict::Reject(reply))
+            }
+        }
+    }
+
+    /// Delays an RCPT of a session that has had too many unknown recipients.
+    async fn harvest_tarpit(&self) {
+        let Some(checker) = &self.settings.recipients else {
+            return;
+        };
+        let delay = checker.tarpit(self.unknown_recipients);
+        if !delay.is_zero() {
+            info!(event = "tarpit", session = %self.id, client = %self.peer.ip(), delay_ms = delay.as_millis() as u64, reason = "unknown recipients", count = self.unknown_recipients);
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn rate_limited(&self, e: &Exceeded, command: &str) {

@@ -271,6 +271,8 @@ struct Tx {
     data_sent: bool,
     data: Option<Reply>,
     end: Option<Reply>,
+    /// An address probe: MAIL and RCPT only, never DATA.
+    probe: bool,
 }
 
 impl Tx {
@@ -285,6 +287,13 @@ impl Tx {
     /// The final answer for recipient `i`, if there is one yet.
     fn outcome(&self, i: usize) -> Option<RcptOutcome> {
         let mail = self.mail.as_ref()?;
+        if self.probe {
+            // A refused MAIL says nothing about the recipient: inconclusive, not permanent.
+            if mail.code / 100 != 2 {
+                return Some(RcptOutcome::Transient(mail.clone()));
+            }
+            return self.rcpt.get(i)?.as_ref().map(RcptOutcome::from_reply);
+        }
         if mail.code / 100 != 2 {
             return Some(RcptOutcome::failure(mail));
         }
@@ -539,7 +548,9 @@ impl Client {
     /// Called when every reply of the transaction so far is in: send the next batch or end.
     fn advance(&mut self) {
         let Some(tx) = &self.tx else { return };
-        let over = tx.end.is_some() || tx.data.is_some() || (tx.mail.is_some() && !tx.mail_ok());
+        let probed = tx.probe && tx.mail.is_some() && tx.rcpt.iter().all(Option::is_some);
+        let over =
+            tx.end.is_some() || tx.data.is_some() || (tx.mail.is_some() && !tx.mail_ok()) || probed;
         if !over {
             self.send_more();
             if !self.expect.is_empty() {
@@ -589,7 +600,7 @@ impl Client {
                 self.send(Expect::Rcpt(i), cmd.as_bytes());
                 continue;
             }
-            if !tx.data_sent {
+            if !tx.data_sent && !tx.probe {
                 // Once every RCPT reply is in, DATA only makes sense for an accepted
                 // recipient; while some are outstanding, pipelining sends it blind.
                 let all_known = tx.mail.is_some() && tx.rcpt.iter().all(Option::is_some);
@@ -607,6 +618,24 @@ impl Client {
     /// anything; a message the server cannot take (SIZE, SMTPUTF8) ends at once with
     /// [`Step::Done`] carrying permanent failures.
     pub fn begin(&mut self, tx: Transaction) -> Result<(), ClientError> {
+        self.begin_tx(tx, false)
+    }
+
+    /// Starts an address probe (a callout): MAIL FROM `sender` and RCPT TO `recipient`, no
+    /// DATA. It ends with [`Step::Done`] carrying the RCPT reply as the recipient's outcome
+    /// (a refused MAIL is reported as [`RcptOutcome::Transient`]: it says nothing about the
+    /// recipient); the session is then reset before any next transaction.
+    pub fn begin_probe(&mut self, sender: &str, recipient: &str) -> Result<(), ClientError> {
+        let tx = Transaction {
+            sender: sender.to_string(),
+            recipients: vec![recipient.to_string()],
+            size: None,
+            eight_bit: false,
+        };
+        self.begin_tx(tx, true)
+    }
+
+    fn begin_tx(&mut self, tx: Transaction, probe: bool) -> Result<(), ClientError> {
         if !self.is_ready() {
             return Err(ClientError::Misuse("begin while the session is not ready"));
         }
@@ -666,6 +695,7 @@ impl Client {
             data_sent: false,
             data: None,
             end: None,
+            probe,
         });
         self.phase = Phase::Transaction;
         self.send_more();
@@ -835,6 +865,45 @@ mod tests {
                 "EHLO gw.example.net\r\n",
                 "MAIL FROM:<s@example.net> SIZE=20\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
                 "Subject: t\r\n\r\n..hi\r\n.\r\n",
+                "QUIT\r\n",
+            ]
+        );
+    }
+
+    fn probe(h: &mut Harness, rcpt: &str) -> Vec<RcptOutcome> {
+        h.client.begin_probe("", rcpt).unwrap();
+        match h.run() {
+            Ok(Step::Done(o)) => o,
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn probes_stop_after_rcpt_and_reset_before_the_next() {
+        let mut h = Harness::new(&[
+            GREET,
+            EHLO_PIPE,
+            b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n",
+            b"250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n550 5.1.1 <b@example.org>: Recipient address rejected: User unknown\r\n",
+            b"250 2.0.0 Ok\r\n503 5.5.1 no\r\n",
+            b"221 bye\r\n",
+        ]);
+        h.ready();
+        let out = probe(&mut h, "a@example.org");
+        assert_eq!(out.iter().map(code).collect::<Vec<_>>(), [('D', 250)]);
+        let out = probe(&mut h, "b@example.org");
+        assert_eq!(out.iter().map(code).collect::<Vec<_>>(), [('P', 550)]);
+        // A refused MAIL says nothing about the recipient.
+        let out = probe(&mut h, "c@example.org");
+        assert_eq!(out.iter().map(code).collect::<Vec<_>>(), [('T', 503)]);
+        h.quit();
+        assert_eq!(
+            h.writes(),
+            [
+                "EHLO gw.example.net\r\n",
+                "MAIL FROM:<>\r\nRCPT TO:<a@example.org>\r\n",
+                "RSET\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\n",
+                "RSET\r\nMAIL FROM:<>\r\nRCPT TO:<c@example.org>\r\n",
                 "QUIT\r\n",
             ]
         );

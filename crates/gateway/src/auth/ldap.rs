@@ -21,14 +21,14 @@
 //! refused before any bind: LDAP would take it as an unauthenticated bind and report success
 //! (RFC 4513 section 5.1.2). Passwords never appear in errors or logs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchOptions, dn_escape, ldap_escape};
+use ldap3::{Scope, SearchOptions, dn_escape, ldap_escape};
 use ravelin_wire::auth::Password;
-use rustls::ClientConfig;
 
-use crate::config::{LdapSection, parse_ldap_url};
+use crate::config::LdapSection;
+use crate::ldap::LdapServer;
+use crate::secret::read_first_line;
 
 /// LDAP result code of a failed bind (RFC 4511 appendix A).
 const INVALID_CREDENTIALS: u32 = 49;
@@ -53,9 +53,7 @@ enum FindDn {
 
 /// A configured directory.
 pub struct Ldap {
-    url: String,
-    starttls: bool,
-    tls: Option<Arc<ClientConfig>>,
+    server: LdapServer,
     find: FindDn,
     timeout: Duration,
 }
@@ -63,18 +61,13 @@ pub struct Ldap {
 impl Ldap {
     /// Reads the service password file and prepares TLS; errors name the setting.
     pub fn new(section: &LdapSection) -> Result<Ldap, String> {
-        let (ldaps, _, _) = parse_ldap_url(&section.url)
-            .ok_or_else(|| format!("auth.ldap.url {:?} is not an LDAP URL", section.url))?;
-        let tls = if ldaps || section.starttls {
-            Some(
-                ravelin_tls::client_config(&ravelin_tls::Verify::WebPki {
-                    ca_file: section.ca_file.clone(),
-                })
-                .map_err(|e| format!("auth.ldap: {e}"))?,
-            )
-        } else {
-            None
-        };
+        let server = LdapServer::new(
+            "auth.ldap",
+            &section.url,
+            section.starttls,
+            section.ca_file.as_deref(),
+            section.timeout.get(),
+        )?;
         let find = match (&section.bind_dn_template, &section.search_base) {
             (Some(t), _) => FindDn::Template(t.clone()),
             (None, Some(base)) => FindDn::Search {
@@ -83,10 +76,7 @@ impl Ldap {
                 bind: match (&section.search_bind_dn, &section.search_bind_password_file) {
                     (Some(dn), Some(file)) => Some((
                         dn.clone(),
-                        crate::secret::read_first_line(
-                            file,
-                            "auth.ldap.search_bind_password_file",
-                        )?,
+                        read_first_line(file, "auth.ldap.search_bind_password_file")?,
                     )),
                     _ => None,
                 },
@@ -96,9 +86,7 @@ impl Ldap {
             }
         };
         Ok(Ldap {
-            url: section.url.clone(),
-            starttls: section.starttls,
-            tls,
+            server,
             find,
             timeout: section.timeout.get(),
         })
@@ -115,42 +103,24 @@ impl Ldap {
             Ok(Err(e)) => LdapCheck::Unavailable(e),
             Err(_) => LdapCheck::Unavailable(format!(
                 "no answer from {} within {:?}",
-                self.url,
+                self.server.url(),
                 self.timeout * 4
             )),
         }
     }
 
     async fn bind_as_user(&self, login: &str, password: &Password) -> Result<LdapCheck, String> {
-        let mut settings = LdapConnSettings::new()
-            .set_conn_timeout(self.timeout)
-            .set_starttls(self.starttls);
-        if let Some(tls) = &self.tls {
-            settings = settings.set_config(tls.clone());
-        }
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?;
-        let driver = tokio::spawn(conn.drive());
+        let mut conn = self.server.connect().await?;
         let outcome = async {
             let dn = match &self.find {
                 FindDn::Template(t) => t.replace("{user}", &dn_escape(login)),
                 FindDn::Search { base, filter, bind } => {
                     if let Some((service_dn, service_password)) = bind {
-                        let r = ldap
-                            .with_timeout(self.timeout)
-                            .simple_bind(service_dn, service_password.expose())
-                            .await
-                            .map_err(|e| format!("service bind: {e}"))?;
-                        if r.rc != 0 {
-                            return Err(format!(
-                                "service bind as {service_dn} refused (result {}: {})",
-                                r.rc, r.text
-                            ));
-                        }
+                        conn.service_bind(service_dn, service_password).await?;
                     }
                     let filter = filter.replace("{user}", &ldap_escape(login));
-                    let result = ldap
+                    let result = conn
+                        .ldap
                         .with_search_options(SearchOptions::new().sizelimit(2))
                         .with_timeout(self.timeout)
                         .search(base, Scope::Subtree, &filter, vec!["1.1"])
@@ -179,20 +149,14 @@ impl Ldap {
                     }
                 }
             };
-            let r = ldap
-                .with_timeout(self.timeout)
-                .simple_bind(&dn, password.expose())
-                .await
-                .map_err(|e| format!("bind: {e}"))?;
-            Ok(match r.rc {
+            Ok(match conn.bind(&dn, password).await? {
                 0 => LdapCheck::Good,
                 INVALID_CREDENTIALS => LdapCheck::Bad,
-                rc => return Err(format!("bind refused (result {rc}: {})", r.text)),
+                rc => return Err(format!("bind refused (result {rc})")),
             })
         }
         .await;
-        let _ = ldap.unbind().await;
-        driver.abort();
+        conn.close().await;
         outcome
     }
 }

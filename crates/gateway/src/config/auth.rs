@@ -152,35 +152,17 @@ pub(super) fn validate(auth: &AuthSection, loc: &Locator<'_>, errors: &mut Vec<C
     let mut err = |line: usize, message: String, fix: &str| {
         errors.push(loc.error(line, message, fix));
     };
-    match parse_ldap_url(&ldap.url) {
-        None => err(
-            at("url"),
-            format!(
-                "auth.ldap.url \"{}\" is not an LDAP URL",
-                ldap.url.escape_debug()
-            ),
-            "write ldaps://HOST[:PORT] or ldap://HOST[:PORT]",
-        ),
-        Some((tls, host, _)) => {
-            if tls && ldap.starttls {
-                err(
-                    at("starttls"),
-                    "auth.ldap: starttls = true with an ldaps:// URL".into(),
-                    "ldaps:// is TLS already; remove starttls",
-                );
-            }
-            if !tls && !ldap.starttls && !ldap.allow_plaintext && !is_loopback_host(&host) {
-                err(
-                    at("url"),
-                    format!(
-                        "auth.ldap.url {}: passwords would cross the network in clear text",
-                        ldap.url
-                    ),
-                    "use ldaps://, or set starttls = true (allow_plaintext = true only on a trusted network)",
-                );
-            }
-        }
-    }
+    validate_ldap_server(
+        "auth.ldap",
+        LdapServerKeys {
+            url: &ldap.url,
+            starttls: ldap.starttls,
+            allow_plaintext: ldap.allow_plaintext,
+            timeout: ldap.timeout,
+        },
+        at,
+        &mut err,
+    );
     match (&ldap.bind_dn_template, &ldap.search_base) {
         (Some(t), None) if !t.contains("{user}") => err(
             at("bind_dn_template"),
@@ -200,21 +182,84 @@ pub(super) fn validate(auth: &AuthSection, loc: &Locator<'_>, errors: &mut Vec<C
             "set bind_dn_template = \"uid={user},ou=people,dc=example,dc=org\", or search_base (with search_filter)",
         ),
     }
-    if ldap.search_bind_dn.is_some() != ldap.search_bind_password_file.is_some() {
+    validate_service_account(
+        "auth.ldap",
+        ["search_bind_dn", "search_bind_password_file"],
+        [
+            ldap.search_bind_dn.is_some(),
+            ldap.search_bind_password_file.is_some(),
+        ],
+        at,
+        &mut err,
+    );
+}
+
+/// A service account's DN and password file (`keys`, whether each is `set`) go together.
+pub(super) fn validate_service_account(
+    section: &str,
+    keys: [&str; 2],
+    set: [bool; 2],
+    at: impl Fn(&str) -> usize,
+    err: &mut impl FnMut(usize, String, &str),
+) {
+    if set[0] != set[1] {
         err(
-            at(if ldap.search_bind_dn.is_some() {
-                "search_bind_dn"
-            } else {
-                "search_bind_password_file"
-            }),
-            "auth.ldap: search_bind_dn and search_bind_password_file go together".into(),
+            at(if set[0] { keys[0] } else { keys[1] }),
+            format!("{section}: {} and {} go together", keys[0], keys[1]),
             "set both (the service account and the file with its password), or neither for an anonymous search",
         );
     }
-    if ldap.timeout.is_zero() {
+}
+
+/// The connection keys of an LDAP section.
+pub(super) struct LdapServerKeys<'a> {
+    pub url: &'a str,
+    pub starttls: bool,
+    pub allow_plaintext: bool,
+    pub timeout: HumanDuration,
+}
+
+/// The checks of an LDAP server's URL, TLS and timeout; `section` is how the section is
+/// named in messages (`auth.ldap`), `at` gives the line of one of its keys.
+pub(super) fn validate_ldap_server(
+    section: &str,
+    keys: LdapServerKeys<'_>,
+    at: impl Fn(&str) -> usize,
+    err: &mut impl FnMut(usize, String, &str),
+) {
+    match parse_ldap_url(keys.url) {
+        None => err(
+            at("url"),
+            format!(
+                "{section}.url \"{}\" is not an LDAP URL",
+                keys.url.escape_debug()
+            ),
+            "write ldaps://HOST[:PORT] or ldap://HOST[:PORT]",
+        ),
+        Some((tls, host, _)) => {
+            if tls && keys.starttls {
+                err(
+                    at("starttls"),
+                    format!("{section}: starttls = true with an ldaps:// URL"),
+                    "ldaps:// is TLS already; remove starttls",
+                );
+            }
+            if !tls && !keys.starttls && !keys.allow_plaintext && !is_loopback_host(&host) {
+                err(
+                    at("url"),
+                    format!(
+                        "{section}.url {}: passwords would cross the network in clear text",
+                        keys.url
+                    ),
+                    "use ldaps://, or set starttls = true (allow_plaintext = true only on a trusted network)",
+                );
+            }
+        }
+    }
+    if keys.timeout.is_zero() {
         err(
             at("timeout"),
-            "auth.ldap.timeout is 0s".into(),
+            format!("{section}.timeout is 0s"),
             "write a positive duration, e.g. \"10s\"",
         );
     }

@@ -30,6 +30,7 @@ mod greylist;
 mod header_firewall;
 mod metrics;
 mod rate_limits;
+mod recipients;
 mod screen;
 mod state;
 mod values;
@@ -53,6 +54,9 @@ pub use self::header_firewall::{
 };
 pub use self::metrics::MetricsSection;
 pub use self::rate_limits::RateLimitsSection;
+pub use self::recipients::{
+    CalloutSection, DEFAULT_LDAP_FILTER, RecipientSource, RecipientsLdapSection, RecipientsSection,
+};
 pub use self::screen::{DnsblSection, DnsblSite, MAX_GREET_WAIT, ScreenSection};
 pub use self::state::{StateSection, StoreUrl, redact_url};
 pub use self::values::{BackendUrl, Cidr, FIX_SEPARATOR, HumanDuration, is_domain, loopback};
@@ -111,6 +115,8 @@ pub struct Config {
     pub header_firewall: HeaderFirewallSection,
     #[serde(default)]
     pub dkim: DkimSection,
+    #[serde(default)]
+    pub recipients: RecipientsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
@@ -593,6 +599,11 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         paths.extend(ldap.search_bind_password_file.as_mut());
     }
     paths.extend(config.dkim.keys.iter_mut().map(|k| &mut k.key_file));
+    paths.extend(config.recipients.file.as_mut());
+    if let Some(ldap) = &mut config.recipients.ldap {
+        paths.extend(ldap.ca_file.as_mut());
+        paths.extend(ldap.bind_password_file.as_mut());
+    }
     for p in paths {
         if p.is_relative() && !p.as_os_str().is_empty() {
             *p = base.join(&*p);
@@ -785,6 +796,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);
     config.greylist.validate(loc, &mut err);
+    config.recipients.validate(loc, &mut err);
     config.screen.validate(loc, &mut err);
     config.dnsbl.validate(loc, &mut err);
     config.checks.validate(loc, &mut err);
@@ -988,6 +1000,33 @@ fn check_files(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                     "name an existing file (relative paths start at the configuration's directory)",
                 ));
             }
+        }
+    }
+    let r = &config.recipients;
+    let recipient_files = [
+        (r.file.as_ref(), &toml_path!["recipients", "file"][..]),
+        (
+            r.ldap.as_ref().and_then(|l| l.ca_file.as_ref()),
+            &toml_path!["recipients", "ldap", "ca_file"][..],
+        ),
+        (
+            r.ldap.as_ref().and_then(|l| l.bind_password_file.as_ref()),
+            &toml_path!["recipients", "ldap", "bind_password_file"][..],
+        ),
+    ];
+    for (file, path) in recipient_files {
+        if let Some(file) = file
+            && !std::fs::metadata(file).is_ok_and(|m| m.is_file())
+        {
+            errors.push(loc.error_at(
+                path,
+                format!(
+                    "{}: {} is not a readable file",
+                    diagnostics::dotted(path),
+                    file.display()
+                ),
+                "name an existing file (relative paths start at the configuration's directory)",
+            ));
         }
     }
     for (file, key) in [

@@ -278,6 +278,64 @@ fn auth_checks() {
 }
 
 #[test]
+fn recipients_checks() {
+    let r = |body: &str| errors(&format!("{MINIMAL}\n[recipients]\n{body}"));
+    let list = r("sources = [\"file\", \"file\"]\n");
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(list[0].1.contains("lists \"file\" twice"), "{list:#?}");
+    assert!(
+        list[1].1.contains("recipients.file is not set"),
+        "{list:#?}"
+    );
+    assert_eq!(list[0].0, 14);
+    let list = r("file = \"r.txt\"\n");
+    assert!(
+        list[0].1.contains("\"file\" is not in recipients.sources"),
+        "{list:#?}"
+    );
+    assert_eq!(list[0].0, 14);
+    let list = r(
+        "sources = [\"ldap\", \"callout\"]\nharvest_threshold = 0\n[recipients.callout]\nnegative_ttl = \"0s\"\n",
+    );
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert!(
+        list[0].1.contains("[recipients.ldap] is not set"),
+        "{list:#?}"
+    );
+    assert!(list[1].1.contains("harvest_threshold is 0"), "{list:#?}");
+    assert!(list[2].1.contains("negative_ttl is 0s"), "{list:#?}");
+    assert_eq!(list[2].0, 17);
+    let list = r(
+        "sources = [\"ldap\"]\n[recipients.ldap]\nurl = \"ldap://dc1.example.org\"\nbase = \"dc=x\"\nfilter = \"(mail=x)\"\nbind_dn = \"cn=svc\"\n",
+    );
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert!(
+        list[0].1.contains("recipients.ldap.url") && list[0].1.contains("clear text"),
+        "{list:#?}"
+    );
+    assert!(list[1].1.contains("has no {address}"), "{list:#?}");
+    assert!(list[2].1.contains("go together"), "{list:#?}");
+    let list = r("sources = [\"nis\"]\n");
+    assert!(list[0].1.contains("nis"), "{list:#?}");
+    let c = Config::parse(
+        &format!("{MINIMAL}\n[recipients]\nsources = [\"callout\", \"ldap\"]\n[recipients.ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"dc=example,dc=org\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.recipients.sources,
+        [RecipientSource::Callout, RecipientSource::Ldap]
+    );
+    let ldap = c.recipients.ldap.unwrap();
+    assert_eq!(ldap.filter, DEFAULT_LDAP_FILTER);
+    assert_eq!(ldap.timeout, HumanDuration::from_secs(10));
+    assert_eq!(
+        c.recipients.callout.positive_ttl,
+        HumanDuration::from_secs(7 * 86_400)
+    );
+}
+
+#[test]
 fn example_parses_and_states_the_true_defaults() {
     let c = Config::parse(example(), "example.toml").unwrap();
     assert_eq!(c.server, ServerSection::default());
@@ -289,6 +347,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.header_firewall, HeaderFirewallSection::default());
     assert_eq!(c.outbound, Outbound::default());
     assert_eq!(c.auth, AuthSection::default());
+    assert_eq!(c.recipients, RecipientsSection::default());
     assert_eq!(c.checks, ChecksSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
@@ -387,6 +446,17 @@ fn example_mentions_every_key() {
         "domain",
         "selector",
         "key_file",
+        "sources",
+        "file",
+        "exact_local_part",
+        "harvest_threshold",
+        "harvest_delay",
+        "base",
+        "filter",
+        "bind_dn",
+        "bind_password_file",
+        "positive_ttl",
+        "negative_ttl",
         "authserv_id",
         "enforce_dmarc",
         "deadline",
@@ -832,6 +902,26 @@ fn load_resolves_relative_paths_and_checks_files() {
     assert_eq!(c.source.as_deref(), Some(file.as_path()));
     assert_eq!(c.spool.path, dir.path().join("spool"));
     assert_eq!(c.tls.unwrap().certificate, dir.path().join("cert.pem"));
+
+    // The recipient file and the LDAP password file, relative to the configuration.
+    let text = format!(
+        "{MINIMAL}\n[recipients]\nsources = [\"file\", \"ldap\"]\nfile = \"recipients\"\n[recipients.ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"dc=x\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"pw\"\n"
+    );
+    std::fs::write(&file, &text).unwrap();
+    let err = Config::load(&file).unwrap_err();
+    assert_eq!(err.0.len(), 2, "{err}");
+    assert_eq!((err.0[0].line, err.0[1].line), (15, 20), "{err}");
+    assert!(err.0[0].message.starts_with("recipients.file: "), "{err}");
+    assert!(
+        err.0[1]
+            .message
+            .starts_with("recipients.ldap.bind_password_file: "),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("recipients"), "a@example.org\n").unwrap();
+    std::fs::write(dir.path().join("pw"), "x\n").unwrap();
+    let c = Config::load(&file).unwrap();
+    assert_eq!(c.recipients.file, Some(dir.path().join("recipients")));
 
     // Unreadable: line 0, printed without a line number.
     let missing = dir.path().join("missing.toml");

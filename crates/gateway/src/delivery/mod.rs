@@ -47,6 +47,9 @@
 //! spool body the lease already holds in memory. A failure to read the body defers the
 //! message.
 //!
+//! Address probes for recipient validation (a callout: MAIL and RCPT, no DATA) use the same
+//! connection code over the backend route: [`Delivery::probe`] (in `delivery/probe.rs`).
+//!
 //! Logs: `delivery_connect`, `delivery_tls` (policy, verification, protocol and cipher),
 //! `delivery_host_failed`, `delivery_tls_fallback`, `delivery_mx`, and one `delivered` /
 //! `deferred` / `bounced` line per recipient, each with `queue_id`.
@@ -54,8 +57,11 @@
 pub mod dane;
 pub mod mx;
 pub mod policy;
+mod probe;
 pub mod smtp;
 pub mod tlsrpt;
+
+pub use self::probe::Probe;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1738,8 +1738,9 @@ impl Drop for Ravelin {
 pub const LDAP_SUFFIX: &str = "dc=example,dc=org";
 
 /// An OpenLDAP server of its own: `slapd -f` with a generated slapd.conf (core, cosine and
-/// inetorgperson schemas, one mdb database under [`LDAP_SUFFIX`], people in
-/// `ou=people`), loaded with slapadd before it starts, listening on `ldap://` (StartTLS
+/// inetorgperson schemas, plus [`AD_MAIL_SCHEMA`] for Active Directory's `proxyAddresses`;
+/// one mdb database under [`LDAP_SUFFIX`], people in `ou=people`), loaded with slapadd before
+/// it starts, listening on `ldap://` (StartTLS
 /// offered) and `ldaps://` on free loopback ports with a certificate from `pki`. Operations
 /// other than bind need an authenticated client (`require authc`): a search must bind first.
 pub struct Slapd {
@@ -1751,14 +1752,33 @@ pub struct Slapd {
     pub ldaps_url: String,
 }
 
+/// Active Directory's `proxyAddresses` (its AD OID, compared without case as AD does) and an
+/// auxiliary class `ravelinTestMailRecipient` that allows it on any entry.
+pub const AD_MAIL_SCHEMA: &str = "attributetype ( 1.2.840.113556.1.2.210 NAME 'proxyAddresses'\n\
+     \tEQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch\n\
+     \tSYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )\n\
+     objectclass ( 1.3.6.1.4.1.4203.666.11.1 NAME 'ravelinTestMailRecipient'\n\
+     \tSUP top AUXILIARY MAY proxyAddresses )\n";
+
 impl Slapd {
-    /// Starts slapd with one inetOrgPerson `uid=UID,ou=people,...` per `(uid, mail,
-    /// password)`, the password stored as a salted SHA hash made by slappasswd. The TLS
-    /// certificate is `pki`'s, issued for `tls_name`, which must resolve to 127.0.0.1.
+    /// [`Slapd::start_with`] without further entries.
     pub fn start(
         people: &[(&str, &str, &str)],
         pki: &ravelin_tls::testing::TestPki,
         tls_name: &str,
+    ) -> Slapd {
+        Self::start_with(people, pki, tls_name, "")
+    }
+
+    /// Starts slapd with one inetOrgPerson `uid=UID,ou=people,...` per `(uid, mail,
+    /// password)`, the password stored as a salted SHA hash made by slappasswd. The TLS
+    /// certificate is `pki`'s, issued for `tls_name`, which must resolve to 127.0.0.1.
+    /// `extra_ldif` (LDIF records, each starting with a blank line) is loaded after them.
+    pub fn start_with(
+        people: &[(&str, &str, &str)],
+        pki: &ravelin_tls::testing::TestPki,
+        tls_name: &str,
+        extra_ldif: &str,
     ) -> Slapd {
         let dir = daemon_tempdir();
         let d = dir.path();
@@ -1766,12 +1786,15 @@ impl Slapd {
         let db = d.join("db");
         fs::create_dir(&db).expect("create the slapd database directory");
         let conf = d.join("slapd.conf");
+        let ad_schema = d.join("ad-mail.schema");
+        fs::write(&ad_schema, AD_MAIL_SCHEMA).expect("write the AD mail schema");
         fs::write(
             &conf,
             format!(
                 "include /etc/ldap/schema/core.schema\n\
                  include /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\n\
+                 include {ad_schema}\n\
                  modulepath /usr/lib/ldap\n\
                  moduleload back_mdb\n\
                  pidfile {pid}\n\
@@ -1784,6 +1807,7 @@ impl Slapd {
                  directory {db}\n\
                  maxsize 10485760\n",
                 pid = d.join("slapd.pid").display(),
+                ad_schema = ad_schema.display(),
                 cert = files.cert.display(),
                 key = files.key.display(),
                 db = db.display(),
@@ -1805,6 +1829,7 @@ impl Slapd {
                  cn: {uid}\nsn: {uid}\nmail: {mail}\nuserPassword: {hash}\n"
             ));
         }
+        ldif.push_str(extra_ldif);
         let ldif_path = d.join("people.ldif");
         fs::write(&ldif_path, ldif).expect("write the LDIF");
         let mut cmd = Command::new(program("slapadd"));
@@ -1846,12 +1871,17 @@ impl Slapd {
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.path().join("slapd.err")).unwrap_or_default()
     }
+
+    /// Stops the server (its ports close).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Slapd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
