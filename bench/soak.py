@@ -172,11 +172,24 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "ravelin"], cwd=ROOT, check=True)
 
     tmp = tempfile.mkdtemp(prefix="ravelin-soak-")
+    os.chmod(tmp, 0o711)  # the gateway runs as nobody and creates its spool inside
+    children = []
+    try:
+        return run(args, ravelin, tmp, children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def run(args, ravelin, tmp, children):
     env = dict(os.environ, PATH=PATH)
     sink_port, smtp_port, metrics_port = free_port(), free_port(), free_port()
     sink = subprocess.Popen(
         ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    children.append(sink)
     wait_port(sink_port)
     config = os.path.join(tmp, "ravelin.toml")
     with open(config, "w") as f:
@@ -201,10 +214,16 @@ path = "{tmp}/spool"
 listen = "127.0.0.1:{metrics_port}"
 [bans]
 exempt = []
+# Nothing leaves loopback: no resolver, so no sender authentication lookups.
+[dns]
+nameservers = ["127.0.0.1:9"]
+[checks]
+enabled = false
 """)
     log = open(os.path.join(tmp, "ravelin.log"), "wb")
     gw = subprocess.Popen([ravelin, "serve", "--config", config], stderr=log,
                           stdout=subprocess.DEVNULL, env=env)
+    children.append(gw)
     wait_port(smtp_port)
     wait_port(metrics_port)
     print(f"soak: {args.minutes} min; gateway pid {gw.pid}, spool and log in {tmp}", file=sys.stderr)
