@@ -253,9 +253,11 @@ ptr_not_confirmed = 0
 path = "{}"
 [delivery]
 retry_initial = "1s"
-# Offline: there is no DNS to look SPF, DKIM and DMARC up in.
+# Offline: there is no DNS to look SPF, DKIM and DMARC up in, and no lookup leaves the host.
 [checks]
 enabled = false
+[dns]
+nameservers = ["127.0.0.1:9"]
 "#,
         dir.display()
     );
