@@ -194,3 +194,112 @@ fn ambiguous_and_oversized_headers_are_refused() {
         "{refused:?}"
     );
 }
+
+/// Whether `text` holds an address of a private, loopback, link-local, CGNAT or unique-local
+/// range (IPv4 dotted quads and IPv6 words), which mail leaving the organisation must not.
+fn private_addresses(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for word in text.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':')) {
+        let word = word.trim_matches(|c| c == '.' || c == ':');
+        if let Ok(v4) = word.parse::<std::net::Ipv4Addr>() {
+            let [a, b, ..] = v4.octets();
+            if v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+            {
+                found.push(word.to_string());
+            }
+        } else if let Ok(v6) = word.parse::<std::net::Ipv6Addr>() {
+            let first = v6.segments()[0];
+            if v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80 {
+                found.push(word.to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The outbound proof: each fixture (Exchange 2010 to 2019 and Postfix header blocks, as those
+/// servers write them) goes from the mail server through the `relay` listener to the smart
+/// host (smtp-sink); every header delivered is scanned and holds none of the fixture's leaks
+/// (internal host names, addresses, tenant ids) and no private address at all, keeps the
+/// fields the recipient needs, and — unless the message came from outside and was forwarded —
+/// carries exactly one Received field, ours, naming only our host.
+#[test]
+fn outbound_mail_reveals_nothing_of_the_inside() {
+    let sink = SmtpSink::start();
+    let ravelin = Ravelin::start(
+        RavelinConfig::inbound(sink.addr)
+            .listener("relay", "relay", "off")
+            .set("outbound", "trusted_networks = [\"127.0.0.1/32\"]")
+            .set(
+                "outbound",
+                &format!(
+                    "smart_host = {}",
+                    toml_string(&format!("smtp://{}", sink.addr))
+                ),
+            )
+            .set("outbound", "smart_host_tls = \"none\""),
+    );
+    let fixtures = [
+        "exchange2010",
+        "exchange2013",
+        "exchange2016",
+        "exchange2019",
+        "postfix",
+        "postfix-forwarded",
+    ];
+    for (n, name) in fixtures.iter().enumerate() {
+        let message = lf_to_crlf(&fixture(&format!("{name}.eml")));
+        let out = swaks_send(
+            ravelin.listener("relay"),
+            "alice@example.org",
+            "bob@partner.example",
+            &message,
+            &[],
+        );
+        assert!(out.status.success(), "{name}: swaks: {}", describe(&out));
+        let delivered = sink.wait_for_messages(n + 1, WAIT);
+        let message = &delivered[n].message;
+        let header = String::from_utf8_lossy(message)
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let lower = header.to_ascii_lowercase();
+        for leak in lines(&format!("{name}.leaks")) {
+            assert!(
+                !lower.contains(&leak.to_ascii_lowercase()),
+                "{name}: {leak:?} was delivered in\n{header}"
+            );
+        }
+        let private = private_addresses(&header);
+        assert!(
+            private.is_empty(),
+            "{name}: private addresses {private:?} in\n{header}"
+        );
+        let names = field_names(message);
+        for field in lines(&format!("{name}.kept")) {
+            assert!(
+                names.contains(&field),
+                "{name}: {field} was removed: {names:?}"
+            );
+        }
+        let received: Vec<&str> = header
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("received:"))
+            .collect();
+        assert!(
+            received[0].contains(&format!("by {HOSTNAME}")),
+            "{name}: ours is not first: {received:?}"
+        );
+        if *name != "postfix-forwarded" {
+            assert_eq!(received.len(), 1, "{name}: {received:?}");
+        }
+        eprintln!(
+            "{name}: {} header lines delivered, no leak",
+            header.lines().count()
+        );
+    }
+}

@@ -299,6 +299,74 @@ fn per_user_limits_hold_for_an_authenticated_user() {
     sink.wait_for_messages(2, WAIT);
 }
 
+/// Brute force: five wrong passwords from 127.0.0.5 within the window ban that address (the
+/// default `[bans.auth_failures]`: 5 in 10 minutes, one hour); the sixth connection from it is
+/// refused at the greeting, while alice from 127.0.0.6 is still served. The ban survives a
+/// restart of the gateway and shows in `ravelin ban list`.
+#[test]
+fn repeated_wrong_passwords_ban_the_address_and_the_ban_survives_a_restart() {
+    let sink = SmtpSink::start();
+    let mut ravelin = start(
+        outbound_config(sink.addr, SENDER_MAP, "")
+            .set("bans", "exempt = []")
+            .set("rate_limits", "exempt = []"),
+    );
+    let sub = ravelin.listener("sub");
+    let from = |source: &str, password: &str| {
+        let args = [
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            ALICE,
+            "--auth-password",
+            password,
+            "--local-interface",
+            source,
+        ];
+        swaks_send(
+            sub,
+            ALICE,
+            "friend@elsewhere.example",
+            b"Subject: x\r\n\r\nx\r\n",
+            &args,
+        )
+    };
+    for n in 1..=5 {
+        let out = from("127.0.0.5", &format!("guess-{n}"));
+        assert!(!out.status.success(), "guess {n} was accepted");
+    }
+    ravelin.wait_for_event("ban_added", WAIT, |e| {
+        e["client"].as_str().unwrap_or("").starts_with("127.0.0.5")
+            && e["reason"] == "auth_failures"
+    });
+    let greeting = |source: &str, ravelin: &Ravelin| {
+        let mut c = RawClient::connect_from(source.parse().unwrap(), ravelin.listener("sub"))
+            .expect("connect");
+        c.read_reply().expect("a greeting")
+    };
+    let refused = greeting("127.0.0.5", &ravelin);
+    assert_eq!(refused.code, 554, "{refused:?}");
+    let out = from("127.0.0.6", ALICE_PASSWORD);
+    assert!(
+        out.status.success(),
+        "alice from 127.0.0.6: {}",
+        describe(&out)
+    );
+
+    ravelin.restart();
+    let refused = greeting("127.0.0.5", &ravelin);
+    assert_eq!(refused.code, 554, "after a restart: {refused:?}");
+    assert_eq!(greeting("127.0.0.6", &ravelin).code, 220);
+    let out = ravelin.command(&["ban", "list", "--json"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("127.0.0.5/32") && list.contains("auth_failures"),
+        "{list}"
+    );
+    assert_not_logged(&ravelin, "guess-3");
+}
+
 /// A wrong password gets 535 5.7.8 after a one-second tarpit; the log says `event=auth`,
 /// `result=failure` with the login name and neither password. With `limits.auth_failures = 2`
 /// a client that fails twice in one session is disconnected with 421.
