@@ -9,10 +9,12 @@
 # - slapd (preseeded to create no database) and ldap-utils: LDAP for AUTH and recipients.
 # - unbound, nsd, ldnsutils (ldns-keygen, ldns-signzone): DNSSEC test zones for DANE.
 # - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks.
+# - chromium: headless browser that opens the auditor's HTML report (DOM dump, screenshot).
 # The system instances of all of them are stopped and disabled: every test starts its own
 # on a high loopback port.
 # Python: a venv in .venv/ at the repository root with dkimpy (+ PyNaCl for Ed25519) and
-# dnspython, the independent DKIM verifier.
+# dnspython, the independent DKIM verifier; jsonschema validates the auditor's SARIF against
+# the SARIF 2.1.0 schema in crates/ravelin/tests/fixtures/.
 #
 # Idempotent and quick when everything is present: apt-get update runs only when a package
 # is missing. Needs root (or sudo) only when something has to be installed. Exits non-zero
@@ -21,12 +23,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV="$ROOT/.venv"
-PY_PACKAGES=(dkimpy dnspython pynacl authres checkdmarc)
+PY_PACKAGES=(dkimpy dnspython pynacl authres checkdmarc jsonschema)
 DEB_PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl openssl python3-venv)
 DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
 DEB_PACKAGES+=(unbound ldnsutils nsd)
 DEB_PACKAGES+=(dovecot-imapd dovecot-pop3d)
+# Headless browser for the HTML report test (tests/audit.rs); started per test, no service.
+DEB_PACKAGES+=(chromium)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -71,7 +75,7 @@ install_debs() {
 check_tools() {
     local t
     for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl \
-        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone dovecot; do
+        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone dovecot chromium; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
@@ -117,7 +121,7 @@ quiet_system_services() {
 
 install_venv() {
     local py
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing, authres, checkdmarc' 2>/dev/null; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing, authres, checkdmarc, jsonschema' 2>/dev/null; then
         say "Python venv present: .venv (${PY_PACKAGES[*]})"
         return
     fi
@@ -131,7 +135,7 @@ install_venv() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" \
         || die "pip install ${PY_PACKAGES[*]} failed"
-    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing, authres, checkdmarc' || die "dkimpy/dnspython/authres/checkdmarc not importable"
+    "$VENV/bin/python" -c 'import dkim, dns.resolver, nacl.signing, authres, checkdmarc, jsonschema' || die "dkimpy/dnspython/authres/checkdmarc/jsonschema not importable"
     say "installed into .venv: ${PY_PACKAGES[*]}"
 }
 

@@ -11,6 +11,9 @@
 //! - Ravelin's own gateway with its default settings, on an MX listener and on a listener
 //!   that requires TLS, audited as a submission port;
 //! - the command line itself: exit codes, formats, output file, targets file.
+//! - the reports: SARIF of real audits validated against the official SARIF 2.1.0 schema
+//!   (Python's jsonschema), and the HTML report opened in headless Chromium (DOM and
+//!   screenshot).
 //!
 //! AUTH before TLS is not set up on the weak Postfix: it needs SASL plumbing (Dovecot or
 //! Cyrus) that the test peers do not install, so `smtp.auth_before_tls` is asserted here on
@@ -686,4 +689,220 @@ fn a_domain_is_audited_through_its_mx_host() {
         "a null MX has no endpoint to connect to"
     );
     assert!(postfix.messages().is_empty());
+}
+
+/// Runs `ravelin audit --format FORMAT --output DIR/report.FORMAT ARGS…`, asserts the exit
+/// code is one of `exits` and returns the path of the report.
+fn report_file(dir: &std::path::Path, format: &str, args: &[&str], exits: &[i32]) -> String {
+    let file = dir
+        .join(format!("report.{format}"))
+        .to_string_lossy()
+        .into_owned();
+    let mut all = vec!["audit", "--format", format, "--output", &file];
+    all.extend_from_slice(args);
+    let out = ravelin_cli(&all, AUDIT_TIMEOUT);
+    let code = out.status.code().unwrap_or(-1);
+    assert!(exits.contains(&code), "exit {code}: {}", describe(&out));
+    file
+}
+
+/// The official SARIF 2.1.0 JSON schema (see tests/fixtures/README.md for its origin).
+fn sarif_schema() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sarif-schema-2.1.0.json")
+}
+
+/// Validates a SARIF file against the schema with Python's `jsonschema` (draft-04, as the
+/// schema declares); panics listing every violation.
+fn assert_valid_sarif(file: &str) {
+    const VALIDATE: &str = r#"
+import json, sys
+from jsonschema import Draft4Validator
+schema = json.load(open(sys.argv[1], encoding="utf-8"))
+Draft4Validator.check_schema(schema)
+doc = json.load(open(sys.argv[2], encoding="utf-8"))
+errors = sorted(Draft4Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path))
+for e in errors:
+    print("/".join(str(p) for p in e.absolute_path) or "(root)", ":", e.message[:300])
+print(len(errors), "violations")
+sys.exit(1 if errors else 0)
+"#;
+    let mut cmd = std::process::Command::new(venv_python());
+    cmd.arg("-c").arg(VALIDATE).arg(sarif_schema()).arg(file);
+    let out = run(cmd, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{file} does not validate against the SARIF 2.1.0 schema: {}",
+        describe(&out)
+    );
+}
+
+/// SARIF of real audits validates against the official SARIF 2.1.0 schema: the weak Postfix
+/// (failed, warned and passed checks), an unreachable address (a check that could not run)
+/// and Ravelin's gateway (informational and skipped checks), in one report and alone.
+#[test]
+fn sarif_output_validates_against_the_sarif_2_1_0_schema() {
+    let sink = SmtpSink::start();
+    let postfix = weak_postfix(sink.addr);
+    let dir = daemon_tempdir();
+    let gw = gateway(sink.addr, dir.path());
+    let weak = format!("example.org@{}", postfix.addr);
+    let mx = gw.listener("mx").to_string();
+    let closed = free_addr().to_string();
+
+    let one = dir.path().join("one");
+    std::fs::create_dir(&one).expect("mkdir");
+    let file = report_file(&one, "sarif", &[&weak], &[1]);
+    assert_valid_sarif(&file);
+
+    let list = dir.path().join("targets.txt");
+    std::fs::write(&list, format!("{weak}\n{mx}\n{closed}\n")).expect("write targets file");
+    let file = report_file(
+        dir.path(),
+        "sarif",
+        &["--targets-file", &list.to_string_lossy()],
+        &[1, 3],
+    );
+    assert_valid_sarif(&file);
+
+    // The report validated has real findings of every kind.
+    let sarif: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("JSON");
+    let results = sarif["runs"][0]["results"].as_array().expect("results");
+    let kinds: Vec<&str> = results.iter().filter_map(|r| r["kind"].as_str()).collect();
+    for kind in ["fail", "pass", "informational", "review"] {
+        assert!(kinds.contains(&kind), "no {kind} result in {sarif:#}");
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| r["kind"] == "fail")
+        .filter_map(|r| r["ruleId"].as_str())
+        .collect();
+    assert!(
+        failed.contains(&"smtp.vrfy") && failed.contains(&"smtp.open_relay"),
+        "{failed:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r["kind"] == "fail" && r["level"] == "error")
+    );
+    assert!(postfix.messages().is_empty() && sink.messages().is_empty());
+}
+
+/// Runs Debian's Chromium headless on a local file with everything that could reach the
+/// network switched off: no background services, no component updates, no sync, every
+/// host name unresolvable and a proxy that does not exist.
+fn chromium(profile: &std::path::Path, args: &[&str], page: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(program("chromium"));
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--disable-domain-reliability",
+        "--disable-client-side-phishing-detection",
+        "--metrics-recording-only",
+        "--no-pings",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(page)
+    .env("HOME", profile);
+    let out = run(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "chromium: {}", describe(&out));
+    out
+}
+
+/// Width and height of a PNG, from its IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(
+        png.len() > 24 && png.starts_with(b"\x89PNG\r\n\x1a\n") && &png[12..16] == b"IHDR",
+        "not a PNG"
+    );
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
+}
+
+/// The HTML report of a real audit (the weak Postfix) opened in headless Chromium: the DOM
+/// Chromium built holds the summary and every finding of the JSON report of the same target,
+/// the problems table lists every failed check, and the screenshot is a real picture.
+/// With `RAVELIN_AUDIT_SCREENSHOT=PATH` the screenshot is also copied to PATH (this is how
+/// docs/audit-report.png was made).
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    let sink = SmtpSink::start();
+    let postfix = weak_postfix(sink.addr);
+    let dir = daemon_tempdir();
+    let weak = format!("example.org@{}", postfix.addr);
+
+    let json = Audit::run(&[&weak]);
+    assert_eq!(json.exit, 1, "{}", json.stderr);
+    let html = report_file(dir.path(), "html", &[&weak], &[1]);
+    let page = format!("file://{html}");
+    let profile = dir.path().join("chromium");
+    std::fs::create_dir(&profile).expect("mkdir");
+
+    let dom = chromium(&profile, &["--dump-dom"], &page);
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(dom.contains("<h1>Mail security audit</h1>"), "{dom}");
+    assert!(dom.contains(&format!("<h2>{weak}</h2>")), "{dom}");
+    let findings = json.findings(0);
+    let count = |status: &str| findings.iter().filter(|f| f["status"] == status).count();
+    for (status, label) in [("fail", "failed"), ("pass", "passed")] {
+        assert!(count(status) > 0, "{status}: {:#}", json.report);
+        let card = format!(
+            "<div class=\"card {status}\"><b>{}</b>{label}</div>",
+            count(status)
+        );
+        assert!(dom.contains(&card), "{card} not in {dom}");
+    }
+    let (fix_first, details) = dom
+        .split_once("<h2>What to fix first</h2>")
+        .map(|(_, rest)| {
+            rest.split_once(&format!("<h2>{weak}</h2>"))
+                .expect("target")
+        })
+        .expect("problems section");
+    for f in findings {
+        let id = f["id"].as_str().expect("id");
+        // In the problems table as `<td class="id">ID</td>`, below with a title attribute.
+        let cell = format!(">{id}</td>");
+        assert!(details.contains(&cell), "{id} not in the rendered report");
+        if f["status"] == "fail" || f["status"] == "warn" {
+            assert!(fix_first.contains(&cell), "{id} not in the problems table");
+        }
+    }
+    assert!(fix_first.contains("smtp.vrfy") && fix_first.contains("smtp.open_relay"));
+
+    let shot = dir.path().join("report.png");
+    chromium(
+        &profile,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,2000",
+        ],
+        &page,
+    );
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert_eq!(png_size(&png), (1280, 2000));
+    assert!(
+        png.len() > 50_000,
+        "a screenshot of {} bytes is too small to show the report",
+        png.len()
+    );
+    if let Some(out) = std::env::var_os("RAVELIN_AUDIT_SCREENSHOT") {
+        // A relative path is taken from the repository root (cargo runs tests in the crate).
+        std::fs::copy(&shot, repo_root().join(out)).expect("copy the screenshot");
+    }
+    assert!(postfix.messages().is_empty() && sink.messages().is_empty());
 }
