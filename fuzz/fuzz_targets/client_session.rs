@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
                 replies = ReplyParser::new();
                 client.tls_established().expect("after StartTls");
             }
-            Ok(Step::StartTlsRefused(_)) => {}
+            Ok(Step::StartTlsRefused(_) | Step::AuthRefused(_)) => {}
             Ok(Step::SendBody) => client.body_sent().expect("body after 354"),
             Ok(Step::Done(outcomes)) => {
                 assert!(!done, "one transaction, one Done");

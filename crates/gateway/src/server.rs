@@ -44,7 +44,7 @@ use crate::checks::reputation::Reputation;
 use crate::cleanup;
 use crate::config::{Config, ListenKind, NextHopTls, TlsMode};
 use crate::delivery::mx::DirectSettings;
-use crate::delivery::{Delivery, DeliverySettings, Route, TlsPolicy};
+use crate::delivery::{Credentials, Delivery, DeliverySettings, Route, TlsPolicy};
 use crate::dkim::Signer;
 use crate::firewall::HeaderFirewall;
 use crate::listener::{self, Bound};
@@ -117,6 +117,19 @@ impl Gateway {
             .as_deref()
             .map(|f| crate::secret::read_first_line(f, "metrics.token_file"))
             .transpose()?;
+        let smart_host_login = match (
+            &config.outbound.smart_host_user,
+            &config.outbound.smart_host_password_file,
+        ) {
+            (Some(user), Some(file)) => Some(Arc::new(Credentials {
+                user: user.clone(),
+                password: crate::secret::read_first_line(
+                    file,
+                    "outbound.smart_host_password_file",
+                )?,
+            })),
+            _ => None,
+        };
         if listener::is_root() {
             listener::drop_privileges(
                 &config.server.user,
@@ -156,6 +169,7 @@ impl Gateway {
                     .iter()
                     .map(|b| (b.host.clone(), b.port))
                     .collect(),
+                auth: None,
                 tls: next_hop_tls(
                     config.inbound.backend_tls,
                     config.inbound.backend_ca_file.as_deref(),
@@ -165,6 +179,7 @@ impl Gateway {
             config.outbound.smart_host.as_ref().map(|h| Route {
                 hosts: vec![(h.host.clone(), h.port)],
                 tls: next_hop_tls(config.outbound.smart_host_tls, None),
+                auth: smart_host_login.clone(),
             }),
         )?
         .with_direct(DirectSettings {

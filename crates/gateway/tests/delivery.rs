@@ -172,6 +172,7 @@ fn route(ports: &[u16]) -> Route {
             .map(|&p| ("127.0.0.1".to_string(), p))
             .collect(),
         tls: TlsPolicy::None,
+        auth: None,
     }
 }
 

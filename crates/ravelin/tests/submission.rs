@@ -271,6 +271,95 @@ fn no_auth_before_starttls_and_no_mail_before_auth() {
     assert!(ravelin.events("auth").is_empty());
 }
 
+/// The smart host route with AUTH: a gateway whose `outbound.smart_host` is another gateway's
+/// submission listener (STARTTLS required, AUTH against its users file) logs in as alice with
+/// the password from a 0600 file, and the message goes through to the sink. With a wrong
+/// password the smart host refuses AUTH (`535`), the message stays deferred in the queue
+/// (never bounced for a configuration error), and neither password is logged.
+#[test]
+fn smart_host_with_tls_and_auth() {
+    let sink = SmtpSink::start();
+    let smart = gateway(sink.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let front = |password: &str, name: &str| {
+        let file = dir.path().join(name);
+        fs::write(&file, format!("{password}\n")).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        Ravelin::start(
+            RavelinConfig::inbound(sink.addr)
+                .listener("relay", "relay", "off")
+                .set("outbound", "trusted_networks = [\"127.0.0.1/32\"]")
+                .set(
+                    "outbound",
+                    &format!(
+                        "smart_host = {}",
+                        toml_string(&format!("smtp://{}", smart.listener("sub")))
+                    ),
+                )
+                .set("outbound", "smart_host_tls = \"encrypt\"")
+                .set(
+                    "outbound",
+                    &format!("smart_host_user = {}", toml_string(ALICE)),
+                )
+                .set(
+                    "outbound",
+                    &format!(
+                        "smart_host_password_file = {}",
+                        toml_string(&file.to_string_lossy())
+                    ),
+                ),
+        )
+    };
+    let message = format!("From: <{ALICE}>\r\nSubject: via the smart host\r\n\r\nbody\r\n");
+
+    let good = front(ALICE_PASSWORD, "good");
+    let out = swaks_send(
+        good.listener("relay"),
+        ALICE,
+        "friend@elsewhere.example",
+        message.as_bytes(),
+        &[],
+    );
+    assert!(out.status.success(), "swaks: {}", describe(&out));
+    let delivered = sink.wait_for_messages(1, WAIT);
+    assert_eq!(delivered[0].recipients(), ["friend@elsewhere.example"]);
+    let login = good.wait_for_event("delivery_auth", WAIT, |_| true);
+    assert_eq!(login["result"], "success", "{login}");
+    let seen = smart.wait_for_event("auth", WAIT, |e| e["result"] == "success");
+    assert_eq!(seen["user"], ALICE);
+
+    let wrong = "not-alices-password-77";
+    let bad = front(wrong, "bad");
+    let out = swaks_send(
+        bad.listener("relay"),
+        ALICE,
+        "friend@elsewhere.example",
+        message.as_bytes(),
+        &[],
+    );
+    assert!(out.status.success(), "swaks: {}", describe(&out));
+    let refused = bad.wait_for_event("delivery_auth", WAIT, |_| true);
+    assert_eq!(refused["result"], "failure", "{refused}");
+    assert!(
+        refused["reply"].as_str().unwrap_or("").starts_with("535"),
+        "{refused}"
+    );
+    bad.wait_for_event("deferred", WAIT, |_| true);
+    assert!(
+        bad.events("bounced").is_empty(),
+        "a login failure bounced the message"
+    );
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "the refused login delivered something"
+    );
+    for ravelin in [&good, &bad, &smart] {
+        assert_not_logged(ravelin, ALICE_PASSWORD);
+        assert_not_logged(ravelin, wrong);
+    }
+}
+
 /// `[rate_limits] messages_per_user`: alice's third message within the window is refused with
 /// `451 4.7.1` at MAIL FROM, although she sends from loopback (exempt from the address
 /// limits): a stolen password cannot turn the gateway into a spam cannon.

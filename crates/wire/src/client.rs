@@ -161,6 +161,8 @@ pub enum Step {
     StartTls,
     /// The server refused STARTTLS with this reply; the session is still usable in plaintext.
     StartTlsRefused(Reply),
+    /// The server refused AUTH with this reply; the session is still usable (unauthenticated).
+    AuthRefused(Reply),
     /// The server answered DATA with 354: stream the body through
     /// [`crate::data::DotStuffer`] (which writes the terminator), then call
     /// [`Client::body_sent`].
@@ -236,6 +238,7 @@ enum Expect {
     Ehlo,
     Helo,
     StartTls,
+    Auth,
     Rset,
     Mail,
     Rcpt(usize),
@@ -253,6 +256,7 @@ enum Phase {
     Opening,
     Ready,
     StartTls,
+    Auth,
     Handshake,
     Transaction,
     Body,
@@ -321,6 +325,7 @@ pub struct Client {
     phase: Phase,
     caps: Capabilities,
     tls: bool,
+    authenticated: bool,
     tx: Option<Tx>,
     needs_rset: bool,
     eof: bool,
@@ -342,6 +347,7 @@ impl Client {
             phase: Phase::Opening,
             caps: Capabilities::default(),
             tls: false,
+            authenticated: false,
             tx: None,
             needs_rset: false,
             eof: false,
@@ -440,7 +446,11 @@ impl Client {
                 Phase::Body => Step::SendBody,
                 Phase::Closed => Step::Closed,
                 // Every other phase has a reply outstanding.
-                Phase::Opening | Phase::StartTls | Phase::Transaction | Phase::Quit => {
+                Phase::Opening
+                | Phase::StartTls
+                | Phase::Auth
+                | Phase::Transaction
+                | Phase::Quit => {
                     return Err(ClientError::Misuse(
                         "no reply awaited in a phase that needs one",
                     ));
@@ -498,6 +508,14 @@ impl Client {
             Expect::StartTls => {
                 self.phase = Phase::Ready;
                 self.event = Some(Step::StartTlsRefused(reply));
+            }
+            Expect::Auth => {
+                self.phase = Phase::Ready;
+                if reply.code == 235 {
+                    self.authenticated = true;
+                } else {
+                    self.event = Some(Step::AuthRefused(reply));
+                }
             }
             Expect::Rset if ok => {}
             Expect::Rset => {
@@ -738,6 +756,44 @@ impl Client {
         self.phase = Phase::Opening;
         self.ehlo();
         Ok(())
+    }
+
+    /// Authenticates with AUTH PLAIN (RFC 4616) as `user`. Only inside TLS, only when the
+    /// session is ready and the server offers PLAIN; the next [`Step`] is `Ready` once the
+    /// server answered 235, or [`Step::AuthRefused`]. The password goes into the one command
+    /// line written and nowhere else.
+    pub fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        if !self.is_ready() || self.authenticated {
+            return Err(ClientError::Misuse("AUTH while the session is not ready"));
+        }
+        if !self.tls {
+            return Err(ClientError::Misuse("AUTH without TLS"));
+        }
+        if !self.caps.auth.iter().any(|m| m == "PLAIN") {
+            return Err(ClientError::Misuse("AUTH PLAIN not offered"));
+        }
+        if user.is_empty() || user.contains('\0') || password.contains('\0') {
+            return Err(ClientError::Invalid("AUTH user name or password".into()));
+        }
+        use base64::Engine;
+        let mut token = Vec::with_capacity(user.len() + password.len() + 2);
+        token.push(0);
+        token.extend_from_slice(user.as_bytes());
+        token.push(0);
+        token.extend_from_slice(password.as_bytes());
+        let line = format!(
+            "AUTH PLAIN {}",
+            base64::engine::general_purpose::STANDARD.encode(&token)
+        );
+        token.fill(0);
+        self.phase = Phase::Auth;
+        self.send(Expect::Auth, line.as_bytes());
+        Ok(())
+    }
+
+    /// The server accepted AUTH on this session.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     /// Ends the session politely.
@@ -1193,6 +1249,42 @@ mod tests {
     }
 
     #[test]
+    fn auth_plain_only_inside_tls_and_refusal_leaves_the_session_usable() {
+        let mut h = Harness::new(&[
+            GREET,
+            b"250-mx\r\n250-AUTH LOGIN PLAIN\r\n250 STARTTLS\r\n",
+            b"220 2.0.0 Ready to start TLS\r\n",
+            b"250-mx\r\n250 AUTH PLAIN\r\n",
+            b"535 5.7.8 Authentication credentials invalid\r\n",
+            b"235 2.7.0 Authentication successful\r\n",
+        ]);
+        h.ready();
+        assert_eq!(
+            h.client.auth_plain("relay", "pw"),
+            Err(ClientError::Misuse("AUTH without TLS"))
+        );
+        h.client.starttls().unwrap();
+        assert_eq!(h.run(), Ok(Step::StartTls));
+        h.client.tls_established().unwrap();
+        h.ready();
+        h.client.auth_plain("relay", "wrong").unwrap();
+        match h.run() {
+            Ok(Step::AuthRefused(r)) => assert_eq!(r.code, 535),
+            other => panic!("{other:?}"),
+        }
+        assert!(!h.client.is_authenticated());
+        h.client.auth_plain("relay", "secret").unwrap();
+        h.ready();
+        assert!(h.client.is_authenticated());
+        let writes = h.writes();
+        // \0relay\0secret
+        assert_eq!(
+            writes.last().unwrap(),
+            "AUTH PLAIN AHJlbGF5AHNlY3JldA==\r\n"
+        );
+    }
+
+    #[test]
     fn starttls_injection_and_refusal() {
         let mut h = Harness::new(&[
             GREET,
@@ -1374,7 +1466,7 @@ mod tests {
                     Ok(Step::SendBody) => client.body_sent().unwrap(),
                     Ok(Step::StartTls) => client.tls_established().unwrap(),
                     Ok(Step::Ready | Step::Closed) | Err(_) => break,
-                    Ok(Step::Done(_) | Step::StartTlsRefused(_)) => {}
+                    Ok(Step::Done(_) | Step::StartTlsRefused(_) | Step::AuthRefused(_)) => {}
                 }
             }
         }

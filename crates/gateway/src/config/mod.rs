@@ -307,6 +307,10 @@ pub struct Outbound {
     /// Send all outbound mail through this host instead of the recipients' MX.
     pub smart_host: Option<BackendUrl>,
     pub smart_host_tls: NextHopTls,
+    /// The account to log in with at the smart host (AUTH PLAIN, inside TLS only).
+    pub smart_host_user: Option<String>,
+    /// A file (mode 0600) whose first line is that account's password.
+    pub smart_host_password_file: Option<PathBuf>,
     /// Direct delivery: authenticate MX hosts by DNSSEC-secure TLSA records (RFC 7672).
     pub dane: bool,
     /// Direct delivery: apply the recipient domains' MTA-STS policies (RFC 8461).
@@ -323,6 +327,8 @@ impl Default for Outbound {
             trusted_networks: Vec::new(),
             smart_host: None,
             smart_host_tls: NextHopTls::Encrypt,
+            smart_host_user: None,
+            smart_host_password_file: None,
             dane: true,
             mta_sts: true,
             extra_ca_file: None,
@@ -594,6 +600,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.screen.allow_file.as_mut());
     paths.extend(config.screen.block_file.as_mut());
     paths.extend(config.metrics.token_file.as_mut());
+    paths.extend(config.outbound.smart_host_password_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
         paths.extend(ldap.search_bind_password_file.as_mut());
@@ -760,6 +767,32 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
             delivery_line("smtp_port"),
             "delivery.smtp_port is 0".into(),
             "write the port of the mail exchangers, normally smtp_port = 25",
+        );
+    }
+    let o = &config.outbound;
+    if o.smart_host_user.is_some() != o.smart_host_password_file.is_some() {
+        err(
+            loc.line(&toml_path!["outbound", "smart_host_user"])
+                .max(loc.line(&toml_path!["outbound", "smart_host_password_file"])),
+            "outbound.smart_host_user and smart_host_password_file go together".into(),
+            "set both (the account and a 0600 file with its password), or neither",
+        );
+    }
+    if o.smart_host_user.is_some()
+        && !matches!(o.smart_host_tls, NextHopTls::Encrypt | NextHopTls::Verify)
+    {
+        err(
+            loc.line(&toml_path!["outbound", "smart_host_tls"])
+                .max(loc.line(&toml_path!["outbound", "smart_host_user"])),
+            "outbound.smart_host_tls = \"none\" or \"may\" would let the smart host password go out unencrypted".into(),
+            "write smart_host_tls = \"verify\" (or \"encrypt\") when the gateway logs in to the smart host",
+        );
+    }
+    if o.smart_host_user.is_some() && o.smart_host.is_none() {
+        err(
+            loc.line(&toml_path!["outbound", "smart_host_user"]),
+            "outbound.smart_host_user is set but there is no smart_host".into(),
+            "set smart_host = \"smtp://HOST:587\", or remove smart_host_user",
         );
     }
     if config.outbound.mta_sts_port == 0 {

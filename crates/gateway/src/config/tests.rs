@@ -1262,3 +1262,24 @@ fn checks_section_is_read_and_checked() {
     ));
     assert!(message.contains("10.0.0.0/33"), "{message}");
 }
+
+#[test]
+fn smart_host_login_needs_both_keys_and_tls() {
+    let base = format!("{MINIMAL}\n[outbound]\nsmart_host = \"smtp://relay.example.net:587\"\n");
+    let c = Config::parse(
+        &format!("{base}smart_host_tls = \"verify\"\nsmart_host_user = \"gw@example.org\"\nsmart_host_password_file = \"/etc/ravelin/pw\"\n"),
+        "ravelin.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.outbound.smart_host_user.as_deref(),
+        Some("gw@example.org")
+    );
+    let (_, message, _) = error(&format!("{base}smart_host_user = \"gw@example.org\"\n"));
+    assert!(message.contains("go together"), "{message}");
+    let (_, message, fix) = error(&format!(
+        "{base}smart_host_tls = \"may\"\nsmart_host_user = \"gw@example.org\"\nsmart_host_password_file = \"pw\"\n"
+    ));
+    assert!(message.contains("unencrypted"), "{message}");
+    assert!(fix.contains("verify"), "{fix}");
+}

@@ -94,6 +94,30 @@ pub struct Route {
     /// Hosts tried in order; a host name is resolved with the system resolver (no MX lookup).
     pub hosts: Vec<(String, u16)>,
     pub tls: TlsPolicy,
+    /// The account to log in with (a smart host that wants AUTH), inside TLS only.
+    pub auth: Option<Arc<Credentials>>,
+}
+
+/// A login at a next hop: AUTH PLAIN after STARTTLS. The password is never logged.
+pub struct Credentials {
+    pub user: String,
+    pub password: ravelin_wire::auth::Password,
+}
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Credentials) -> bool {
+        self.user == other.user && self.password == other.password
+    }
+}
+
+impl Eq for Credentials {}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -718,6 +742,7 @@ impl RouteAgent {
                 policy,
                 reuse: true,
                 report: None,
+                auth: self.route.auth.clone(),
             })
             .collect()
     }
@@ -912,6 +937,7 @@ mod tests {
                 tls: TlsPolicy::Verify {
                     ca_file: Some(path.clone()),
                 },
+                auth: None,
             };
             let err = Delivery::new(settings(), route, vec![], None)
                 .err()
@@ -936,10 +962,12 @@ mod tests {
         let route = Route {
             hosts: vec![("127.0.0.1".into(), 25)],
             tls: TlsPolicy::None,
+            auth: None,
         };
         let no_hosts = Route {
             hosts: vec![],
             tls: TlsPolicy::None,
+            auth: None,
         };
         assert!(Delivery::new(settings(), route.clone(), vec![], None).is_ok());
         assert!(Delivery::new(settings(), no_hosts.clone(), vec![], None).is_err());
@@ -965,6 +993,7 @@ mod tests {
         let route = Route {
             hosts: vec![("127.0.0.1".into(), 25)],
             tls: TlsPolicy::None,
+            auth: None,
         };
         let d = Delivery::new(settings(), route, vec![], None).unwrap();
         let fut = async move {

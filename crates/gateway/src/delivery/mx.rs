@@ -170,6 +170,7 @@ impl Direct {
                     policy,
                     reuse: false,
                     report: report.clone(),
+                    auth: None,
                 });
             }
         }

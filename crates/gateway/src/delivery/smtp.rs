@@ -73,6 +73,8 @@ pub(crate) struct Target {
     pub(crate) reuse: bool,
     /// Where the TLS result of a session is counted (TLS-RPT), when anywhere.
     pub(crate) report: Option<super::tlsrpt::Recorder>,
+    /// The login, for a next hop that wants AUTH (a smart host).
+    pub(crate) auth: Option<Arc<super::Credentials>>,
 }
 
 /// What TLS gave one session.
@@ -309,8 +311,62 @@ pub(crate) struct Opened {
     pub(crate) tolerated: Option<&'static str>,
 }
 
-/// Connects, reads the greeting, says EHLO and applies the target's TLS plan.
+/// Connects, reads the greeting, says EHLO, applies the target's TLS plan and, when the
+/// target has a login, authenticates (inside TLS only).
 pub(crate) async fn open(
+    settings: &DeliverySettings,
+    route: &'static str,
+    target: &Target,
+    log_id: &str,
+) -> Result<Opened, OpenError> {
+    let mut opened = open_tls(settings, route, target, log_id).await?;
+    if let Some(auth) = &target.auth {
+        authenticate(settings, &mut opened.conn, auth, log_id).await?;
+    }
+    Ok(opened)
+}
+
+/// AUTH PLAIN with `auth`; refused (or not offered) is an error of this host, so the mail
+/// is deferred, never bounced, for what is a configuration problem. The password is never
+/// sent before TLS and never logged.
+async fn authenticate(
+    settings: &DeliverySettings,
+    conn: &mut Conn,
+    auth: &super::Credentials,
+    log_id: &str,
+) -> Result<(), OpenError> {
+    if !conn.client.is_tls() {
+        return Err(OpenError::other(
+            "the next hop wants AUTH but the session is not encrypted: the password is not sent",
+        ));
+    }
+    conn.client
+        .auth_plain(&auth.user, auth.password.expose())
+        .map_err(|e| OpenError::other(format!("AUTH as {}: {e}", auth.user)))?;
+    match conn.step(settings.command_timeout).await {
+        Ok(Step::Ready) => {
+            tracing::info!(event = "delivery_auth", queue_id = %log_id, host = %conn.host,
+                user = %auth.user, result = "success");
+            Ok(())
+        }
+        Ok(Step::AuthRefused(reply)) => {
+            tracing::warn!(event = "delivery_auth", queue_id = %log_id, host = %conn.host,
+                user = %auth.user, result = "failure", reply = %reply.one_line());
+            Err(OpenError::other(format!(
+                "AUTH as {} refused: {}",
+                auth.user,
+                reply.one_line()
+            )))
+        }
+        Ok(other) => Err(OpenError::other(format!(
+            "unexpected step {other:?} after AUTH"
+        ))),
+        Err(e) => Err(OpenError::other(e.to_string())),
+    }
+}
+
+/// Connects, reads the greeting, says EHLO and applies the target's TLS plan.
+async fn open_tls(
     settings: &DeliverySettings,
     route: &'static str,
     target: &Target,
