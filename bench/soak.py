@@ -186,9 +186,12 @@ def main():
 def run(args, ravelin, tmp, children):
     env = dict(os.environ, PATH=PATH)
     sink_port, smtp_port, metrics_port = free_port(), free_port(), free_port()
+    # smtp-sink -c writes its counter to stdout as it goes: a file, never a pipe nobody reads
+    # (a full pipe would stall the sink and, with it, every delivery).
+    sink_out = open(os.path.join(tmp, "sink.out"), "wb")
     sink = subprocess.Popen(
         ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        stdout=sink_out, stderr=subprocess.DEVNULL, env=env)
     children.append(sink)
     wait_port(sink_port)
     config = os.path.join(tmp, "ravelin.toml")
@@ -290,6 +293,9 @@ enabled = false
         s = proc_sample(gw.pid)
         s["t"] = round(time.time() - start)
         samples.append(s)
+        if args.json:  # as it goes, so an interrupted run keeps its samples
+            with open(args.json, "w") as f:
+                json.dump({"samples": samples}, f)
         time.sleep(min(10, max(0, end - time.time())))
     stop.set()
     for t in threads:
@@ -306,10 +312,15 @@ enabled = false
                 key = "/".join(x for x in m.groups()[:3] if x)
                 metrics[key] = int(float(m.group(4)))
         gw.send_signal(signal.SIGTERM)
-        gw.wait(timeout=60)
+        try:
+            gw.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            print("soak: the gateway did not stop within 180 s of SIGTERM", file=sys.stderr)
+            alive = False
     sink.send_signal(signal.SIGTERM)
-    sink_out = sink.communicate(timeout=10)[0].decode(errors="replace")
-    counts = re.findall(r"(\d+)", sink_out)
+    sink.wait(timeout=10)
+    with open(os.path.join(tmp, "sink.out"), "rb") as f:
+        counts = re.findall(r"(\d+)", f.read().decode(errors="replace"))
     received = int(counts[-1]) if counts else 0
 
     rss = [s["VmRSS"] for s in samples]
