@@ -29,27 +29,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loopback import PATH, ROOT, free_port, wait_port  # noqa: E402
 NOFILE = 65536
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"idle-connections: nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def status(pid, key):
@@ -128,7 +112,7 @@ def main():
         sink = subprocess.Popen(["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         children.append(sink)
-        wait_port(sink_port)
+        wait_port(sink_port, "idle-connections")
         config = os.path.join(tmp, "ravelin.toml")
         with open(config, "w") as f:
             f.write(f"""hostname = "mx.idle.example"
@@ -161,7 +145,7 @@ enabled = false
         gw = subprocess.Popen([ravelin, "serve", "--config", config], stderr=log,
                               stdout=subprocess.DEVNULL, env=env, preexec_fn=raise_nofile)
         children.append(gw)
-        wait_port(smtp_port)
+        wait_port(smtp_port, "idle-connections")
         # Warm up: one message through, so the buffers of a first session exist already.
         legitimate_message(smtp_port)
         time.sleep(1)

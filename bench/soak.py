@@ -38,25 +38,9 @@ import threading
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loopback import PATH, ROOT, free_port, wait_port  # noqa: E402
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"soak: nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def proc_sample(pid):
@@ -193,7 +177,7 @@ def run(args, ravelin, tmp, children):
         ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
         stdout=sink_out, stderr=subprocess.DEVNULL, env=env)
     children.append(sink)
-    wait_port(sink_port)
+    wait_port(sink_port, "soak")
     config = os.path.join(tmp, "ravelin.toml")
     with open(config, "w") as f:
         f.write(f"""hostname = "mx.soak.example"
@@ -227,8 +211,8 @@ enabled = false
     gw = subprocess.Popen([ravelin, "serve", "--config", config], stderr=log,
                           stdout=subprocess.DEVNULL, env=env)
     children.append(gw)
-    wait_port(smtp_port)
-    wait_port(metrics_port)
+    wait_port(smtp_port, "soak")
+    wait_port(metrics_port, "soak")
     print(f"soak: {args.minutes} min; gateway pid {gw.pid}, spool and log in {tmp}", file=sys.stderr)
 
     end = time.time() + args.minutes * 60
