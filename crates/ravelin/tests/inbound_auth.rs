@@ -517,7 +517,7 @@ fn arc_sealed_forward_from_a_trusted_forwarder_passes() {
 }
 
 #[test]
-fn dns_silence_and_large_messages_never_refuse() {
+fn dns_silence_servfail_and_large_messages_never_refuse() {
     let world = world();
     let sink = SmtpSink::start();
     let ravelin = gateway(
@@ -546,6 +546,30 @@ fn dns_silence_and_large_messages_never_refuse() {
     );
     let (_, r) = our_results(&delivered(&sink, "dns-silent"));
     assert_eq!(result_of(&r, "dmarc", None), "temperror");
+
+    // SERVFAIL for a domain's SPF and DMARC records (one not asked before: the resolver
+    // caches): temperror both, delivered at once.
+    for name in ["soft.test", "_dmarc.soft.test"] {
+        world
+            .dns
+            .set_fault(name, Some(ravelin_dns::testing::Fault::ServFail));
+    }
+    let reply = send(
+        &ravelin,
+        "client.test",
+        "ceo@soft.test",
+        &message("ceo@soft.test", "dns-servfail", ""),
+    );
+    assert!(reply.contains("250 2.0.0 Ok: queued"), "{reply}");
+    let (_, r) = our_results(&delivered(&sink, "dns-servfail"));
+    assert_eq!(result_of(&r, "dmarc", None), "temperror");
+    assert_eq!(
+        result_of(&r, "spf", Some(("smtp.mailfrom", "ceo@soft.test"))),
+        "temperror"
+    );
+    for name in ["soft.test", "_dmarc.soft.test"] {
+        world.dns.set_fault(name, None);
+    }
 
     // Over max_verify_size: signatures unchecked, DMARC judged on SPF alone (fail) and not
     // enforced.
