@@ -64,6 +64,11 @@ use crate::spool::{Direction, Envelope, Incoming, QuarantineInfo, Spool};
 use crate::state::greylist::GreyVerdict;
 use crate::state::{ConnectionGuard, Decision, Defences, Exceeded, canonical_ip};
 
+/// Bytes read at once between commands: a pipelined batch of commands fits.
+const COMMAND_READ_BUF: usize = 2 * 1024;
+/// Bytes read at once during DATA.
+const DATA_READ_BUF: usize = 16 * 1024;
+
 /// Per-listener settings of the sessions it accepts.
 pub struct SessionSettings {
     pub hostname: String,
@@ -281,7 +286,9 @@ impl Session<'_> {
             Conn::Plain(tcp)
         };
         wire.greet();
-        let mut buf = vec![0u8; 16 * 1024];
+        // A small buffer between commands (most sessions are idle or short there), a larger
+        // one while a message streams in.
+        let mut buf = vec![0u8; COMMAND_READ_BUF];
         let mut shutdown = self.shared.shutdown.clone();
         let mut close_reason: Option<CloseReason> = None;
         loop {
@@ -342,11 +349,14 @@ impl Session<'_> {
                 wire.tls_established();
                 continue;
             }
-            let per_read = if wire.in_data() {
-                self.settings.data_timeout
+            let (per_read, buf_size) = if wire.in_data() {
+                (self.settings.data_timeout, DATA_READ_BUF)
             } else {
-                self.settings.command_timeout
+                (self.settings.command_timeout, COMMAND_READ_BUF)
             };
+            if buf.len() != buf_size {
+                buf = vec![0u8; buf_size];
+            }
             let read_deadline = (Instant::now() + per_read).min(deadline);
             tokio::select! {
                 r = timeout_at(read_deadline, conn.read(&mut buf)) => match r {
