@@ -19,7 +19,6 @@ Traffic goes only to 127.0.0.0/8.
 
 import argparse
 import os
-import re
 import resource
 import shutil
 import signal
@@ -30,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import PATH, ROOT, free_port, wait_port  # noqa: E402
+from loopback import PATH, ROOT, free_port, start_sink, stop_sink, wait_port  # noqa: E402
 NOFILE = 65536
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h
 
@@ -108,11 +107,9 @@ def main():
     children, held = [], []
     env = dict(os.environ, PATH=PATH)
     try:
-        sink_port, smtp_port = free_port(), free_port()
-        sink = subprocess.Popen(["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        smtp_port = free_port()
+        sink, sink_port = start_sink(tmp, "idle-connections")
         children.append(sink)
-        wait_port(sink_port, "idle-connections")
         config = os.path.join(tmp, "ravelin.toml")
         with open(config, "w") as f:
             f.write(f"""hostname = "mx.idle.example"
@@ -173,9 +170,7 @@ enabled = false
         for s in held:
             s.close()
         gw.wait(timeout=60)
-        sink.send_signal(signal.SIGTERM)
-        counts = re.findall(r"(\d+)", sink.communicate(timeout=10)[0].decode(errors="replace"))
-        received = int(counts[-1]) if counts else 0
+        received = stop_sink(sink, tmp)
     finally:
         for s in held:
             s.close()

@@ -27,3 +27,30 @@ def wait_port(port, who, timeout=30):
         except OSError:
             time.sleep(0.05)
     sys.exit(f"{who}: nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start_sink(tmp, who):
+    """smtp-sink on a free port of 127.0.0.1, counting (-c) into TMP/sink.out — a file, never a
+    pipe nobody reads, which would stall the sink and every delivery to it. Returns the
+    process and its port."""
+    import subprocess
+
+    port = free_port()
+    out = open(os.path.join(tmp, "sink.out"), "wb")
+    sink = subprocess.Popen(
+        ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{port}", "256"],
+        stdout=out, stderr=subprocess.DEVNULL, env=dict(os.environ, PATH=PATH))
+    wait_port(port, who)
+    return sink, port
+
+
+def stop_sink(sink, tmp):
+    """Stops a sink from start_sink and returns how many messages it received."""
+    import re
+    import signal
+
+    sink.send_signal(signal.SIGTERM)
+    sink.wait(timeout=10)
+    with open(os.path.join(tmp, "sink.out"), "rb") as f:
+        counts = re.findall(r"(\d+)", f.read().decode(errors="replace"))
+    return int(counts[-1]) if counts else 0

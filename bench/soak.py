@@ -39,7 +39,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import PATH, ROOT, free_port, wait_port  # noqa: E402
+from loopback import PATH, ROOT, free_port, start_sink, stop_sink, wait_port  # noqa: E402
 
 
 
@@ -169,15 +169,9 @@ def main():
 
 def run(args, ravelin, tmp, children):
     env = dict(os.environ, PATH=PATH)
-    sink_port, smtp_port, metrics_port = free_port(), free_port(), free_port()
-    # smtp-sink -c writes its counter to stdout as it goes: a file, never a pipe nobody reads
-    # (a full pipe would stall the sink and, with it, every delivery).
-    sink_out = open(os.path.join(tmp, "sink.out"), "wb")
-    sink = subprocess.Popen(
-        ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{sink_port}", "256"],
-        stdout=sink_out, stderr=subprocess.DEVNULL, env=env)
+    smtp_port, metrics_port = free_port(), free_port()
+    sink, sink_port = start_sink(tmp, "soak")
     children.append(sink)
-    wait_port(sink_port, "soak")
     config = os.path.join(tmp, "ravelin.toml")
     with open(config, "w") as f:
         f.write(f"""hostname = "mx.soak.example"
@@ -301,11 +295,7 @@ enabled = false
         except subprocess.TimeoutExpired:
             print("soak: the gateway did not stop within 180 s of SIGTERM", file=sys.stderr)
             alive = False
-    sink.send_signal(signal.SIGTERM)
-    sink.wait(timeout=10)
-    with open(os.path.join(tmp, "sink.out"), "rb") as f:
-        counts = re.findall(r"(\d+)", f.read().decode(errors="replace"))
-    received = int(counts[-1]) if counts else 0
+    received = stop_sink(sink, tmp)
 
     rss = [s["VmRSS"] for s in samples]
     fds = [s["fds"] for s in samples]
