@@ -2,8 +2,8 @@
 //!
 //! Starts a gateway on a loopback port in front of a built-in SMTP sink (itself a
 //! `ravelin_wire` server session that accepts everything), then plays a legitimate sender and a
-//! set of attackers against it: open-relay tricks, SMTP smuggling, VRFY / EXPN harvesting, an
-//! oversized message, a bare-LF command, unauthorised pipelining and a pregreet talker. It
+//! set of attackers against it: a pregreet talker, open-relay tricks, SMTP smuggling, VRFY /
+//! EXPN harvesting, an oversized message, a bare-LF command and unauthorised pipelining. It
 //! prints what the gateway answered, checks that only the legitimate message reached the sink,
 //! and exits 1 if anything behaved otherwise. The spool lives in a temporary directory that is
 //! removed at the end.
@@ -73,7 +73,10 @@ fn scenarios() -> Vec<Scenario> {
     oversized
         .steps
         .push(format!("Subject: big\r\n\r\n{}.\r\n", line.repeat(1100)).into_bytes());
+    // The pregreet talker comes first: once a client has waited for a greeting, the screen
+    // remembers it and greets it at once, and a client greeted at once cannot talk first.
     vec![
+        pregreet,
         scenario(
             "Legitimate message",
             false,
@@ -94,7 +97,6 @@ fn scenarios() -> Vec<Scenario> {
         oversized,
         scenario("Bare LF in a command", true, 550, &[EHLO, b"MAIL FROM:<s@elsewhere.test>\nRCPT TO:<alice@demo.example>\r\n"]),
         scenario("Unauthorised pipelining", true, 554, &[b"EHLO fast.test\r\nMAIL FROM:<s@elsewhere.test>\r\n"]),
-        pregreet,
     ]
 }
 
@@ -244,7 +246,7 @@ backend = ["smtp://{sink_addr}"]
 [limits]
 message_size = 1048576
 [screen]
-greet_wait = "150ms"
+greet_wait = "500ms"
 exempt = []
 [dnsbl]
 no_ptr = 0
