@@ -12,6 +12,12 @@
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
 //! endpoint audits of the same mail host (IP address) at the same time, whatever the
 //! concurrency: several targets naming the same server are audited one after the other.
+//! An MX endpoint (host name, address, port) shared by several domains of the run — the
+//! customers of one hosting provider — is audited once: its server checks
+//! ([`smtp::audit_host`]), TLS checks and per-address DNS checks are run by the first domain
+//! that reaches it and copied into the report of every other; only the checks that name the
+//! domain ([`smtp::audit_domain_checks`]: recipients, relay, smuggling) run for each domain.
+//! The shared results are kept for the whole run (one entry per distinct endpoint).
 //! The report lists the targets in the order given; `on_done` is called as each target
 //! finishes (for a progress bar).
 //!
@@ -94,6 +100,41 @@ impl HostLocks {
     }
 }
 
+/// What one MX endpoint showed, shared by every domain of the run whose MX it is.
+struct SharedEndpoint {
+    host: smtp::HostFindings,
+    /// The TLS checks' report, when SMTP could connect.
+    tls: Option<tls::EndpointReport>,
+    /// `dns.ptr`, `reputation.dnsbl`, `dns.dane`.
+    dns: Vec<Finding>,
+}
+
+/// The shared endpoint audits of a run, by host name, address and role (the findings name
+/// the endpoint, never the domain).
+type EndpointKey = (Option<String>, SocketAddr, Role);
+
+#[derive(Default)]
+struct SharedEndpoints(Mutex<HashMap<EndpointKey, Arc<tokio::sync::OnceCell<SharedEndpoint>>>>);
+
+impl SharedEndpoints {
+    fn get(&self, endpoint: &Endpoint) -> Arc<tokio::sync::OnceCell<SharedEndpoint>> {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry((endpoint.name.clone(), endpoint.addr, endpoint.role))
+            .or_default()
+            .clone()
+    }
+}
+
+/// The state the targets of one run share.
+#[derive(Default)]
+struct Shared {
+    locks: HostLocks,
+    endpoints: SharedEndpoints,
+}
+
 /// Audits every target and returns the report; `on_done` is called once per finished target.
 pub async fn audit(
     targets: Vec<Target>,
@@ -103,15 +144,15 @@ pub async fn audit(
     let resolver = Arc::new(resolver(&options.names));
     let options = Arc::new(options);
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let locks = Arc::new(HostLocks::default());
+    let shared = Arc::new(Shared::default());
     let on_done = Arc::new(on_done);
     let mut tasks = tokio::task::JoinSet::new();
     let count = targets.len();
     for (index, target) in targets.into_iter().enumerate() {
-        let (options, permits, locks, on_done, resolver) = (
+        let (options, permits, shared, on_done, resolver) = (
             options.clone(),
             permits.clone(),
-            locks.clone(),
+            shared.clone(),
             on_done.clone(),
             resolver.clone(),
         );
@@ -119,9 +160,9 @@ pub async fn audit(
             let _permit = permits.acquire_owned().await;
             let report = match &target {
                 Target::Domain { domain, port } => {
-                    audit_domain(domain, *port, &options, &locks, &resolver).await
+                    audit_domain(domain, *port, &options, &shared, &resolver).await
                 }
-                Target::Host(_) => audit_target(&target, &options, &locks, &resolver).await,
+                Target::Host(_) => audit_target(&target, &options, &shared.locks, &resolver).await,
             };
             on_done(&report);
             (index, report)
@@ -171,7 +212,7 @@ async fn audit_domain(
     domain: &str,
     port: u16,
     options: &AuditOptions,
-    locks: &HostLocks,
+    shared: &Shared,
     resolver: &Result<Resolver, String>,
 ) -> TargetReport {
     let resolver = match resolver {
@@ -200,29 +241,23 @@ async fn audit_domain(
     }
     let mut summaries = Vec::new();
     for endpoint in &endpoints {
-        let lock = locks.get(endpoint.addr.ip());
-        let _held = lock.lock().await;
-        let smtp_findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
-        let reachable = !smtp_findings
-            .iter()
-            .any(|f| f.id == "smtp.connect" && f.status == Status::Error);
-        report.findings.extend(smtp_findings);
-        if reachable {
-            let tls_target = TlsTarget {
-                host: endpoint.host(),
-                addr: endpoint.addr,
-                mode: match endpoint.role {
-                    Role::Submissions => TlsMode::Implicit,
-                    Role::Mx | Role::Submission => TlsMode::StartTls,
-                },
-            };
-            let tls_report = tls::audit_endpoint_async(tls_target, options.tls.clone()).await;
-            report.findings.extend(tls_report.findings);
-            summaries.push(tls_report.summary);
+        let cell = shared.endpoints.get(endpoint);
+        let seen = cell
+            .get_or_init(|| audit_mx_endpoint(&ctx, endpoint, options, &shared.locks))
+            .await;
+        report.findings.extend(seen.host.findings.iter().cloned());
+        if seen.host.reachable() {
+            let lock = shared.locks.get(endpoint.addr.ip());
+            let _held = lock.lock().await;
+            report
+                .findings
+                .extend(smtp::audit_domain_checks(endpoint, &options.smtp, &seen.host).await);
         }
-        report.findings.extend(
-            dns::audit_endpoint(&ctx, endpoint, reachable, &options.smtp, &options.tls).await,
-        );
+        if let Some(tls_report) = &seen.tls {
+            report.findings.extend(tls_report.findings.iter().cloned());
+            summaries.push(tls_report.summary.clone());
+        }
+        report.findings.extend(seen.dns.iter().cloned());
     }
     if !summaries.is_empty() {
         report.findings.push(tls::consistency(domain, &summaries));
@@ -237,6 +272,35 @@ async fn audit_domain(
         dns::mta_sts::certificates(f, &tls_findings);
     }
     report
+}
+
+/// The checks of an MX endpoint that do not depend on the domain: the server's SMTP checks,
+/// its TLS checks when it answers, and its per-address DNS checks.
+async fn audit_mx_endpoint(
+    ctx: &DnsCtx<'_>,
+    endpoint: &Endpoint,
+    options: &AuditOptions,
+    locks: &HostLocks,
+) -> SharedEndpoint {
+    let lock = locks.get(endpoint.addr.ip());
+    let _held = lock.lock().await;
+    let host = smtp::audit_host(endpoint, &options.smtp).await;
+    let reachable = host.reachable();
+    let tls = if reachable {
+        let tls_target = TlsTarget {
+            host: endpoint.host(),
+            addr: endpoint.addr,
+            mode: match endpoint.role {
+                Role::Submissions => TlsMode::Implicit,
+                Role::Mx | Role::Submission => TlsMode::StartTls,
+            },
+        };
+        Some(tls::audit_endpoint_async(tls_target, options.tls.clone()).await)
+    } else {
+        None
+    };
+    let dns = dns::audit_endpoint(ctx, endpoint, reachable, &options.smtp, &options.tls).await;
+    SharedEndpoint { host, tls, dns }
 }
 
 fn unresolved(target: String, why: String) -> TargetReport {

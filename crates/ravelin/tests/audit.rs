@@ -805,6 +805,103 @@ fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
     }
 }
 
+/// Connections the gateway has logged so far, once the count has stopped moving.
+fn connections(ravelin: &Ravelin) -> usize {
+    let mut last = usize::MAX;
+    for _ in 0..50 {
+        let now = ravelin.events("connect").len();
+        if now == last {
+            return now;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
+/// Two domains with the same MX host (a hosting provider's customers): the host's SMTP, TLS
+/// and per-address checks run once and both reports carry them; the checks that name the
+/// domain (recipients, relay) run for each. Proven by the connections the MX host sees: the
+/// second domain costs fewer than the first.
+#[test]
+fn domains_sharing_an_mx_host_share_its_audit() {
+    let sink = SmtpSink::start();
+    let dir = daemon_tempdir();
+    let ravelin = gateway(sink.addr, dir.path());
+    let mx = ravelin.listener("mx");
+    let zone = format!(
+        "@ MX 10 mx\nshop MX 10 mx\nmx A {}\n@ TXT \"v=spf1 mx -all\"\n",
+        mx.ip()
+    );
+    let dns = ravelin_dns::testing::TestDnsServer::start(&[("example.org", &zone)])
+        .expect("in-process DNS server");
+    let nameserver = dns.addr().to_string();
+    let port = mx.port().to_string();
+    let audit = |domains: &[&str]| {
+        let before = connections(&ravelin);
+        let common = [
+            "--nameserver",
+            nameserver.as_str(),
+            "--smtp-port",
+            port.as_str(),
+            "--dnsbl",
+            "bl.example.org",
+            "--fail-on",
+            "critical",
+        ];
+        let a = Audit::run(&[&common[..], domains].concat());
+        assert_ne!(a.exit, 2, "{:#}\n{}", a.report, a.stderr);
+        (a, connections(&ravelin) - before)
+    };
+    let (_, one) = audit(&["example.org"]);
+    let (a, two) = audit(&["example.org", "shop.example.org"]);
+    assert!(
+        two - one < one,
+        "the second domain cost {} connections to the MX host, the first {one}: its host \
+         checks ran again",
+        two - one
+    );
+    // Both reports carry the host's checks, with the same results.
+    let host_checks = |target: usize| -> Vec<(String, String, String)> {
+        a.findings(target)
+            .iter()
+            .filter(|f| {
+                let id = f["id"].as_str().unwrap_or_default();
+                id.starts_with("tls.") && id != "tls.consistency"
+                    || [
+                        "smtp.banner_disclosure",
+                        "smtp.size_limit",
+                        "dns.ptr",
+                        "dns.dane",
+                    ]
+                    .contains(&id)
+            })
+            .map(|f| {
+                (
+                    f["id"].to_string(),
+                    f["status"].to_string(),
+                    f["evidence"].to_string(),
+                )
+            })
+            .collect()
+    };
+    let first = host_checks(0);
+    assert!(
+        first.iter().any(|(id, _, _)| id == "\"tls.versions\"")
+            && first.iter().any(|(id, _, _)| id == "\"smtp.size_limit\""),
+        "{first:?}"
+    );
+    assert_eq!(first, host_checks(1));
+    // The recipient checks asked about each domain's own addresses.
+    assert!(a.evidence(0, "smtp.catch_all").contains("@example.org"));
+    assert!(
+        a.evidence(1, "smtp.catch_all")
+            .contains("@shop.example.org"),
+        "{}",
+        a.evidence(1, "smtp.catch_all")
+    );
+}
+
 /// Runs `ravelin audit --format FORMAT --output DIR/report.FORMAT ARGS…`, asserts the exit
 /// code is one of `exits` and returns the path of the report.
 fn report_file(dir: &std::path::Path, format: &str, args: &[&str], exits: &[i32]) -> String {

@@ -1,7 +1,9 @@
 //! SMTP behaviour checks: what a mail server does when spoken to, from outside.
 //!
 //! [`audit_endpoint`] runs every check on one endpoint and returns their findings, in a
-//! fixed order. Each check opens its own short session (connect, greeting, EHLO) so that one
+//! fixed order: first the checks of the server itself ([`audit_host`], the same whatever
+//! mail domain it serves), then those that name the mail domain ([`audit_domain_checks`]:
+//! recipients, relay, smuggling), so that a batch audit can run the first once per endpoint. Each check opens its own short session (connect, greeting, EHLO) so that one
 //! check's errors never count against the next under the server's error limits; at most one
 //! connection to the endpoint is open at a time. When the first session cannot be opened the
 //! endpoint gets a single `smtp.connect` finding with status `error` and nothing else runs.
@@ -392,8 +394,36 @@ async fn tls_ehlo(ctx: &Ctx<'_>) -> Result<Ehlo, String> {
     Ok(ehlo)
 }
 
-/// Runs every SMTP check on one endpoint.
+/// What an endpoint showed whatever mail domain it is asked about: the discovery session
+/// and the findings of the checks that do not name a domain. In a batch audit every domain
+/// whose MX this endpoint is shares one (see [`crate::run`]).
+#[derive(Clone)]
+pub struct HostFindings {
+    /// `None` when the first session could not be opened (`findings` is then the single
+    /// `smtp.connect` error).
+    pub discovery: Option<Arc<Discovery>>,
+    pub findings: Vec<Finding>,
+}
+
+impl HostFindings {
+    /// Whether the SMTP checks could connect.
+    pub fn reachable(&self) -> bool {
+        self.discovery.is_some()
+    }
+}
+
+/// Runs every SMTP check on one endpoint: [`audit_host`], then [`audit_domain_checks`].
 pub async fn audit_endpoint(endpoint: &Endpoint, options: &SmtpOptions) -> Vec<Finding> {
+    let host = audit_host(endpoint, options).await;
+    let mut findings = host.findings.clone();
+    findings.extend(audit_domain_checks(endpoint, options, &host).await);
+    findings
+}
+
+/// The checks of the server itself, which never name the mail domain: banner, NTLM, clock,
+/// software, AUTH, SIZE, greeting delay, pipelining. Their findings are the same for every
+/// domain the server receives mail for.
+pub async fn audit_host(endpoint: &Endpoint, options: &SmtpOptions) -> HostFindings {
     let ctx = Ctx::new(endpoint, options);
     tracing::debug!(event = "audit_endpoint", endpoint = %endpoint, active = options.active);
     let d = match discover(&ctx).await {
@@ -401,7 +431,10 @@ pub async fn audit_endpoint(endpoint: &Endpoint, options: &SmtpOptions) -> Vec<F
         Err(e) => {
             let mut f = ctx.open_error("smtp.connect", &e);
             f.title = "the mail server could not be audited".into();
-            return vec![f];
+            return HostFindings {
+                discovery: None,
+                findings: vec![f],
+            };
         }
     };
     let mut findings = Vec::new();
@@ -414,15 +447,36 @@ pub async fn audit_endpoint(endpoint: &Endpoint, options: &SmtpOptions) -> Vec<F
         &d,
         ntlm.challenge.as_ref(),
     ));
-    findings.push(recipients::vrfy(&ctx).await);
-    findings.push(recipients::expn(&ctx).await);
     findings.push(auth::auth_before_tls(&ctx, &d).await);
     findings.push(auth::mechanisms(&ctx, &d));
-    findings.push(auth::plaintext_mail(&ctx, &d).await);
     findings.push(limits::size_limit(&ctx, &d).await);
     findings.push(limits::greeting_delay(&ctx, &d));
     findings.push(limits::pipelining_sync(&ctx).await);
-    findings.push(relay::open_relay(&ctx, &d).await);
+    HostFindings {
+        discovery: Some(Arc::new(d)),
+        findings,
+    }
+}
+
+/// The checks that name the endpoint's mail domain (`endpoint.domain`): VRFY and EXPN of its
+/// postmaster, mail before TLS to it, open relay (its tricks go through the domain), catch-all
+/// and enumeration of its addresses, and smuggling (`--active`). Nothing when `host` could
+/// not connect.
+pub async fn audit_domain_checks(
+    endpoint: &Endpoint,
+    options: &SmtpOptions,
+    host: &HostFindings,
+) -> Vec<Finding> {
+    let Some(d) = &host.discovery else {
+        return Vec::new();
+    };
+    let ctx = Ctx::new(endpoint, options);
+    let mut findings = vec![
+        recipients::vrfy(&ctx).await,
+        recipients::expn(&ctx).await,
+        auth::plaintext_mail(&ctx, d).await,
+        relay::open_relay(&ctx, d).await,
+    ];
     findings.extend(recipients::catch_all_and_enumeration(&ctx).await);
     findings.extend(smuggling::run(&ctx).await);
     findings
