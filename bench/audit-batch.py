@@ -3,6 +3,7 @@
 
     bench/audit-batch.py [--domains 1000] [--concurrency 8] [--ravelin PATH]
                          [--checkdmarc PATH] [--skip-checkdmarc] [--skip-full] [--keep]
+                         [--dns-latency MS [--latency-sample 100]] [--serve]
 
 What it builds (all in one temporary directory, all on 127.0.0.0/8):
   - a hosting provider: 10 MX hosts mx1..mx10.hosting.test on 127.0.60.1..10, port 25,
@@ -28,6 +29,10 @@ Then, in one run:
      Prints domains per minute of each and the ratio.
   2. Full audit: `ravelin audit` with every passive check (DNS, SMTP, TLS, per-address DNS)
      over the N domains at the default concurrency: domains per minute.
+  3. With --dns-latency MS: the DNS part again through a proxy on 127.0.53.2:53 that holds
+     every answer back MS milliseconds (the round trip to a resolver across a network, which
+     loopback lacks): ravelin over all domains, checkdmarc over the first --latency-sample
+     (one after another, it needs MS x its queries per domain). Only UDP is proxied.
 Each ravelin report is checked: one entry per domain, in order, and no `error` finding (an
 error there is a check that could not run: a DNS timeout under load, a refused or reset
 connection, ports exhausted — a bug of the auditor or of the bench, listed and exit 1).
@@ -61,6 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loopback import PATH, ROOT, start_sink, stop_sink  # noqa: E402
 
 DNS_ADDR = "127.0.53.1"
+LATENCY_ADDR = "127.0.53.2"  # --dns-latency: the delaying proxy in front of NSD
 HTTPS_ADDR = "127.0.54.1"
 MX_COUNT = 10
 MX_NET = "127.0.60"
@@ -329,8 +335,8 @@ remote-control:
     die("nsd does not answer after 60 s")
 
 
-def dns_answers(name):
-    """Whether the server at DNS_ADDR:53 answers an A query for `name` (NOERROR)."""
+def dns_answers(name, server=DNS_ADDR):
+    """Whether the server at SERVER:53 answers an A query for `name` (NOERROR)."""
     qid = random.randrange(65536)
     q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
     for label in name.split("."):
@@ -339,7 +345,7 @@ def dns_answers(name):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.5)
         try:
-            s.sendto(q, (DNS_ADDR, 53))
+            s.sendto(q, (server, 53))
             r = s.recv(512)
         except OSError:
             return False
@@ -463,12 +469,12 @@ def check_report(path, names, label):
 # the system's resolver, not -n. So that it sees the same DNS as for everything else (as it
 # would where the system resolver is that server), names under .test are resolved at DNS_ADDR
 # with dnspython (checkdmarc's own DNS library); everything else is untouched.
-CHECKDMARC = f"""
+CHECKDMARC = """
 import socket, sys
 import dns.resolver
 from checkdmarc._cli import _main
 resolver = dns.resolver.Resolver(configure=False)
-resolver.nameservers = ["{DNS_ADDR}"]
+resolver.nameservers = [sys.argv[-1]]
 system = socket.getaddrinfo
 def getaddrinfo(host, *args, **kwargs):
     if isinstance(host, str) and host.rstrip(".").endswith(".test"):
@@ -492,7 +498,49 @@ def check_checkdmarc(path, names):
     return len(results), timeouts
 
 
+def latency_proxy(ms):
+    """UDP DNS on LATENCY_ADDR:53, forwarded to NSD, each answer held back `ms` milliseconds:
+    the round trip to a resolver across a network. Query ids are rewritten so that clients'
+    ids never collide upstream."""
+    import asyncio
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        pending = {}
+        state = {"next": 0}
+        links = {}
+
+        class Upstream(asyncio.DatagramProtocol):
+            def datagram_received(self, data, _addr):
+                who = pending.pop(int.from_bytes(data[:2], "big"), None) if len(data) >= 12 else None
+                if who:
+                    loop.call_later(ms / 1000, links["down"].sendto, who[0] + data[2:], who[1])
+
+        class Downstream(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                if len(data) < 12 or len(pending) >= 60000:
+                    return
+                qid = state["next"]
+                while qid in pending:
+                    qid = (qid + 1) & 0xFFFF
+                state["next"] = (qid + 1) & 0xFFFF
+                pending[qid] = (data[:2], addr)
+                links["up"].sendto(qid.to_bytes(2, "big") + data[2:])
+
+        links["down"], _ = await loop.create_datagram_endpoint(
+            Downstream, local_addr=(LATENCY_ADDR, 53))
+        links["up"], _ = await loop.create_datagram_endpoint(Upstream, remote_addr=(DNS_ADDR, 53))
+        for t in links.values():
+            t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--latency-proxy":
+        latency_proxy(int(sys.argv[2]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--domains", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8,
@@ -501,6 +549,11 @@ def main():
     ap.add_argument("--checkdmarc", default=os.path.join(ROOT, ".venv", "bin", "checkdmarc"))
     ap.add_argument("--skip-checkdmarc", action="store_true")
     ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--dns-latency", type=int, default=0, metavar="MS",
+                    help="also run the DNS part through a proxy that adds MS milliseconds to "
+                         "every DNS round trip (checkdmarc on --latency-sample domains)")
+    ap.add_argument("--latency-sample", type=int, default=100, metavar="N",
+                    help="domains checkdmarc checks in the --dns-latency run (default 100)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--serve", action="store_true",
                     help="set everything up, print the audit command and wait (Ctrl-C ends): "
@@ -508,6 +561,10 @@ def main():
     args = ap.parse_args()
     if not 1 <= args.domains <= 9999:
         die("--domains must be in 1..=9999")
+    if not 0 <= args.dns_latency <= 1000:
+        die("--dns-latency must be in 0..=1000 ms")
+    if not 1 <= args.latency_sample <= args.domains:
+        die("--latency-sample must be in 1..=--domains")
     if not 1 <= args.concurrency <= 1024:
         die("--concurrency must be in 1..=1024")
     if os.geteuid() != 0:
@@ -558,6 +615,7 @@ def main():
                 signal.signal(sig, lambda *_: stop.set())
             while not stop.wait(1):
                 pass
+            ok = True
             return 0
         problems = []
         dns_out = f"{tmp}/ravelin-dns.json"
@@ -576,8 +634,8 @@ def main():
             env = dict(os.environ, REQUESTS_CA_BUNDLE=ca)
             # -n and -o take several values: the domain file goes first.
             python = os.path.join(os.path.dirname(args.checkdmarc), "python")
-            secs, rc = timed([python, "-c", CHECKDMARC, f"{tmp}/domains.txt", "-n", DNS_ADDR,
-                              "-o", cd_out], cd_out, env=env, limit=3600)
+            secs, rc = timed([python, "-c", CHECKDMARC, f"{tmp}/domains.txt", "-o", cd_out,
+                              "-n", DNS_ADDR], cd_out, env=env, limit=3600)
             if rc != 0 or not os.path.exists(cd_out):
                 die(f"checkdmarc exited {rc}: {open(cd_out + '.err').read()[-2000:]}")
             count, timeouts = check_checkdmarc(cd_out, names)
@@ -596,6 +654,40 @@ def main():
             problems += p
             results["full"] = (secs, findings, statuses)
             say(f"ravelin full: {secs:.2f} s, {findings} findings {dict(statuses)}")
+        if args.dns_latency:
+            say(f"DNS part with {args.dns_latency} ms per DNS round trip (proxy on {LATENCY_ADDR}:53)")
+            proxy = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--latency-proxy",
+                                      str(args.dns_latency)])
+            children.append(proxy)
+            deadline = time.time() + 30
+            while not dns_answers(f"mx1.{PROVIDER}", LATENCY_ADDR):
+                if proxy.poll() is not None or time.time() > deadline:
+                    die("the latency proxy does not answer")
+                time.sleep(0.1)
+            slow = [a if a != f"{DNS_ADDR}:53" else f"{LATENCY_ADDR}:53" for a in common]
+            lat_out = f"{tmp}/ravelin-dns-latency.json"
+            secs, rc = timed(slow + ["--dns-only", "--output", lat_out], lat_out)
+            if rc not in (0, 1):
+                die(f"ravelin audit --dns-only exited {rc}: {open(lat_out + '.err').read()[-2000:]}")
+            p, findings, _ = check_report(lat_out, names, "ravelin --dns-only with latency")
+            problems += p
+            results["dns-latency"] = (secs, len(names))
+            say(f"ravelin --dns-only with latency: {secs:.2f} s")
+            sample = f"{tmp}/sample.txt"
+            with open(sample, "w") as f:
+                f.write("\n".join(names[:args.latency_sample]) + "\n")
+            cd_out = f"{tmp}/checkdmarc-latency.json"
+            python = os.path.join(os.path.dirname(args.checkdmarc), "python")
+            env = dict(os.environ, REQUESTS_CA_BUNDLE=ca)
+            secs, rc = timed([python, "-c", CHECKDMARC, sample, "-o", cd_out, "-n", LATENCY_ADDR],
+                             cd_out, env=env, limit=3600)
+            if rc != 0 or not os.path.exists(cd_out):
+                die(f"checkdmarc exited {rc}: {open(cd_out + '.err').read()[-2000:]}")
+            count, timeouts = check_checkdmarc(cd_out, names)
+            if count != args.latency_sample:
+                problems.append(f"checkdmarc with latency: {count} results for {args.latency_sample} domains")
+            results["checkdmarc-latency"] = (secs, count, timeouts)
+            say(f"checkdmarc with latency: {secs:.2f} s for {count} domains, {timeouts} with a DNS timeout")
         ok = not problems
         for p in problems:
             print(f"audit-batch: problem: {p}", file=sys.stderr)
@@ -639,6 +731,15 @@ def main():
         row["full"] = per_min(secs)
         print(f"ravelin audit (full, passive): {n} domains in {secs:.2f} s = "
               f"{row['full']:.0f} domains/min ({findings} findings)")
+    if "dns-latency" in results and "checkdmarc-latency" in results:
+        secs, count = results["dns-latency"]
+        rv = count / secs * 60
+        secs_cd, count_cd, timeouts = results["checkdmarc-latency"]
+        cd = count_cd / secs_cd * 60
+        print(f"with {args.dns_latency} ms per DNS round trip: ravelin audit --dns-only {count} domains"
+              f" in {secs:.2f} s = {rv:.0f} domains/min; checkdmarc {count_cd} domains in"
+              f" {secs_cd:.2f} s = {cd:.0f} domains/min ({timeouts} with a DNS timeout);"
+              f" ratio {rv / cd:.1f}x")
     fmt = lambda k: f"{row[k]:.0f}" if k in row else "n/a"  # noqa: E731
     ratio = f"{row['dns'] / row['checkdmarc']:.1f}" if "dns" in row and "checkdmarc" in row else "n/a"
     print()

@@ -224,21 +224,16 @@ async fn audit_domain(
         options: &options.dns,
         domain,
     };
-    let mx = dns::mx::resolve(resolver, domain).await;
+    if options.dns_only {
+        return dns_only(&ctx, port, options).await;
+    }
+    let (mx, findings, ()) = dns::resolve_and_audit(&ctx, |_| async {}).await;
     let endpoints = mx_endpoints(&mx, port);
     let mut report = TargetReport {
         target: domain.to_string(),
         endpoints: endpoints.iter().map(Endpoint::to_string).collect(),
-        findings: dns::audit_domain(&ctx, &mx).await,
+        findings,
     };
-    if options.dns_only {
-        for endpoint in &endpoints {
-            report
-                .findings
-                .extend(dns::lookup_endpoint(&ctx, endpoint, &options.smtp).await);
-        }
-        return report;
-    }
     let mut summaries = Vec::new();
     for endpoint in &endpoints {
         let cell = shared.endpoints.get(endpoint);
@@ -272,6 +267,48 @@ async fn audit_domain(
         dns::mta_sts::certificates(f, &tls_findings);
     }
     report
+}
+
+/// `--dns-only`: the domain's DNS checks, and the lookups of its MX addresses alongside
+/// them as soon as the MX set is known, all addresses at once (nothing connects to a host, so
+/// no per-host turn is taken).
+async fn dns_only(ctx: &DnsCtx<'_>, port: u16, options: &AuditOptions) -> TargetReport {
+    let addresses = |mx: dns::MxSet| async move {
+        let endpoints = mx_endpoints(&mx, port);
+        let mut lookups = tokio::task::JoinSet::new();
+        for (index, endpoint) in endpoints.iter().cloned().enumerate() {
+            let (resolver, dns_options, smtp) = (
+                ctx.resolver.clone(),
+                ctx.options.clone(),
+                options.smtp.clone(),
+            );
+            let domain = ctx.domain.to_string();
+            lookups.spawn(async move {
+                let ctx = DnsCtx {
+                    resolver: &resolver,
+                    options: &dns_options,
+                    domain: &domain,
+                };
+                (index, dns::lookup_endpoint(&ctx, &endpoint, &smtp).await)
+            });
+        }
+        let mut found: Vec<(usize, Vec<Finding>)> = Vec::new();
+        while let Some(done) = lookups.join_next().await {
+            match done {
+                Ok(f) => found.push(f),
+                Err(e) => tracing::error!(event = "audit_task_failed", reason = %e),
+            }
+        }
+        found.sort_by_key(|(index, _)| *index);
+        (endpoints, found)
+    };
+    let (_, mut findings, (endpoints, per_address)) = dns::resolve_and_audit(ctx, addresses).await;
+    findings.extend(per_address.into_iter().flat_map(|(_, f)| f));
+    TargetReport {
+        target: ctx.domain.to_string(),
+        endpoints: endpoints.iter().map(Endpoint::to_string).collect(),
+        findings,
+    }
 }
 
 /// The checks of an MX endpoint that do not depend on the domain: the server's SMTP checks,

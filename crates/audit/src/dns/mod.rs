@@ -193,15 +193,71 @@ pub fn verdict(
 /// Runs the domain-level DNS checks (everything but the per-address ones) for a domain
 /// whose MX set has been resolved.
 pub async fn audit_domain(ctx: &DnsCtx<'_>, mx: &MxSet) -> Vec<Finding> {
-    let (spf, dmarc, dkim, mta_sts, tlsrpt, dnssec, caa) = tokio::join!(
+    let (alone, with_mx) = tokio::join!(without_mx(ctx), needing_mx(ctx, mx));
+    assemble(ctx, mx, alone, with_mx)
+}
+
+/// Resolves the domain's MX set and runs its domain-level DNS checks, the checks that do not
+/// need the MX set (SPF, DMARC, DKIM, TLS-RPT, CAA) alongside the MX lookup rather than after
+/// it; `then` runs as soon as the MX set is known, alongside the rest (`--dns-only` starts
+/// the MX addresses' lookups there). Returns the MX set, the findings in the order of
+/// [`audit_domain`], and `then`'s output.
+pub async fn resolve_and_audit<T, F>(
+    ctx: &DnsCtx<'_>,
+    then: impl FnOnce(MxSet) -> F,
+) -> (MxSet, Vec<Finding>, T)
+where
+    F: std::future::Future<Output = T>,
+{
+    let after_mx = async {
+        let mx = mx::resolve(ctx.resolver, ctx.domain).await;
+        let (with_mx, out) = tokio::join!(needing_mx(ctx, &mx), then(mx.clone()));
+        (mx, with_mx, out)
+    };
+    let (alone, (mx, with_mx, out)) = tokio::join!(without_mx(ctx), after_mx);
+    let findings = assemble(ctx, &mx, alone, with_mx);
+    (mx, findings, out)
+}
+
+/// The findings of the checks that do not look at the MX set: SPF, DMARC, DKIM, TLS-RPT, CAA.
+struct WithoutMx([Finding; 5]);
+
+async fn without_mx(ctx: &DnsCtx<'_>) -> WithoutMx {
+    let (spf, dmarc, dkim, tlsrpt, caa) = tokio::join!(
         spf::check(ctx),
         dmarc::check(ctx),
         dkim::check(ctx),
-        receiving(ctx, mx, "dns.mta_sts", mta_sts::check(ctx, mx)),
-        receiving(ctx, mx, "dns.tlsrpt", tlsrpt::check(ctx)),
-        dnssec::check(ctx, mx),
+        tlsrpt::check(ctx),
         caa::check(ctx),
     );
+    WithoutMx([spf, dmarc, dkim, tlsrpt, caa])
+}
+
+/// `dns.mta_sts` (skipped for a null MX) and `dns.dnssec`, which look at the MX set.
+async fn needing_mx(ctx: &DnsCtx<'_>, mx: &MxSet) -> [Finding; 2] {
+    let mta_sts = async {
+        if mx.is_null() {
+            not_receiving(ctx, "dns.mta_sts")
+        } else {
+            mta_sts::check(ctx, mx).await
+        }
+    };
+    let (mta_sts, dnssec) = tokio::join!(mta_sts, dnssec::check(ctx, mx));
+    [mta_sts, dnssec]
+}
+
+/// Every domain-level finding in a fixed order; `dns.tlsrpt` is skipped for a null MX.
+fn assemble(
+    ctx: &DnsCtx<'_>,
+    mx: &MxSet,
+    WithoutMx([spf, dmarc, dkim, tlsrpt, caa]): WithoutMx,
+    [mta_sts, dnssec]: [Finding; 2],
+) -> Vec<Finding> {
+    let tlsrpt = if mx.is_null() {
+        not_receiving(ctx, "dns.tlsrpt")
+    } else {
+        tlsrpt
+    };
     vec![
         mx::finding(ctx, mx),
         spf,
@@ -216,22 +272,14 @@ pub async fn audit_domain(ctx: &DnsCtx<'_>, mx: &MxSet) -> Vec<Finding> {
 
 /// A check about receiving mail over TLS, skipped for a domain with a null MX (it takes no
 /// mail, so MTA-STS and TLS reports have nothing to protect).
-async fn receiving(
-    ctx: &DnsCtx<'_>,
-    mx: &MxSet,
-    id: &str,
-    check: impl std::future::Future<Output = Finding>,
-) -> Finding {
-    if mx.is_null() {
-        return ctx.finding(
-            id,
-            Status::Skipped,
-            Severity::Info,
-            "not applicable: the domain takes no mail (null MX)",
-            format!("MX {}: 0 .", ctx.domain),
-        );
-    }
-    check.await
+fn not_receiving(ctx: &DnsCtx<'_>, id: &str) -> Finding {
+    ctx.finding(
+        id,
+        Status::Skipped,
+        Severity::Info,
+        "not applicable: the domain takes no mail (null MX)",
+        format!("MX {}: 0 .", ctx.domain),
+    )
 }
 
 /// TXT records of `name`, or the lookup error.

@@ -86,10 +86,21 @@ pub async fn resolve(resolver: &Resolver, domain: &str) -> MxSet {
         ),
         Err(e) => (Err(e), false, Vec::new()),
     };
-    let mut hosts = Vec::new();
-    for (preference, name) in names.into_iter().take(MAX_MX_HOSTS) {
-        hosts.push(resolve_host(resolver, preference, name).await);
+    // Every exchanger at once: one round trip to the resolver, not one per exchanger.
+    let mut lookups = tokio::task::JoinSet::new();
+    for (index, (preference, name)) in names.into_iter().take(MAX_MX_HOSTS).enumerate() {
+        let resolver = resolver.clone();
+        lookups.spawn(async move { (index, resolve_host(&resolver, preference, name).await) });
     }
+    let mut found: Vec<(usize, MxHost)> = Vec::new();
+    while let Some(done) = lookups.join_next().await {
+        match done {
+            Ok(host) => found.push(host),
+            Err(e) => tracing::error!(event = "mx_lookup_task_failed", reason = %e),
+        }
+    }
+    found.sort_by_key(|(index, _)| *index);
+    let hosts = found.into_iter().map(|(_, host)| host).collect();
     MxSet {
         domain: domain.to_string(),
         records,
