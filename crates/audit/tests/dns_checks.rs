@@ -757,6 +757,22 @@ async fn audit_domain_reports_every_family() {
         let f = findings.iter().find(|f| f.id == id).unwrap();
         expect(f, id, Status::Skipped, "null MX");
     }
+    // Resolving the MX set alongside the checks (`run`'s path) reports the same findings,
+    // in the same order, as resolving it first; `then` gets the MX set.
+    for domain in ["good.example", "nullmx.example"] {
+        let ctx = w.ctx(domain);
+        let (mx, alongside, hosts) =
+            dns::resolve_and_audit(&ctx, |mx| async move { mx.hosts.len() }).await;
+        assert_eq!(mx, w.mx(domain).await);
+        assert_eq!(hosts, mx.hosts.len());
+        let first = dns::audit_domain(&ctx, &mx).await;
+        let summary = |f: &[ravelin_audit::Finding]| -> Vec<(String, Status, String)> {
+            f.iter()
+                .map(|f| (f.id.clone(), f.status, f.evidence.clone()))
+                .collect()
+        };
+        assert_eq!(summary(&alongside), summary(&first), "{domain}");
+    }
 }
 
 /// A minimal SMTP server with STARTTLS on 127.0.0.1 (greeting, EHLO, STARTTLS, QUIT), enough
