@@ -8,11 +8,15 @@
 //! everyone else is neutral), `ptr`, a record over 450 bytes and the parser's other warnings.
 //!
 //! Terms whose domain holds a macro (`%{i}`) cannot be followed without a message; they are
-//! counted and named. Limits: at most [`MAX_RECORDS`] records and [`MAX_QUERIES`] queries per
-//! evaluation. How it fails: a temporary failure of the domain's TXT lookup is an `error`
+//! counted and named. The lookups one record's terms need (its includes' records, its `a`,
+//! `mx` and `exists` names, its redirect) are asked all at once before the record is walked,
+//! so a record costs one round trip to the resolver, not one per term; the walk then reads
+//! the answers in order, as if it had asked then. Limits: at most [`MAX_RECORDS`] records and
+//! [`MAX_QUERIES`] queries read per evaluation, and at most [`MAX_QUERIES`] more asked ahead
+//! (an answer asked ahead is dropped unread when a limit stops the walk first). How it fails: a temporary failure of the domain's TXT lookup is an `error`
 //! finding; one of a nested lookup is a problem line (never a pass).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use ravelin_dns::LookupError;
 use ravelin_dns::records::spf::{self, MAX_DNS_LOOKUPS, Mechanism, Qualifier, SpfRecord};
@@ -42,7 +46,12 @@ enum Lookup {
 }
 
 async fn lookup(ctx: &DnsCtx<'_>, domain: &str) -> Lookup {
-    let records = match txt(ctx.resolver, domain).await {
+    interpret(txt(ctx.resolver, domain).await)
+}
+
+/// The SPF record among a name's TXT records (or the lookup's failure).
+fn interpret(records: Result<Vec<String>, LookupError>) -> Lookup {
+    let records = match records {
         Ok(r) => r,
         Err(LookupError::NxDomain | LookupError::NoRecords) => Vec::new(),
         Err(e) => return Lookup::Failed(e),
@@ -67,6 +76,8 @@ struct Walk {
     lookups: usize,
     voids: usize,
     queries: usize,
+    /// Lookups asked ahead ([`ask_ahead`]), read or not.
+    asked_ahead: usize,
     records: usize,
     problems: Vec<(Severity, String)>,
     /// The `all` of the first record on the top-level redirect chain that has one.
@@ -184,6 +195,7 @@ async fn walk_records(ctx: &DnsCtx<'_>, domain: String, record: SpfRecord, walk:
     walk.visited.push(domain.clone());
     queue.push_back((domain, record, true));
     while let Some((domain, record, top)) = queue.pop_front() {
+        let mut ahead = ask_ahead(ctx, &domain, &record, walk).await;
         walk.records += 1;
         for w in &record.warnings {
             walk.problems
@@ -200,24 +212,30 @@ async fn walk_records(ctx: &DnsCtx<'_>, domain: String, record: SpfRecord, walk:
             let target = |d: &Option<String>| d.clone().unwrap_or_else(|| domain.clone());
             match mechanism {
                 Mechanism::Include { domain: inc } => {
-                    if let Some(next) = follow(ctx, &domain, inc, "include", walk).await {
+                    if let Some(next) = follow(ctx, &domain, inc, "include", walk, &mut ahead).await
+                    {
                         queue.push_back((inc.to_ascii_lowercase(), next, false));
                     }
                 }
                 Mechanism::A { domain: d, .. } => {
                     let name = target(d);
-                    if !has_macro(&name) && query_is_void(ctx, &name, Kind::Address, walk).await {
+                    if !has_macro(&name)
+                        && query_is_void(ctx, &name, Kind::Address, walk, &mut ahead).await
+                    {
                         walk.voids += 1;
                     }
                 }
                 Mechanism::Mx { domain: d, .. } => {
                     let name = target(d);
-                    if !has_macro(&name) && query_is_void(ctx, &name, Kind::Mx, walk).await {
+                    if !has_macro(&name)
+                        && query_is_void(ctx, &name, Kind::Mx, walk, &mut ahead).await
+                    {
                         walk.voids += 1;
                     }
                 }
                 Mechanism::Exists { domain: d } => {
-                    if !has_macro(d) && query_is_void(ctx, d, Kind::Address, walk).await {
+                    if !has_macro(d) && query_is_void(ctx, d, Kind::Address, walk, &mut ahead).await
+                    {
                         walk.voids += 1;
                     }
                 }
@@ -237,7 +255,7 @@ async fn walk_records(ctx: &DnsCtx<'_>, domain: String, record: SpfRecord, walk:
             && record.all().is_none()
         {
             walk.lookups += 1;
-            if let Some(next) = follow(ctx, &domain, redirect, "redirect", walk).await {
+            if let Some(next) = follow(ctx, &domain, redirect, "redirect", walk, &mut ahead).await {
                 queue.push_back((redirect.to_ascii_lowercase(), next, top));
             }
         }
@@ -262,6 +280,7 @@ async fn follow(
     to: &str,
     what: &str,
     walk: &mut Walk,
+    ahead: &mut Ahead,
 ) -> Option<SpfRecord> {
     if has_macro(to) {
         return None;
@@ -282,7 +301,11 @@ async fn follow(
         return None;
     }
     walk.queries += 1;
-    match lookup(ctx, &to).await {
+    let found = match ahead.take(Kind::Txt, &to) {
+        Some(Answer::Txt(records)) => interpret(records),
+        _ => lookup(ctx, &to).await,
+    };
+    match found {
         Lookup::Record(_, record) => Some(record),
         Lookup::None => {
             walk.voids += 1;
@@ -316,20 +339,118 @@ async fn follow(
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
+    /// The TXT records of an include or redirect target.
+    Txt,
     Address,
     Mx,
 }
 
+/// What a lookup asked ahead found.
+enum Answer {
+    Txt(Result<Vec<String>, LookupError>),
+    /// An address or MX lookup: only whether it found something matters.
+    Found(Result<(), LookupError>),
+}
+
+/// The answers to one record's lookups, asked all at once before the record is walked.
+#[derive(Default)]
+struct Ahead(HashMap<(Kind, String), Answer>);
+
+impl Ahead {
+    fn take(&mut self, kind: Kind, name: &str) -> Option<Answer> {
+        self.0.remove(&(kind, name.to_string()))
+    }
+}
+
+/// One lookup of a term.
+async fn ask(resolver: &ravelin_dns::Resolver, kind: Kind, name: &str) -> Answer {
+    match kind {
+        Kind::Txt => Answer::Txt(txt(resolver, name).await),
+        Kind::Address => Answer::Found(resolver.ips(name, false).await.map(|_| ())),
+        Kind::Mx => Answer::Found(resolver.mx(name).await.map(|_| ())),
+    }
+}
+
+/// Asks at once every lookup `record`'s terms will need (`domain` is the record's owner, the
+/// default name of `a` and `mx`): include and redirect targets not yet visited, `a`, `mx`
+/// and `exists` names without macros, within what is left of [`MAX_QUERIES`] (for the walk
+/// and for asking ahead). A single lookup is left to the walk. The walk still decides and
+/// counts each lookup; an answer it never reads is dropped.
+async fn ask_ahead(ctx: &DnsCtx<'_>, domain: &str, record: &SpfRecord, walk: &mut Walk) -> Ahead {
+    let mut wanted: Vec<(Kind, String)> = Vec::new();
+    let target = |d: &Option<String>| d.clone().unwrap_or_else(|| domain.to_string());
+    for (_, mechanism) in record.mechanisms() {
+        let query = match mechanism {
+            Mechanism::Include { domain: d } => {
+                (Kind::Txt, d.trim_end_matches('.').to_ascii_lowercase())
+            }
+            Mechanism::A { domain: d, .. } => (Kind::Address, target(d)),
+            Mechanism::Mx { domain: d, .. } => (Kind::Mx, target(d)),
+            Mechanism::Exists { domain: d } => (Kind::Address, d.clone()),
+            _ => continue,
+        };
+        wanted.push(query);
+    }
+    if let Some(redirect) = record.redirect()
+        && record.all().is_none()
+    {
+        wanted.push((
+            Kind::Txt,
+            redirect.trim_end_matches('.').to_ascii_lowercase(),
+        ));
+    }
+    let budget = MAX_QUERIES
+        .saturating_sub(walk.queries)
+        .min(MAX_QUERIES.saturating_sub(walk.asked_ahead));
+    let mut unique: Vec<(Kind, String)> = Vec::new();
+    for (kind, name) in wanted {
+        let followed = kind == Kind::Txt && walk.visited.contains(&name);
+        if !has_macro(&name) && !followed && !unique.contains(&(kind, name.clone())) {
+            unique.push((kind, name));
+        }
+    }
+    unique.truncate(budget);
+    if unique.len() < 2 {
+        return Ahead::default();
+    }
+    walk.asked_ahead += unique.len();
+    let mut lookups = tokio::task::JoinSet::new();
+    for (kind, name) in unique {
+        let resolver = ctx.resolver.clone();
+        lookups.spawn(async move {
+            let answer = ask(&resolver, kind, &name).await;
+            ((kind, name), answer)
+        });
+    }
+    let mut ahead = Ahead::default();
+    while let Some(done) = lookups.join_next().await {
+        if let Ok((key, answer)) = done {
+            ahead.0.insert(key, answer);
+        }
+    }
+    ahead
+}
+
 /// Whether a mechanism's lookup finds nothing (a void lookup, RFC 7208 §4.6.4).
-async fn query_is_void(ctx: &DnsCtx<'_>, name: &str, kind: Kind, walk: &mut Walk) -> bool {
+async fn query_is_void(
+    ctx: &DnsCtx<'_>,
+    name: &str,
+    kind: Kind,
+    walk: &mut Walk,
+    ahead: &mut Ahead,
+) -> bool {
     if walk.queries >= MAX_QUERIES {
         return false;
     }
     walk.queries += 1;
-    let result = match kind {
-        Kind::Address => ctx.resolver.ips(name, false).await.map(|_| ()),
-        Kind::Mx => ctx.resolver.mx(name).await.map(|_| ()),
+    let result = match ahead.take(kind, name) {
+        Some(Answer::Found(found)) => found,
+        _ => match ask(ctx.resolver, kind, name).await {
+            Answer::Found(found) => found,
+            Answer::Txt(found) => found.map(|_| ()),
+        },
     };
     match result {
         Ok(()) => false,
