@@ -3,7 +3,8 @@
 //! Each `[[listen]]` entry becomes one accept loop. A listener holds at most
 //! `max_connections` sessions; the next client gets `421 4.7.0` and is closed, so an overload
 //! costs a few bytes, not a task. Accept errors (for example running out of file descriptors)
-//! are logged and retried after a short pause instead of ending the listener.
+//! are logged and retried after a short pause instead of ending the listener. The kernel's
+//! queue of connections not yet accepted holds [`LISTEN_BACKLOG`].
 //!
 //! Started as root, the process binds every port first and then becomes `server.user`
 //! (supplementary groups cleared, group then user), after handing it the spool directory. If
@@ -30,11 +31,24 @@ pub struct Bound {
     pub max_connections: usize,
 }
 
-/// Binds one address (SO_REUSEADDR, as std does on Unix).
+/// Connections the kernel completes and queues before the accept loop takes them (capped by
+/// `net.core.somaxconn`). std's 128 overflows when a crowd connects at once: the kernel then
+/// drops SYNs and every client dropped waits a second to retry.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds one address (SO_REUSEADDR, as std does on Unix) with a [`LISTEN_BACKLOG`] queue.
 pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(address)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Accepts connections until shutdown; sessions run on `tracker`.
@@ -136,4 +150,30 @@ fn chown_tree(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crowd connecting at once is queued by the kernel, not dropped: 600 connections that
+    /// nobody accepts yet all complete (with std's queue of 128 the 129th would hang). The
+    /// kernel caps the queue at net.core.somaxconn; the crowd stays below it.
+    #[test]
+    fn the_accept_queue_holds_a_crowd() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(128);
+        let crowd = somaxconn.min(600);
+        let listener = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let clients: Vec<std::net::TcpStream> = (0..crowd)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(clients.len(), crowd);
+    }
 }
