@@ -2,11 +2,12 @@
 """inbound-checks.py: inbound mail with sender authentication and a DNS list, Ravelin against
 Postfix + policyd-spf + OpenDKIM + OpenDMARC (Debian's packages), on the same load in one run.
 
-    bench/inbound-checks.py [--messages N] [--sessions S] [--size KiB]
+    bench/inbound-checks.py [--messages N] [--sessions S] [--size KiB] [--ttl SECONDS]
                             [--ravelin PATH] [--only postfix|ravelin] [--keep]
 
-One DNS server serves both sides: unbound on 127.0.0.153:53 with the test zones as local data
-and nothing else (every other name is NXDOMAIN: no query leaves the machine). The zones:
+One DNS server serves both sides: unbound on port 53 of 127.0.0.153 (or of the next free
+address up to .199) with the test zones as local data and nothing else (every other name is
+NXDOMAIN: no query leaves the machine). The zones:
   - example.net, the sender domain: SPF "v=spf1 ip4:127.0.0.0/8 -all", a DKIM key
     (RSA-2048, selector "bench"), DMARC "p=reject", and mail.example.net (A 127.0.0.1, SPF
     for the HELO name), which is also the PTR of 127.0.0.1 (forward-confirmed);
@@ -21,9 +22,10 @@ mail.example.net, one message per connection, S sessions in parallel.
     dnsbl.bench.example, check_policy_service unix:private/policyd-spf (policyd-spf spawned
     by master, Authentication-Results headers, loopback not skipped), and the milters OpenDKIM
     (verify mode) and OpenDMARC (RejectFailures). The daemons read /etc/resolv.conf, so the
-    whole stack runs in a mount namespace (unshare -m) where a resolv.conf naming
-    127.0.0.153 is bind-mounted over it; the host's file is never touched.
-  - Ravelin: `ravelin serve`, one inbound listener, [dns] nameservers = 127.0.0.153:53,
+    whole stack runs in a mount namespace (unshare -m) where a resolv.conf naming the
+    benchmark's DNS server (and an /etc/hosts without "localhost", so that smtpd asks the DNS
+    for the client's name) are bind-mounted; the host's files are never touched.
+  - Ravelin: `ravelin serve`, one inbound listener, [dns] nameservers = that server,
     [checks] on (SPF, DKIM, DMARC, ARC; enforce_dmarc), [dnsbl] sites = the same list, and
     [screen] exempt = [] and greet_wait = "0s" so that loopback clients are scored like any
     other and nobody waits for a banner (Postfix has no postscreen here).
@@ -34,7 +36,11 @@ MAIL FROM other.example, DKIM body altered); refuse the listed client 127.0.0.2.
 run, every message in the dump must carry the three passes from the side that relayed it,
 and each side must have delivered exactly N + 1 messages; otherwise the script exits 1.
 
-Measured: messages per second from the start of smtp-source until the sink has all N.
+Measured per side: messages per second from the start of smtp-source until the sink has all
+N; CPU seconds of the server side per message (Postfix: master and all its processes, reaped
+ones included, and the two milters; Ravelin: its process); DNS queries unbound answered
+during the load per message. --ttl sets the TTL of every record (default 3600; 0 leaves no
+cache anything to keep).
 Defaults: 5000 messages, 20 sessions, 10 KiB. `--messages 100 --sessions 5` is a smoke run.
 Needs root (Postfix, unshare, smtp-sink), the peers of scripts/install-test-deps.sh and the
 .venv with dkimpy. Traffic goes only to 127.0.0.0/8; everything started is stopped on exit.
@@ -63,7 +69,9 @@ except ImportError:
         os.execv(venv, [venv] + sys.argv)
     sys.exit("inbound-checks: no dkimpy: run scripts/install-test-deps.sh (it makes .venv)")
 
-DNS_IP = "127.0.0.153"
+# The DNS server's address: the first of 127.0.0.153-.199 whose port 53 is free (port 53,
+# because the Postfix stack's resolver library knows no other); set by main().
+DNS_IP = ""
 LISTED_IP = "127.0.0.2"
 SENDER = "sender@example.net"
 RCPT = "user@example.org"
@@ -177,13 +185,15 @@ def dns_queries(conf):
     return int(m.group(1))
 
 
-def udp_port_bound(ip, port):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, port))
-        except OSError:
-            return True
-    return False
+def port_53_free(ip):
+    """Whether UDP and TCP port 53 of ip can be bound now."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((ip, 53))
+            except OSError:
+                return False
+    return True
 
 
 def wait_dns(proc, log):
@@ -645,8 +655,10 @@ def main():
                                check=True)
         if not os.access(args.ravelin, os.X_OK):
             die(f"no ravelin binary at {args.ravelin}")
-    if udp_port_bound(DNS_IP, 53):
-        die(f"{DNS_IP}:53 is taken; the benchmark's DNS server needs it")
+    global DNS_IP
+    DNS_IP = next((f"127.0.0.{n}" for n in range(153, 200) if port_53_free(f"127.0.0.{n}")), "")
+    if not DNS_IP:
+        die("port 53 of 127.0.0.153 to 127.0.0.199 is taken; the DNS server needs one")
 
     work = tempfile.mkdtemp(prefix="ravelin-bench.")
     os.chmod(work, 0o755)

@@ -73,3 +73,44 @@ fn relay_benchmark_smoke_run_delivers_everything_through_both_relays() {
         "no table row for docs/BENCHMARKS.md:\n{report}"
     );
 }
+
+/// Smoke run of the inbound-checks benchmark (bench/inbound-checks.py): unbound with the test
+/// zones, the Postfix + policyd-spf + OpenDKIM + OpenDMARC stack in its mount namespace, this
+/// build of the gateway with [checks] and [dnsbl] on. The script itself proves on each side
+/// that a signed message gets spf, dkim and dmarc "pass", that a DMARC failure and a listed
+/// client are refused, and that every delivered message carries the three passes; here we
+/// check that it exits 0 and says so for both sides.
+#[test]
+fn inbound_checks_benchmark_smoke_run_checks_every_message_on_both_sides() {
+    const CHECKED: u32 = 50;
+    let script = repo_root().join("bench/inbound-checks.py");
+    let mut cmd = Command::new(venv_python());
+    cmd.arg(&script)
+        .args(["--messages", &CHECKED.to_string()])
+        .args(["--sessions", "5"])
+        .arg("--ravelin")
+        .arg(env!("CARGO_BIN_EXE_ravelin"));
+    let out = run(cmd, LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = describe(&out);
+    assert!(out.status.success(), "the benchmark failed:\n{report}");
+    for side in ["postfix", "ravelin"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{side}: ")))
+            .unwrap_or_else(|| panic!("no result line for {side}:\n{report}"));
+        assert_eq!(
+            number_after(line, "the sink got"),
+            Some(u64::from(CHECKED + 1)),
+            "not every message from {side} carried spf, dkim and dmarc pass: {line}"
+        );
+        assert!(
+            number_after(line, "= ").is_some_and(|rate| rate > 0),
+            "no rate for {side}: {line}"
+        );
+    }
+    assert!(
+        stdout.contains("ratio ravelin/postfix: "),
+        "no ratio:\n{report}"
+    );
+}
