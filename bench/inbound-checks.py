@@ -660,6 +660,8 @@ def main():
     if not DNS_IP:
         die("port 53 of 127.0.0.153 to 127.0.0.199 is taken; the DNS server needs one")
 
+    # A TERM (a test's time limit) stops everything started, as the end of the run does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="ravelin-bench.")
     os.chmod(work, 0o755)
     started = []
