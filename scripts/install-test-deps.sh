@@ -29,6 +29,8 @@ DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
 DEB_PACKAGES+=(unbound ldnsutils nsd)
 DEB_PACKAGES+=(dovecot-imapd dovecot-pop3d)
+# The Postfix sender-authentication stack of bench/inbound-checks.py.
+DEB_PACKAGES+=(postfix-policyd-spf-python opendkim opendmarc publicsuffix)
 # Headless browser for the HTML report test (tests/audit.rs); started per test, no service.
 DEB_PACKAGES+=(chromium)
 
@@ -117,6 +119,8 @@ quiet_system_services() {
     quiet_system unbound /run/unbound.pid /run/unbound/unbound.pid
     quiet_system nsd /run/nsd.pid /run/nsd/nsd.pid
     quiet_system dovecot /run/dovecot/master.pid
+    quiet_system opendkim /run/opendkim/opendkim.pid
+    quiet_system opendmarc /run/opendmarc/opendmarc.pid
 }
 
 install_venv() {
