@@ -303,6 +303,72 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
     assert!(queued.is_empty(), "a relay test was queued: {queued:#?}");
 }
 
+/// A Postfix whose SASL server (Dovecot) offers AUTH before TLS, on the mail exchanger too,
+/// with ANONYMOUS and CRAM-MD5 among the mechanisms (`smtpd_sasl_security_options` empty),
+/// and whose greeting shows a clock an hour behind ours (as Exchange and Sendmail greetings
+/// carry the date): audited as a mail exchanger and as a submission port, the AUTH checks,
+/// the clock check and the plaintext-submission check fail on a real server.
+#[test]
+fn postfix_with_sasl_before_tls_and_a_slow_clock_fails_the_auth_checks() {
+    let sasl = DovecotSasl::start("plain login cram-md5 anonymous");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let hour_ago = ravelin_wire::date::rfc5322(now - 3600);
+    let postfix = Postfix::start(
+        PostfixOptions::backend(&["postmaster", "alice"])
+            .set(
+                "smtpd_banner",
+                &format!("$myhostname ESMTP ready at {hour_ago}"),
+            )
+            .set("smtpd_sasl_auth_enable", "yes")
+            .set("smtpd_sasl_type", "dovecot")
+            .set("smtpd_sasl_path", &sasl.socket.display().to_string())
+            .set("smtpd_sasl_security_options", "")
+            .set("smtpd_tls_auth_only", "no"),
+    );
+    let mx = format!("example.org@{}", postfix.addr);
+    let submission = format!("submission://example.org@{}", postfix.addr);
+    let a = Audit::run(&["--concurrency", "2", &mx, &submission]);
+    assert_eq!(a.exit, 1, "{:#}\n{}\n{}", a.report, a.stderr, sasl.log());
+    for target in 0..2 {
+        let before_tls = a.finding(target, "smtp.auth_before_tls");
+        assert_eq!(
+            (&before_tls["status"], &before_tls["severity"]),
+            (&Value::from("fail"), &Value::from("high")),
+            "{before_tls:#}"
+        );
+        let offered = a.evidence(target, "smtp.auth_before_tls");
+        for mechanism in ["PLAIN", "LOGIN", "CRAM-MD5", "ANONYMOUS"] {
+            assert!(offered.contains(mechanism), "{mechanism}: {offered}");
+        }
+        let mechanisms = a.finding(target, "smtp.auth_mechanisms");
+        assert_eq!(
+            (&mechanisms["status"], &mechanisms["severity"]),
+            (&Value::from("fail"), &Value::from("high")),
+            "ANONYMOUS lets anyone in: {mechanisms:#}"
+        );
+        let clock = a.finding(target, "smtp.clock_skew");
+        assert_eq!(clock["status"], "fail", "{clock:#}");
+        let skew = a.evidence(target, "smtp.clock_skew");
+        assert!(
+            skew.contains("greeting date") && skew.contains(&hour_ago),
+            "{skew}"
+        );
+        a.expect(target, &[("smtp.ntlm_info", "pass")]);
+    }
+    // The submission port takes a mail transaction in clear text.
+    a.expect(1, &[("smtp.plaintext_mail_accepted", "fail")]);
+    assert!(
+        a.evidence(1, "smtp.plaintext_mail_accepted")
+            .contains("RCPT TO:<postmaster@example.org> → 250"),
+        "{}",
+        a.evidence(1, "smtp.plaintext_mail_accepted")
+    );
+    assert!(postfix.messages().is_empty());
+}
+
 /// A hardened Postfix for example.org: STARTTLS with `files`, VRFY off, unauthorised
 /// pipelining refused, low error limits.
 fn hardened_options(files: &ravelin_tls::testing::TestPkiFiles) -> PostfixOptions {
