@@ -124,6 +124,25 @@ const HARDENED_MX: &[(&str, &str)] = &[
     ("smtp.rcpt_enumeration", "pass"),
 ];
 
+/// The worlds of this file assert every SMTP check of the registry: a check added to
+/// `ravelin_audit::smtp::CHECKS` must be added to [`HARDENED_MX`] (and so to the weak,
+/// gateway and domain expectations built from it). `smtp.connect` is only reported when an
+/// endpoint cannot be reached, and `smtp.smuggling` stands for the per-sequence ids, which
+/// the tests count.
+#[test]
+fn hardened_mx_expectations_name_every_registered_smtp_check() {
+    let mut registered: Vec<&str> = ravelin_audit::smtp::CHECKS
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| !["smtp.connect", "smtp.smuggling"].contains(id))
+        .collect();
+    let mut expected: Vec<&str> = HARDENED_MX.iter().map(|(id, _)| *id).collect();
+    registered.sort();
+    expected.sort();
+    assert_eq!(expected, registered);
+    assert_eq!(ravelin_audit::smtp::smuggling_ids().count(), 11);
+}
+
 /// `base` with the statuses in `changes` replaced (each change must name a check of `base`).
 fn with<'a>(
     base: &[(&'a str, &'a str)],

@@ -32,6 +32,19 @@ const TLS_CHECKS: &[&str] = &[
     "tls.cert_expiry",
 ];
 
+/// [`TLS_CHECKS`] is the TLS registry less `tls.consistency` (a finding per target, not per
+/// endpoint, asserted on its own below): a check added to `ravelin_audit::tls::CHECKS` must be
+/// expected of every endpoint here.
+#[test]
+fn tls_expectations_name_every_registered_tls_check() {
+    let registered: Vec<&str> = tls::CHECKS
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| *id != "tls.consistency")
+        .collect();
+    assert_eq!(TLS_CHECKS, registered.as_slice());
+}
+
 /// Audits `addr` as `host`, trusting `ca_der` (and the public roots).
 fn audit(host: &str, addr: SocketAddr, mode: TlsMode, ca_der: Option<Vec<u8>>) -> EndpointReport {
     let options = TlsOptions {
