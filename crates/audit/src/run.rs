@@ -1,10 +1,10 @@
 //! Running an audit over many targets: resolution, concurrency, politeness, one report.
 //!
 //! [`audit`] resolves each target to its endpoints and runs the check families on each:
-//! a host target gets the SMTP checks on each address; a domain target gets its DNS checks
-//! ([`crate::dns`]), and every address of every MX host gets the SMTP checks, the TLS checks
-//! ([`crate::tls`], then `tls.consistency` across them) and the per-address DNS checks
-//! (`dns.ptr`, `reputation.dnsbl`, `dns.dane`). One [`Resolver`] serves the whole run:
+//! a host target gets the SMTP and TLS checks ([`crate::tls`]) on each address, then
+//! `tls.consistency` across them; a domain target gets its DNS checks ([`crate::dns`]), and
+//! every address of every MX host gets the same SMTP and TLS checks plus the per-address DNS
+//! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`). One [`Resolver`] serves the whole run:
 //! `--nameserver`, or the system's resolvers. Targets run
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
 //! endpoint audits of the same mail host (IP address) at the same time, whatever the
@@ -150,14 +150,50 @@ async fn audit_target(
         endpoints: endpoints.iter().map(Endpoint::to_string).collect(),
         findings: Vec::new(),
     };
+    let mut summaries = Vec::new();
     for endpoint in &endpoints {
         let lock = locks.get(endpoint.addr.ip());
         let _held = lock.lock().await;
+        let (findings, summary) = smtp_and_tls(endpoint, options).await;
+        report.findings.extend(findings);
+        summaries.extend(summary);
+    }
+    if !summaries.is_empty() {
         report
             .findings
-            .extend(smtp::audit_endpoint(endpoint, &options.smtp).await);
+            .push(tls::consistency(&report.target, &summaries));
     }
     report
+}
+
+/// The SMTP checks of one endpoint, then, when it answered, its TLS checks (STARTTLS on port
+/// 25 and submission, implicit TLS on submissions). The TLS summary feeds `tls.consistency`.
+async fn smtp_and_tls(
+    endpoint: &Endpoint,
+    options: &AuditOptions,
+) -> (Vec<Finding>, Option<tls::TlsSummary>) {
+    let mut findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
+    if !reachable(&findings) {
+        return (findings, None);
+    }
+    let tls_target = TlsTarget {
+        host: endpoint.host(),
+        addr: endpoint.addr,
+        mode: match endpoint.role {
+            Role::Submissions => TlsMode::Implicit,
+            Role::Mx | Role::Submission => TlsMode::StartTls,
+        },
+    };
+    let tls_report = tls::audit_endpoint_async(tls_target, options.tls.clone()).await;
+    findings.extend(tls_report.findings);
+    (findings, Some(tls_report.summary))
+}
+
+/// Whether the SMTP checks reached the endpoint at all.
+fn reachable(findings: &[Finding]) -> bool {
+    !findings
+        .iter()
+        .any(|f| f.id == "smtp.connect" && f.status == Status::Error)
 }
 
 /// A domain: its DNS checks, then every address of every MX host.
@@ -188,24 +224,10 @@ async fn audit_domain(
     for endpoint in &endpoints {
         let lock = locks.get(endpoint.addr.ip());
         let _held = lock.lock().await;
-        let smtp_findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
-        let reachable = !smtp_findings
-            .iter()
-            .any(|f| f.id == "smtp.connect" && f.status == Status::Error);
-        report.findings.extend(smtp_findings);
-        if reachable {
-            let tls_target = TlsTarget {
-                host: endpoint.host(),
-                addr: endpoint.addr,
-                mode: match endpoint.role {
-                    Role::Submissions => TlsMode::Implicit,
-                    Role::Mx | Role::Submission => TlsMode::StartTls,
-                },
-            };
-            let tls_report = tls::audit_endpoint_async(tls_target, options.tls.clone()).await;
-            report.findings.extend(tls_report.findings);
-            summaries.push(tls_report.summary);
-        }
+        let (findings, summary) = smtp_and_tls(endpoint, options).await;
+        let reachable = reachable(&findings);
+        report.findings.extend(findings);
+        summaries.extend(summary);
         report.findings.extend(
             dns::audit_endpoint(&ctx, endpoint, reachable, &options.smtp, &options.tls).await,
         );

@@ -435,11 +435,12 @@ fn hardened_postfix_passes_every_check() {
 
 /// The gateway with a certificate for STARTTLS, relaying to `sink`, with two listeners:
 /// "mx" (STARTTLS offered) and "secure" (`tls = "require"`: no mail before STARTTLS), which
-/// the tests audit as a submission port.
-fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
+/// the tests audit as a submission port; and the test CA's file for `--ca-file`.
+fn gateway(sink: SocketAddr, dir: &std::path::Path) -> (Ravelin, String) {
     let pki = ravelin_tls::testing::TestPki::new("mx.test.example").expect("test PKI");
     let files = pki.write_to(dir).expect("write the test PKI");
-    Ravelin::start(
+    let ca = files.ca.to_string_lossy().into_owned();
+    let ravelin = Ravelin::start(
         RavelinConfig::inbound(sink)
             .listener("secure", "inbound", "require")
             .extra(&format!(
@@ -447,10 +448,12 @@ fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
                 toml_string(&files.cert.to_string_lossy()),
                 toml_string(&files.key.to_string_lossy())
             )),
-    )
+    );
+    (ravelin, ca)
 }
 
-/// The gateway with its default settings audits clean. The one finding above info is
+/// The gateway with its default settings audits clean, TLS included (its certificate from the
+/// test CA, which the audit is told to trust). The one finding above info is
 /// `smtp.catch_all`: without a recipient list (static, LDAP or callout, none of which is
 /// configured by default) the gateway accepts every local part of its accepted domains, and
 /// the auditor rightly warns about it.
@@ -458,10 +461,12 @@ fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
 fn ravelin_gateway_audits_clean() {
     let sink = SmtpSink::start();
     let dir = daemon_tempdir();
-    let ravelin = gateway(sink.addr, dir.path());
+    let (ravelin, ca) = gateway(sink.addr, dir.path());
     let mx = format!("example.org@{}", ravelin.listener("mx"));
     let submission = format!("submission://example.org@{}", ravelin.listener("secure"));
     let a = Audit::run(&[
+        "--ca-file",
+        &ca,
         "--active",
         "--smuggling-wait",
         "2",
@@ -481,6 +486,21 @@ fn ravelin_gateway_audits_clean() {
         );
     }
     assert!(a.evidence(0, "smtp.size_limit").contains("SIZE 26214400"));
+    // The TLS checks of a host target, with the test CA trusted (--ca-file). Audited by
+    // address, the certificate's name cannot be checked: info, not a failure.
+    let tls = [
+        ("tls.starttls", "pass"),
+        ("tls.versions", "pass"),
+        ("tls.ciphers", "pass"),
+        ("tls.kex", "pass"),
+        ("tls.cert_chain", "pass"),
+        ("tls.cert_hostname", "info"),
+        ("tls.cert_key", "pass"),
+        ("tls.cert_signature", "pass"),
+        ("tls.cert_expiry", "pass"),
+    ];
+    a.expect(0, &tls);
+    a.expect(1, &tls);
     a.expect(
         1,
         &[
@@ -558,7 +578,7 @@ fn command_line_exit_codes_formats_and_targets_file() {
 
     let sink = SmtpSink::start();
     let dir = daemon_tempdir();
-    let ravelin = gateway(sink.addr, dir.path());
+    let (ravelin, _) = gateway(sink.addr, dir.path());
     let mx = ravelin.listener("mx").to_string();
 
     // A targets file with comments; the order of the report is the order given.
@@ -835,7 +855,7 @@ fn sarif_output_validates_against_the_sarif_2_1_0_schema() {
     let sink = SmtpSink::start();
     let postfix = weak_postfix(sink.addr);
     let dir = daemon_tempdir();
-    let gw = gateway(sink.addr, dir.path());
+    let (gw, _) = gateway(sink.addr, dir.path());
     let weak = format!("example.org@{}", postfix.addr);
     let mx = gw.listener("mx").to_string();
     let closed = free_addr().to_string();
@@ -995,4 +1015,49 @@ fn html_report_renders_in_headless_chromium() {
         std::fs::copy(&shot, repo_root().join(out)).expect("copy the screenshot");
     }
     assert!(postfix.messages().is_empty() && sink.messages().is_empty());
+}
+
+/// `--postfix-config DIR` lints a configuration from the inside, alone or next to remote
+/// targets: the weak fixture fails (exit 1) at the lines that decide, the hardened one passes,
+/// and a directory without main.cf cannot be audited (exit 3).
+#[test]
+fn postfix_config_is_linted_from_the_command_line() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../audit/tests/fixtures/postfix");
+    let weak = fixtures.join("weak");
+    let weak = weak.to_string_lossy();
+    let a = Audit::run(&["--postfix-config", &weak]);
+    assert_eq!(a.exit, 1, "{:#}\n{}", a.report, a.stderr);
+    assert_eq!(a.report["targets"][0]["target"], format!("postfix:{weak}"));
+    a.expect(
+        0,
+        &[
+            ("smtp.open_relay", "fail"),
+            ("postfix.mynetworks", "fail"),
+            ("smtp.vrfy", "fail"),
+        ],
+    );
+    assert!(
+        a.finding(0, "smtp.open_relay")["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("main.cf:10")),
+        "{:#}",
+        a.report
+    );
+    let hardened = fixtures.join("hardened");
+    let a = Audit::run(&["--postfix-config", &hardened.to_string_lossy()]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    let problems: Vec<&Value> = a
+        .findings(0)
+        .iter()
+        .filter(|f| f["status"] == "fail" || f["status"] == "warn")
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let empty = daemon_tempdir();
+    let a = Audit::run(&["--postfix-config", &empty.path().to_string_lossy()]);
+    assert_eq!(a.exit, 3, "{:#}", a.report);
+    a.expect(0, &[("postfix.config", "error")]);
+    // Without any target at all it is a usage error.
+    let out = ravelin_cli(&["audit"], WAIT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
