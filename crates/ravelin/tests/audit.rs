@@ -765,6 +765,32 @@ fn a_domain_is_audited_through_its_mx_host() {
     );
     // Per-address findings name the MX endpoint; domain findings name the domain.
     assert_eq!(a.finding(0, "dns.ptr")["endpoint"], endpoint.as_str());
+    // The MX address's other mail ports were scanned once: each answered port is a finding
+    // of its own, the others are listed in one finding; none of them failed to be tested.
+    let scanned: Vec<&Value> = a
+        .findings(0)
+        .iter()
+        .filter(|f| f["id"] == "ports.exposed")
+        .collect();
+    let host = format!("mx.example.org[{ip}]");
+    assert!(!scanned.is_empty(), "{:#}", a.report);
+    for f in &scanned {
+        let on = f["endpoint"].as_str().unwrap_or_default();
+        assert!(on.starts_with(&host), "{f:#}");
+        assert_ne!(f["status"], "error", "{f:#}");
+    }
+    let listed: usize = scanned
+        .iter()
+        .map(|f| match f["endpoint"].as_str() {
+            Some(e) if e == host => f["evidence"].as_str().unwrap_or("").split(", ").count(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(
+        listed,
+        ravelin_audit::ports::MAIL_PORTS.len(),
+        "every mail port has a verdict: {scanned:#?}"
+    );
     // The PTR name is forward-confirmed and is the name Postfix gives in its banner and EHLO.
     a.expect(0, &[("dns.ptr", "pass")]);
     assert!(
