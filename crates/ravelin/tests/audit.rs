@@ -778,6 +778,9 @@ fn a_domain_is_audited_through_its_mx_host() {
         let on = f["endpoint"].as_str().unwrap_or_default();
         assert!(on.starts_with(&host), "{f:#}");
         assert_ne!(f["status"], "error", "{f:#}");
+        if on == host {
+            assert_eq!(f["status"], "pass", "ports that do not answer: {f:#}");
+        }
     }
     let listed: usize = scanned
         .iter()
