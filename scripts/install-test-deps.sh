@@ -8,7 +8,8 @@
 # - redis-server: the shared state store of the cluster tests.
 # - slapd (preseeded to create no database) and ldap-utils: LDAP for AUTH and recipients.
 # - unbound, nsd, ldnsutils (ldns-keygen, ldns-signzone): DNSSEC test zones for DANE.
-# - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks.
+# - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks, and
+#   (dovecot-core) the SASL server of the Postfix that offers AUTH before TLS.
 # - chromium: headless browser that opens the auditor's HTML report (DOM dump, screenshot).
 # The system instances of all of them are stopped and disabled: every test starts its own
 # on a high loopback port.

@@ -4,8 +4,9 @@
 //! a host target gets the SMTP and TLS checks ([`crate::tls`]) on each address, then
 //! `tls.consistency` across them; a domain target gets its DNS checks ([`crate::dns`]), and
 //! every address of every MX host gets the same SMTP and TLS checks plus the per-address DNS
-//! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`). One [`Resolver`] serves the whole run:
-//! `--nameserver`, or the system's resolvers. Targets run
+//! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`) and, once per address, `ports.exposed`
+//! ([`crate::ports`]: which other mail ports answer, clear-text POP3 / IMAP logins). One
+//! [`Resolver`] serves the whole run: `--nameserver`, or the system's resolvers. Targets run
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
 //! endpoint audits of the same mail host (IP address) at the same time, whatever the
 //! concurrency: several targets naming the same server are audited one after the other.
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::dns::{self, DnsCtx, DnsOptions};
 use crate::finding::{Finding, Report, Severity, Status, TargetReport};
+use crate::ports;
 use crate::smtp::{self, SmtpOptions};
 use crate::target::{self, Endpoint, Role, Target};
 use crate::tls::{self, TlsMode, TlsOptions, TlsTarget};
@@ -232,6 +234,9 @@ async fn audit_domain(
             dns::audit_endpoint(&ctx, endpoint, reachable, &options.smtp, &options.tls).await,
         );
     }
+    report
+        .findings
+        .extend(exposed_ports(&endpoints, locks).await);
     if !summaries.is_empty() {
         report.findings.push(tls::consistency(domain, &summaries));
     }
@@ -245,6 +250,27 @@ async fn audit_domain(
         dns::mta_sts::certificates(f, &tls_findings);
     }
     report
+}
+
+/// `ports.exposed` for every address of the MX hosts, once each: which of the mail ports
+/// ([`ports::MAIL_PORTS`]) answer, and whether POP3 / IMAP take clear-text logins.
+async fn exposed_ports(endpoints: &[Endpoint], locks: &HostLocks) -> Vec<Finding> {
+    let mut done: Vec<IpAddr> = Vec::new();
+    let mut findings = Vec::new();
+    for endpoint in endpoints {
+        let ip = endpoint.addr.ip();
+        if done.contains(&ip) {
+            continue;
+        }
+        done.push(ip);
+        let lock = locks.get(ip);
+        let _held = lock.lock().await;
+        let host = endpoint.host();
+        findings.extend(
+            ports::scan_ports(&host, ip, ports::MAIL_PORTS, &ports::PortOptions::default()).await,
+        );
+    }
+    findings
 }
 
 fn unresolved(target: String, why: String) -> TargetReport {

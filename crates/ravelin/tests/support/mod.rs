@@ -14,6 +14,7 @@
 //! - [`ravelin_cli`]: any other `ravelin` command without a configuration (the auditor).
 //! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
 //!   socket for bytes no well-behaved client sends.
+//! - [`DovecotSasl`]: Dovecot's auth service alone, as a Postfix instance's SASL server.
 //! - [`Slapd`]: an OpenLDAP server with its own slapd.conf and mdb database in a temporary
 //!   directory, holding inetOrgPerson entries with hashed passwords, on loopback ports
 //!   (plain `ldap://` with StartTLS, and `ldaps://`).
@@ -1119,6 +1120,85 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dovecot as Postfix's SASL server
+
+/// Dovecot's auth service alone (no IMAP or POP3), as the SASL server of a [`Postfix`]
+/// instance (`smtpd_sasl_type = dovecot`, `smtpd_sasl_path =` [`DovecotSasl::socket`]). Every
+/// user has one made-up password (a static passdb); it runs from its own configuration in a
+/// temporary directory (`dovecot -c FILE -F`, nothing of the system's Dovecot is touched) and
+/// is killed on drop.
+pub struct DovecotSasl {
+    /// The auth socket Postfix connects to (mode 0666).
+    pub socket: PathBuf,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl DovecotSasl {
+    /// Starts the auth service offering `mechanisms` (Dovecot's `auth_mechanisms`, e.g.
+    /// `plain login cram-md5 anonymous`) and waits for its socket.
+    pub fn start(mechanisms: &str) -> DovecotSasl {
+        let dovecot = program("dovecot");
+        let dir = daemon_tempdir();
+        let root = dir.path();
+        let socket = root.join("auth");
+        let config = format!(
+            "protocols =\n\
+             base_dir = {root}/run\n\
+             state_dir = {root}/state\n\
+             log_path = {root}/dovecot.log\n\
+             ssl = no\n\
+             disable_plaintext_auth = no\n\
+             auth_mechanisms = {mechanisms}\n\
+             auth_anonymous_username = anonymous\n\
+             passdb {{\n  driver = static\n  args = password=not-a-real-password\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={root}/home\n}}\n\
+             service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n",
+            root = root.display(),
+            socket = socket.display(),
+        );
+        let conf = root.join("dovecot.conf");
+        fs::write(&conf, config).expect("write dovecot.conf");
+        let log = root.join("dovecot.log");
+        let mut child = Command::new(dovecot)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-F")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dovecot ({INSTALL_HINT}): {e}"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dovecot exited with {status}: {}", tail(&log, 20));
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "dovecot's auth socket is not there after {START_TIMEOUT:?}: {}",
+                    tail(&log, 20)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        DovecotSasl { socket, dir, child }
+    }
+
+    /// Dovecot's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DovecotSasl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
