@@ -5,8 +5,11 @@
 //! `tls.consistency` across them; a domain target gets its DNS checks ([`crate::dns`]), and
 //! every address of every MX host gets the same SMTP and TLS checks plus the per-address DNS
 //! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`) and, once per address, `ports.exposed`
-//! ([`crate::ports`]: which other mail ports answer, clear-text POP3 / IMAP logins). One
-//! [`Resolver`] serves the whole run: `--nameserver`, or the system's resolvers. Targets run
+//! ([`crate::ports`]: which other mail ports answer, clear-text POP3 / IMAP logins). With
+//! [`AuditOptions::dns_only`] a domain gets its DNS checks and the lookups of its MX addresses
+//! that need no connection (`dns.ptr` without the banner comparison, `reputation.dnsbl`):
+//! nothing connects to a mail host. One [`Resolver`] serves the whole run: `--nameserver`, or
+//! the system's resolvers. Targets run
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
 //! endpoint audits of the same mail host (IP address) at the same time, whatever the
 //! concurrency: several targets naming the same server are audited one after the other.
@@ -53,6 +56,8 @@ pub struct AuditOptions {
     /// Targets audited at once (at least 1).
     pub concurrency: usize,
     pub names: NameService,
+    /// Only the DNS checks of domain targets: no SMTP or TLS connection (`--dns-only`).
+    pub dns_only: bool,
 }
 
 impl Default for AuditOptions {
@@ -63,6 +68,7 @@ impl Default for AuditOptions {
             dns: DnsOptions::default(),
             concurrency: 8,
             names: NameService::System,
+            dns_only: false,
         }
     }
 }
@@ -222,6 +228,14 @@ async fn audit_domain(
         endpoints: endpoints.iter().map(Endpoint::to_string).collect(),
         findings: dns::audit_domain(&ctx, &mx).await,
     };
+    if options.dns_only {
+        for endpoint in &endpoints {
+            report
+                .findings
+                .extend(dns::lookup_endpoint(&ctx, endpoint, &options.smtp).await);
+        }
+        return report;
+    }
     let mut summaries = Vec::new();
     for endpoint in &endpoints {
         let lock = locks.get(endpoint.addr.ip());

@@ -8,6 +8,9 @@
 //! resolve, could not be reached at all or whose every DNS lookup failed, a Postfix directory
 //! without a readable main.cf, or the report could not be written) — 1 wins over 3.
 //!
+//! `--dns-only` accepts domain targets only (a host target is a usage error): a host has no
+//! DNS checks of its own.
+//!
 //! Text output is coloured when it goes to a terminal and `NO_COLOR` is not set. A progress
 //! bar is drawn on stderr when stderr is a terminal and there is more than one target.
 
@@ -76,6 +79,12 @@ pub struct AuditArgs {
     /// servers you run or may test.
     #[arg(long)]
     active: bool,
+    /// Run only the DNS checks of domain targets: their records (MX, SPF, DMARC, DKIM,
+    /// MTA-STS, TLS-RPT, DNSSEC, CAA) and the PTR and blocklist lookups of their MX
+    /// addresses. Nothing connects to a mail host (no SMTP, TLS or DANE checks). Domain
+    /// targets only.
+    #[arg(long, conflicts_with = "active")]
+    dns_only: bool,
     /// Exit with 1 when a failed or warned check has at least this severity.
     #[arg(long, default_value = "high", value_name = "SEVERITY",
           value_parser = ["info", "low", "medium", "high", "critical"])]
@@ -153,6 +162,12 @@ pub fn run(args: AuditArgs) -> ExitCode {
     let mut targets = Vec::with_capacity(specs.len());
     for spec in &specs {
         match Target::parse(spec, defaults) {
+            Ok(Target::Host(_)) if args.dns_only => {
+                return usage(&format!(
+                    "--dns-only audits mail domains, and {spec:?} is a host: give the domain \
+                     (example.org), or drop --dns-only"
+                ));
+            }
             Ok(t) => targets.push(t),
             Err(e) => return usage(&e),
         }
@@ -224,6 +239,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             ..DnsOptions::default()
         },
         concurrency: usize::from(args.concurrency),
+        dns_only: args.dns_only,
         names: match args.nameserver {
             Some(server) => NameService::Server(server),
             None => NameService::System,

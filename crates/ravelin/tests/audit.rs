@@ -830,6 +830,120 @@ fn a_domain_is_audited_through_its_mx_host() {
     assert!(postfix.messages().is_empty());
 }
 
+/// `--dns-only`: a domain gets its DNS checks and the PTR and blocklist lookups of its MX
+/// address, and nothing connects to the MX host (a listener that would see the connection in
+/// its accept queue); a host target, or `--active` with it, is a usage error.
+#[test]
+fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let port = listener.local_addr().expect("listener address").port();
+    let zone = "@ MX 10 mx\nmx A 127.0.0.1\n@ TXT \"v=spf1 mx -all\"\n\
+                _dmarc TXT \"v=DMARC1; p=none\"\n";
+    let dns = ravelin_dns::testing::TestDnsServer::start(&[
+        ("example.org", zone),
+        ("127.in-addr.arpa", "1.0.0 PTR mx.example.org.\n"),
+        ("bl.example.org", "2.0.0.127 A 127.0.0.2\n"),
+    ])
+    .expect("in-process DNS server");
+    let port_arg = port.to_string();
+    let nameserver = dns.addr().to_string();
+    let common = [
+        "--nameserver",
+        nameserver.as_str(),
+        "--smtp-port",
+        port_arg.as_str(),
+        "--dnsbl",
+        "bl.example.org",
+        "--fail-on",
+        "critical",
+    ];
+    let a = Audit::run(&[&common[..], &["--dns-only", "example.org"]].concat());
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    let endpoint = format!("mx.example.org[127.0.0.1]:{port}");
+    assert_eq!(
+        a.report["targets"][0]["endpoints"],
+        serde_json::json!([endpoint])
+    );
+    a.expect(
+        0,
+        &[
+            ("dns.mx", "pass"),
+            ("dns.spf", "pass"),
+            ("dns.dmarc", "fail"),
+            ("dns.dkim", "warn"),
+            ("dns.mta_sts", "warn"),
+            ("dns.tlsrpt", "warn"),
+            ("dns.caa", "warn"),
+            ("dns.ptr", "pass"),
+            ("reputation.dnsbl", "pass"),
+        ],
+    );
+    assert_eq!(a.finding(0, "dns.ptr")["endpoint"], endpoint.as_str());
+    assert!(
+        a.evidence(0, "dns.ptr")
+            .contains("banner/EHLO name: not read"),
+        "{}",
+        a.evidence(0, "dns.ptr")
+    );
+    let ids: Vec<&str> = a
+        .findings(0)
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with("dns.") || *id == "reputation.dnsbl")
+            && !ids.contains(&"dns.dane"),
+        "only DNS checks with --dns-only: {ids:?}"
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, peer)) => panic!("--dns-only connected to the MX host (from {peer})"),
+        Err(e) => panic!("accept on the MX listener: {e}"),
+    }
+
+    // Without --dns-only the same run connects to the MX host (answered with a refusing
+    // greeting): the listener above is what proves --dns-only did not.
+    let greeter = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    use std::io::Write;
+                    let _ = conn.write_all(b"554 5.3.2 not now\r\n");
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept on the MX listener: {e}"),
+            }
+        }
+        false
+    });
+    let out = ravelin_cli(
+        &[&["audit"][..], &common[..], &["example.org"]].concat(),
+        WAIT,
+    );
+    assert!(out.status.code().is_some(), "{}", describe(&out));
+    assert!(
+        greeter.join().expect("greeter thread"),
+        "the audit without --dns-only connects to the MX host"
+    );
+
+    for args in [
+        vec!["audit", "--dns-only", "mx.example.org:25"],
+        vec!["audit", "--dns-only", "127.0.0.1"],
+        vec!["audit", "--dns-only", "--active", "example.org"],
+    ] {
+        let out = ravelin_cli(&args, AUDIT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+}
+
 /// Runs `ravelin audit --format FORMAT --output DIR/report.FORMAT ARGS…`, asserts the exit
 /// code is one of `exits` and returns the path of the report.
 fn report_file(dir: &std::path::Path, format: &str, args: &[&str], exits: &[i32]) -> String {

@@ -248,10 +248,32 @@ pub async fn audit_endpoint(
     smtp: &crate::smtp::SmtpOptions,
     tls: &std::sync::Arc<crate::tls::TlsOptions>,
 ) -> Vec<Finding> {
+    let mut findings = address_checks(ctx, endpoint, reachable, smtp).await;
+    findings.push(dane::check(ctx.resolver, endpoint, reachable, tls).await);
+    findings
+}
+
+/// The per-address checks that need no connection to the endpoint (`--dns-only`):
+/// `dns.ptr` without the banner and EHLO comparison, and `reputation.dnsbl`. `dns.dane`
+/// needs the certificate the host presents and is left out.
+pub async fn lookup_endpoint(
+    ctx: &DnsCtx<'_>,
+    endpoint: &crate::target::Endpoint,
+    smtp: &crate::smtp::SmtpOptions,
+) -> Vec<Finding> {
+    address_checks(ctx, endpoint, false, smtp).await
+}
+
+/// `dns.ptr` (reading the banner and EHLO names when `reachable`) and `reputation.dnsbl`.
+async fn address_checks(
+    ctx: &DnsCtx<'_>,
+    endpoint: &crate::target::Endpoint,
+    reachable: bool,
+    smtp: &crate::smtp::SmtpOptions,
+) -> Vec<Finding> {
     let (ptr, dnsbl) = tokio::join!(
         ptr::check(ctx.resolver, endpoint, reachable, smtp),
         dnsbl::check(ctx.resolver, endpoint, ctx.options),
     );
-    let dane = dane::check(ctx.resolver, endpoint, reachable, tls).await;
-    vec![ptr, dnsbl, dane]
+    vec![ptr, dnsbl]
 }

@@ -1,0 +1,654 @@
+#!/usr/bin/env python3
+"""audit-batch.py: a batch audit of 1 000 synthetic mail domains, served on loopback.
+
+    bench/audit-batch.py [--domains 1000] [--concurrency 8] [--ravelin PATH]
+                         [--checkdmarc PATH] [--skip-checkdmarc] [--skip-full] [--keep]
+
+What it builds (all in one temporary directory, all on 127.0.0.0/8):
+  - a hosting provider: 10 MX hosts mx1..mx10.hosting.test on 127.0.60.1..10, port 25,
+    served by one `ravelin serve` (10 listeners, STARTTLS with a certificate of a bench CA
+    naming the 10 hosts) in front of smtp-sink; their PTR records (one missing, one not
+    forward-confirmed) and one address listed on a local blocklist zone;
+  - N customer domains cNNNN.test whose records vary as real ones do (seeded, so every run
+    is the same): one or two of the shared MX hosts, implicit MX, null MX, MX without
+    address; SPF with the provider's include, ~all, ?all, +all, syntax errors, two records,
+    an include of a missing name, a tree of more than 10 lookups, ptr; DMARC reject /
+    quarantine / none / pct / syntax error / two records / none at all, with report
+    addresses in the provider's domain, authorised or not; DKIM keys under common selectors
+    (RSA 2048, RSA 1024, Ed25519, revoked, t=y) or none; MTA-STS (enforce, testing, none,
+    policy host missing, MX not matched) with its policies served over HTTPS by a small
+    server on 127.0.54.1:443; TLS-RPT (valid, invalid, none); CAA (issue, unknown critical
+    tag, none);
+  - NSD, authoritative for all of these zones on 127.0.53.1 port 53 (checkdmarc's
+    --nameserver takes an address only).
+Then, in one run:
+  1. DNS part: `ravelin audit --dns-only` over the N domains at the default concurrency,
+     and `checkdmarc` on the same domains and server (one process given the domain file and
+     -o FILE, the way its documentation runs batches; it checks one domain after another).
+     Prints domains per minute of each and the ratio.
+  2. Full audit: `ravelin audit` with every passive check (DNS, SMTP, TLS, per-address DNS)
+     over the N domains at the default concurrency: domains per minute.
+Each ravelin report is checked: one entry per domain, in order, and no `error` finding (an
+error there is a check that could not run: a DNS timeout under load, a refused or reset
+connection, ports exhausted — a bug of the auditor or of the bench, listed and exit 1).
+checkdmarc's results are counted, with the number of domains whose results carry a DNS
+timeout.
+
+Exit status 0 when every report is complete and free of errors. Needs root (port 53 and 25
+on loopback, smtp-sink), nsd, openssl, smtp-sink and the .venv of
+scripts/install-test-deps.sh (checkdmarc). Sends nothing off the machine: every name is in
+a zone served here, and NSD refuses the rest.
+"""
+
+import argparse
+import base64
+import collections
+import http.server
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loopback import PATH, ROOT, start_sink, stop_sink  # noqa: E402
+
+DNS_ADDR = "127.0.53.1"
+HTTPS_ADDR = "127.0.54.1"
+MX_COUNT = 10
+MX_NET = "127.0.60"
+PROVIDER = "hosting.test"
+DNSBL_ZONE = "dnsbl.bench.test"
+REPORTS = f"reports.{PROVIDER}"
+LISTED_MX = 8  # mx8's address is on the blocklist
+NO_PTR_MX = 10  # mx10's address has no PTR
+BAD_PTR_MX = 9  # mx9's PTR does not resolve back
+SELECTORS = ("selector1", "selector2", "google", "default", "k1", "mail")
+
+
+def die(msg):
+    sys.exit(f"audit-batch: error: {msg}")
+
+
+def say(msg):
+    print(f"audit-batch: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+# --- keys and certificates ----------------------------------------------------------------
+
+def make_pki(tmp, mta_sts_hosts):
+    """A bench CA, a certificate for the 10 MX hosts and one for every MTA-STS policy host."""
+    ca_key, ca = f"{tmp}/ca.key", f"{tmp}/ca.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", ca_key, "-out", ca, "-days", "400", "-subj", "/CN=audit-batch CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+
+    def leaf(name, sans):
+        key, csr, crt, ext = (f"{tmp}/{name}.{x}" for x in ("key", "csr", "pem", "ext"))
+        with open(ext, "w") as f:
+            f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=serverAuth\nsubjectAltName="
+                    + ",".join(f"DNS:{s}" for s in sans) + "\n")
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={sans[0]}"])
+        run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+             "-CAcreateserial", "-days", "400", "-sha256", "-extfile", ext, "-out", crt])
+        os.chmod(key, 0o644)  # read by `ravelin serve` before it drops to nobody; tmp is 0711
+        return crt, key
+
+    mx = leaf("mx", [f"mx{i}.{PROVIDER}" for i in range(1, MX_COUNT + 1)])
+    sts = leaf("mta-sts", mta_sts_hosts or [f"mta-sts.{PROVIDER}"])
+    return ca, mx, sts
+
+
+def dkim_keys(tmp):
+    """DKIM public keys (the p= value): RSA 2048, RSA 1024, Ed25519 (raw 32 bytes)."""
+    keys = {}
+    for name, args in (("rsa2048", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+                       ("rsa1024", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"]),
+                       ("ed25519", ["-algorithm", "ED25519"])):
+        key = run(["openssl", "genpkey", *args]).stdout
+        der = run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=key).stdout
+        if name == "ed25519":
+            der = der[-32:]
+        keys[name] = base64.b64encode(der).decode()
+    return keys
+
+
+# --- the synthetic domains ----------------------------------------------------------------
+
+def pick(rng, table):
+    """One key of `table` {key: weight}."""
+    r = rng.random() * sum(table.values())
+    for key, weight in table.items():
+        r -= weight
+        if r < 0:
+            return key
+    return key
+
+
+def txt(value):
+    """A TXT RDATA: strings of at most 255 octets."""
+    return " ".join('"' + value[i:i + 255] + '"' for i in range(0, len(value), 255))
+
+
+class Domain:
+    """One customer domain: its zone text and what its MTA-STS policy host serves."""
+
+    def __init__(self, index, rng, keys):
+        self.name = name = f"c{index:04d}.test"
+        self.policy = None
+        rr = []
+        a, b = rng.randrange(MX_COUNT) + 1, rng.randrange(MX_COUNT) + 1
+        if b == a:
+            b = a % MX_COUNT + 1
+        mx = pick(rng, {"two": 78, "one": 12, "implicit": 4, "null": 3, "dangling": 3})
+        if mx == "two":
+            rr += [f"@ MX 10 mx{a}.{PROVIDER}.", f"@ MX 20 mx{b}.{PROVIDER}."]
+        elif mx == "one":
+            rr += [f"@ MX 10 mx{a}.{PROVIDER}."]
+        elif mx == "implicit":
+            rr += [f"@ A {MX_NET}.{a}"]
+        elif mx == "null":
+            rr += ["@ MX 0 ."]
+        else:
+            rr += ["@ MX 10 mail"]  # mail.cNNNN.test has no address
+        self.mx = mx
+        spf = pick(rng, {"include": 50, "mx-soft": 15, "neutral": 5, "pass-all": 3, "none": 6,
+                         "two": 3, "syntax": 3, "void": 3, "too-many": 5, "ptr": 4, "ip4": 3})
+        spf_text = {
+            "include": f"v=spf1 include:_spf.{PROVIDER} -all",
+            "mx-soft": f"v=spf1 mx include:_spf.{PROVIDER} ~all",
+            "neutral": f"v=spf1 include:_spf.{PROVIDER} ?all",
+            "pass-all": "v=spf1 +all",
+            "two": f"v=spf1 include:_spf.{PROVIDER} -all",
+            "syntax": f"v=spf1 include:_spf.{PROVIDER} ip4:192.0.2.300 -all",
+            "void": f"v=spf1 include:_spf.gone.{PROVIDER} -all",
+            "too-many": f"v=spf1 include:_spf-big.{PROVIDER} mx a -all",
+            "ptr": f"v=spf1 ptr include:_spf.{PROVIDER} -all",
+            "ip4": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all",
+        }.get(spf)
+        if spf_text:
+            rr.append(f"@ TXT {txt(spf_text)}")
+        if spf == "two":
+            rr.append(f"@ TXT {txt('v=spf1 mx -all')}")
+        rr.append(f"@ TXT {txt(f'google-site-verification={index:08x}')}")
+        dmarc = pick(rng, {"reject": 28, "quarantine-auth": 12, "quarantine-unauth": 8,
+                           "none": 20, "pct": 5, "syntax": 5, "two": 3, "absent": 19})
+        dmarc_text = {
+            "reject": f"v=DMARC1; p=reject; rua=mailto:dmarc@{name}",
+            "quarantine-auth": f"v=DMARC1; p=quarantine; rua=mailto:dmarc@{REPORTS}",
+            "quarantine-unauth": f"v=DMARC1; p=quarantine; sp=none; rua=mailto:dmarc@{REPORTS}",
+            "none": f"v=DMARC1; p=none; rua=mailto:dmarc@{name}",
+            "pct": f"v=DMARC1; p=reject; pct=50; rua=mailto:dmarc@{name}",
+            "syntax": "v=DMARC1; p=rejected",
+            "two": "v=DMARC1; p=reject",
+        }.get(dmarc)
+        if dmarc_text:
+            rr.append(f"_dmarc TXT {txt(dmarc_text)}")
+        if dmarc == "two":
+            rr.append(f"_dmarc TXT {txt('v=DMARC1; p=none')}")
+        self.authorise_reports = dmarc == "quarantine-auth"
+        dkim = pick(rng, {"ms": 35, "google1024": 15, "ed25519": 8, "revoked": 5, "test": 5,
+                          "none": 32})
+        if dkim == "ms":
+            for sel in ("selector1", "selector2"):
+                rr.append(f"{sel}._domainkey TXT {txt('v=DKIM1; k=rsa; p=' + keys['rsa2048'])}")
+        elif dkim == "google1024":
+            rr.append(f"google._domainkey TXT {txt('v=DKIM1; k=rsa; p=' + keys['rsa1024'])}")
+        elif dkim == "ed25519":
+            rr.append(f"default._domainkey TXT {txt('v=DKIM1; k=ed25519; p=' + keys['ed25519'])}")
+            rr.append(f"k1._domainkey TXT {txt('v=DKIM1; k=rsa; p=' + keys['rsa2048'])}")
+        elif dkim == "revoked":
+            rr.append(f"k1._domainkey TXT {txt('v=DKIM1; k=rsa; p=')}")
+        elif dkim == "test":
+            rr.append(f"mail._domainkey TXT {txt('v=DKIM1; t=y; k=rsa; p=' + keys['rsa2048'])}")
+        receiving = mx in ("two", "one")
+        sts = pick(rng, {"enforce": 25, "testing": 8, "none-mode": 2, "no-host": 3,
+                         "mismatch": 2, "absent": 60}) if receiving else "absent"
+        if sts != "absent":
+            rr.append(f"_mta-sts TXT {txt(f'v=STSv1; id=2026{index:06d}')}")
+        if sts not in ("absent", "no-host"):
+            rr.append(f"mta-sts A {HTTPS_ADDR}")
+            mode = {"testing": "testing", "none-mode": "none"}.get(sts, "enforce")
+            pattern = "mail.elsewhere.test" if sts == "mismatch" else f"*.{PROVIDER}"
+            self.policy = (f"version: STSv1\nmode: {mode}\nmx: {pattern}\n"
+                           f"max_age: {604800 if index % 7 else 3600}\n")
+        tlsrpt = pick(rng, {"valid": 35, "invalid": 3, "absent": 62}) if receiving else "absent"
+        if tlsrpt == "valid":
+            rr.append(f"_smtp._tls TXT {txt(f'v=TLSRPTv1; rua=mailto:tlsrpt@{REPORTS}')}")
+        elif tlsrpt == "invalid":
+            rr.append(f"_smtp._tls TXT {txt('v=TLSRPTv1; rua=ftp://reports.example')}")
+        caa = pick(rng, {"issue": 30, "critical": 4, "iodef-only": 3, "absent": 63})
+        if caa == "issue":
+            rr += ['@ CAA 0 issue "letsencrypt.org"', '@ CAA 0 issuewild ";"']
+        elif caa == "critical":
+            rr += ['@ CAA 0 issue "letsencrypt.org"', '@ CAA 128 tbs "unknown"']
+        elif caa == "iodef-only":
+            rr += [f'@ CAA 0 iodef "mailto:security@{name}"']
+        rr.append("www A 192.0.2.80")
+        self.records = rr
+
+    def zone(self):
+        return zone_text(self.name, self.records)
+
+
+def zone_text(origin, records):
+    head = [f"$ORIGIN {origin}.", "$TTL 3600",
+            f"@ SOA ns1.{PROVIDER}. hostmaster.{PROVIDER}. 2026120301 7200 3600 1209600 3600",
+            f"@ NS ns1.{PROVIDER}.", f"@ NS ns2.{PROVIDER}."]
+    return "\n".join(head + records) + "\n"
+
+
+def provider_zones(domains):
+    """The zones of the provider, its reverse zone, the report domain and the blocklist."""
+    hosting = [f"ns1 A {DNS_ADDR}", f"ns2 A {DNS_ADDR}"]
+    for i in range(1, MX_COUNT + 1):
+        hosting.append(f"mx{i} A {MX_NET}.{i}")
+    hosting.append(f"_spf TXT {txt('v=spf1 ip4:' + MX_NET + '.0/24 ip4:198.51.100.0/24 ~all')}")
+    # More than 10 DNS-querying terms once the tree is walked (RFC 7208 §4.6.4).
+    hosting.append(f"_spf-big TXT {txt(' '.join(['v=spf1'] + [f'include:_spf{k}.{PROVIDER}' for k in range(1, 5)] + ['-all']))}")
+    for k in range(1, 5):
+        hosting.append(f"_spf{k} TXT {txt(f'v=spf1 a:mx{k}.{PROVIDER} mx:{PROVIDER} a:mx{k + 4}.{PROVIDER} ~all')}")
+    hosting.append(f"dyn-127-0-60-{BAD_PTR_MX} TXT \"not an address\"")
+    reports = [f"@ MX 10 mx1.{PROVIDER}."]
+    for d in domains:
+        if d.authorise_reports:
+            reports.append(f"{d.name}._report._dmarc TXT {txt('v=DMARC1')}")
+    reverse = []
+    for i in range(1, MX_COUNT + 1):
+        if i == NO_PTR_MX:
+            continue
+        target = f"dyn-127-0-60-{i}.{PROVIDER}." if i == BAD_PTR_MX else f"mx{i}.{PROVIDER}."
+        reverse.append(f"{i} PTR {target}")
+    dnsbl = [f"{LISTED_MX}.60.0.127 A 127.0.0.2",
+             f"{LISTED_MX}.60.0.127 TXT {txt('listed by the audit-batch bench')}"]
+    # The TLD itself, so that lookups climbing to it (checkdmarc's DMARC fallback asks
+    # _dmarc.test) get an answer (NXDOMAIN) as they would on the internet, not REFUSED.
+    return {PROVIDER: hosting, REPORTS: reports, "60.0.127.in-addr.arpa": reverse,
+            DNSBL_ZONE: dnsbl, "test": []}
+
+
+# --- servers ------------------------------------------------------------------------------
+
+def start_nsd(tmp, zones):
+    conf = f"{tmp}/nsd.conf"
+    os.makedirs(f"{tmp}/zones")
+    parts = [f"""server:
+    ip-address: {DNS_ADDR}
+    port: 53
+    username: ""
+    chroot: ""
+    zonesdir: "{tmp}/zones"
+    database: ""
+    pidfile: "{tmp}/nsd.pid"
+    xfrdfile: "{tmp}/xfrd.state"
+    zonelistfile: "{tmp}/zone.list"
+    logfile: "{tmp}/nsd.log"
+    verbosity: 1
+    server-count: 1
+    do-ip6: no
+    hide-version: yes
+    refuse-any: yes
+    # No response rate limiting: NSD's default (200 answers a second per /24 and query)
+    # answers the auditors' repeated lookups of the shared MX hosts with truncated replies,
+    # which send them to TCP, whose accept queue then overflows into 1-3 s SYN retries. On
+    # the internet a recursive resolver's cache stands between an auditor and the provider's
+    # name servers; here the auditors ask NSD directly.
+    rrl-ratelimit: 0
+remote-control:
+    control-enable: no
+"""]
+    for origin, text in zones.items():
+        with open(f"{tmp}/zones/{origin}.zone", "w") as f:
+            f.write(text)
+        parts.append(f'zone:\n    name: "{origin}"\n    zonefile: "{origin}.zone"\n')
+    with open(conf, "w") as f:
+        f.write("".join(parts))
+    nsd = subprocess.Popen(["nsd", "-d", "-c", conf], stdout=subprocess.DEVNULL,
+                           stderr=open(f"{tmp}/nsd.err", "wb"), env=dict(os.environ, PATH=PATH))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if nsd.poll() is not None:
+            die(f"nsd exited: {open(f'{tmp}/nsd.err').read()[-2000:]}")
+        if dns_answers(f"mx1.{PROVIDER}"):
+            return nsd
+        time.sleep(0.1)
+    die("nsd does not answer after 60 s")
+
+
+def dns_answers(name):
+    """Whether the server at DNS_ADDR:53 answers an A query for `name` (NOERROR)."""
+    qid = random.randrange(65536)
+    q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00\x00\x01\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.sendto(q, (DNS_ADDR, 53))
+            r = s.recv(512)
+        except OSError:
+            return False
+    return r[:2] == q[:2] and (r[3] & 0x0F) == 0
+
+
+class PolicyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+def start_policy_server(policies, cert, key):
+    """HTTPS on HTTPS_ADDR:443: each mta-sts.DOMAIN host's policy at the well-known path."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            host = (self.headers.get("Host") or "").split(":")[0].lower()
+            body = policies.get(host)
+            if self.path != "/.well-known/mta-sts.txt" or body is None:
+                self.send_error(404)
+                return
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server = PolicyServer((HTTPS_ADDR, 443), Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def start_mx(tmp, ravelin, domains, cert, key, sink_port):
+    """One `ravelin serve` listening on the 10 MX addresses, port 25, STARTTLS offered."""
+    listeners = "".join(f"""
+[[listen]]
+name = "mx{i}"
+address = "{MX_NET}.{i}:25"
+kind = "inbound"
+tls = "offer"
+""" for i in range(1, MX_COUNT + 1))
+    names = ", ".join(f'"{d.name}"' for d in domains)
+    config = f"{tmp}/ravelin.toml"
+    with open(config, "w") as f:
+        f.write(f"""hostname = "mx1.{PROVIDER}"
+[server]
+user = "nobody"
+{listeners}
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+[inbound]
+domains = [{names}]
+backend = ["smtp://127.0.0.1:{sink_port}"]
+backend_tls = "none"
+[spool]
+path = "{tmp}/spool"
+[dns]
+nameservers = ["{DNS_ADDR}:53"]
+[log]
+format = "json"
+""")
+    log = open(f"{tmp}/ravelin-serve.log", "wb")
+    mx = subprocess.Popen([ravelin, "serve", "--config", config], stdout=subprocess.DEVNULL,
+                          stderr=log, env=dict(os.environ, PATH=PATH))
+    deadline = time.time() + 30
+    for i in range(1, MX_COUNT + 1):
+        while True:
+            if mx.poll() is not None:
+                die(f"ravelin serve exited: {open(f'{tmp}/ravelin-serve.log').read()[-2000:]}")
+            try:
+                socket.create_connection((f"{MX_NET}.{i}", 25), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    die(f"ravelin serve does not listen on {MX_NET}.{i}:25 after 30 s")
+                time.sleep(0.05)
+    return mx
+
+
+# --- the runs -----------------------------------------------------------------------------
+
+def timed(cmd, out, env=None, limit=1800):
+    """Runs `cmd`, returns (seconds, exit code); stderr goes to OUT.err."""
+    start = time.time()
+    with open(out + ".err", "wb") as err:
+        rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                            timeout=limit).returncode
+    return time.time() - start, rc
+
+
+def check_report(path, names, label):
+    """Problems of a ravelin JSON report: missing, extra or reordered targets, error findings."""
+    with open(path) as f:
+        report = json.load(f)
+    problems = []
+    got = [t["target"] for t in report["targets"]]
+    if got != names:
+        problems.append(f"{label}: {len(got)} targets in the report for {len(names)} domains"
+                        + ("" if len(got) != len(names) else " (not in the order given)"))
+    errors = collections.Counter()
+    for t in report["targets"]:
+        for f in t["findings"]:
+            if f["status"] == "error":
+                errors[(f["id"], f["evidence"].splitlines()[0][:120] if f["evidence"] else "")] += 1
+    for (fid, ev), n in errors.most_common(10):
+        problems.append(f"{label}: {n} x error {fid}: {ev}")
+    statuses = collections.Counter(f["status"] for t in report["targets"] for f in t["findings"])
+    findings = sum(statuses.values())
+    return problems, findings, statuses
+
+
+# checkdmarc fetches MTA-STS policies with `requests`, which resolves the policy host through
+# the system's resolver, not -n. So that it sees the same DNS as for everything else (as it
+# would where the system resolver is that server), names under .test are resolved at DNS_ADDR
+# with dnspython (checkdmarc's own DNS library); everything else is untouched.
+CHECKDMARC = f"""
+import socket, sys
+import dns.resolver
+from checkdmarc._cli import _main
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers = ["{DNS_ADDR}"]
+system = socket.getaddrinfo
+def getaddrinfo(host, *args, **kwargs):
+    if isinstance(host, str) and host.rstrip(".").endswith(".test"):
+        try:
+            host = resolver.resolve(host, "A")[0].address
+        except dns.exception.DNSException as e:
+            raise socket.gaierror(socket.EAI_NONAME, str(e))
+    return system(host, *args, **kwargs)
+socket.getaddrinfo = getaddrinfo
+sys.argv[0] = "checkdmarc"
+sys.exit(_main())
+"""
+
+
+def check_checkdmarc(path, names):
+    with open(path) as f:
+        results = json.load(f)
+    if isinstance(results, dict):
+        results = [results]
+    timeouts = sum(1 for r in results if "timed out" in json.dumps(r) or "timeout" in json.dumps(r).lower())
+    return len(results), timeouts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--domains", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=8,
+                    help="ravelin audit --concurrency (8 is its default)")
+    ap.add_argument("--ravelin", default="")
+    ap.add_argument("--checkdmarc", default=os.path.join(ROOT, ".venv", "bin", "checkdmarc"))
+    ap.add_argument("--skip-checkdmarc", action="store_true")
+    ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--serve", action="store_true",
+                    help="set everything up, print the audit command and wait (Ctrl-C ends): "
+                         "for profiling by hand")
+    args = ap.parse_args()
+    if not 1 <= args.domains <= 9999:
+        die("--domains must be in 1..=9999")
+    if not 1 <= args.concurrency <= 1024:
+        die("--concurrency must be in 1..=1024")
+    if os.geteuid() != 0:
+        die("run as root (ports 25 and 53 on loopback, smtp-sink)")
+    for tool in ("nsd", "openssl", "smtp-sink"):
+        if not shutil.which(tool, path=PATH):
+            die(f"{tool} is not installed: run scripts/install-test-deps.sh")
+    if not args.skip_checkdmarc and not os.access(args.checkdmarc, os.X_OK):
+        die(f"no checkdmarc at {args.checkdmarc}: run scripts/install-test-deps.sh")
+    ravelin = args.ravelin or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "ravelin")
+    if not args.ravelin and not os.access(ravelin, os.X_OK):
+        say(f"building {ravelin} (cargo build --release -p ravelin)")
+        subprocess.run(["cargo", "build", "--release", "-p", "ravelin"], cwd=ROOT, check=True)
+
+    tmp = tempfile.mkdtemp(prefix="ravelin-audit-batch-")
+    os.chmod(tmp, 0o711)
+    children, policy_server, ok = [], None, False
+    results = {}
+    try:
+        rng = random.Random(20261203)
+        keys = dkim_keys(tmp)
+        domains = [Domain(i, rng, keys) for i in range(1, args.domains + 1)]
+        names = [d.name for d in domains]
+        with open(f"{tmp}/domains.txt", "w") as f:
+            f.write("\n".join(names) + "\n")
+        policies = {f"mta-sts.{d.name}": d.policy for d in domains if d.policy}
+        ca, (mx_cert, mx_key), (sts_cert, sts_key) = make_pki(tmp, sorted(policies))
+        zones = {d.name: d.zone() for d in domains}
+        zones.update({o: zone_text(o, rr) for o, rr in provider_zones(domains).items()})
+        say(f"{len(domains)} domains, {len(zones)} zones; starting nsd on {DNS_ADDR}:53")
+        children.append(start_nsd(tmp, zones))
+        policy_server = start_policy_server(policies, sts_cert, sts_key)
+        sink, sink_port = start_sink(tmp, "audit-batch")
+        children.append(sink)
+        children.append(start_mx(tmp, ravelin, domains, mx_cert, mx_key, sink_port))
+        say(f"MX hosts on {MX_NET}.1-{MX_COUNT}:25, MTA-STS policies on {HTTPS_ADDR}:443")
+
+        common = [ravelin, "audit", "--format", "json", "--targets-file", f"{tmp}/domains.txt",
+                  "--nameserver", f"{DNS_ADDR}:53", "--dnsbl", DNSBL_ZONE,
+                  "--mta-sts-ca-file", ca, "--ca-file", ca, "--fail-on", "critical",
+                  "--concurrency", str(args.concurrency)]
+        if args.serve:
+            print(" ".join(common), flush=True)
+            print(f"checkdmarc: {args.checkdmarc} {tmp}/domains.txt -n {DNS_ADDR}", flush=True)
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.wait(1):
+                pass
+            return 0
+        problems = []
+        dns_out = f"{tmp}/ravelin-dns.json"
+        say("DNS part: ravelin audit --dns-only")
+        secs, rc = timed(common + ["--dns-only", "--output", dns_out], dns_out)
+        if rc not in (0, 1):
+            die(f"ravelin audit --dns-only exited {rc}: {open(dns_out + '.err').read()[-2000:]}")
+        p, findings, statuses = check_report(dns_out, names, "ravelin --dns-only")
+        problems += p
+        results["dns"] = (secs, findings, statuses)
+        say(f"ravelin --dns-only: {secs:.2f} s, {findings} findings {dict(statuses)}")
+
+        if not args.skip_checkdmarc:
+            cd_out = f"{tmp}/checkdmarc.json"
+            say("DNS part: checkdmarc")
+            env = dict(os.environ, REQUESTS_CA_BUNDLE=ca)
+            # -n and -o take several values: the domain file goes first.
+            python = os.path.join(os.path.dirname(args.checkdmarc), "python")
+            secs, rc = timed([python, "-c", CHECKDMARC, f"{tmp}/domains.txt", "-n", DNS_ADDR,
+                              "-o", cd_out], cd_out, env=env, limit=3600)
+            if rc != 0 or not os.path.exists(cd_out):
+                die(f"checkdmarc exited {rc}: {open(cd_out + '.err').read()[-2000:]}")
+            count, timeouts = check_checkdmarc(cd_out, names)
+            results["checkdmarc"] = (secs, count, timeouts)
+            if count != len(names):
+                problems.append(f"checkdmarc: {count} results for {len(names)} domains")
+            say(f"checkdmarc: {secs:.2f} s, {count} results, {timeouts} with a DNS timeout")
+
+        if not args.skip_full:
+            full_out = f"{tmp}/ravelin-full.json"
+            say("full audit: ravelin audit")
+            secs, rc = timed(common + ["--output", full_out], full_out)
+            if rc not in (0, 1):
+                die(f"ravelin audit exited {rc}: {open(full_out + '.err').read()[-2000:]}")
+            p, findings, statuses = check_report(full_out, names, "ravelin full")
+            problems += p
+            results["full"] = (secs, findings, statuses)
+            say(f"ravelin full: {secs:.2f} s, {findings} findings {dict(statuses)}")
+        ok = not problems
+        for p in problems:
+            print(f"audit-batch: problem: {p}", file=sys.stderr)
+    finally:
+        if policy_server:
+            policy_server.shutdown()
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        if args.keep or not ok:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    n = args.domains
+    per_min = lambda secs: n / secs * 60  # noqa: E731
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "unknown CPU")
+    machine = f"{os.cpu_count()} x {cpu}, {os.uname().release}"
+    print(f"machine: {machine}")
+    row = {}
+    if "dns" in results:
+        secs, findings, _ = results["dns"]
+        row["dns"] = per_min(secs)
+        print(f"ravelin audit --dns-only: {n} domains in {secs:.2f} s = {row['dns']:.0f} domains/min"
+              f" ({findings} findings)")
+    if "checkdmarc" in results:
+        secs, count, timeouts = results["checkdmarc"]
+        row["checkdmarc"] = per_min(secs)
+        print(f"checkdmarc: {n} domains in {secs:.2f} s = {row['checkdmarc']:.0f} domains/min"
+              f" ({count} results, {timeouts} with a DNS timeout)")
+    if "dns" in row and "checkdmarc" in row:
+        print(f"ratio ravelin/checkdmarc on the DNS part: {row['dns'] / row['checkdmarc']:.1f}x")
+    if "full" in results:
+        secs, findings, _ = results["full"]
+        row["full"] = per_min(secs)
+        print(f"ravelin audit (full, passive): {n} domains in {secs:.2f} s = "
+              f"{row['full']:.0f} domains/min ({findings} findings)")
+    fmt = lambda k: f"{row[k]:.0f}" if k in row else "n/a"  # noqa: E731
+    ratio = f"{row['dns'] / row['checkdmarc']:.1f}" if "dns" in row and "checkdmarc" in row else "n/a"
+    print()
+    print("| date | machine | domains | concurrency | checkdmarc domains/min | ravelin --dns-only "
+          "domains/min | ratio | ravelin full audit domains/min |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {time.strftime('%Y-%m-%d')} | {machine} | {n} | {args.concurrency} | "
+          f"{fmt('checkdmarc')} | {fmt('dns')} | {ratio} | {fmt('full')} |")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
