@@ -364,12 +364,13 @@ def checks_prove(name, port, good, bad, sink, authserv):
         die(f"{name}: Authentication-Results of {authserv} are {v}, not all pass:\n{heads[-1]}")
     say(f"{name}: the signed message got spf=pass dkim=pass dmarc=pass")
     code, text = transaction(port, "bounce@other.example", bad)
-    if not 500 <= code < 600:
-        die(f"{name}: the DMARC-failing message got {code} ({text}), not 5xx")
+    if not 500 <= code < 600 or "DMARC" not in text:
+        die(f"{name}: the DMARC-failing message got {code} ({text}), not a 5xx naming DMARC")
     say(f"{name}: the DMARC-failing message was refused: {text.splitlines()[-1]}")
     code, text = transaction(port, SENDER, good, source=LISTED_IP)
-    if not 500 <= code < 600:
-        die(f"{name}: the listed client {LISTED_IP} got {code} ({text}), not 5xx")
+    if not 500 <= code < 600 or DNSBL not in text:
+        die(f"{name}: the listed client {LISTED_IP} got {code} ({text}), not a 5xx naming "
+            f"{DNSBL}")
     say(f"{name}: the listed client {LISTED_IP} was refused: {text.splitlines()[-1]}")
 
 
