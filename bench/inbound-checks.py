@@ -3,7 +3,7 @@
 Postfix + policyd-spf + OpenDKIM + OpenDMARC (Debian's packages), on the same load in one run.
 
     bench/inbound-checks.py [--messages N] [--sessions S] [--size KiB] [--ttl SECONDS]
-                            [--ravelin PATH] [--only postfix|ravelin] [--keep]
+                            [--domains K] [--ravelin PATH] [--only postfix|ravelin] [--keep]
 
 One DNS server serves both sides: unbound on port 53 of 127.0.0.153 (or of the next free
 address up to .199) with the test zones as local data and nothing else (every other name is
@@ -12,10 +12,14 @@ NXDOMAIN: no query leaves the machine). The zones:
     (RSA-2048, selector "bench"), DMARC "p=reject", and mail.example.net (A 127.0.0.1, SPF
     for the HELO name), which is also the PTR of 127.0.0.1 (forward-confirmed);
   - other.example: SPF that passes for loopback, for the message whose DMARC must fail;
-  - dnsbl.bench.example, a DNS list where 127.0.0.2 is listed and 127.0.0.1 is not.
-Every load message is the same 10 KiB message signed beforehand with dkimpy (relaxed/relaxed),
-From alice@example.net, sent by smtp-source -F with MAIL FROM sender@example.net and HELO
-mail.example.net, one message per connection, S sessions in parallel.
+  - dnsbl.bench.example, a DNS list where 127.0.0.2 is listed and 127.0.0.1 is not;
+  - with --domains K > 1, also sender1.example ... sender(K-1).example, each with the records
+    of example.net (SPF, mail.DOMAIN, the same DKIM key under its own name, DMARC p=reject).
+Every load message is a 10 KiB message signed beforehand with dkimpy (relaxed/relaxed), From
+alice@DOMAIN, sent by smtp-source -F with MAIL FROM sender@DOMAIN and HELO mail.DOMAIN, one
+message per connection, S sessions in parallel: one smtp-source per sender domain, the
+sessions and messages shared out among them (K = 1, the default: all from example.net, the
+same message every time).
 
   - Postfix: an alternate instance (tests/peers/postfix-instance.sh, relay mode) with
     smtpd_peername_lookup = yes, smtpd_recipient_restrictions = reject_rbl_client
@@ -117,10 +121,15 @@ def make_key(work):
         return f.read(), base64.b64encode(der).decode()
 
 
-def message(size_kib, subject, tag):
-    """A text message of about size_kib KiB, CRLF."""
-    head = (f"From: Alice <alice@example.net>\r\nTo: <{RCPT}>\r\nSubject: {subject}\r\n"
-            f"Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{tag}@example.net>\r\n"
+def sender_domains(n):
+    """The sender domains of a run: example.net, then sender1.example, sender2.example, ..."""
+    return ["example.net"] + [f"sender{i}.example" for i in range(1, n)]
+
+
+def message(size_kib, subject, tag, domain="example.net"):
+    """A text message of about size_kib KiB from alice@domain, CRLF."""
+    head = (f"From: Alice <alice@{domain}>\r\nTo: <{RCPT}>\r\nSubject: {subject}\r\n"
+            f"Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{tag}@{domain}>\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
     words = "the quick brown fox jumps over a lazy dog while the gateway checks mail".split()
     body, size, i = [], 0, 0
@@ -132,29 +141,29 @@ def message(size_kib, subject, tag):
     return (head + "".join(body)).encode()
 
 
-def sign(msg, pem):
-    sig = dkim.sign(msg, b"bench", b"example.net", pem, canonicalize=(b"relaxed", b"relaxed"),
+def sign(msg, pem, domain="example.net"):
+    sig = dkim.sign(msg, b"bench", domain.encode(), pem, canonicalize=(b"relaxed", b"relaxed"),
                     include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
     return sig + msg
 
 
-def unbound_conf(work, pub, ttl):
+def unbound_conf(work, pub, ttl, domains):
     chunks = [pub[i:i + 200] for i in range(0, len(pub), 200)]
     dkim_txt = '"v=DKIM1; k=rsa; p=" ' + " ".join(f'"{c}"' for c in chunks)
-    data = [
-        "example.net. TXT \"v=spf1 ip4:127.0.0.0/8 -all\"",
-        f"example.net. MX 10 {HELO}.",
-        f"{HELO}. A 127.0.0.1",
-        f"{HELO}. TXT \"v=spf1 ip4:127.0.0.0/8 -all\"",
-        f"bench._domainkey.example.net. TXT {dkim_txt}",
-        "_dmarc.example.net. TXT \"v=DMARC1; p=reject\"",
+    spf = '"v=spf1 ip4:127.0.0.0/8 -all"'
+    data = []
+    for d in domains:
+        data += [f"{d}. TXT {spf}", f"{d}. MX 10 mail.{d}.", f"mail.{d}. A 127.0.0.1",
+                 f"mail.{d}. TXT {spf}", f"bench._domainkey.{d}. TXT {dkim_txt}",
+                 f"_dmarc.{d}. TXT \"v=DMARC1; p=reject\""]
+    data += [
         "other.example. TXT \"v=spf1 ip4:127.0.0.0/8 -all\"",
         f"1.0.0.127.in-addr.arpa. PTR {HELO}.",
         f"2.0.0.127.in-addr.arpa. PTR {HELO}.",
         f"2.0.0.127.{DNSBL}. A 127.0.0.2",
         f"2.0.0.127.{DNSBL}. TXT \"listed for the benchmark\"",
     ]
-    zones = ["example.net.", "other.example.", DNSBL + ".", "127.in-addr.arpa."]
+    zones = [f"{d}." for d in domains] + ["other.example.", DNSBL + ".", "127.in-addr.arpa."]
     lines = [
         "server:",
         f"  interface: {DNS_IP}", "  port: 53", "  do-ip6: no", "  do-daemonize: no",
@@ -355,30 +364,46 @@ def checks_prove(name, port, good, bad, sink, authserv):
         die(f"{name}: Authentication-Results of {authserv} are {v}, not all pass:\n{heads[-1]}")
     say(f"{name}: the signed message got spf=pass dkim=pass dmarc=pass")
     code, text = transaction(port, "bounce@other.example", bad)
-    if not 500 <= code < 600:
-        die(f"{name}: the DMARC-failing message got {code} ({text}), not 5xx")
+    if not 500 <= code < 600 or "DMARC" not in text:
+        die(f"{name}: the DMARC-failing message got {code} ({text}), not a 5xx naming DMARC")
     say(f"{name}: the DMARC-failing message was refused: {text.splitlines()[-1]}")
     code, text = transaction(port, SENDER, good, source=LISTED_IP)
-    if not 500 <= code < 600:
-        die(f"{name}: the listed client {LISTED_IP} got {code} ({text}), not 5xx")
+    if not 500 <= code < 600 or DNSBL not in text:
+        die(f"{name}: the listed client {LISTED_IP} got {code} ({text}), not a 5xx naming "
+            f"{DNSBL}")
     say(f"{name}: the listed client {LISTED_IP} was refused: {text.splitlines()[-1]}")
 
 
-def load(name, port, args, msg_file, sink):
-    """The same smtp-source load; returns (seconds until the sink has all, until accepted,
+def load(name, port, args, sink):
+    """The same smtp-source load: one smtp-source per sender domain, the sessions and messages
+    shared out among them. Returns (seconds until the sink has all, until all were accepted,
     DNS queries per message)."""
     q0 = dns_queries(args.dns_conf)
     target = sink.count() + args.messages
     limit = 120 + args.messages // 5
-    say(f"{name}: {args.messages} messages over {args.sessions} sessions to 127.0.0.1:{port}")
+    k = len(args.domains)
+    say(f"{name}: {args.messages} messages over {args.sessions} sessions from {k} sender "
+        f"domain(s) to 127.0.0.1:{port}")
     t0 = time.time()
-    r = subprocess.run(
-        ["smtp-source", "-s", str(args.sessions), "-m", str(args.messages), "-F", msg_file,
-         "-M", HELO, "-f", SENDER, "-t", RCPT, f"127.0.0.1:{port}"],
-        env=ENV, capture_output=True, timeout=limit)
+    sources = []
+    for i, (domain, msg_file) in enumerate(zip(args.domains, args.msg_files)):
+        sessions = args.sessions // k + (i < args.sessions % k)
+        messages = args.messages // k + (i < args.messages % k)
+        sources.append(subprocess.Popen(
+            ["smtp-source", "-s", str(sessions), "-m", str(messages), "-F", msg_file,
+             "-M", f"mail.{domain}", "-f", f"sender@{domain}", "-t", RCPT,
+             f"127.0.0.1:{port}"],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for src in sources:
+        try:
+            _, err = src.communicate(timeout=max(1, limit - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            for other in sources:
+                other.kill()
+            die(f"{name}: smtp-source did not finish within {limit} s")
+        if src.returncode != 0:
+            die(f"{name}: smtp-source failed ({src.returncode}): {err.decode()[-1000:]}")
     t_acc = time.time() - t0
-    if r.returncode != 0:
-        die(f"{name}: smtp-source failed ({r.returncode}): {r.stderr.decode()[-1000:]}")
     sink.wait_for(target, limit, name)
     elapsed = time.time() - t0
     return elapsed, t_acc, (dns_queries(args.dns_conf) - q0) / args.messages
@@ -398,7 +423,7 @@ def cpu_seconds(pids):
     return total
 
 
-def postfix_side(args, work, sink, good, bad, msg_file, started):
+def postfix_side(args, work, sink, good, bad, started):
     pfi = os.path.join(ROOT, "tests", "peers", "postfix-instance.sh")
     d = os.path.join(work, "postfix")
     port = free_port()
@@ -485,7 +510,7 @@ def postfix_side(args, work, sink, good, bad, msg_file, started):
             die("the Postfix master does not see the benchmark's resolv.conf")
     checks_prove("postfix", port, good, bad, sink, PF_ID)
     cpu0 = tree_cpu(pids)
-    elapsed, accepted, queries = load("postfix", port, args, msg_file, sink)
+    elapsed, accepted, queries = load("postfix", port, args, sink)
     cpu = tree_cpu(pids) - cpu0
     stop_postfix(pidfiles, d)
     return elapsed, accepted, cpu, queries
@@ -548,7 +573,7 @@ def stop_postfix(pidfiles, d):
                 pass
 
 
-def ravelin_side(args, work, sink, good, bad, msg_file, started):
+def ravelin_side(args, work, sink, good, bad, started):
     d = os.path.join(work, "ravelin")
     os.makedirs(d)
     os.chmod(d, 0o755)
@@ -612,7 +637,7 @@ format = "json"
             time.sleep(0.05)
     checks_prove("ravelin", port, good, bad, sink, RV_ID)
     cpu0 = cpu_seconds([proc.pid])
-    elapsed, accepted, queries = load("ravelin", port, args, msg_file, sink)
+    elapsed, accepted, queries = load("ravelin", port, args, sink)
     cpu = cpu_seconds([proc.pid]) - cpu0
     proc.send_signal(signal.SIGTERM)
     try:
@@ -630,14 +655,17 @@ def main():
     ap.add_argument("--size", type=int, default=10, help="KiB of body per message")
     ap.add_argument("--ttl", type=int, default=3600,
                     help="TTL of every DNS record (0: no cache anywhere keeps an answer)")
+    ap.add_argument("--domains", type=int, default=1, dest="domains_count", metavar="K",
+                    help="sender domains, one smtp-source each (at most --sessions)")
     ap.add_argument("--ravelin", default="")
     ap.add_argument("--only", choices=["postfix", "ravelin"])
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     if not (1 <= args.messages <= 1_000_000 and 1 <= args.sessions <= 500
-            and 1 <= args.size <= 10240 and 0 <= args.ttl <= 86400):
+            and 1 <= args.size <= 10240 and 0 <= args.ttl <= 86400
+            and 1 <= args.domains_count <= min(100, args.sessions, args.messages)):
         die("limits: 1 <= --messages <= 1000000, 1 <= --sessions <= 500, 1 <= --size <= 10240, "
-            "0 <= --ttl <= 86400")
+            "0 <= --ttl <= 86400, 1 <= --domains <= 100, --sessions and --messages")
     if os.getuid() != 0:
         die("run as root (Postfix, unshare -m and smtp-sink need it)")
     for tool in ("unbound", "smtp-sink", "smtp-source", "postfix", "opendkim", "opendmarc",
@@ -683,20 +711,22 @@ def main():
 
 def bench(args, work, started):
     pem, pub = make_key(work)
-    plain = message(args.size, "benchmark", "bench")
-    good = sign(plain, pem)
     signed_check = message(1, "check", "check")
     good_check = sign(signed_check, pem)
     # The DMARC failure: a valid signature over another body (dkim=fail), MAIL FROM a domain
     # whose SPF passes but is not aligned with From.
     bad = good_check.replace(b"the quick", b"THE QUICK", 1)
-    msg_file = os.path.join(work, "message.eml")
-    with open(msg_file, "wb") as f:
-        f.write(good.replace(b"\r\n", b"\n"))  # smtp-source -F appends CRLF to each line
-    os.chmod(msg_file, 0o644)
+    args.domains = sender_domains(args.domains_count)
+    args.msg_files = []
+    for domain in args.domains:
+        good = sign(message(args.size, "benchmark", "bench", domain), pem, domain)
+        msg_file = os.path.join(work, f"message.{domain}.eml")
+        with open(msg_file, "wb") as f:
+            f.write(good.replace(b"\r\n", b"\n"))  # smtp-source -F appends CRLF to each line
+        args.msg_files.append(msg_file)
 
     ulog = os.path.join(work, "unbound.log")
-    args.dns_conf = unbound_conf(work, pub, args.ttl)
+    args.dns_conf = unbound_conf(work, pub, args.ttl, args.domains)
     dns_proc = subprocess.Popen(["unbound", "-d", "-c", args.dns_conf],
                                 stdout=open(ulog, "wb"), stderr=subprocess.STDOUT, env=ENV)
     started.append(dns_proc)
@@ -706,9 +736,9 @@ def bench(args, work, started):
 
     results = {}
     if args.only != "ravelin":
-        results["postfix"] = postfix_side(args, work, sink, good_check, bad, msg_file, started)
+        results["postfix"] = postfix_side(args, work, sink, good_check, bad, started)
     if args.only != "postfix":
-        results["ravelin"] = ravelin_side(args, work, sink, good_check, bad, msg_file, started)
+        results["ravelin"] = ravelin_side(args, work, sink, good_check, bad, started)
     time.sleep(0.5)
     sink.proc.send_signal(signal.SIGTERM)
     sink.proc.wait(timeout=10)
@@ -759,12 +789,14 @@ def bench(args, work, started):
         cells[side] = (f"{args.messages / elapsed:.0f}", f"{cpu * 1000 / args.messages:.2f}",
                        f"{queries:.2f}")
     pf, rv = cells["postfix"], cells["ravelin"]
-    print("| date | record TTL | Postfix stack msg/s | Ravelin msg/s | ratio "
+    print("| date | sender domains | record TTL | Postfix stack msg/s | Ravelin msg/s | ratio "
           "| CPU per message Postfix / Ravelin | DNS queries per message Postfix / Ravelin |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {time.strftime('%Y-%m-%d', time.gmtime())} | {args.ttl} s | {pf[0]} | {rv[0]} "
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {time.strftime('%Y-%m-%d', time.gmtime())} | {len(args.domains)} | {args.ttl} s "
+          f"| {pf[0]} | {rv[0]} "
           f"| {ratio} | {pf[1]} / {rv[1]} ms | {pf[2]} / {rv[2]} |")
-    print(f"({args.messages} messages of {args.size} KiB over {args.sessions} sessions)")
+    print(f"({args.messages} messages of {args.size} KiB over {args.sessions} sessions from "
+          f"{len(args.domains)} sender domain(s))")
     return status
 
 
