@@ -26,7 +26,8 @@
 //! fsync error answers `452 4.3.1` and leaves nothing behind; a header the cleanup refuses
 //! answers `550 5.6.0` (malformed) or `552 5.3.4` (over a limit) at the end of the data.
 //!
-//! Timeouts: `limits.command_timeout` for each read between commands, `limits.data_timeout`
+//! Timeouts: `limits.command_timeout` for each whole command (from the previous reply to the
+//! end of the command line, however it is dripped), `limits.data_timeout` for each read
 //! during DATA, `limits.session_timeout` for the whole connection; on expiry the client gets
 //! `421 4.4.2`. On shutdown the session finishes a transaction in progress and answers the
 //! next command with `421 4.3.2`. Every log line carries the session id, and the queue id once
@@ -291,6 +292,10 @@ impl Session<'_> {
         let mut buf = vec![0u8; COMMAND_READ_BUF];
         let mut shutdown = self.shared.shutdown.clone();
         let mut close_reason: Option<CloseReason> = None;
+        // When the command being waited for must be complete: set when the wait begins, kept
+        // across partial reads, cleared by each reply. A client that drips a byte at a time
+        // cannot stretch one command past command_timeout.
+        let mut command_deadline: Option<Instant> = None;
         loop {
             let mut starttls = false;
             while let Some(ev) = wire.poll() {
@@ -329,6 +334,7 @@ impl Session<'_> {
                     Ok(Err(e)) => return self.end(&format!("write error: {e}")),
                     Err(_) => return self.end("write timeout"),
                 }
+                command_deadline = None;
             }
             if let Some(r) = close_reason {
                 let _ = timeout(Duration::from_secs(5), conn.shutdown()).await;
@@ -349,15 +355,18 @@ impl Session<'_> {
                 wire.tls_established();
                 continue;
             }
-            let (per_read, buf_size) = if wire.in_data() {
-                (self.settings.data_timeout, DATA_READ_BUF)
+            let (read_deadline, buf_size) = if wire.in_data() {
+                command_deadline = None;
+                (Instant::now() + self.settings.data_timeout, DATA_READ_BUF)
             } else {
-                (self.settings.command_timeout, COMMAND_READ_BUF)
+                let by = *command_deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.command_timeout);
+                (by, COMMAND_READ_BUF)
             };
             if buf.len() != buf_size {
                 buf = vec![0u8; buf_size];
             }
-            let read_deadline = (Instant::now() + per_read).min(deadline);
+            let read_deadline = read_deadline.min(deadline);
             tokio::select! {
                 r = timeout_at(read_deadline, conn.read(&mut buf)) => match r {
                     Err(_) => wire.timeout(),

@@ -5,9 +5,9 @@
 //!
 //! - Slowloris: clients that send one byte every two seconds fill a listener's
 //!   `max_connections`; while a slot is free a legitimate client is served, when none is the
-//!   next client gets `421 4.7.0` at once; `limits.session_timeout` ends the slow sessions
-//!   with `421 4.4.2` although they never stop sending (`command_timeout` applies to each
-//!   read, so a drip resets it).
+//!   next client gets `421 4.7.0` at once; `limits.command_timeout` ends the slow sessions
+//!   with `421 4.4.2` although they never stop sending (it bounds the whole command, so a
+//!   drip does not restart it), long before `limits.session_timeout`.
 //! - Floods: many connections from one address, then from many addresses (127.0.0.x): exactly
 //!   `max_connections` are greeted, every other one gets `421 4.7.0` and is closed; once the
 //!   flood ends a legitimate client is served.
@@ -129,8 +129,8 @@ fn slowloris_clients_fill_the_limit_then_time_out() {
         RavelinConfig::inbound(sink.addr)
             .tls("off")
             .listen_set("mx", &format!("max_connections = {MAX}"))
-            .set("limits", "command_timeout = \"5s\"")
-            .set("limits", "session_timeout = \"20s\""),
+            .set("limits", "command_timeout = \"10s\"")
+            .set("limits", "session_timeout = \"10m\""),
     );
     let addr = gw.addr();
     let script = b"EHLO slowloris.example.net\r\n";
@@ -172,12 +172,13 @@ fn slowloris_clients_fill_the_limit_then_time_out() {
         "{refused:?}"
     );
 
-    // They never stop dripping (every 2 s, under command_timeout); session_timeout ends them.
+    // They never stop dripping (a byte every 2 s), yet none completes a command within
+    // command_timeout (10 s): each is ended then, not at session_timeout (10 min).
     let mut ended = Vec::new();
     while !slow.is_empty() {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "slow clients still connected after 60 s: session_timeout did not end them"
+            started.elapsed() < Duration::from_secs(45),
+            "slow clients still connected after 45 s: command_timeout did not end them"
         );
         thread::sleep(Duration::from_secs(2));
         let mut i = 0;
