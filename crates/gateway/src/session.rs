@@ -27,8 +27,9 @@
 //! answers `550 5.6.0` (malformed) or `552 5.3.4` (over a limit) at the end of the data.
 //!
 //! Timeouts: `limits.command_timeout` for each whole command (from the previous reply to the
-//! end of the command line, however it is dripped), `limits.data_timeout` for each read
-//! during DATA, `limits.session_timeout` for the whole connection; on expiry the client gets
+//! end of the command line, however it is dripped), `limits.data_timeout` for the message
+//! data, pushed back by each chunk as far as `limits.min_data_rate` allows (a client that
+//! drips its message runs out of time), `limits.session_timeout` for the whole connection; on expiry the client gets
 //! `421 4.4.2`. On shutdown the session finishes a transaction in progress and answers the
 //! next command with `421 4.3.2`. Every log line carries the session id, and the queue id once
 //! one exists. Nothing here panics on client input; I/O errors end the session.
@@ -84,6 +85,8 @@ pub struct SessionSettings {
     pub received_client: bool,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Bytes per second of message data that keep a DATA phase going (0: off).
+    pub min_data_rate: u64,
     pub session_timeout: Duration,
     /// What the listener is for: relay control, AUTH and the direction of its mail follow.
     pub kind: ListenKind,
@@ -296,6 +299,9 @@ impl Session<'_> {
         // across partial reads, cleared by each reply. A client that drips a byte at a time
         // cannot stretch one command past command_timeout.
         let mut command_deadline: Option<Instant> = None;
+        // When the message data must be complete, unless more of it arrives: each chunk pushes
+        // it by size / min_data_rate, never past data_timeout from now.
+        let mut data_deadline: Option<Instant> = None;
         loop {
             let mut starttls = false;
             while let Some(ev) = wire.poll() {
@@ -355,10 +361,14 @@ impl Session<'_> {
                 wire.tls_established();
                 continue;
             }
-            let (read_deadline, buf_size) = if wire.in_data() {
+            let in_data = wire.in_data();
+            let (read_deadline, buf_size) = if in_data {
                 command_deadline = None;
-                (Instant::now() + self.settings.data_timeout, DATA_READ_BUF)
+                let by = *data_deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.data_timeout);
+                (by, DATA_READ_BUF)
             } else {
+                data_deadline = None;
                 let by = *command_deadline
                     .get_or_insert_with(|| Instant::now() + self.settings.command_timeout);
                 (by, COMMAND_READ_BUF)
@@ -371,7 +381,12 @@ impl Session<'_> {
                 r = timeout_at(read_deadline, conn.read(&mut buf)) => match r {
                     Err(_) => wire.timeout(),
                     Ok(Ok(0)) => wire.eof(),
-                    Ok(Ok(n)) => wire.push_input(&buf[..n]),
+                    Ok(Ok(n)) => {
+                        if in_data {
+                            data_deadline = Some(self.data_credit(data_deadline, n));
+                        }
+                        wire.push_input(&buf[..n]);
+                    }
                     Ok(Err(e)) => {
                         info!(event = "read_error", session = %self.id, client = %self.peer.ip(), reason = %e);
                         wire.eof();
@@ -383,6 +398,20 @@ impl Session<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The DATA deadline after `n` more bytes arrived: `n / min_data_rate` seconds later,
+    /// never more than `data_timeout` from now (with `min_data_rate = 0`: `data_timeout` from
+    /// now, a timeout per read).
+    fn data_credit(&self, deadline: Option<Instant>, n: usize) -> Instant {
+        let now = Instant::now();
+        let cap = now + self.settings.data_timeout;
+        match (deadline, self.settings.min_data_rate) {
+            (Some(d), rate) if rate > 0 => {
+                (d + Duration::from_secs_f64(n as f64 / rate as f64)).min(cap)
+            }
+            _ => cap,
         }
     }
 
