@@ -144,6 +144,53 @@ fn an_ipv6_offender_is_banned_with_its_64() {
     });
 }
 
+/// Abuse is counted per ban target: relay attempts from three addresses of one /64, one
+/// each, reach the threshold of three and ban the /64, so a client that changes its address
+/// within its /64 after each attempt cannot probe for ever.
+#[test]
+fn abuse_from_the_addresses_of_one_64_adds_up() {
+    if !root() {
+        return;
+    }
+    let rotating: Vec<String> = (1..=4).map(|n| format!("2001:db8:3:1::{n}")).collect();
+    let clients: Vec<&str> = rotating.iter().map(String::as_str).collect();
+    in_namespace(&clients, || {
+        let ravelin = start(
+            RavelinConfig::inbound(SocketAddr::new(parse_ip("127.0.0.1"), 9))
+                .set("screen", "exempt = [\"2001:db8::/32\"]")
+                .extra("[bans.relay_probing]\nthreshold = 3"),
+        );
+        let addr = ravelin.addr();
+        for (n, from) in rotating[..3].iter().enumerate() {
+            let mut c = session_from(from, addr);
+            assert_eq!(
+                c.command("MAIL FROM:<p@probe.test>").expect("MAIL").code,
+                250
+            );
+            let reply = c.command("RCPT TO:<someone@elsewhere.test>").expect("RCPT");
+            assert_eq!(
+                (reply.code, &reply.text()[..5]),
+                (554, "5.7.1"),
+                "{reply:?}"
+            );
+            if n < 2 {
+                let _ = c.command("QUIT");
+            } else {
+                assert!(c.is_closed(), "the third attempt in the /64 bans it");
+            }
+        }
+        let counts: Vec<_> = ravelin
+            .events("abuse")
+            .iter()
+            .map(|e| e["count"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(counts, [1, 2, 3], "one count for the /64");
+        let added = ravelin.wait_for_event("ban_added", WAIT, |_| true);
+        assert_eq!(added["client"], "2001:db8:3:1::/64", "{added}");
+        assert_banned(&rotating[3], addr);
+    });
+}
+
 /// With two connections per address and three per prefix, three connections held by three
 /// addresses of one /64 make a fourth address of that /64 get `421 4.7.0`; a client of
 /// another /64 is served, and a slot given back serves the /64 again.
