@@ -16,6 +16,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ravelin_dns::testing::TestDnsServer;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -273,5 +274,54 @@ fn screen_files_hold_ipv6_networks() {
             "the allowed client did not wait: {:?}",
             ravelin.events("screen")
         );
+    });
+}
+
+/// A listener on the IPv6 wildcard (`[::]:PORT`) is dual-stack: the kernel hands it IPv4
+/// clients as `::ffff:a.b.c.d`. The gateway treats such a client as the IPv4 client it is:
+/// SPF's `a` mechanism matches its A record (not an AAAA lookup that cannot), the Received
+/// line names `[198.51.100.5]`, and the log names 198.51.100.5.
+#[test]
+fn a_dual_stack_listener_treats_ipv4_clients_as_ipv4() {
+    if !root() {
+        return;
+    }
+    let client = "198.51.100.5";
+    in_namespace(&[client], || {
+        let dns = TestDnsServer::start(&[
+            ("test", ""),
+            (
+                "v4.test",
+                "@ IN A 198.51.100.5\n@ IN TXT \"v=spf1 a -all\"\n",
+            ),
+        ])
+        .expect("test DNS server");
+        let sink = SmtpSink::start();
+        let port = free_port();
+        let mut config = RavelinConfig::inbound(sink.addr)
+            .checks(dns.addr())
+            .set("screen", "exempt = [\"198.51.100.0/24\"]");
+        config.listeners[0].address = SocketAddr::new(parse_ip("::"), port);
+        let ravelin = Ravelin::start(config);
+        let out = swaks_send(
+            SocketAddr::new(parse_ip("127.0.0.1"), port),
+            "s@v4.test",
+            "user@example.org",
+            b"From: s@v4.test\r\nSubject: over IPv4 to [::]\r\n\r\nbody\r\n",
+            &["--local-interface", client, "--helo", "v4.test"],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let delivered = sink.wait_for_messages(1, WAIT);
+        let text = String::from_utf8_lossy(&delivered[0].message_crlf()).into_owned();
+        assert!(
+            text.contains(&format!("([{client}])")),
+            "the Received line names the IPv4 client: {text}"
+        );
+        assert!(
+            text.contains("spf=pass") && !text.contains("spf=fail"),
+            "SPF a matched the client: {text}"
+        );
+        let connect = ravelin.wait_for_event("connect", WAIT, |_| true);
+        assert_eq!(connect["client"], client, "{connect}");
     });
 }
