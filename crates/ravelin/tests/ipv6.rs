@@ -1,7 +1,10 @@
 //! End-to-end proofs of the gateway's IPv6 prefix handling with real IPv6 clients: an IPv6
-//! offender is banned with its whole `[bans] ipv6_prefix` network (/64 by default), the
-//! connections a /64 holds are counted together (`[rate_limits] connections_per_prefix`),
-//! and IPv6 networks in the screen's allow and block files apply to every address in them.
+//! offender is counted and banned with its whole `[bans] ipv6_prefix` network (/64 by
+//! default), the connections a /64 holds are counted together (`[rate_limits]
+//! connections_per_prefix`), the connection rate counts the configured `[rate_limits]
+//! ipv6_prefix`, greylisting takes a retry from the same /64, IPv6 networks in the screen's
+//! allow and block files apply to every address in them, and a dual-stack `[::]` listener
+//! treats its IPv4 clients as IPv4.
 //!
 //! The host has no IPv6 loopback addresses but ::1, so each test runs on a thread of its own
 //! in a network namespace of its own ([`in_network_namespace`]: root only) whose `lo` carries
@@ -24,21 +27,28 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Where the gateway listens, in its own /64.
 const SERVER: &str = "2001:db8:ffff::25";
 
-/// Whether the test can make a network namespace; says why not when it cannot.
-fn root() -> bool {
+/// Runs `body` in a new network namespace holding [`SERVER`] and `clients`; not root, says
+/// that the test is skipped and returns.
+fn in_namespace(clients: &[&str], body: impl FnOnce() + Send) {
     if !is_root() {
         eprintln!(
             "skipped: this test needs root to make its own network namespace (CI runs as root)"
         );
+        return;
     }
-    is_root()
-}
-
-/// Runs `body` in a new network namespace holding [`SERVER`] and `clients`.
-fn in_namespace(clients: &[&str], body: impl FnOnce() + Send) {
     let mut addresses = vec![parse_ip(SERVER)];
     addresses.extend(clients.iter().map(|c| parse_ip(c)));
     in_network_namespace(&addresses, body);
+}
+
+/// A backend nobody listens on, for tests that deliver nothing.
+const NO_BACKEND: &str = "127.0.0.1:9";
+
+/// An inbound configuration relaying to `backend` (default [`NO_BACKEND`]) whose screen spares
+/// the test clients (2001:db8::/32) the greet wait; bans and limits apply to them.
+fn unscreened(backend: Option<SocketAddr>) -> RavelinConfig {
+    let backend = backend.unwrap_or_else(|| NO_BACKEND.parse().expect("address"));
+    RavelinConfig::inbound(backend).set("screen", "exempt = [\"2001:db8::/32\"]")
 }
 
 /// `config` listening on [`SERVER`], started; the gateway is checked to be in the
@@ -61,9 +71,6 @@ fn start(config: RavelinConfig) -> Ravelin {
 /// added by hand for a /64 works the same way, and one for a single address covers only it.
 #[test]
 fn an_ipv6_offender_is_banned_with_its_64() {
-    if !root() {
-        return;
-    }
     let offender = "2001:db8:1:2::5";
     let neighbour = "2001:db8:1:2:ffff:ffff:ffff:fffe";
     let next_network = "2001:db8:1:3::5";
@@ -80,11 +87,8 @@ fn an_ipv6_offender_is_banned_with_its_64() {
     ];
     in_namespace(&clients, || {
         let sink = SmtpSink::start();
-        let ravelin = start(
-            RavelinConfig::inbound(sink.addr)
-                .set("screen", "exempt = [\"2001:db8::/32\"]")
-                .extra("[bans.relay_probing]\nthreshold = 3"),
-        );
+        let ravelin =
+            start(unscreened(Some(sink.addr)).extra("[bans.relay_probing]\nthreshold = 3"));
         let addr = ravelin.addr();
 
         probe_relay(offender, addr);
@@ -150,17 +154,10 @@ fn an_ipv6_offender_is_banned_with_its_64() {
 /// within its /64 after each attempt cannot probe for ever.
 #[test]
 fn abuse_from_the_addresses_of_one_64_adds_up() {
-    if !root() {
-        return;
-    }
     let rotating: Vec<String> = (1..=4).map(|n| format!("2001:db8:3:1::{n}")).collect();
     let clients: Vec<&str> = rotating.iter().map(String::as_str).collect();
     in_namespace(&clients, || {
-        let ravelin = start(
-            RavelinConfig::inbound(SocketAddr::new(parse_ip("127.0.0.1"), 9))
-                .set("screen", "exempt = [\"2001:db8::/32\"]")
-                .extra("[bans.relay_probing]\nthreshold = 3"),
-        );
+        let ravelin = start(unscreened(None).extra("[bans.relay_probing]\nthreshold = 3"));
         let addr = ravelin.addr();
         for (n, from) in rotating[..3].iter().enumerate() {
             let mut c = session_from(from, addr);
@@ -197,17 +194,13 @@ fn abuse_from_the_addresses_of_one_64_adds_up() {
 /// another /64 is served, and a slot given back serves the /64 again.
 #[test]
 fn connections_are_counted_per_64() {
-    if !root() {
-        return;
-    }
     let same: Vec<String> = (1..=4).map(|n| format!("2001:db8:2:1::{n}")).collect();
     let other = "2001:db8:2:2::1";
     let mut clients: Vec<&str> = same.iter().map(String::as_str).collect();
     clients.push(other);
     in_namespace(&clients, || {
         let ravelin = start(
-            RavelinConfig::inbound(SocketAddr::new(parse_ip("127.0.0.1"), 9))
-                .set("screen", "exempt = [\"2001:db8::/32\"]")
+            unscreened(None)
                 .set("rate_limits", "connections_per_address = 2")
                 .set("rate_limits", "connections_per_prefix = 3"),
         );
@@ -233,14 +226,83 @@ fn connections_are_counted_per_64() {
     });
 }
 
+/// `[rate_limits] ipv6_prefix` sets the prefix that is counted: with /48 and two new
+/// connections per prefix, addresses of two /64s of one /48 use up its rate and a third
+/// /64 of it gets `421 4.7.0` (`connection_rate_per_prefix`), while the next /48 is served.
+#[test]
+fn the_connection_rate_counts_the_configured_ipv6_prefix() {
+    let same_48 = ["2001:db8:4:1::1", "2001:db8:4:2::1", "2001:db8:4:3::1"];
+    let next_48 = "2001:db8:5:1::1";
+    let mut clients = same_48.to_vec();
+    clients.push(next_48);
+    in_namespace(&clients, || {
+        let ravelin = start(
+            unscreened(None)
+                .set("rate_limits", "ipv6_prefix = 48")
+                .set("rate_limits", "connection_rate_per_prefix = 2")
+                .set("rate_limits", "connection_window = \"1h\""),
+        );
+        let addr = ravelin.addr();
+        assert_eq!(first_reply(same_48[0], addr).code, 220);
+        assert_eq!(first_reply(same_48[1], addr).code, 220);
+        let over = first_reply(same_48[2], addr);
+        assert_eq!((over.code, &over.text()[..5]), (421, "4.7.0"), "{over:?}");
+        let limit = ravelin.wait_for_event("connection_limit", WAIT, |_| true);
+        assert_eq!(limit["limit"], "connection_rate_per_prefix", "{limit}");
+        assert_eq!(limit["subject"], "2001:db8:4::/48", "{limit}");
+        assert_eq!(
+            first_reply(next_48, addr).code,
+            220,
+            "the next /48 is served"
+        );
+    });
+}
+
+/// Greylisting counts a /64 as one client (`[greylist] ipv6_prefix`): a new triplet from
+/// one address is deferred with `450 4.7.1`, and the retry after the delay passes from
+/// another address of the /64, as a sender's pool of outbound addresses retries.
+#[test]
+fn greylisting_takes_a_retry_from_the_same_64() {
+    let first = "2001:db8:6:1::1";
+    let retry = "2001:db8:6:1::2";
+    let other = "2001:db8:6:2::1";
+    in_namespace(&[first, retry, other], || {
+        let ravelin = start(
+            unscreened(None)
+                .set("greylist", "enabled = true")
+                .set("greylist", "delay = \"1s\""),
+        );
+        let addr = ravelin.addr();
+        let rcpt = |from: &str| {
+            let mut c = session_from(from, addr);
+            assert_eq!(
+                c.command("MAIL FROM:<a@example.net>").expect("MAIL").code,
+                250
+            );
+            let reply = c.command("RCPT TO:<u@example.org>").expect("RCPT");
+            let _ = c.command("QUIT");
+            reply
+        };
+        let deferred = rcpt(first);
+        assert_eq!(
+            (deferred.code, &deferred.text()[..5]),
+            (450, "4.7.1"),
+            "{deferred:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(rcpt(other).code, 450, "another /64 is a new triplet");
+        assert_eq!(rcpt(retry).code, 250, "the same /64 retried");
+        ravelin.wait_for_event("greylist", WAIT, |e| {
+            e["decision"] == "pass" && e["client"] == retry
+        });
+    });
+}
+
 /// IPv6 networks in the screen's files: a client in a blocked /48 is refused at connect with
 /// `554 5.7.1` (even inside an allowed /32), one of the neighbouring /48 is served at once
 /// (the allow file spares it the greet wait).
 #[test]
 fn screen_files_hold_ipv6_networks() {
-    if !root() {
-        return;
-    }
     let blocked = "2001:db8:bad::7";
     let allowed = "2001:db8:bad1::7";
     in_namespace(&[blocked, allowed], || {
@@ -250,7 +312,7 @@ fn screen_files_hold_ipv6_networks() {
         fs::write(&allow, "2001:db8::/32\n").expect("write the allow file");
         fs::write(&block, "# a hostile network\n2001:db8:bad::/48\n").expect("write");
         let ravelin = start(
-            RavelinConfig::inbound(SocketAddr::new(parse_ip("127.0.0.1"), 9))
+            RavelinConfig::inbound(NO_BACKEND.parse().expect("address"))
                 .set(
                     "screen",
                     &format!("allow_file = {}", toml_string(&allow.to_string_lossy())),
@@ -283,9 +345,6 @@ fn screen_files_hold_ipv6_networks() {
 /// line names `[198.51.100.5]`, and the log names 198.51.100.5.
 #[test]
 fn a_dual_stack_listener_treats_ipv4_clients_as_ipv4() {
-    if !root() {
-        return;
-    }
     let client = "198.51.100.5";
     in_namespace(&[client], || {
         let dns = TestDnsServer::start(&[
