@@ -34,6 +34,8 @@ DEB_PACKAGES+=(dovecot-imapd dovecot-pop3d)
 DEB_PACKAGES+=(postfix-policyd-spf-python opendkim opendmarc publicsuffix)
 # Headless browser for the HTML report test (tests/audit.rs); started per test, no service.
 DEB_PACKAGES+=(chromium)
+# ip(8): the network namespace of the IPv6 end-to-end tests (crates/ravelin/tests/ipv6.rs).
+DEB_PACKAGES+=(iproute2)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }

@@ -10,6 +10,11 @@
 //! (supplementary groups cleared, group then user), after handing it the spool directory. If
 //! the account does not exist, start-up fails with a message naming the setting. Nothing
 //! listens that is not configured.
+//!
+//! A listener on the IPv6 wildcard (`[::]:25`) is dual-stack on Linux (`net.ipv6.bindv6only`
+//! is 0 by default): the kernel reports its IPv4 clients as `::ffff:a.b.c.d`. The accept loop
+//! turns such a peer address back into the IPv4 address it is, so that the session, SPF
+//! (`a`, `mx`, `%{i}`), the Received line, the logs and the state all see one IPv4 client.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::session::{self, SessionSettings, Shared};
+use crate::state::canonical_ip;
 
 /// A bound listener and the settings of its sessions.
 pub struct Bound {
@@ -68,6 +74,7 @@ pub async fn accept_loop(bound: Bound, shared: Shared, tracker: TaskTracker) {
                 continue;
             }
         };
+        let peer = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
         let _ = tcp.set_nodelay(true);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
