@@ -11,10 +11,20 @@ PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 
 
 def free_port():
-    """A TCP port of 127.0.0.1 free at the time of asking."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port of 127.0.0.1 free at the time of asking, below the kernel's ephemeral range
+    (32768 and up by default): a port the kernel hands out could later be the local port of an
+    outgoing connection (a relay's to the sink) and make the listener's bind fail."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(10000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    sys.exit("no free port of 127.0.0.1 between 10000 and 32767")
 
 
 def wait_port(port, who, timeout=30):

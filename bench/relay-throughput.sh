@@ -112,11 +112,13 @@ listening() {
         END { exit !f }' /proc/net/tcp
 }
 
-# free_port: a port on 127.0.0.1 with nothing listening.
+# free_port: a port on 127.0.0.1 with nothing listening, below the kernel's ephemeral range
+# (32768 and up by default), where the relays' own outgoing connections could hold it and make
+# a later bind fail with "Address already in use".
 free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % 22000))
         listening "$p" || { echo "$p"; return 0; }
     done
     die "no free port found"

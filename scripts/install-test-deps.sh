@@ -8,7 +8,8 @@
 # - redis-server: the shared state store of the cluster tests.
 # - slapd (preseeded to create no database) and ldap-utils: LDAP for AUTH and recipients.
 # - unbound, nsd, ldnsutils (ldns-keygen, ldns-signzone): DNSSEC test zones for DANE.
-# - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks.
+# - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks, and
+#   (dovecot-core) the SASL server of the Postfix that offers AUTH before TLS.
 # - chromium: headless browser that opens the auditor's HTML report (DOM dump, screenshot).
 # The system instances of all of them are stopped and disabled: every test starts its own
 # on a high loopback port.
@@ -29,8 +30,12 @@ DEB_PACKAGES+=(redis-server)
 DEB_PACKAGES+=(slapd ldap-utils)
 DEB_PACKAGES+=(unbound ldnsutils nsd)
 DEB_PACKAGES+=(dovecot-imapd dovecot-pop3d)
+# The Postfix sender-authentication stack of bench/inbound-checks.py.
+DEB_PACKAGES+=(postfix-policyd-spf-python opendkim opendmarc publicsuffix)
 # Headless browser for the HTML report test (tests/audit.rs); started per test, no service.
 DEB_PACKAGES+=(chromium)
+# ip(8): the network namespace of the IPv6 end-to-end tests (crates/ravelin/tests/ipv6.rs).
+DEB_PACKAGES+=(iproute2)
 
 say() { echo "install-test-deps: $*"; }
 die() { echo "install-test-deps: error: $*" >&2; exit 1; }
@@ -117,6 +122,8 @@ quiet_system_services() {
     quiet_system unbound /run/unbound.pid /run/unbound/unbound.pid
     quiet_system nsd /run/nsd.pid /run/nsd/nsd.pid
     quiet_system dovecot /run/dovecot/master.pid
+    quiet_system opendkim /run/opendkim/opendkim.pid
+    quiet_system opendmarc /run/opendmarc/opendmarc.pid
 }
 
 install_venv() {

@@ -34,3 +34,24 @@ pub mod target;
 pub mod tls;
 
 pub use finding::{Finding, Report, Severity, Status, TargetReport};
+pub use smtp::CheckInfo;
+
+/// Every registered check: the DNS and reputation, SMTP, TLS, ports and Postfix-linter
+/// registries in that order. The per-sequence smuggling ids are [`smtp::smuggling_ids`];
+/// [`check_ids`] lists them too.
+pub fn registry() -> impl Iterator<Item = &'static CheckInfo> {
+    dns::CHECKS
+        .iter()
+        .chain(smtp::CHECKS)
+        .chain(tls::CHECKS)
+        .chain(ports::CHECKS)
+        .chain(local::postfix::CHECKS)
+}
+
+/// Every check id a finding can carry: [`registry`] and the smuggling sequence ids.
+pub fn check_ids() -> Vec<String> {
+    registry()
+        .map(|c| c.id.to_string())
+        .chain(smtp::smuggling_ids())
+        .collect()
+}

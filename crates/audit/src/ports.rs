@@ -30,6 +30,12 @@ use tokio::time::timeout;
 
 use crate::finding::{Finding, Severity, Status};
 
+/// The one check id of this module.
+pub const CHECKS: &[crate::smtp::CheckInfo] = &[crate::smtp::CheckInfo {
+    id: "ports.exposed",
+    description: "Only the mail ports the host needs answer, and POP3 / IMAP take no clear-text login before STARTTLS.",
+}];
+
 /// Longest protocol line read.
 pub const MAX_LINE: usize = 4096;
 /// Most lines of one POP3 CAPA or IMAP CAPABILITY answer.

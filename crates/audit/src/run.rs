@@ -1,23 +1,25 @@
 //! Running an audit over many targets: resolution, concurrency, politeness, one report.
 //!
 //! [`audit`] resolves each target to its endpoints and runs the check families on each:
-//! a host target gets the SMTP checks on each address; a domain target gets its DNS checks
-//! ([`crate::dns`]), and every address of every MX host gets the SMTP checks, the TLS checks
-//! ([`crate::tls`], then `tls.consistency` across them) and the per-address DNS checks
-//! (`dns.ptr`, `reputation.dnsbl`, `dns.dane`). With [`AuditOptions::dns_only`] a domain gets
-//! its DNS checks and the lookups of its MX addresses that need no connection (`dns.ptr`
-//! without the banner comparison, `reputation.dnsbl`): nothing connects to a mail host.
-//! One [`Resolver`] serves the whole run:
-//! `--nameserver`, or the system's resolvers. Targets run
+//! a host target gets the SMTP and TLS checks ([`crate::tls`]) on each address, then
+//! `tls.consistency` across them; a domain target gets its DNS checks ([`crate::dns`]), and
+//! every address of every MX host gets the same SMTP and TLS checks plus the per-address DNS
+//! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`) and, once per address, `ports.exposed`
+//! ([`crate::ports`]: which other mail ports answer, clear-text POP3 / IMAP logins). With
+//! [`AuditOptions::dns_only`] a domain gets its DNS checks and the lookups of its MX addresses
+//! that need no connection (`dns.ptr` without the banner comparison, `reputation.dnsbl`):
+//! nothing connects to a mail host. One [`Resolver`] serves the whole run: `--nameserver`, or
+//! the system's resolvers. Targets run
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
 //! endpoint audits of the same mail host (IP address) at the same time, whatever the
 //! concurrency: several targets naming the same server are audited one after the other.
 //! An MX endpoint (host name, address, port) shared by several domains of the run — the
 //! customers of one hosting provider — is audited once: its server checks
-//! ([`smtp::audit_host`]), TLS checks and per-address DNS checks are run by the first domain
-//! that reaches it and copied into the report of every other; only the checks that name the
-//! domain ([`smtp::audit_domain_checks`]: recipients, relay, smuggling) run for each domain.
-//! The shared results are kept for the whole run (one entry per distinct endpoint).
+//! ([`smtp::audit_host`]), TLS checks, per-address DNS checks and `ports.exposed` are run by
+//! the first domain that reaches it and copied into the report of every other; only the
+//! checks that name the domain ([`smtp::audit_domain_checks`]: recipients, relay, smuggling)
+//! run for each domain. The shared results are kept for the whole run (one entry per
+//! distinct endpoint and per distinct address).
 //! The report lists the targets in the order given; `on_done` is called as each target
 //! finishes (for a progress bar).
 //!
@@ -35,6 +37,7 @@ use tokio::sync::Semaphore;
 
 use crate::dns::{self, DnsCtx, DnsOptions};
 use crate::finding::{Finding, Report, Severity, Status, TargetReport};
+use crate::ports;
 use crate::smtp::{self, SmtpOptions};
 use crate::target::{self, Endpoint, Role, Target};
 use crate::tls::{self, TlsMode, TlsOptions, TlsTarget};
@@ -128,11 +131,27 @@ impl SharedEndpoints {
     }
 }
 
+/// `ports.exposed` of each MX address (scanned under the name of the first MX host seen
+/// there), shared by every domain of the run.
+#[derive(Default)]
+struct SharedPorts(Mutex<HashMap<(String, IpAddr), Arc<tokio::sync::OnceCell<Vec<Finding>>>>>);
+
+impl SharedPorts {
+    fn get(&self, host: &str, ip: IpAddr) -> Arc<tokio::sync::OnceCell<Vec<Finding>>> {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry((host.to_string(), ip)).or_default().clone()
+    }
+}
+
 /// The state the targets of one run share.
 #[derive(Default)]
 struct Shared {
     locks: HostLocks,
     endpoints: SharedEndpoints,
+    ports: SharedPorts,
 }
 
 /// Audits every target and returns the report; `on_done` is called once per finished target.
@@ -197,14 +216,49 @@ async fn audit_target(
         endpoints: endpoints.iter().map(Endpoint::to_string).collect(),
         findings: Vec::new(),
     };
+    let mut summaries = Vec::new();
     for endpoint in &endpoints {
         let lock = locks.get(endpoint.addr.ip());
         let _held = lock.lock().await;
+        let findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
+        let tls_report = if reachable(&findings) {
+            Some(tls_checks(endpoint, options).await)
+        } else {
+            None
+        };
+        report.findings.extend(findings);
+        if let Some(tls_report) = tls_report {
+            report.findings.extend(tls_report.findings);
+            summaries.push(tls_report.summary);
+        }
+    }
+    if !summaries.is_empty() {
         report
             .findings
-            .extend(smtp::audit_endpoint(endpoint, &options.smtp).await);
+            .push(tls::consistency(&report.target, &summaries));
     }
     report
+}
+
+/// The TLS checks of an endpoint that answered SMTP (STARTTLS on port 25 and submission,
+/// implicit TLS on submissions). The summary feeds `tls.consistency`.
+async fn tls_checks(endpoint: &Endpoint, options: &AuditOptions) -> tls::EndpointReport {
+    let tls_target = TlsTarget {
+        host: endpoint.host(),
+        addr: endpoint.addr,
+        mode: match endpoint.role {
+            Role::Submissions => TlsMode::Implicit,
+            Role::Mx | Role::Submission => TlsMode::StartTls,
+        },
+    };
+    tls::audit_endpoint_async(tls_target, options.tls.clone()).await
+}
+
+/// Whether the SMTP checks reached the endpoint at all.
+fn reachable(findings: &[Finding]) -> bool {
+    !findings
+        .iter()
+        .any(|f| f.id == "smtp.connect" && f.status == Status::Error)
 }
 
 /// A domain: its DNS checks, then every address of every MX host.
@@ -254,6 +308,9 @@ async fn audit_domain(
         }
         report.findings.extend(seen.dns.iter().cloned());
     }
+    report
+        .findings
+        .extend(exposed_ports(&endpoints, shared).await);
     if !summaries.is_empty() {
         report.findings.push(tls::consistency(domain, &summaries));
     }
@@ -324,20 +381,38 @@ async fn audit_mx_endpoint(
     let host = smtp::audit_host(endpoint, &options.smtp).await;
     let reachable = host.reachable();
     let tls = if reachable {
-        let tls_target = TlsTarget {
-            host: endpoint.host(),
-            addr: endpoint.addr,
-            mode: match endpoint.role {
-                Role::Submissions => TlsMode::Implicit,
-                Role::Mx | Role::Submission => TlsMode::StartTls,
-            },
-        };
-        Some(tls::audit_endpoint_async(tls_target, options.tls.clone()).await)
+        Some(tls_checks(endpoint, options).await)
     } else {
         None
     };
     let dns = dns::audit_endpoint(ctx, endpoint, reachable, &options.smtp, &options.tls).await;
     SharedEndpoint { host, tls, dns }
+}
+
+/// `ports.exposed` for every address of the MX hosts, once each per run: which of the mail
+/// ports ([`ports::MAIL_PORTS`]) answer, and whether POP3 / IMAP take clear-text logins.
+async fn exposed_ports(endpoints: &[Endpoint], shared: &Shared) -> Vec<Finding> {
+    let mut done: Vec<IpAddr> = Vec::new();
+    let mut findings = Vec::new();
+    for endpoint in endpoints {
+        let ip = endpoint.addr.ip();
+        if done.contains(&ip) {
+            continue;
+        }
+        done.push(ip);
+        let host = endpoint.host();
+        let cell = shared.ports.get(&host, ip);
+        let found = cell
+            .get_or_init(|| async {
+                let lock = shared.locks.get(ip);
+                let _held = lock.lock().await;
+                ports::scan_ports(&host, ip, ports::MAIL_PORTS, &ports::PortOptions::default())
+                    .await
+            })
+            .await;
+        findings.extend(found.iter().cloned());
+    }
+    findings
 }
 
 fn unresolved(target: String, why: String) -> TargetReport {

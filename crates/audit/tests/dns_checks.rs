@@ -102,6 +102,13 @@ _dmarc.dmarc-weak TXT "v=DMARC1; p=reject; sp=none; pct=50; t=y; rua=mailto:agg@
 _dmarc.dmarc-syntax TXT "v=DMARC1; p=sometimes"
 _dmarc.dmarc-two  TXT "v=DMARC1; p=reject"
 _dmarc.dmarc-two  TXT "v=DMARC1; p=none"
+; Organisations by the tree walk, without the Public Suffix List: psl-like.example has no
+; record (like co.uk, its children are separate organisations); psd-zone.example says so with
+; psd=y; own-reports.example sends reports to its own subdomain.
+_dmarc.shop.psl-like TXT "v=DMARC1; p=reject; rua=mailto:agg@reports.psl-like.example"
+_dmarc.psd-zone   TXT "v=DMARC1; p=reject; psd=y"
+_dmarc.shop.psd-zone TXT "v=DMARC1; p=reject; rua=mailto:agg@other.psd-zone.example"
+_dmarc.own-reports TXT "v=DMARC1; p=reject; rua=mailto:d@reports.own-reports.example"
 
 ; --- dns.dkim -----------------------------------------------------------------
 default._domainkey.dkim-short TXT {dkim_1024}
@@ -416,6 +423,27 @@ async fn dmarc_records() {
         "dns.dmarc",
         Status::Fail,
         "several DMARC records",
+    );
+    // Report addresses in a sibling under a public suffix belong to another organisation and
+    // need its authorisation; a subdomain of the organisation's own does not.
+    for (domain, dest) in [
+        ("shop.psl-like.example", "reports.psl-like.example"),
+        ("shop.psd-zone.example", "other.psd-zone.example"),
+    ] {
+        let f = check(domain).await;
+        expect(
+            &f,
+            "dns.dmarc",
+            Status::Warn,
+            &format!("{domain}._report._dmarc.{dest}"),
+        );
+        assert_eq!(f.severity, Severity::Low, "{f:#?}");
+    }
+    expect(
+        &check("own-reports.example").await,
+        "dns.dmarc",
+        Status::Pass,
+        "rua=mailto:d@reports.own-reports.example",
     );
 }
 

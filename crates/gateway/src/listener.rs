@@ -3,12 +3,18 @@
 //! Each `[[listen]]` entry becomes one accept loop. A listener holds at most
 //! `max_connections` sessions; the next client gets `421 4.7.0` and is closed, so an overload
 //! costs a few bytes, not a task. Accept errors (for example running out of file descriptors)
-//! are logged and retried after a short pause instead of ending the listener.
+//! are logged and retried after a short pause instead of ending the listener. The kernel's
+//! queue of connections not yet accepted holds [`LISTEN_BACKLOG`].
 //!
 //! Started as root, the process binds every port first and then becomes `server.user`
 //! (supplementary groups cleared, group then user), after handing it the spool directory. If
 //! the account does not exist, start-up fails with a message naming the setting. Nothing
 //! listens that is not configured.
+//!
+//! A listener on the IPv6 wildcard (`[::]:25`) is dual-stack on Linux (`net.ipv6.bindv6only`
+//! is 0 by default): the kernel reports its IPv4 clients as `::ffff:a.b.c.d`. The accept loop
+//! turns such a peer address back into the IPv4 address it is, so that the session, SPF
+//! (`a`, `mx`, `%{i}`), the Received line, the logs and the state all see one IPv4 client.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::session::{self, SessionSettings, Shared};
+use crate::state::canonical_ip;
 
 /// A bound listener and the settings of its sessions.
 pub struct Bound {
@@ -30,11 +37,24 @@ pub struct Bound {
     pub max_connections: usize,
 }
 
-/// Binds one address (SO_REUSEADDR, as std does on Unix).
+/// Connections the kernel completes and queues before the accept loop takes them (capped by
+/// `net.core.somaxconn`). std's 128 overflows when a crowd connects at once: the kernel then
+/// drops SYNs and every client dropped waits a second to retry.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds one address (SO_REUSEADDR, as std does on Unix) with a [`LISTEN_BACKLOG`] queue.
 pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(address)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Accepts connections until shutdown; sessions run on `tracker`.
@@ -54,6 +74,7 @@ pub async fn accept_loop(bound: Bound, shared: Shared, tracker: TaskTracker) {
                 continue;
             }
         };
+        let peer = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
         let _ = tcp.set_nodelay(true);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -136,4 +157,30 @@ fn chown_tree(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crowd connecting at once is queued by the kernel, not dropped: 600 connections that
+    /// nobody accepts yet all complete (with std's queue of 128 the 129th would hang). The
+    /// kernel caps the queue at net.core.somaxconn; the crowd stays below it.
+    #[test]
+    fn the_accept_queue_holds_a_crowd() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(128);
+        let crowd = somaxconn.min(600);
+        let listener = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let clients: Vec<std::net::TcpStream> = (0..crowd)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(clients.len(), crowd);
+    }
 }

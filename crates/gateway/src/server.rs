@@ -298,6 +298,7 @@ impl Gateway {
                 received_client: config.inbound.received_client && !l.kind.is_outbound(),
                 command_timeout: config.limits.command_timeout.0,
                 data_timeout: config.limits.data_timeout.0,
+                min_data_rate: config.limits.min_data_rate,
                 session_timeout: config.limits.session_timeout.0,
                 kind: l.kind,
                 auth: authenticator.clone().filter(|_| submission(l.kind)),

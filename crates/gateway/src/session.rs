@@ -26,8 +26,10 @@
 //! fsync error answers `452 4.3.1` and leaves nothing behind; a header the cleanup refuses
 //! answers `550 5.6.0` (malformed) or `552 5.3.4` (over a limit) at the end of the data.
 //!
-//! Timeouts: `limits.command_timeout` for each read between commands, `limits.data_timeout`
-//! during DATA, `limits.session_timeout` for the whole connection; on expiry the client gets
+//! Timeouts: `limits.command_timeout` for each whole command (from the previous reply to the
+//! end of the command line, however it is dripped), `limits.data_timeout` for the message
+//! data, pushed back by each chunk as far as `limits.min_data_rate` allows (a client that
+//! drips its message runs out of time), `limits.session_timeout` for the whole connection; on expiry the client gets
 //! `421 4.4.2`. On shutdown the session finishes a transaction in progress and answers the
 //! next command with `421 4.3.2`. Every log line carries the session id, and the queue id once
 //! one exists. Nothing here panics on client input; I/O errors end the session.
@@ -83,6 +85,8 @@ pub struct SessionSettings {
     pub received_client: bool,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Bytes per second of message data that keep a DATA phase going (0: off).
+    pub min_data_rate: u64,
     pub session_timeout: Duration,
     /// What the listener is for: relay control, AUTH and the direction of its mail follow.
     pub kind: ListenKind,
@@ -291,6 +295,13 @@ impl Session<'_> {
         let mut buf = vec![0u8; COMMAND_READ_BUF];
         let mut shutdown = self.shared.shutdown.clone();
         let mut close_reason: Option<CloseReason> = None;
+        // When the command being waited for must be complete: set when the wait begins, kept
+        // across partial reads, cleared by each reply. A client that drips a byte at a time
+        // cannot stretch one command past command_timeout.
+        let mut command_deadline: Option<Instant> = None;
+        // When the message data must be complete, unless more of it arrives: each chunk pushes
+        // it by size / min_data_rate, never past data_timeout from now.
+        let mut data_deadline: Option<Instant> = None;
         loop {
             let mut starttls = false;
             while let Some(ev) = wire.poll() {
@@ -329,6 +340,7 @@ impl Session<'_> {
                     Ok(Err(e)) => return self.end(&format!("write error: {e}")),
                     Err(_) => return self.end("write timeout"),
                 }
+                command_deadline = None;
             }
             if let Some(r) = close_reason {
                 let _ = timeout(Duration::from_secs(5), conn.shutdown()).await;
@@ -349,20 +361,32 @@ impl Session<'_> {
                 wire.tls_established();
                 continue;
             }
-            let (per_read, buf_size) = if wire.in_data() {
-                (self.settings.data_timeout, DATA_READ_BUF)
+            let in_data = wire.in_data();
+            let (read_deadline, buf_size) = if in_data {
+                command_deadline = None;
+                let by = *data_deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.data_timeout);
+                (by, DATA_READ_BUF)
             } else {
-                (self.settings.command_timeout, COMMAND_READ_BUF)
+                data_deadline = None;
+                let by = *command_deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.command_timeout);
+                (by, COMMAND_READ_BUF)
             };
             if buf.len() != buf_size {
                 buf = vec![0u8; buf_size];
             }
-            let read_deadline = (Instant::now() + per_read).min(deadline);
+            let read_deadline = read_deadline.min(deadline);
             tokio::select! {
                 r = timeout_at(read_deadline, conn.read(&mut buf)) => match r {
                     Err(_) => wire.timeout(),
                     Ok(Ok(0)) => wire.eof(),
-                    Ok(Ok(n)) => wire.push_input(&buf[..n]),
+                    Ok(Ok(n)) => {
+                        if in_data {
+                            data_deadline = Some(self.data_credit(data_deadline, n));
+                        }
+                        wire.push_input(&buf[..n]);
+                    }
                     Ok(Err(e)) => {
                         info!(event = "read_error", session = %self.id, client = %self.peer.ip(), reason = %e);
                         wire.eof();
@@ -374,6 +398,20 @@ impl Session<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The DATA deadline after `n` more bytes arrived: `n / min_data_rate` seconds later,
+    /// never more than `data_timeout` from now (with `min_data_rate = 0`: `data_timeout` from
+    /// now, a timeout per read).
+    fn data_credit(&self, deadline: Option<Instant>, n: usize) -> Instant {
+        let now = Instant::now();
+        let cap = now + self.settings.data_timeout;
+        match (deadline, self.settings.min_data_rate) {
+            (Some(d), rate) if rate > 0 => {
+                (d + Duration::from_secs_f64(n as f64 / rate as f64)).min(cap)
+            }
+            _ => cap,
         }
     }
 

@@ -1,11 +1,12 @@
 //! `ravelin audit`: command-line glue around `ravelin_audit`.
 //!
-//! Reads the targets (arguments and `--targets-file`), runs the audit, renders the report in
+//! Reads the targets (arguments and `--targets-file`), runs the audit, adds the lint of each
+//! `--postfix-config` directory as a target of its own, renders the report in
 //! the chosen format to stdout or `--output`, and sets the exit code: 0 clean, 1 a failed or
 //! warned finding at or above `--fail-on` (default high), 2 usage error (bad flag, bad target,
 //! unreadable targets file, no target), 3 the audit could not run (a target that did not
-//! resolve, could not be reached at all or whose every DNS lookup failed, or the report could
-//! not be written) — 1 wins over 3.
+//! resolve, could not be reached at all or whose every DNS lookup failed, a Postfix directory
+//! without a readable main.cf, or the report could not be written) — 1 wins over 3.
 //!
 //! `--dns-only` accepts domain targets only (a host target is a usage error): a host has no
 //! DNS checks of its own.
@@ -23,6 +24,8 @@ use std::time::Duration;
 use clap::Args;
 use ravelin_audit::Severity;
 use ravelin_audit::dns::DnsOptions;
+use ravelin_audit::finding::TargetReport;
+use ravelin_audit::local::lint_postfix_config;
 use ravelin_audit::render::{self, Format};
 use ravelin_audit::run::{self, AuditOptions, NameService};
 use ravelin_audit::smtp::SmtpOptions;
@@ -93,6 +96,10 @@ pub struct AuditArgs {
     /// Read more targets from FILE, one per line ('#' starts a comment).
     #[arg(long, value_name = "FILE")]
     targets_file: Option<PathBuf>,
+    /// Also lint the Postfix configuration in DIR (main.cf and master.cf, e.g. /etc/postfix),
+    /// from the inside (repeatable; needs no other target).
+    #[arg(long, value_name = "DIR")]
+    postfix_config: Vec<PathBuf>,
     /// The name to give in EHLO.
     #[arg(long, default_value = "audit.ravelin.invalid", value_name = "NAME")]
     helo: String,
@@ -143,8 +150,8 @@ pub fn run(args: AuditArgs) -> ExitCode {
             Err(e) => return usage(&e),
         }
     }
-    if specs.is_empty() {
-        return usage("no target given (arguments or --targets-file)");
+    if specs.is_empty() && args.postfix_config.is_empty() {
+        return usage("no target given (arguments, --targets-file or --postfix-config)");
     }
     if specs.len() > MAX_TARGETS {
         return usage(&format!("more than {MAX_TARGETS} targets"));
@@ -260,7 +267,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
         bar
     });
     let progress = bar.clone();
-    let report = runtime.block_on(run::audit(targets, options, move |t| {
+    let mut report = runtime.block_on(run::audit(targets, options, move |t| {
         if let Some(bar) = &progress {
             bar.set_message(t.target.clone());
             bar.inc(1);
@@ -268,6 +275,13 @@ pub fn run(args: AuditArgs) -> ExitCode {
     }));
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    for dir in &args.postfix_config {
+        report.targets.push(TargetReport {
+            target: format!("postfix:{}", dir.display()),
+            endpoints: vec![dir.join("main.cf").display().to_string()],
+            findings: lint_postfix_config(dir),
+        });
     }
 
     let color = format == Format::Text

@@ -8,10 +8,12 @@
 //! Redis, the same shared data either way). Exit codes: 0 done, 1 the store could not be
 //! reached or the request was refused, 2 usage error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+
+use crate::AdminOpts;
 use ravelin_gateway::config::{Cidr, Config, HumanDuration, StoreUrl};
 use ravelin_gateway::state::admin::{self, Request, Response};
 use ravelin_gateway::state::{Ban, BanReason, Bans, Store};
@@ -20,10 +22,8 @@ use ravelin_gateway::state::{Ban, BanReason, Bans, Store};
 pub enum BanAction {
     /// List the bans in force: target, reason, expiry, count.
     List {
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Ban an address or a network (CIDR).
     Add {
@@ -37,18 +37,14 @@ pub enum BanAction {
         /// duration, doubled for repeat offenders).
         #[arg(long)]
         duration: Option<String>,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Lift the ban of an address or network (exactly as listed).
     Remove {
         target: String,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
 }
 
@@ -73,7 +69,9 @@ pub fn run(action: BanAction) -> ExitCode {
 
 fn run_inner(action: BanAction) -> Result<ExitCode, ExitCode> {
     let (config_path, json, request) = match action {
-        BanAction::List { config, json } => (
+        BanAction::List {
+            opts: AdminOpts { config, json },
+        } => (
             config,
             json,
             Request::BanList {
@@ -84,8 +82,7 @@ fn run_inner(action: BanAction) -> Result<ExitCode, ExitCode> {
             target,
             reason,
             duration,
-            config,
-            json,
+            opts: AdminOpts { config, json },
         } => {
             let target = parse_target(&target)?;
             let reason: BanReason = reason.parse().map_err(usage)?;
@@ -113,8 +110,7 @@ fn run_inner(action: BanAction) -> Result<ExitCode, ExitCode> {
         }
         BanAction::Remove {
             target,
-            config,
-            json,
+            opts: AdminOpts { config, json },
         } => {
             let target = parse_target(&target)?;
             (config, json, Request::BanRemove { target })

@@ -5,7 +5,9 @@
 //! set of attackers against it: a pregreet talker, open-relay tricks, SMTP smuggling, VRFY /
 //! EXPN harvesting, an oversized message, a bare-LF command and unauthorised pipelining. It
 //! prints what the gateway answered, checks that only the legitimate message reached the sink,
-//! and exits 1 if anything behaved otherwise. The spool lives in a temporary directory that is
+//! then audits the gateway with `ravelin audit --active` and shows every finding a loopback
+//! demo cannot pass with its reason. It exits 1 if anything behaved otherwise (an attack let
+//! through, good mail refused, an unexplained audit finding, mail delivered by the audit). The spool lives in a temporary directory that is
 //! removed at the end.
 
 use std::net::SocketAddr;
@@ -13,6 +15,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ravelin_audit::run::{self, AuditOptions};
+use ravelin_audit::target::{Target, TargetDefaults};
+use ravelin_audit::{Finding, Severity, Status};
 use ravelin_gateway::config::Config;
 use ravelin_gateway::server::Gateway;
 use ravelin_wire::ReplyParser;
@@ -284,6 +289,12 @@ nameservers = ["127.0.0.1:9"]
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let findings = self_audit(addr).await;
+    let after_audit = inbox.lock().map(|i| i.len()).unwrap_or_default();
+    let audit_ok = after_audit == delivered.len()
+        && findings
+            .iter()
+            .all(|f| !is_problem(f) || loopback_reason(&f.id).is_some());
     gateway.shutdown(Duration::from_secs(5)).await;
     let legit = delivered
         .iter()
@@ -294,7 +305,7 @@ nameservers = ["127.0.0.1:9"]
         .filter(|m| contains(m, b"SMUGGLED"))
         .count();
     let delivery_ok = legit == 1 && smuggled == 0 && delivered.len() == 1;
-    all_ok &= delivery_ok;
+    all_ok &= delivery_ok && audit_ok;
 
     if json {
         let scenarios: Vec<_> = rows
@@ -303,7 +314,13 @@ nameservers = ["127.0.0.1:9"]
                 serde_json::json!({"scenario": name, "attack": attack, "expected": expect, "code": code, "reply": text, "ok": ok})
             })
             .collect();
-        let v = serde_json::json!({"scenarios": scenarios, "delivered_to_backend": delivered.len(), "smuggled_delivered": smuggled, "ok": all_ok});
+        let audit: Vec<_> = findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({"id": f.id, "status": f.status.as_str(), "severity": f.severity.as_str(), "title": f.title, "evidence": f.evidence, "expected_on_loopback": loopback_reason(&f.id).filter(|_| is_problem(f))})
+            })
+            .collect();
+        let v = serde_json::json!({"scenarios": scenarios, "delivered_to_backend": delivered.len(), "smuggled_delivered": smuggled, "self_audit": {"findings": audit, "delivered_by_audit": after_audit - delivered.len(), "ok": audit_ok}, "ok": all_ok});
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(all_ok);
     }
@@ -325,10 +342,14 @@ nameservers = ["127.0.0.1:9"]
     }
     println!("{}", "-".repeat(110));
     println!(
-        "Backend received {} message(s): {} legitimate, {} smuggled.  {}",
+        "Backend received {} message(s): {} legitimate, {} smuggled.",
         delivered.len(),
         legit,
         smuggled,
+    );
+    print_self_audit(addr, &findings, after_audit - delivered.len());
+    println!(
+        "\n{}",
         if all_ok {
             "Every attack was stopped and the good mail went through."
         } else {
@@ -336,6 +357,77 @@ nameservers = ["127.0.0.1:9"]
         }
     );
     Ok(all_ok)
+}
+
+/// Audits the demo gateway as `ravelin audit --active demo.example@ADDR` would, offline: the
+/// target is an address, so no DNS is needed.
+async fn self_audit(addr: SocketAddr) -> Vec<Finding> {
+    let target = match Target::parse(
+        &format!("demo.example@{addr}"),
+        TargetDefaults { smtp_port: 25 },
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![Finding::new(
+                "demo.self_audit",
+                Status::Error,
+                Severity::High,
+                addr.to_string(),
+                "The demo could not audit itself",
+                e,
+            )];
+        }
+    };
+    let mut options = AuditOptions::default();
+    options.smtp.active = true;
+    options.smtp.smuggling_wait = Duration::from_secs(2);
+    let report = run::audit(vec![target], options, |_| {}).await;
+    report
+        .targets
+        .into_iter()
+        .flat_map(|t| t.findings)
+        .collect()
+}
+
+fn is_problem(f: &Finding) -> bool {
+    matches!(f.status, Status::Fail | Status::Warn | Status::Error)
+}
+
+/// Why a finding is expected of a gateway on loopback with the demo's settings, if it is.
+fn loopback_reason(id: &str) -> Option<&'static str> {
+    Some(match id {
+        "tls.cert_chain" => {
+            "the demo makes a self-signed certificate; `[tls] certificate` takes a CA-signed one"
+        }
+        "smtp.catch_all" | "smtp.rcpt_enumeration" => {
+            "the demo has no recipient list; `[recipients]` (file, LDAP or callout) closes it"
+        }
+        _ => return None,
+    })
+}
+
+fn print_self_audit(addr: SocketAddr, findings: &[Finding], delivered: usize) {
+    let passed = findings.iter().filter(|f| f.status == Status::Pass).count();
+    println!(
+        "\nRavelin audits itself (ravelin audit --active demo.example@{addr}): {} checks, {passed} passed, {delivered} message(s) delivered by the audit.",
+        findings.len()
+    );
+    for f in findings.iter().filter(|f| is_problem(f)) {
+        let title: String = f.title.chars().take(70).collect();
+        match loopback_reason(&f.id) {
+            Some(why) => println!(
+                "  {:<5} {:<28} {title}\n        expected on loopback: {why}",
+                f.status.as_str(),
+                f.id
+            ),
+            None => println!(
+                "  {:<5} {:<28} {title}  UNEXPECTED\n        {}",
+                f.status.as_str(),
+                f.id,
+                f.evidence
+            ),
+        }
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -31,6 +31,18 @@ struct Cli {
 
 const DEFAULT_CONFIG: &str = "/etc/ravelin/ravelin.toml";
 
+/// The options of every command that works on a gateway's spool or state (queue,
+/// quarantine, ban).
+#[derive(clap::Args, Debug)]
+struct AdminOpts {
+    /// The gateway's configuration file (it names the spool and the state store).
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Print the result as JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.

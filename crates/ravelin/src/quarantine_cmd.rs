@@ -4,63 +4,62 @@
 //! returns. `release` sends a message on to the backend (a running gateway picks it up at its
 //! next queue scan, which the release asks to happen now); `delete` is final.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use ravelin_wire::date;
 
+use crate::AdminOpts;
 use crate::queue_cmd::{each, fail, header_of, open, parse_ids, print_json};
 
 #[derive(Subcommand)]
 pub enum QuarantineAction {
     /// List quarantined messages with the reason.
     List {
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Show one message: envelope, reason, verdict and headers.
     Show {
         id: String,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Release messages: they continue to the backend.
     Release {
         ids: Vec<String>,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Delete messages for good.
     Delete {
         ids: Vec<String>,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
 }
 
 pub fn run(action: QuarantineAction) -> ExitCode {
     let result = match action {
-        QuarantineAction::List { config, json } => list(&config, json),
-        QuarantineAction::Show { id, config, json } => show(&id, &config, json),
-        QuarantineAction::Release { ids, config, json } => {
-            each(&config, &ids, json, "released", |s, id| {
-                s.quarantine_release(id)
-            })
-        }
-        QuarantineAction::Delete { ids, config, json } => {
-            each(&config, &ids, json, "deleted", |s, id| {
-                s.quarantine_delete(id)
-            })
-        }
+        QuarantineAction::List {
+            opts: AdminOpts { config, json },
+        } => list(&config, json),
+        QuarantineAction::Show {
+            id,
+            opts: AdminOpts { config, json },
+        } => show(&id, &config, json),
+        QuarantineAction::Release {
+            ids,
+            opts: AdminOpts { config, json },
+        } => each(&config, &ids, json, "released", |s, id| {
+            s.quarantine_release(id)
+        }),
+        QuarantineAction::Delete {
+            ids,
+            opts: AdminOpts { config, json },
+        } => each(&config, &ids, json, "deleted", |s, id| {
+            s.quarantine_delete(id)
+        }),
     };
     result.unwrap_or_else(|code| code)
 }

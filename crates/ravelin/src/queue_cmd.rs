@@ -3,60 +3,49 @@
 //! it works whether or not the gateway runs; changes are durable before the command returns.
 //! `flush` asks a running gateway to retry deferred mail now.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use ravelin_gateway::spool::{QueueId, Spool};
 use ravelin_wire::date;
 
+use crate::AdminOpts;
+
 #[derive(Subcommand)]
 pub enum QueueAction {
     /// List queued and held messages.
     List {
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Show one message: envelope, delivery state and headers.
     Show {
         id: String,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Put messages on hold: they stay in the spool and are not delivered.
     Hold {
         ids: Vec<String>,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Release held messages for delivery.
     Release {
         ids: Vec<String>,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Delete messages for good (no bounce is sent).
     Delete {
         ids: Vec<String>,
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
     /// Ask the running gateway to retry all deferred messages now.
     Flush {
-        #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
 }
 
@@ -94,7 +83,9 @@ pub fn run(action: QueueAction) -> ExitCode {
 
 fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
     match action {
-        QueueAction::List { config, json } => {
+        QueueAction::List {
+            opts: AdminOpts { config, json },
+        } => {
             let spool = open(&config)?;
             let entries = spool.list().map_err(|e| fail(&e))?;
             if json {
@@ -135,7 +126,10 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        QueueAction::Show { id, config, json } => {
+        QueueAction::Show {
+            id,
+            opts: AdminOpts { config, json },
+        } => {
             let spool = open(&config)?;
             let id = parse_ids(std::slice::from_ref(&id))?.remove(0);
             let entry = spool
@@ -176,16 +170,21 @@ fn run_inner(action: QueueAction) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        QueueAction::Hold { ids, config, json } => {
-            each(&config, &ids, json, "held", |s, id| s.hold(id))
-        }
-        QueueAction::Release { ids, config, json } => {
-            each(&config, &ids, json, "released", |s, id| s.release(id))
-        }
-        QueueAction::Delete { ids, config, json } => {
-            each(&config, &ids, json, "deleted", |s, id| s.delete(id))
-        }
-        QueueAction::Flush { config, json } => {
+        QueueAction::Hold {
+            ids,
+            opts: AdminOpts { config, json },
+        } => each(&config, &ids, json, "held", |s, id| s.hold(id)),
+        QueueAction::Release {
+            ids,
+            opts: AdminOpts { config, json },
+        } => each(&config, &ids, json, "released", |s, id| s.release(id)),
+        QueueAction::Delete {
+            ids,
+            opts: AdminOpts { config, json },
+        } => each(&config, &ids, json, "deleted", |s, id| s.delete(id)),
+        QueueAction::Flush {
+            opts: AdminOpts { config, json },
+        } => {
             let spool = open(&config)?;
             spool.request_flush().map_err(|e| fail(&e))?;
             if json {

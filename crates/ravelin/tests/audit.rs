@@ -124,6 +124,30 @@ const HARDENED_MX: &[(&str, &str)] = &[
     ("smtp.rcpt_enumeration", "pass"),
 ];
 
+/// How many end-of-data sequences the smuggling checks try (one `smtp.smuggling.<sequence>`
+/// finding each).
+fn sequences() -> usize {
+    ravelin_audit::smtp::smuggling_ids().count()
+}
+
+/// The worlds of this file assert every SMTP check of the registry: a check added to
+/// `ravelin_audit::smtp::CHECKS` must be added to [`HARDENED_MX`] (and so to the weak,
+/// gateway and domain expectations built from it). `smtp.connect` is only reported when an
+/// endpoint cannot be reached, and `smtp.smuggling` stands for the per-sequence ids, each of
+/// which the tests expect a verdict for ([`sequences`]).
+#[test]
+fn hardened_mx_expectations_name_every_registered_smtp_check() {
+    let mut registered: Vec<&str> = ravelin_audit::smtp::CHECKS
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| !["smtp.connect", "smtp.smuggling"].contains(id))
+        .collect();
+    let mut expected: Vec<&str> = HARDENED_MX.iter().map(|(id, _)| *id).collect();
+    registered.sort();
+    expected.sort();
+    assert_eq!(expected, registered);
+}
+
 /// `base` with the statuses in `changes` replaced (each change must name a check of `base`).
 fn with<'a>(
     base: &[(&'a str, &'a str)],
@@ -259,7 +283,7 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
     }
     assert_eq!(
         vulnerable.len() + safe.len(),
-        11,
+        sequences(),
         "every sequence has a verdict"
     );
 
@@ -303,6 +327,72 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
     assert!(queued.is_empty(), "a relay test was queued: {queued:#?}");
 }
 
+/// A Postfix whose SASL server (Dovecot) offers AUTH before TLS, on the mail exchanger too,
+/// with ANONYMOUS and CRAM-MD5 among the mechanisms (`smtpd_sasl_security_options` empty),
+/// and whose greeting shows a clock an hour behind ours (as Exchange and Sendmail greetings
+/// carry the date): audited as a mail exchanger and as a submission port, the AUTH checks,
+/// the clock check and the plaintext-submission check fail on a real server.
+#[test]
+fn postfix_with_sasl_before_tls_and_a_slow_clock_fails_the_auth_checks() {
+    let sasl = DovecotSasl::start("plain login cram-md5 anonymous");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let hour_ago = ravelin_wire::date::rfc5322(now - 3600);
+    let postfix = Postfix::start(
+        PostfixOptions::backend(&["postmaster", "alice"])
+            .set(
+                "smtpd_banner",
+                &format!("$myhostname ESMTP ready at {hour_ago}"),
+            )
+            .set("smtpd_sasl_auth_enable", "yes")
+            .set("smtpd_sasl_type", "dovecot")
+            .set("smtpd_sasl_path", &sasl.socket.display().to_string())
+            .set("smtpd_sasl_security_options", "")
+            .set("smtpd_tls_auth_only", "no"),
+    );
+    let mx = format!("example.org@{}", postfix.addr);
+    let submission = format!("submission://example.org@{}", postfix.addr);
+    let a = Audit::run(&["--concurrency", "2", &mx, &submission]);
+    assert_eq!(a.exit, 1, "{:#}\n{}\n{}", a.report, a.stderr, sasl.log());
+    for target in 0..2 {
+        let before_tls = a.finding(target, "smtp.auth_before_tls");
+        assert_eq!(
+            (&before_tls["status"], &before_tls["severity"]),
+            (&Value::from("fail"), &Value::from("high")),
+            "{before_tls:#}"
+        );
+        let offered = a.evidence(target, "smtp.auth_before_tls");
+        for mechanism in ["PLAIN", "LOGIN", "CRAM-MD5", "ANONYMOUS"] {
+            assert!(offered.contains(mechanism), "{mechanism}: {offered}");
+        }
+        let mechanisms = a.finding(target, "smtp.auth_mechanisms");
+        assert_eq!(
+            (&mechanisms["status"], &mechanisms["severity"]),
+            (&Value::from("fail"), &Value::from("high")),
+            "ANONYMOUS lets anyone in: {mechanisms:#}"
+        );
+        let clock = a.finding(target, "smtp.clock_skew");
+        assert_eq!(clock["status"], "fail", "{clock:#}");
+        let skew = a.evidence(target, "smtp.clock_skew");
+        assert!(
+            skew.contains("greeting date") && skew.contains(&hour_ago),
+            "{skew}"
+        );
+        a.expect(target, &[("smtp.ntlm_info", "pass")]);
+    }
+    // The submission port takes a mail transaction in clear text.
+    a.expect(1, &[("smtp.plaintext_mail_accepted", "fail")]);
+    assert!(
+        a.evidence(1, "smtp.plaintext_mail_accepted")
+            .contains("RCPT TO:<postmaster@example.org> → 250"),
+        "{}",
+        a.evidence(1, "smtp.plaintext_mail_accepted")
+    );
+    assert!(postfix.messages().is_empty());
+}
+
 /// A hardened Postfix for example.org: STARTTLS with `files`, VRFY off, unauthorised
 /// pipelining refused, low error limits.
 fn hardened_options(files: &ravelin_tls::testing::TestPkiFiles) -> PostfixOptions {
@@ -326,7 +416,7 @@ fn hardened_postfix_passes_every_check() {
     let a = Audit::run(&["--active", "--smuggling-wait", "2", &target]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
     a.expect(0, HARDENED_MX);
-    assert_eq!(a.smuggling(0, "pass").len(), 11, "{:#}", a.report);
+    assert_eq!(a.smuggling(0, "pass").len(), sequences(), "{:#}", a.report);
     // STARTTLS worked through the probe (the EHLO inside TLS was read).
     assert!(
         a.evidence(0, "smtp.auth_mechanisms")
@@ -345,11 +435,12 @@ fn hardened_postfix_passes_every_check() {
 
 /// The gateway with a certificate for STARTTLS, relaying to `sink`, with two listeners:
 /// "mx" (STARTTLS offered) and "secure" (`tls = "require"`: no mail before STARTTLS), which
-/// the tests audit as a submission port.
-fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
+/// the tests audit as a submission port; and the test CA's file for `--ca-file`.
+fn gateway(sink: SocketAddr, dir: &std::path::Path) -> (Ravelin, String) {
     let pki = ravelin_tls::testing::TestPki::new("mx.test.example").expect("test PKI");
     let files = pki.write_to(dir).expect("write the test PKI");
-    Ravelin::start(
+    let ca = files.ca.to_string_lossy().into_owned();
+    let ravelin = Ravelin::start(
         RavelinConfig::inbound(sink)
             .listener("secure", "inbound", "require")
             .extra(&format!(
@@ -357,10 +448,12 @@ fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
                 toml_string(&files.cert.to_string_lossy()),
                 toml_string(&files.key.to_string_lossy())
             )),
-    )
+    );
+    (ravelin, ca)
 }
 
-/// The gateway with its default settings audits clean. The one finding above info is
+/// The gateway with its default settings audits clean, TLS included (its certificate from the
+/// test CA, which the audit is told to trust). The one finding above info is
 /// `smtp.catch_all`: without a recipient list (static, LDAP or callout, none of which is
 /// configured by default) the gateway accepts every local part of its accepted domains, and
 /// the auditor rightly warns about it.
@@ -368,10 +461,12 @@ fn gateway(sink: SocketAddr, dir: &std::path::Path) -> Ravelin {
 fn ravelin_gateway_audits_clean() {
     let sink = SmtpSink::start();
     let dir = daemon_tempdir();
-    let ravelin = gateway(sink.addr, dir.path());
+    let (ravelin, ca) = gateway(sink.addr, dir.path());
     let mx = format!("example.org@{}", ravelin.listener("mx"));
     let submission = format!("submission://example.org@{}", ravelin.listener("secure"));
     let a = Audit::run(&[
+        "--ca-file",
+        &ca,
         "--active",
         "--smuggling-wait",
         "2",
@@ -382,7 +477,7 @@ fn ravelin_gateway_audits_clean() {
     ]);
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
     a.expect(0, &with(HARDENED_MX, &[("smtp.catch_all", "warn")]));
-    assert_eq!(a.smuggling(0, "pass").len(), 11, "{:#}", a.report);
+    assert_eq!(a.smuggling(0, "pass").len(), sequences(), "{:#}", a.report);
     for ending in ["lf-dot-lf", "cr-dot-cr"] {
         assert!(
             a.evidence(0, &format!("smtp.smuggling.{ending}"))
@@ -391,6 +486,21 @@ fn ravelin_gateway_audits_clean() {
         );
     }
     assert!(a.evidence(0, "smtp.size_limit").contains("SIZE 26214400"));
+    // The TLS checks of a host target, with the test CA trusted (--ca-file). Audited by
+    // address, the certificate's name cannot be checked: info, not a failure.
+    let tls = [
+        ("tls.starttls", "pass"),
+        ("tls.versions", "pass"),
+        ("tls.ciphers", "pass"),
+        ("tls.kex", "pass"),
+        ("tls.cert_chain", "pass"),
+        ("tls.cert_hostname", "info"),
+        ("tls.cert_key", "pass"),
+        ("tls.cert_signature", "pass"),
+        ("tls.cert_expiry", "pass"),
+    ];
+    a.expect(0, &tls);
+    a.expect(1, &tls);
     a.expect(
         1,
         &[
@@ -468,7 +578,7 @@ fn command_line_exit_codes_formats_and_targets_file() {
 
     let sink = SmtpSink::start();
     let dir = daemon_tempdir();
-    let ravelin = gateway(sink.addr, dir.path());
+    let (ravelin, _) = gateway(sink.addr, dir.path());
     let mx = ravelin.listener("mx").to_string();
 
     // A targets file with comments; the order of the report is the order given.
@@ -655,6 +765,35 @@ fn a_domain_is_audited_through_its_mx_host() {
     );
     // Per-address findings name the MX endpoint; domain findings name the domain.
     assert_eq!(a.finding(0, "dns.ptr")["endpoint"], endpoint.as_str());
+    // The MX address's other mail ports were scanned once: each answered port is a finding
+    // of its own, the others are listed in one finding; none of them failed to be tested.
+    let scanned: Vec<&Value> = a
+        .findings(0)
+        .iter()
+        .filter(|f| f["id"] == "ports.exposed")
+        .collect();
+    let host = format!("mx.example.org[{ip}]");
+    assert!(!scanned.is_empty(), "{:#}", a.report);
+    for f in &scanned {
+        let on = f["endpoint"].as_str().unwrap_or_default();
+        assert!(on.starts_with(&host), "{f:#}");
+        assert_ne!(f["status"], "error", "{f:#}");
+        if on == host {
+            assert_eq!(f["status"], "pass", "ports that do not answer: {f:#}");
+        }
+    }
+    let listed: usize = scanned
+        .iter()
+        .map(|f| match f["endpoint"].as_str() {
+            Some(e) if e == host => f["evidence"].as_str().unwrap_or("").split(", ").count(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(
+        listed,
+        ravelin_audit::ports::MAIL_PORTS.len(),
+        "every mail port has a verdict: {scanned:#?}"
+    );
     // The PTR name is forward-confirmed and is the name Postfix gives in its banner and EHLO.
     a.expect(0, &[("dns.ptr", "pass")]);
     assert!(
@@ -827,7 +966,7 @@ fn connections(ravelin: &Ravelin) -> usize {
 fn domains_sharing_an_mx_host_share_its_audit() {
     let sink = SmtpSink::start();
     let dir = daemon_tempdir();
-    let ravelin = gateway(sink.addr, dir.path());
+    let (ravelin, ca) = gateway(sink.addr, dir.path());
     let mx = ravelin.listener("mx");
     let zone = format!(
         "@ MX 10 mx\nshop MX 10 mx\nmx A {}\n@ TXT \"v=spf1 mx -all\"\n",
@@ -846,6 +985,8 @@ fn domains_sharing_an_mx_host_share_its_audit() {
             port.as_str(),
             "--dnsbl",
             "bl.example.org",
+            "--ca-file",
+            ca.as_str(),
             "--fail-on",
             "critical",
         ];
@@ -956,7 +1097,7 @@ fn sarif_output_validates_against_the_sarif_2_1_0_schema() {
     let sink = SmtpSink::start();
     let postfix = weak_postfix(sink.addr);
     let dir = daemon_tempdir();
-    let gw = gateway(sink.addr, dir.path());
+    let (gw, _) = gateway(sink.addr, dir.path());
     let weak = format!("example.org@{}", postfix.addr);
     let mx = gw.listener("mx").to_string();
     let closed = free_addr().to_string();
@@ -1116,4 +1257,49 @@ fn html_report_renders_in_headless_chromium() {
         std::fs::copy(&shot, repo_root().join(out)).expect("copy the screenshot");
     }
     assert!(postfix.messages().is_empty() && sink.messages().is_empty());
+}
+
+/// `--postfix-config DIR` lints a configuration from the inside, alone or next to remote
+/// targets: the weak fixture fails (exit 1) at the lines that decide, the hardened one passes,
+/// and a directory without main.cf cannot be audited (exit 3).
+#[test]
+fn postfix_config_is_linted_from_the_command_line() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../audit/tests/fixtures/postfix");
+    let weak = fixtures.join("weak");
+    let weak = weak.to_string_lossy();
+    let a = Audit::run(&["--postfix-config", &weak]);
+    assert_eq!(a.exit, 1, "{:#}\n{}", a.report, a.stderr);
+    assert_eq!(a.report["targets"][0]["target"], format!("postfix:{weak}"));
+    a.expect(
+        0,
+        &[
+            ("smtp.open_relay", "fail"),
+            ("postfix.mynetworks", "fail"),
+            ("smtp.vrfy", "fail"),
+        ],
+    );
+    assert!(
+        a.finding(0, "smtp.open_relay")["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("main.cf:10")),
+        "{:#}",
+        a.report
+    );
+    let hardened = fixtures.join("hardened");
+    let a = Audit::run(&["--postfix-config", &hardened.to_string_lossy()]);
+    assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
+    let problems: Vec<&Value> = a
+        .findings(0)
+        .iter()
+        .filter(|f| f["status"] == "fail" || f["status"] == "warn")
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let empty = daemon_tempdir();
+    let a = Audit::run(&["--postfix-config", &empty.path().to_string_lossy()]);
+    assert_eq!(a.exit, 3, "{:#}", a.report);
+    a.expect(0, &[("postfix.config", "error")]);
+    // Without any target at all it is a usage error.
+    let out = ravelin_cli(&["audit"], WAIT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }

@@ -32,6 +32,19 @@ const TLS_CHECKS: &[&str] = &[
     "tls.cert_expiry",
 ];
 
+/// [`TLS_CHECKS`] is the TLS registry less `tls.consistency` (a finding per target, not per
+/// endpoint, asserted on its own below): a check added to `ravelin_audit::tls::CHECKS` must be
+/// expected of every endpoint here.
+#[test]
+fn tls_expectations_name_every_registered_tls_check() {
+    let registered: Vec<&str> = tls::CHECKS
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| *id != "tls.consistency")
+        .collect();
+    assert_eq!(TLS_CHECKS, registered.as_slice());
+}
+
 /// Audits `addr` as `host`, trusting `ca_der` (and the public roots).
 fn audit(host: &str, addr: SocketAddr, mode: TlsMode, ca_der: Option<Vec<u8>>) -> EndpointReport {
     let options = TlsOptions {
@@ -164,7 +177,11 @@ fn sound_postfix_and_ravelin_serve_pass_every_check_alike() {
         "example.org",
         &[sound.summary.clone(), gateway.summary.clone()],
     );
-    assert_eq!(alike.status, Status::Pass, "{alike:#?}");
+    assert_eq!(
+        (alike.id.as_str(), alike.status),
+        ("tls.consistency", Status::Pass),
+        "{alike:#?}"
+    );
 }
 
 #[test]
@@ -314,8 +331,8 @@ fn legacy_postfix_fails_versions_ciphers_and_key_exchange() {
         &[legacy.summary.clone(), gateway.summary.clone()],
     );
     assert_eq!(
-        (differ.status, differ.severity),
-        (Status::Warn, Severity::Low)
+        (differ.id.as_str(), differ.status, differ.severity),
+        ("tls.consistency", Status::Warn, Severity::Low)
     );
     assert!(differ.evidence.contains("versions: "), "{differ:#?}");
     assert!(differ.evidence.contains("weak suites: "), "{differ:#?}");

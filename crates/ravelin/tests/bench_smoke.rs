@@ -1,12 +1,14 @@
-//! Smoke run of the relay benchmark (bench/relay-throughput.sh) in its small size, so the
-//! script keeps working as the gateway changes. It runs the whole script — Postfix relay
-//! instance, this build of the gateway, one smtp-sink, smtp-source — on 200 messages over 5
-//! sessions and checks that it exits 0 and that the sink received every message from each
-//! relay exactly once. It asserts nothing about speed: that is for the full-size run
-//! recorded in docs/BENCHMARKS.md, on a quiet machine.
+//! Smoke runs of the benchmarks in bench/ in their small size, so the scripts keep working as
+//! the gateway changes: the relay benchmark (bench/relay-throughput.sh: Postfix relay
+//! instance, this build of the gateway, one smtp-sink, smtp-source; 200 messages over 5
+//! sessions, every message received exactly once from each relay) and the inbound-checks
+//! benchmark (bench/inbound-checks.py: 50 messages, every one checked on both sides). Each
+//! checks that the script exits 0 and what it reports; none asserts anything about speed: that
+//! is for the full-size runs recorded in docs/BENCHMARKS.md, on a quiet machine.
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
@@ -27,25 +29,44 @@ fn number_after(text: &str, before: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-#[test]
-fn relay_benchmark_smoke_run_delivers_everything_through_both_relays() {
-    let script = repo_root().join("bench/relay-throughput.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script)
-        .args(["--messages", &MESSAGES.to_string()])
-        .args(["--sessions", &SESSIONS.to_string()])
+/// Runs a benchmark script in the smoke size with this build of the gateway and asserts that it
+/// exited 0; returns its stdout and a description of the run for failure messages.
+fn smoke_run(program: PathBuf, script: &str, messages: u32, sessions: u32) -> (String, String) {
+    let mut cmd = Command::new(program);
+    cmd.arg(repo_root().join(script))
+        .args(["--messages", &messages.to_string()])
+        .args(["--sessions", &sessions.to_string()])
         .arg("--ravelin")
         .arg(env!("CARGO_BIN_EXE_ravelin"));
     let out = run(cmd, LIMIT);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report = describe(&out);
     assert!(out.status.success(), "the benchmark failed:\n{report}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), report)
+}
 
+/// The line of `stdout` that starts with `prefix` (one side's result), with a positive rate.
+fn result_line<'a>(stdout: &'a str, prefix: &str, report: &str) -> &'a str {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no result line starting {prefix:?}:\n{report}"));
+    assert!(
+        number_after(line, "= ").is_some_and(|rate| rate > 0),
+        "no rate: {line}"
+    );
+    line
+}
+
+#[test]
+fn relay_benchmark_smoke_run_delivers_everything_through_both_relays() {
+    let (stdout, report) = smoke_run(
+        "bash".into(),
+        "bench/relay-throughput.sh",
+        MESSAGES,
+        SESSIONS,
+    );
     for relay in ["postfix", "ravelin"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("{relay} ")))
-            .unwrap_or_else(|| panic!("no result line for {relay}:\n{report}"));
+        let line = result_line(&stdout, &format!("{relay} "), &report);
         assert_eq!(
             number_after(line, ": "),
             Some(u64::from(MESSAGES)),
@@ -55,10 +76,6 @@ fn relay_benchmark_smoke_run_delivers_everything_through_both_relays() {
             number_after(line, "the sink received"),
             Some(u64::from(MESSAGES)),
             "the sink did not get every message from {relay} exactly once: {line}"
-        );
-        assert!(
-            number_after(line, "= ").is_some_and(|rate| rate > 0),
-            "no rate for {relay}: {line}"
         );
     }
     assert!(
@@ -71,5 +88,29 @@ fn relay_benchmark_smoke_run_delivers_everything_through_both_relays() {
             .lines()
             .any(|l| l.starts_with("| 20") && l.contains(&row)),
         "no table row for docs/BENCHMARKS.md:\n{report}"
+    );
+}
+
+/// Smoke run of the inbound-checks benchmark (bench/inbound-checks.py): unbound with the test
+/// zones, the Postfix + policyd-spf + OpenDKIM + OpenDMARC stack in its mount namespace, this
+/// build of the gateway with [checks] and [dnsbl] on. The script itself proves on each side
+/// that a signed message gets spf, dkim and dmarc "pass", that a DMARC failure and a listed
+/// client are refused, and that every delivered message carries the three passes; here we
+/// check that it exits 0 and says so for both sides.
+#[test]
+fn inbound_checks_benchmark_smoke_run_checks_every_message_on_both_sides() {
+    const CHECKED: u32 = 50;
+    let (stdout, report) = smoke_run(venv_python(), "bench/inbound-checks.py", CHECKED, 5);
+    for side in ["postfix", "ravelin"] {
+        let line = result_line(&stdout, &format!("{side}: "), &report);
+        assert_eq!(
+            number_after(line, "the sink got"),
+            Some(u64::from(CHECKED + 1)),
+            "not every message from {side} carried spf, dkim and dmarc pass: {line}"
+        );
+    }
+    assert!(
+        stdout.contains("ratio ravelin/postfix: "),
+        "no ratio:\n{report}"
     );
 }

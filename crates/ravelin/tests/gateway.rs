@@ -1192,9 +1192,36 @@ fn demo_stops_every_attack() {
     cmd.arg("demo");
     let out = run(cmd, Duration::from_secs(120));
     assert!(out.status.success(), "ravelin demo: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "Every attack was stopped",
+        "Ravelin audits itself (ravelin audit --active demo.example@127.0.0.1:",
+        "0 message(s) delivered by the audit",
+        "expected on loopback: the demo makes a self-signed certificate",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {}", describe(&out));
+    }
+    assert!(!stdout.contains("UNEXPECTED"), "{}", describe(&out));
+    // The JSON form carries the same verdicts for scripts.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ravelin"));
+    cmd.args(["demo", "--json"]);
+    let out = run(cmd, Duration::from_secs(120));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("Every attack was stopped"),
-        "{}",
+        out.status.success(),
+        "ravelin demo --json: {}",
         describe(&out)
     );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("demo --json");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["self_audit"]["ok"], true);
+    let findings = v["self_audit"]["findings"].as_array().expect("findings");
+    let status = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .map(|f| f["status"].clone())
+    };
+    assert_eq!(status("smtp.open_relay"), Some("pass".into()));
+    assert_eq!(status("smtp.smuggling.lf-dot-lf"), Some("pass".into()));
+    assert_eq!(status("tls.versions"), Some("pass".into()));
 }

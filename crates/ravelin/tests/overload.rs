@@ -5,9 +5,11 @@
 //!
 //! - Slowloris: clients that send one byte every two seconds fill a listener's
 //!   `max_connections`; while a slot is free a legitimate client is served, when none is the
-//!   next client gets `421 4.7.0` at once; `limits.session_timeout` ends the slow sessions
-//!   with `421 4.4.2` although they never stop sending (`command_timeout` applies to each
-//!   read, so a drip resets it).
+//!   next client gets `421 4.7.0` at once; `limits.command_timeout` ends the slow sessions
+//!   with `421 4.4.2` although they never stop sending (it bounds the whole command, so a
+//!   drip does not restart it), long before `limits.session_timeout`.
+//! - Slow data: a client that drips its message below `limits.min_data_rate` is ended with
+//!   `421 4.4.2` soon after `data_timeout`; one above the rate goes on and is served.
 //! - Floods: many connections from one address, then from many addresses (127.0.0.x): exactly
 //!   `max_connections` are greeted, every other one gets `421 4.7.0` and is closed; once the
 //!   flood ends a legitimate client is served.
@@ -129,8 +131,8 @@ fn slowloris_clients_fill_the_limit_then_time_out() {
         RavelinConfig::inbound(sink.addr)
             .tls("off")
             .listen_set("mx", &format!("max_connections = {MAX}"))
-            .set("limits", "command_timeout = \"5s\"")
-            .set("limits", "session_timeout = \"20s\""),
+            .set("limits", "command_timeout = \"10s\"")
+            .set("limits", "session_timeout = \"10m\""),
     );
     let addr = gw.addr();
     let script = b"EHLO slowloris.example.net\r\n";
@@ -172,12 +174,13 @@ fn slowloris_clients_fill_the_limit_then_time_out() {
         "{refused:?}"
     );
 
-    // They never stop dripping (every 2 s, under command_timeout); session_timeout ends them.
+    // They never stop dripping (a byte every 2 s), yet none completes a command within
+    // command_timeout (10 s): each is ended then, not at session_timeout (10 min).
     let mut ended = Vec::new();
     while !slow.is_empty() {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "slow clients still connected after 60 s: session_timeout did not end them"
+            started.elapsed() < Duration::from_secs(45),
+            "slow clients still connected after 45 s: command_timeout did not end them"
         );
         thread::sleep(Duration::from_secs(2));
         let mut i = 0;
@@ -211,6 +214,68 @@ fn slowloris_clients_fill_the_limit_then_time_out() {
     assert_eq!(r.code, 250, "{r:?}");
     sink.wait_for_messages(2, WAIT);
     assert_peak_memory(&gw, "20 slowloris clients");
+}
+
+/// Message data must keep coming at `limits.min_data_rate`: a client that drips its message
+/// (10 bytes a second) is ended with `421 4.4.2` soon after `data_timeout`, although it never
+/// pauses for as long; one sending 1 000 bytes a second keeps going for well past
+/// `data_timeout` and its message is accepted.
+#[test]
+fn message_data_slower_than_min_data_rate_times_out() {
+    let sink = SmtpSink::start();
+    let gw = Ravelin::start(
+        RavelinConfig::inbound(sink.addr)
+            .tls("off")
+            .set("limits", "data_timeout = \"6s\"")
+            .set("limits", "min_data_rate = 500")
+            .set("limits", "session_timeout = \"10m\""),
+    );
+    let addr = gw.addr();
+    let open = move |from: u8| {
+        let mut c = after_mail_from(loopback(from), addr);
+        assert_eq!(
+            c.command("RCPT TO:<user@example.org>").expect("RCPT").code,
+            250
+        );
+        assert_eq!(c.command("DATA").expect("DATA").code, 354);
+        c.send(b"Subject: slow\r\n\r\n").expect("header");
+        c
+    };
+    let steady = thread::spawn(move || {
+        let mut c = open(21);
+        let line = format!("{}\r\n", "s".repeat(998));
+        for _ in 0..15 {
+            c.send(line.as_bytes()).expect("steady data");
+            thread::sleep(Duration::from_secs(1));
+        }
+        c.send(b".\r\n").expect("end of data");
+        c.read_reply().expect("final reply")
+    });
+    let mut drip = open(22);
+    let started = Instant::now();
+    let ended = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a client sending 10 bytes a second still in DATA after 30 s"
+        );
+        if let Some(r) = poll_reply(&mut drip, Duration::from_millis(10)) {
+            break r;
+        }
+        let _ = drip.send(b"dripdrip\r\n");
+        thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(ended.code, 421, "{ended:?}");
+    assert!(ended.text().starts_with("4.4.2"), "{ended:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "ended before data_timeout"
+    );
+    let r = steady.join().expect("steady client");
+    assert_eq!(
+        r.code, 250,
+        "a client at 1 000 bytes a second is served: {r:?}"
+    );
+    sink.wait_for_messages(1, WAIT);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,7 +343,12 @@ fn connection_floods_get_421_beyond_the_limit() {
 
 /// A client past MAIL FROM on a fresh connection.
 fn after_mail(addr: SocketAddr) -> RawClient {
-    let (mut c, r) = connect(loopback(1), addr);
+    after_mail_from(loopback(1), addr)
+}
+
+/// A client from `from` past MAIL FROM on a fresh connection.
+fn after_mail_from(from: IpAddr, addr: SocketAddr) -> RawClient {
+    let (mut c, r) = connect(from, addr);
     assert_eq!(r.code, 220, "{r:?}");
     assert_eq!(c.command("EHLO bulk.example.net").expect("EHLO").code, 250);
     assert_eq!(

@@ -16,7 +16,6 @@ use ravelin_gateway::state::{StateError, Store, Window};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-const OUTSIDE: &str = "someone@elsewhere.test";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
@@ -32,36 +31,6 @@ fn config(backend: SocketAddr) -> RavelinConfig {
         .extra("[bans.relay_probing]\nthreshold = 3")
 }
 
-/// The first reply a client from `from` gets on connecting to `addr`.
-fn first_reply(from: &str, addr: SocketAddr) -> RawReply {
-    let mut c = RawClient::connect_from(ip(from), addr).expect("connect");
-    c.read_reply().expect("a first reply")
-}
-
-/// A session from `from`, greeted and past EHLO.
-fn session_from(from: &str, addr: SocketAddr) -> RawClient {
-    let mut c = RawClient::connect_from(ip(from), addr).expect("connect");
-    let greeting = c.read_reply().expect("greeting");
-    assert_eq!(greeting.code, 220, "{from}: {greeting:?}");
-    assert_eq!(c.command("EHLO client.test").expect("EHLO").code, 250);
-    c
-}
-
-/// Three refused relay recipients from `from`: the third bans it and closes the session.
-fn probe_relay(from: &str, addr: SocketAddr) {
-    let mut c = session_from(from, addr);
-    assert_eq!(
-        c.command("MAIL FROM:<p@probe.test>").expect("MAIL").code,
-        250
-    );
-    for n in 1..=3 {
-        let reply = c.command(&format!("RCPT TO:<{OUTSIDE}>")).expect("RCPT");
-        assert_eq!(reply.code, 554, "relay attempt {n}: {reply:?}");
-        assert!(reply.text().starts_with("5.7.1"), "{reply:?}");
-    }
-    assert!(c.is_closed(), "the banning attempt closes the session");
-}
-
 /// MAIL FROM from `from`: the reply code (RSET after each).
 fn mail_code(from: &str, addr: SocketAddr) -> u16 {
     let mut c = session_from(from, addr);
@@ -71,18 +40,6 @@ fn mail_code(from: &str, addr: SocketAddr) -> u16 {
     }
     let _ = c.command("QUIT");
     reply.code
-}
-
-fn assert_banned(from: &str, addr: SocketAddr) {
-    let reply = first_reply(from, addr);
-    assert_eq!(reply.code, 554, "{from} should be refused: {reply:?}");
-    assert_eq!(reply.text(), "5.7.1 Access denied");
-}
-
-fn ban_list(ravelin: &Ravelin) -> Vec<serde_json::Value> {
-    let out = ravelin.command(&["ban", "list", "--json"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    serde_json::from_slice(&out.stdout).expect("ban list --json is JSON")
 }
 
 #[test]
@@ -108,7 +65,7 @@ fn bans_and_limits_survive_a_restart_with_the_embedded_store() {
     });
 
     // The CLI beside the running gateway (through its admin socket).
-    let list = ban_list(&ravelin);
+    let list = ravelin.ban_list();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["target"], "127.0.0.5/32");
     assert_eq!(list[0]["reason"], "relay_probing");
@@ -144,14 +101,14 @@ fn bans_and_limits_survive_a_restart_with_the_embedded_store() {
 
     // Without a running gateway the command opens the store itself.
     ravelin.terminate();
-    let list = ban_list(&ravelin);
+    let list = ravelin.ban_list();
     let targets: Vec<_> = list.iter().map(|b| b["target"].clone()).collect();
     assert_eq!(targets, ["127.0.0.8/32"]);
     let out = ravelin.command(&["ban", "add", "2001:db8::/48", "--reason", "harvesting"]);
     assert!(out.status.success(), "{}", describe(&out));
     let out = ravelin.command(&["ban", "add", "2001:db8::/47"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert_eq!(ban_list(&ravelin).len(), 2);
+    assert_eq!(ravelin.ban_list().len(), 2);
     ravelin.restart();
     assert_banned("127.0.0.8", addr);
 }
@@ -217,7 +174,7 @@ fn two_nodes_share_bans_and_limits_through_redis_and_fail_open_without_it() {
     assert_banned("127.0.0.11", a.addr());
 
     // The CLI reaches the shared list through either node's configuration.
-    let list = ban_list(&b);
+    let list = b.ban_list();
     assert!(
         list.iter().any(|x| x["target"] == "127.0.0.11/32"),
         "{list:?}"

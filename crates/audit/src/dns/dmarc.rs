@@ -2,9 +2,11 @@
 //! `ravelin_dns::records::dmarc`.
 //!
 //! Without a record at the domain, the parent domains are tried up to the last two labels
-//! (the organisational-domain fallback of RFC 7489 §6.6.3; without the Public Suffix List,
-//! the organisational domain is taken to be the last two labels, the DMARCbis tree walk's
-//! common case) and their `sp` policy is what applies.
+//! (the organisational-domain fallback of RFC 7489 §6.6.3, walked as DMARCbis's DNS tree
+//! walk: at most [`MAX_WALK`] names, skipping to the seven rightmost labels of a longer name)
+//! and their `sp` policy is what applies. Whether a report address is in another organisation
+//! is decided by the DMARCbis tree walk too ([`organisational_domain`]), so no Public Suffix
+//! List file is needed and `example.co.uk` and `other.co.uk` are two organisations.
 //!
 //! Fails on: no record, several records, a syntax error, `p=none` (monitoring only);
 //! warns on: a weaker `sp` or `np`, `pct` under 100, `t=y`, no `rua`, a report address in
@@ -39,11 +41,23 @@ enum Found {
     Failed(String, LookupError),
 }
 
+/// Most names one DMARC tree walk asks about (DMARCbis section 4.10).
+pub const MAX_WALK: usize = 8;
+
+/// The names a DMARC tree walk asks about for `domain`, closest first: the domain itself,
+/// then (from its seven rightmost labels when it has more than [`MAX_WALK`]) one label less
+/// each time, down to two labels. At most [`MAX_WALK`] names.
+pub fn walk(domain: &str) -> Vec<String> {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let first = labels.len().saturating_sub(MAX_WALK - 1).max(1);
+    std::iter::once(domain.to_string())
+        .chain((first..labels.len().saturating_sub(1)).map(|start| labels[start..].join(".")))
+        .collect()
+}
+
 /// The DMARC record for `domain`, walking up to the organisational domain.
 async fn find(ctx: &DnsCtx<'_>) -> Found {
-    let labels: Vec<&str> = ctx.domain.split('.').collect();
-    for start in 0..labels.len().saturating_sub(1) {
-        let at = labels[start..].join(".");
+    for at in walk(ctx.domain) {
         let name = format!("_dmarc.{at}");
         let records = match txt(ctx.resolver, &name).await {
             Ok(r) => r,
@@ -177,9 +191,10 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
     for d in &record.diagnostics {
         problems.push((Severity::Low, d.to_string()));
     }
+    let organisation = organisational_domain(ctx, &at).await;
     for (tag, uris) in [("rua", &record.rua), ("ruf", &record.ruf)] {
         for uri in uris {
-            if let Some(problem) = authorisation(ctx, &at, tag, uri).await {
+            if let Some(problem) = authorisation(ctx, &at, &organisation, tag, uri).await {
                 problems.push(problem);
             }
         }
@@ -208,22 +223,57 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
     )
 }
 
-/// The last two labels of a name: the organisational domain, without the Public Suffix List.
-fn organisational(domain: &str) -> String {
-    let labels: Vec<&str> = domain.split('.').collect();
-    labels[labels.len().saturating_sub(2)..].join(".")
+/// The organisational domain of `domain` by the DMARCbis tree walk, without the Public Suffix
+/// List: walking up from `domain`, a record with `psd=n` names its domain, a record with
+/// `psd=y` (a public suffix operator's) makes the name one label below it the organisational
+/// domain; otherwise it is the name with the fewest labels that has a DMARC record, and
+/// `domain` itself when none has. A lookup that fails counts as no record.
+pub async fn organisational_domain(ctx: &DnsCtx<'_>, domain: &str) -> String {
+    let mut fewest = None;
+    for name in walk(domain) {
+        let Ok(records) = txt(ctx.resolver, &format!("_dmarc.{name}")).await else {
+            continue;
+        };
+        let Some(record) = records
+            .iter()
+            .filter(|r| dmarc::is_dmarc_record(r))
+            .find_map(|r| dmarc::parse(r).ok())
+        else {
+            continue;
+        };
+        let psd = record
+            .unknown
+            .iter()
+            .find(|(tag, _)| tag == "psd")
+            .map(|(_, v)| v.to_ascii_lowercase());
+        match psd.as_deref() {
+            Some("n") => return name,
+            Some("y") => return one_label_below(domain, &name),
+            _ => fewest = Some(name),
+        }
+    }
+    fewest.unwrap_or_else(|| domain.to_string())
 }
 
-/// A problem when a report address outside the organisation has not authorised reports for
-/// `policy_domain` (RFC 7489 §7.1).
+/// The name of `domain`'s tree one label longer than its parent `suffix` (`domain` itself
+/// when it is `suffix`).
+fn one_label_below(domain: &str, suffix: &str) -> String {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let keep = (suffix.split('.').count() + 1).min(labels.len());
+    labels[labels.len() - keep..].join(".")
+}
+
+/// A problem when a report address outside `organisation` (the policy domain's organisational
+/// domain) has not authorised reports for `policy_domain` (RFC 7489 §7.1).
 async fn authorisation(
     ctx: &DnsCtx<'_>,
     policy_domain: &str,
+    organisation: &str,
     tag: &str,
     uri: &ReportUri,
 ) -> Option<(Severity, String)> {
     let dest = uri.mailto_domain()?;
-    if organisational(&dest) == organisational(policy_domain) {
+    if dest == policy_domain || organisational_domain(ctx, &dest).await == organisation {
         return None;
     }
     let name = format!("{policy_domain}._report._dmarc.{dest}");
@@ -246,10 +296,32 @@ async fn authorisation(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn organisational_domain_is_the_last_two_labels() {
-        assert_eq!(super::organisational("a.b.example.org"), "example.org");
-        assert_eq!(super::organisational("example.org"), "example.org");
-        assert_eq!(super::organisational("org"), "org");
+    fn the_tree_walk_is_bounded_and_stops_at_two_labels() {
+        assert_eq!(
+            walk("a.b.example.org"),
+            ["a.b.example.org", "b.example.org", "example.org"]
+        );
+        assert_eq!(walk("example.org"), ["example.org"]);
+        assert_eq!(walk("org"), ["org"]);
+        let long = "l1.l2.l3.l4.l5.l6.l7.l8.l9.example.org";
+        let names = walk(long);
+        assert_eq!(names.len(), 7, "{names:?}");
+        assert_eq!(names[0], long);
+        assert_eq!(names[1], "l5.l6.l7.l8.l9.example.org");
+        assert_eq!(names[6], "example.org");
+        let labels: Vec<String> = (0..127).map(|i| format!("l{i}")).collect();
+        assert!(walk(&labels.join(".")).len() <= MAX_WALK);
+    }
+
+    #[test]
+    fn one_label_below_a_public_suffix() {
+        assert_eq!(
+            one_label_below("a.shop.example.co.uk", "co.uk"),
+            "example.co.uk"
+        );
+        assert_eq!(one_label_below("co.uk", "co.uk"), "co.uk");
     }
 }

@@ -61,7 +61,10 @@ pub fn family(id: &str) -> &str {
 
 /// What a check is about, for rule descriptions; `None` for ids no family describes.
 pub fn describe(id: &str) -> Option<&'static str> {
-    crate::smtp::describe(id).or_else(|| crate::dns::describe(id))
+    crate::registry()
+        .find(|c| c.id == id)
+        .map(|c| c.description)
+        .or_else(|| crate::smtp::describe(id))
 }
 
 /// Counts of findings by status, and of failed/warned findings by severity.

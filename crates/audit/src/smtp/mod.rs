@@ -96,8 +96,9 @@ pub struct CheckInfo {
     pub description: &'static str,
 }
 
-/// Every SMTP check id (smuggling ids are `smtp.smuggling.<sequence>`, see
-/// [`smuggling::SEQUENCES`]).
+/// Every SMTP check id. The remote smuggling checks report `smtp.smuggling.<sequence>` per
+/// sequence of [`smuggling::SEQUENCES`] (see [`smuggling_ids`]); `smtp.smuggling` alone is
+/// their "skipped" finding and the Postfix linter's verdict on `smtpd_forbid_bare_newline`.
 pub const CHECKS: &[CheckInfo] = &[
     CheckInfo {
         id: "smtp.connect",
@@ -163,7 +164,18 @@ pub const CHECKS: &[CheckInfo] = &[
         id: "smtp.rcpt_enumeration",
         description: "Probing for valid addresses with many RCPT commands is slowed down or cut off.",
     },
+    CheckInfo {
+        id: "smtp.smuggling",
+        description: smuggling::DESCRIPTION,
+    },
 ];
+
+/// The ids of the remote smuggling checks, one per sequence.
+pub fn smuggling_ids() -> impl Iterator<Item = String> {
+    smuggling::SEQUENCES
+        .iter()
+        .map(|s| format!("smtp.smuggling.{}", s.name))
+}
 
 /// What one check is about, for renderers (`None` for unknown ids).
 pub fn describe(id: &str) -> Option<&'static str> {

@@ -43,10 +43,10 @@ fn discovery(greeting: &str, ehlo_lines: &[&str], tls: Option<&[&str]>) -> Disco
     }
 }
 
-fn check(f: &Finding, status: Status, severity: Severity) {
+fn check(f: &Finding, id: &str, status: Status, severity: Severity) {
     assert_eq!(
-        (f.status, f.severity),
-        (status, severity),
+        (f.id.as_str(), f.status, f.severity),
+        (id, status, severity),
         "{}: {}\n{}",
         f.id,
         f.title,
@@ -68,7 +68,7 @@ fn exchange_banner_reveals_its_internal_name_but_not_our_address() {
         None,
     );
     let f = disclosure::banner_finding(&ctx, &d);
-    check(&f, Status::Fail, Severity::Medium);
+    check(&f, "smtp.banner_disclosure", Status::Fail, Severity::Medium);
     assert!(
         f.evidence
             .contains("greeting names the internal host EXCH01.corp.local")
@@ -81,6 +81,7 @@ fn exchange_banner_reveals_its_internal_name_but_not_our_address() {
     let clean = discovery("mail.example.org ESMTP", &["mail.example.org"], None);
     check(
         &disclosure::banner_finding(&ctx, &clean),
+        "smtp.banner_disclosure",
         Status::Pass,
         Severity::Info,
     );
@@ -91,6 +92,7 @@ fn exchange_banner_reveals_its_internal_name_but_not_our_address() {
     );
     check(
         &disclosure::banner_finding(&ctx, &product),
+        "smtp.banner_disclosure",
         Status::Warn,
         Severity::Low,
     );
@@ -105,16 +107,18 @@ fn clock_skew_from_the_greeting_and_the_ntlm_timestamp() {
     // The greeting says 08:00:00 UTC.
     check(
         &disclosure::clock_finding(&ctx, &d, None),
+        "smtp.clock_skew",
         Status::Pass,
         Severity::Info,
     );
     d.greeting_at = NOW - 200;
     let f = disclosure::clock_finding(&ctx, &d, None);
-    check(&f, Status::Warn, Severity::Low);
+    check(&f, "smtp.clock_skew", Status::Warn, Severity::Low);
     assert!(f.evidence.contains("+200 s"), "{}", f.evidence);
     d.greeting_at = NOW + 3600;
     check(
         &disclosure::clock_finding(&ctx, &d, None),
+        "smtp.clock_skew",
         Status::Fail,
         Severity::Medium,
     );
@@ -125,7 +129,7 @@ fn clock_skew_from_the_greeting_and_the_ntlm_timestamp() {
     assert_eq!(skipped.status, Status::Skipped);
     let c = ntlm::parse_challenge(&ntlm::build_challenge("C", &[], Some(NOW - 900), None)).unwrap();
     let f = disclosure::clock_finding(&ctx, &plain, Some(&c));
-    check(&f, Status::Fail, Severity::Medium);
+    check(&f, "smtp.clock_skew", Status::Fail, Severity::Medium);
     assert!(f.evidence.starts_with("NTLM timestamp"), "{}", f.evidence);
 }
 
@@ -136,7 +140,7 @@ fn software_versions_and_windows_builds() {
     let ctx = Ctx::new(&ep, &options);
     let exim = discovery("mx ESMTP Exim 4.90 Mon, 03 Jun 2024", &["mx"], None);
     let f = disclosure::software_finding(&ctx, &exim, None);
-    check(&f, Status::Fail, Severity::Critical);
+    check(&f, "smtp.software", Status::Fail, Severity::Critical);
     assert!(f.evidence.contains("CVE-2019-10149") && f.evidence.contains("CVE-2023-51766"));
     assert!(f.fix.contains("Upgrade Exim"));
 
@@ -153,7 +157,7 @@ fn software_versions_and_windows_builds() {
     .unwrap();
     let exchange = discovery(EXCHANGE_GREETING, &["x"], None);
     let f = disclosure::software_finding(&ctx, &exchange, Some(&c));
-    check(&f, Status::Fail, Severity::High);
+    check(&f, "smtp.software", Status::Fail, Severity::High);
     assert!(
         f.evidence.contains("Windows Server 2012 R2"),
         "{}",
@@ -164,12 +168,13 @@ fn software_versions_and_windows_builds() {
     let unversioned = discovery("mx ESMTP Postfix (Debian/GNU)", &["mx"], None);
     check(
         &disclosure::software_finding(&ctx, &unversioned, None),
+        "smtp.software",
         Status::Info,
         Severity::Info,
     );
     let patched = discovery("mx ESMTP Postfix 3.8.4", &["mx"], None);
     let f = disclosure::software_finding(&ctx, &patched, None);
-    check(&f, Status::Pass, Severity::Info);
+    check(&f, "smtp.software", Status::Pass, Severity::Info);
     assert!(f.evidence.contains("smtpd_forbid_bare_newline"));
 }
 
@@ -183,25 +188,34 @@ fn auth_mechanisms_by_role() {
     };
     check(
         &verdict(&mx, &["x"], &["x", "AUTH PLAIN LOGIN"]),
+        "smtp.auth_mechanisms",
         Status::Warn,
         Severity::Low,
     );
     check(
         &verdict(&sub, &["x"], &["x", "AUTH PLAIN LOGIN"]),
+        "smtp.auth_mechanisms",
         Status::Pass,
         Severity::Info,
     );
     check(
         &verdict(&sub, &["x"], &["x", "AUTH=CRAM-MD5 PLAIN"]),
+        "smtp.auth_mechanisms",
         Status::Warn,
         Severity::Medium,
     );
     check(
         &verdict(&sub, &["x", "AUTH ANONYMOUS"], &["x"]),
+        "smtp.auth_mechanisms",
         Status::Fail,
         Severity::High,
     );
-    check(&verdict(&mx, &["x"], &["x"]), Status::Pass, Severity::Info);
+    check(
+        &verdict(&mx, &["x"], &["x"]),
+        "smtp.auth_mechanisms",
+        Status::Pass,
+        Severity::Info,
+    );
 }
 
 #[tokio::test]
@@ -210,15 +224,15 @@ async fn auth_offered_before_tls_fails_without_a_connection() {
     let sub = endpoint(Role::Submission);
     let ctx = Ctx::new(&sub, &options);
     let f = auth::auth_before_tls(&ctx, &discovery("x", &["x", "AUTH PLAIN LOGIN"], None)).await;
-    check(&f, Status::Fail, Severity::High);
+    check(&f, "smtp.auth_before_tls", Status::Fail, Severity::High);
     assert!(f.fix.contains("smtpd_tls_auth_only = yes"));
     let f = auth::auth_before_tls(&ctx, &discovery("x", &["x", "AUTH NTLM"], None)).await;
-    check(&f, Status::Fail, Severity::Medium);
+    check(&f, "smtp.auth_before_tls", Status::Fail, Severity::Medium);
     let implicit = endpoint(Role::Submissions);
     let f = auth::auth_before_tls(
         &Ctx::new(&implicit, &options),
         &discovery("x", &["x", "AUTH PLAIN"], None),
     )
     .await;
-    check(&f, Status::Pass, Severity::Info);
+    check(&f, "smtp.auth_before_tls", Status::Pass, Severity::Info);
 }

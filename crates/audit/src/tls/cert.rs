@@ -6,8 +6,9 @@
 //!   `tls.cert_expiry`, and a wrong name once, by `tls.cert_hostname`. Self-signed
 //!   certificates and chains sent without their intermediates are named as such.
 //! - `tls.cert_hostname`: the host name (the MX name) is among the DNS names of the subject
-//!   alternative names (one `*.` wildcard label allowed), or the IP address among its IP
-//!   addresses; a certificate without SANs is judged on its CN and flagged.
+//!   alternative names (one `*.` wildcard label allowed); a certificate without SANs is judged
+//!   on its CN and flagged. A server audited by address passes when the address is among the
+//!   IP addresses of the SANs, and is otherwise only `info`: mail clients check the MX name.
 //! - `tls.cert_key`: RSA under 2048 bits fails, DSA fails, EC and Ed25519 pass.
 //! - `tls.cert_signature`: MD2, MD5 or SHA-1 signatures on the leaf or an intermediate fail
 //!   (the self-signed root's own signature does not matter).
@@ -352,6 +353,18 @@ fn hostname_finding(endpoint: &str, host: &str, leaf: &X509Certificate<'_>) -> F
         None if san.is_some() => dns.iter().any(|d| name_matches(d, host)),
         None => cns.iter().any(|cn| name_matches(cn, host)),
     };
+    if let (Some(ip), false) = (ip, matched) {
+        // Mail clients check the certificate against the MX name, never against an address.
+        return Finding::new(
+            ID,
+            Status::Info,
+            Severity::Info,
+            endpoint,
+            format!("Audited by address: no host name to check the certificate against ({ip})"),
+            evidence,
+        )
+        .fix("Audit the server by its MX name (HOST:PORT) to check the certificate's names");
+    }
     let fix = format!("Use a certificate whose subject alternative names include {host}");
     match (matched, san.is_some()) {
         (true, true) => Finding::new(

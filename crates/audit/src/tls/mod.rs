@@ -37,8 +37,53 @@ use std::time::{Duration, SystemTime};
 use openssl::ssl::SslVersion;
 
 use crate::finding::{Finding, Severity, Status};
+use crate::smtp::CheckInfo;
 pub use cert::{CertFacts, Trust};
 pub use probe::{Negotiated, ProbeError, TlsMode, TlsTarget};
+
+/// Every TLS check id (the certificate ones are judged in [`cert`]).
+pub const CHECKS: &[CheckInfo] = &[
+    CheckInfo {
+        id: "tls.starttls",
+        description: "STARTTLS is offered (or TLS is implicit) and a TLS handshake succeeds.",
+    },
+    CheckInfo {
+        id: "tls.versions",
+        description: "Only TLS 1.2 and TLS 1.3 are accepted; SSL 3.0, TLS 1.0 and 1.1 are refused.",
+    },
+    CheckInfo {
+        id: "tls.ciphers",
+        description: "No weak cipher suite (NULL, export, anonymous, RC4, DES, 3DES) is accepted.",
+    },
+    CheckInfo {
+        id: "tls.kex",
+        description: "Key exchange is forward-secret: no RSA key exchange, no Diffie-Hellman group under 2048 bits.",
+    },
+    CheckInfo {
+        id: "tls.cert_chain",
+        description: "The certificate chain verifies against trusted roots and is sent complete.",
+    },
+    CheckInfo {
+        id: "tls.cert_hostname",
+        description: "The certificate names the host (subject alternative names).",
+    },
+    CheckInfo {
+        id: "tls.cert_key",
+        description: "The certificate key is RSA of at least 2048 bits, EC or Ed25519.",
+    },
+    CheckInfo {
+        id: "tls.cert_signature",
+        description: "No certificate of the chain is signed with MD2, MD5 or SHA-1.",
+    },
+    CheckInfo {
+        id: "tls.cert_expiry",
+        description: "The certificate is valid now and for at least 60 more days.",
+    },
+    CheckInfo {
+        id: "tls.consistency",
+        description: "Every endpoint of the target has the same TLS set-up (and each host one certificate).",
+    },
+];
 
 /// Settings of the TLS checks.
 #[derive(Clone, Debug)]

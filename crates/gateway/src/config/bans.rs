@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::diagnostics::{Locator, toml_path};
 use super::{Cidr, HumanDuration};
 
-/// A kind of abuse the gateway counts per client address.
+/// A kind of abuse the gateway counts per client address (per `[bans] ipv6_prefix` network
+/// for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AbuseKind {

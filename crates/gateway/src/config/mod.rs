@@ -344,6 +344,9 @@ impl Outbound {
     }
 }
 
+/// Highest `limits.min_data_rate` accepted (bytes per second).
+pub const MAX_MIN_DATA_RATE: u64 = 1024 * 1024;
+
 /// `[limits]`: what one SMTP session may do.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -358,6 +361,8 @@ pub struct Limits {
     pub hard_errors: u32,
     pub command_timeout: HumanDuration,
     pub data_timeout: HumanDuration,
+    /// Slowest message data accepted, in bytes per second (0: only data_timeout per read).
+    pub min_data_rate: u64,
     pub session_timeout: HumanDuration,
     /// Longest line accepted, in bytes including CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
@@ -378,6 +383,7 @@ impl Default for Limits {
             hard_errors: 10,
             command_timeout: HumanDuration::from_secs(120),
             data_timeout: HumanDuration::from_secs(300),
+            min_data_rate: 500,
             session_timeout: HumanDuration::from_secs(30 * 60),
             line_length: 1000,
             auth_failures: 3,
@@ -712,6 +718,16 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
                 "write 1 or more",
             );
         }
+    }
+    if l.min_data_rate > MAX_MIN_DATA_RATE {
+        err(
+            limit_line("min_data_rate"),
+            format!(
+                "limits.min_data_rate = {} is above {MAX_MIN_DATA_RATE} bytes per second",
+                l.min_data_rate
+            ),
+            "legitimate senders on slow links would be cut off: write 500 (Postfix's default), or 0 for no minimum",
+        );
     }
     if l.hard_errors < l.soft_errors {
         err(

@@ -67,6 +67,7 @@ fn minimal_file_gets_hardened_defaults() {
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.limits.message_size, 26_214_400);
     assert_eq!(c.limits.session_timeout.get(), Duration::from_secs(1800));
+    assert_eq!(c.limits.min_data_rate, 500);
     assert_eq!(
         c.delivery.max_lifetime.get(),
         Duration::from_secs(5 * 86_400)
@@ -137,6 +138,7 @@ soft_errors = 2
 hard_errors = 5
 command_timeout = "1m"
 data_timeout = "10m"
+min_data_rate = 1000
 session_timeout = "1h"
 line_length = 2048
 
@@ -211,6 +213,7 @@ fn full_file_sets_every_key() {
     );
     assert_eq!(c.limits.line_length, 2048);
     assert_eq!(c.limits.hard_errors, 5);
+    assert_eq!(c.limits.min_data_rate, 1000);
     assert_eq!(c.delivery.retry_max.get(), Duration::from_secs(7200));
     assert_eq!(c.delivery.concurrency, 4);
     assert_eq!(c.delivery.smtp_port, 2525);
@@ -275,6 +278,19 @@ fn auth_checks() {
     );
     let list = errors(&format!("{MINIMAL}\n[limits]\nauth_failures = 0\n"));
     assert!(list[0].1.contains("limits.auth_failures is 0"), "{list:#?}");
+    let list = errors(&format!("{MINIMAL}\n[limits]\nmin_data_rate = 5000000\n"));
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert!(
+        list[0]
+            .1
+            .contains("limits.min_data_rate = 5000000 is above"),
+        "{list:#?}"
+    );
+    let off = Config::parse(
+        &format!("{MINIMAL}\n[limits]\nmin_data_rate = 0\n"),
+        "ravelin.toml",
+    );
+    assert_eq!(off.map(|c| c.limits.min_data_rate).ok(), Some(0));
 }
 
 #[test]
@@ -393,6 +409,7 @@ fn example_mentions_every_key() {
         "hard_errors",
         "command_timeout",
         "data_timeout",
+        "min_data_rate",
         "session_timeout",
         "greet_wait",
         "cache_ttl",

@@ -3,10 +3,12 @@
 //! Where abuse is detected, the code calls [`Bans::record`] with the client address and the
 //! [`AbuseKind`]; the answer is a [`Decision`]: go on ([`Decision::Allow`]), delay the reply
 //! (a tarpit, [`Decision::Delay`]), or the client is now banned ([`Decision::Ban`]: refuse and
-//! close). Each kind counts its events per client address in a sliding window
-//! (`[bans.KIND] window`); `threshold` events ban the client for `duration`, and each earlier
+//! close). Each kind counts its events per ban target in a sliding window
+//! (`[bans.KIND] window`); `threshold` events ban the target for `duration`, and each earlier
 //! ban of the same target within `[bans] remember` doubles it, up to `[bans] max_duration`.
-//! An IPv6 client is banned with its `[bans] ipv6_prefix` network.
+//! The target of an IPv4 client is its address; an IPv6 client is counted and banned with its
+//! `[bans] ipv6_prefix` network, so a host that takes a new address of its /64 for each
+//! attempt (as privacy addresses do) is counted as the one offender it is.
 //!
 //! For the AUTH code: after a failed authentication call
 //! `defences.bans.record(client_ip, AbuseKind::AuthFailures).await`, sleep for a
@@ -226,17 +228,17 @@ impl Bans {
             return Decision::Allow;
         }
         let ip = canonical_ip(client);
-        let key = format!("abuse:{}:{ip}", kind.as_str());
+        let target = self.target_of(ip);
+        let key = format!("abuse:{}:{target}", kind.as_str());
         let window = Window::Sliding(rule.window.0);
         let Ok(n) = self.store.hit(&key, 1, window).await else {
             return Decision::Allow;
         };
-        info!(event = "abuse", client = %ip, kind = kind.as_str(), count = n, threshold = rule.threshold);
+        info!(event = "abuse", client = %ip, target = %target, kind = kind.as_str(), count = n, threshold = rule.threshold);
         if rule.threshold > 0 && n >= u64::from(rule.threshold) {
             if let Ok(Some(existing)) = self.check(ip).await {
                 return Decision::Ban(existing);
             }
-            let target = self.target_of(ip);
             return match self.impose(target, kind.into(), None).await {
                 Ok(ban) => {
                     let _ = self.store.reset(&key, window).await;

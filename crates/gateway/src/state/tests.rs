@@ -186,10 +186,28 @@ async fn auth_failures_delay_then_ban_and_repeat_bans_grow() {
 async fn ipv6_bans_cover_the_prefix_and_manual_bans_any_allowed_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let bans = Bans::new(store(&dir), &bans_config(), &[]);
-    let client = ip("2001:db8:1:2::5");
-    for _ in 0..2 {
-        bans.record(client, AbuseKind::Pregreet).await;
-    }
+    // Counted per /64 too: two addresses of one /64 reach the threshold of two together, one
+    // event of the next /64 and one of an IPv4 address do not add to it.
+    assert_eq!(
+        bans.record(ip("2001:db8:1:3::5"), AbuseKind::Pregreet)
+            .await,
+        Decision::Allow
+    );
+    assert_eq!(
+        bans.record(ip("198.51.100.5"), AbuseKind::Pregreet).await,
+        Decision::Allow
+    );
+    assert_eq!(
+        bans.record(ip("2001:db8:1:2::5"), AbuseKind::Pregreet)
+            .await,
+        Decision::Allow
+    );
+    let Decision::Ban(_) = bans
+        .record(ip("2001:db8:1:2::6"), AbuseKind::Pregreet)
+        .await
+    else {
+        panic!("the second event in the /64 bans it");
+    };
     let ban = bans.check(ip("2001:db8:1:2::99")).await.unwrap().unwrap();
     assert_eq!(ban.target, net("2001:db8:1:2::/64"));
     assert_eq!(ban.reason, BanReason::Abuse(AbuseKind::Pregreet));

@@ -1,7 +1,7 @@
 //! Harness for the end-to-end tests: real peers on loopback, started and torn down per test.
 //!
 //! - Ports: [`free_port`], [`free_addr`], [`wait_for_port`]. Waiting reads the kernel's socket
-//!   table (/proc/net/tcp), so it never opens a session on the server it waits for.
+//!   table (/proc/thread-self/net/tcp), so it never opens a session on the server it waits for.
 //! - [`SmtpSink`]: Postfix's smtp-sink writing one dump file per transaction;
 //!   [`SmtpSink::messages`] parses the completed ones into [`SinkMessage`]s.
 //! - [`Postfix`]: an alternate Postfix instance made by tests/peers/postfix-instance.sh, as a
@@ -13,7 +13,11 @@
 //! - [`Unbound`]: a DNS server on a loopback port answering fixed records (`local-data`).
 //! - [`ravelin_cli`]: any other `ravelin` command without a configuration (the auditor).
 //! - [`swaks`], [`swaks_send`], [`smtp_source`]: the scripted clients; [`RawClient`]: a plain
-//!   socket for bytes no well-behaved client sends.
+//!   socket for bytes no well-behaved client sends; [`first_reply`], [`session_from`],
+//!   [`probe_relay`] and [`assert_banned`] play a client from a chosen local address.
+//! - [`in_network_namespace`]: runs a test body on a thread in a network namespace of its own
+//!   (needs root), with IPv6 documentation addresses on its `lo`, to play real IPv6 clients.
+//! - [`DovecotSasl`]: Dovecot's auth service alone, as a Postfix instance's SASL server.
 //! - [`Slapd`]: an OpenLDAP server with its own slapd.conf and mdb database in a temporary
 //!   directory, holding inetOrgPerson entries with hashed passwords, on loopback ports
 //!   (plain `ldap://` with StartTLS, and `ldaps://`).
@@ -217,7 +221,13 @@ pub fn privileged_addr() -> SocketAddr {
     panic!("no free port below 1024 on 127.0.0.1 (binding one needs root)");
 }
 
-/// Whether some socket listens on `addr` (or on the wildcard address of its port).
+/// The socket tables of the calling thread's network namespace: /proc/thread-self/net, not
+/// /proc/net (which is /proc/self/net, the main thread's namespace), so that a thread inside
+/// [`in_network_namespace`] sees its own sockets.
+const TCP_TABLES: [&str; 2] = ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"];
+
+/// Whether some socket listens on `addr` (or on the wildcard address of its port), in the
+/// calling thread's network namespace.
 pub fn is_listening(addr: SocketAddr) -> bool {
     fn hex_words(octets: &[u8]) -> String {
         octets
@@ -226,12 +236,8 @@ pub fn is_listening(addr: SocketAddr) -> bool {
             .collect()
     }
     let (table, ip, any) = match addr.ip() {
-        IpAddr::V4(ip) => ("/proc/net/tcp", hex_words(&ip.octets()), hex_words(&[0; 4])),
-        IpAddr::V6(ip) => (
-            "/proc/net/tcp6",
-            hex_words(&ip.octets()),
-            hex_words(&[0; 16]),
-        ),
+        IpAddr::V4(ip) => (TCP_TABLES[0], hex_words(&ip.octets()), hex_words(&[0; 4])),
+        IpAddr::V6(ip) => (TCP_TABLES[1], hex_words(&ip.octets()), hex_words(&[0; 16])),
     };
     let want = format!("{ip}:{:04X}", addr.port());
     let want_any = format!("{any}:{:04X}", addr.port());
@@ -287,6 +293,78 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces
+
+/// The network namespace of the calling thread (`net:[INODE]`).
+pub fn thread_netns() -> PathBuf {
+    fs::read_link("/proc/thread-self/ns/net").expect("read /proc/thread-self/ns/net")
+}
+
+/// The network namespace of process `pid` (`net:[INODE]`).
+pub fn process_netns(pid: u32) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/ns/net"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/ns/net: {e}"))
+}
+
+/// Runs `ip ARGS…` and panics with its output if it fails.
+fn ip_command(args: &[&str]) {
+    let mut cmd = Command::new(program("ip"));
+    cmd.args(args);
+    let out = run(cmd, Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        describe(&out)
+    );
+}
+
+/// Runs `body` on a new thread that first leaves the host's network namespace for a new one
+/// (`unshare(CLONE_NEWNET)`, which needs root): `lo` is brought up and each of `addresses` is
+/// put on it as a /128 (or /32) without duplicate address detection, so a client socket can
+/// bind one before it connects and a server can listen on one. A network namespace belongs to
+/// a thread, and a process started by that thread is born in it: sockets `body` opens and the
+/// processes it starts (the gateway, `ravelin` commands, smtp-sink, swaks) all live there, and
+/// the host's interfaces and routes are never touched. Everything else in the test process
+/// stays in the host's namespace. The namespace goes away with its last process. A panic in
+/// `body` is re-raised in the caller.
+pub fn in_network_namespace<T: Send>(addresses: &[IpAddr], body: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        let namespaced = thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(scope, || {
+                let host = thread_netns();
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
+                    panic!("unshare(CLONE_NEWNET) failed: {e} (a new network namespace needs root with CAP_SYS_ADMIN)")
+                });
+                assert_ne!(thread_netns(), host, "the thread is in a new namespace");
+                ip_command(&["link", "set", "lo", "up"]);
+                for addr in addresses {
+                    match addr {
+                        IpAddr::V4(_) => {
+                            ip_command(&["-4", "addr", "add", &format!("{addr}/32"), "dev", "lo"])
+                        }
+                        IpAddr::V6(_) => ip_command(&[
+                            "-6",
+                            "addr",
+                            "add",
+                            &format!("{addr}/128"),
+                            "dev",
+                            "lo",
+                            "nodad",
+                        ]),
+                    }
+                }
+                body()
+            })
+            .expect("start the namespaced thread");
+        namespaced
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,6 +581,52 @@ impl RawClient {
     pub fn stream(&mut self) -> &mut TcpStream {
         &mut self.stream
     }
+}
+
+/// The first reply a client from the local address `from` (e.g. "127.0.0.5") gets on
+/// connecting to `addr`.
+pub fn first_reply(from: &str, addr: SocketAddr) -> RawReply {
+    let mut c = RawClient::connect_from(parse_ip(from), addr).expect("connect");
+    c.read_reply().expect("a first reply")
+}
+
+/// A session from the local address `from`, greeted (220) and past EHLO (250).
+pub fn session_from(from: &str, addr: SocketAddr) -> RawClient {
+    let mut c = RawClient::connect_from(parse_ip(from), addr).expect("connect");
+    let greeting = c.read_reply().expect("greeting");
+    assert_eq!(greeting.code, 220, "{from}: {greeting:?}");
+    assert_eq!(c.command("EHLO client.test").expect("EHLO").code, 250);
+    c
+}
+
+/// That a client from `from` is refused at connect as a banned one (`554 5.7.1 Access denied`).
+pub fn assert_banned(from: &str, addr: SocketAddr) {
+    let reply = first_reply(from, addr);
+    assert_eq!(reply.code, 554, "{from} should be refused: {reply:?}");
+    assert_eq!(reply.text(), "5.7.1 Access denied");
+}
+
+/// Three relay attempts from `from` (MAIL, then RCPT to a domain the gateway does not
+/// accept, three times), each refused with `554 5.7.1`; with `[bans.relay_probing] threshold
+/// = 3` the third bans the client and closes the session.
+pub fn probe_relay(from: &str, addr: SocketAddr) {
+    let mut c = session_from(from, addr);
+    assert_eq!(
+        c.command("MAIL FROM:<p@probe.test>").expect("MAIL").code,
+        250
+    );
+    for n in 1..=3 {
+        let reply = c.command("RCPT TO:<someone@elsewhere.test>").expect("RCPT");
+        assert_eq!(reply.code, 554, "relay attempt {n}: {reply:?}");
+        assert!(reply.text().starts_with("5.7.1"), "{reply:?}");
+    }
+    assert!(c.is_closed(), "the banning attempt closes the session");
+}
+
+/// `s` as an address; panics naming it if it is not one.
+pub fn parse_ip(s: &str) -> IpAddr {
+    s.parse()
+        .unwrap_or_else(|_| panic!("{s:?} is not an address"))
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -1122,6 +1246,85 @@ pub fn describe(out: &Output) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dovecot as Postfix's SASL server
+
+/// Dovecot's auth service alone (no IMAP or POP3), as the SASL server of a [`Postfix`]
+/// instance (`smtpd_sasl_type = dovecot`, `smtpd_sasl_path =` [`DovecotSasl::socket`]). Every
+/// user has one made-up password (a static passdb); it runs from its own configuration in a
+/// temporary directory (`dovecot -c FILE -F`, nothing of the system's Dovecot is touched) and
+/// is killed on drop.
+pub struct DovecotSasl {
+    /// The auth socket Postfix connects to (mode 0666).
+    pub socket: PathBuf,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl DovecotSasl {
+    /// Starts the auth service offering `mechanisms` (Dovecot's `auth_mechanisms`, e.g.
+    /// `plain login cram-md5 anonymous`) and waits for its socket.
+    pub fn start(mechanisms: &str) -> DovecotSasl {
+        let dovecot = program("dovecot");
+        let dir = daemon_tempdir();
+        let root = dir.path();
+        let socket = root.join("auth");
+        let config = format!(
+            "protocols =\n\
+             base_dir = {root}/run\n\
+             state_dir = {root}/state\n\
+             log_path = {root}/dovecot.log\n\
+             ssl = no\n\
+             disable_plaintext_auth = no\n\
+             auth_mechanisms = {mechanisms}\n\
+             auth_anonymous_username = anonymous\n\
+             passdb {{\n  driver = static\n  args = password=not-a-real-password\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={root}/home\n}}\n\
+             service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n",
+            root = root.display(),
+            socket = socket.display(),
+        );
+        let conf = root.join("dovecot.conf");
+        fs::write(&conf, config).expect("write dovecot.conf");
+        let log = root.join("dovecot.log");
+        let mut child = Command::new(dovecot)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-F")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dovecot ({INSTALL_HINT}): {e}"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dovecot exited with {status}: {}", tail(&log, 20));
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "dovecot's auth socket is not there after {START_TIMEOUT:?}: {}",
+                    tail(&log, 20)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        DovecotSasl { socket, dir, child }
+    }
+
+    /// Dovecot's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DovecotSasl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Redis
 
 /// A redis-server of its own: loopback, a free port, no persistence (`save ""`, no AOF), its
@@ -1656,6 +1859,13 @@ impl Ravelin {
         }
     }
 
+    /// `ravelin ban list --json`: one object per ban in force.
+    pub fn ban_list(&self) -> Vec<serde_json::Value> {
+        let out = self.command(&["ban", "list", "--json"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice(&out.stdout).expect("ban list --json is JSON")
+    }
+
     /// The directory holding the config, the log and the spool (e.g. for a users file).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -2157,8 +2367,8 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// The TCP sockets `pid` listens on (IPv4 and IPv6), from /proc/net/tcp{,6} and the inodes of
-/// its open descriptors.
+/// The TCP sockets `pid` listens on (IPv4 and IPv6), from the calling thread's socket tables
+/// and the inodes of its open descriptors.
 pub fn listening_sockets(pid: u32) -> BTreeSet<SocketAddr> {
     let inodes: BTreeSet<String> = fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
@@ -2174,7 +2384,7 @@ pub fn listening_sockets(pid: u32) -> BTreeSet<SocketAddr> {
         })
         .collect();
     let mut out = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    for table in TCP_TABLES {
         let text = fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();

@@ -34,6 +34,41 @@ use crate::finding::{Finding, Severity, Status};
 use parse::{MainCf, MasterCf, Origin, Service};
 use view::View;
 
+/// The linter's own check ids (settings without a remote counterpart); it also reports under
+/// the remote ids `smtp.open_relay`, `smtp.smuggling`, `smtp.vrfy`, `smtp.auth_before_tls`,
+/// `smtp.banner_disclosure`, `smtp.size_limit`, `smtp.pipelining_sync`, `tls.starttls`,
+/// `tls.versions`, `tls.ciphers` and `tls.kex`.
+pub const CHECKS: &[crate::smtp::CheckInfo] = &[
+    crate::smtp::CheckInfo {
+        id: "postfix.config",
+        description: "The Postfix configuration directory (main.cf) can be read.",
+    },
+    crate::smtp::CheckInfo {
+        id: "postfix.syntax",
+        description: "Every line of main.cf and master.cf is one Postfix accepts.",
+    },
+    crate::smtp::CheckInfo {
+        id: "postfix.services",
+        description: "master.cf runs an smtpd service (information).",
+    },
+    crate::smtp::CheckInfo {
+        id: "postfix.inet_interfaces",
+        description: "The interfaces Postfix listens on (information).",
+    },
+    crate::smtp::CheckInfo {
+        id: "postfix.mynetworks",
+        description: "mynetworks trusts no network wider than a /24 (IPv4) or /64 (IPv6).",
+    },
+    crate::smtp::CheckInfo {
+        id: "postfix.rate_limits",
+        description: "Client connection, message and recipient rate limits are set, and anvil runs to enforce them.",
+    },
+    crate::smtp::CheckInfo {
+        id: "postfix.helo_required",
+        description: "Clients must say HELO or EHLO before a mail transaction (smtpd_helo_required).",
+    },
+];
+
 /// Largest main.cf or master.cf read (4 MiB; real ones are a few kilobytes).
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
