@@ -116,33 +116,22 @@ struct SharedEndpoint {
 /// the endpoint, never the domain).
 type EndpointKey = (Option<String>, SocketAddr, Role);
 
-#[derive(Default)]
-struct SharedEndpoints(Mutex<HashMap<EndpointKey, Arc<tokio::sync::OnceCell<SharedEndpoint>>>>);
+/// Results made once per key for the whole run; whoever needs one meanwhile waits for it.
+struct OncePer<K, V>(Mutex<HashMap<K, Arc<tokio::sync::OnceCell<V>>>>);
 
-impl SharedEndpoints {
-    fn get(&self, endpoint: &Endpoint) -> Arc<tokio::sync::OnceCell<SharedEndpoint>> {
-        let mut map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry((endpoint.name.clone(), endpoint.addr, endpoint.role))
-            .or_default()
-            .clone()
+impl<K, V> Default for OncePer<K, V> {
+    fn default() -> Self {
+        OncePer(Mutex::new(HashMap::new()))
     }
 }
 
-/// `ports.exposed` of each MX address (scanned under the name of the first MX host seen
-/// there), shared by every domain of the run.
-#[derive(Default)]
-struct SharedPorts(Mutex<HashMap<(String, IpAddr), Arc<tokio::sync::OnceCell<Vec<Finding>>>>>);
-
-impl SharedPorts {
-    fn get(&self, host: &str, ip: IpAddr) -> Arc<tokio::sync::OnceCell<Vec<Finding>>> {
+impl<K: Eq + std::hash::Hash, V> OncePer<K, V> {
+    fn get(&self, key: K) -> Arc<tokio::sync::OnceCell<V>> {
         let mut map = match self.0.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.entry((host.to_string(), ip)).or_default().clone()
+        map.entry(key).or_default().clone()
     }
 }
 
@@ -150,8 +139,11 @@ impl SharedPorts {
 #[derive(Default)]
 struct Shared {
     locks: HostLocks,
-    endpoints: SharedEndpoints,
-    ports: SharedPorts,
+    /// The audit of each MX endpoint.
+    endpoints: OncePer<EndpointKey, SharedEndpoint>,
+    /// `ports.exposed` of each MX address, scanned under the name of the first MX host seen
+    /// there.
+    ports: OncePer<(String, IpAddr), Vec<Finding>>,
 }
 
 /// Audits every target and returns the report; `on_done` is called once per finished target.
@@ -290,7 +282,9 @@ async fn audit_domain(
     };
     let mut summaries = Vec::new();
     for endpoint in &endpoints {
-        let cell = shared.endpoints.get(endpoint);
+        let cell = shared
+            .endpoints
+            .get((endpoint.name.clone(), endpoint.addr, endpoint.role));
         let seen = cell
             .get_or_init(|| audit_mx_endpoint(&ctx, endpoint, options, &shared.locks))
             .await;
@@ -401,7 +395,7 @@ async fn exposed_ports(endpoints: &[Endpoint], shared: &Shared) -> Vec<Finding> 
         }
         done.push(ip);
         let host = endpoint.host();
-        let cell = shared.ports.get(&host, ip);
+        let cell = shared.ports.get((host.clone(), ip));
         let found = cell
             .get_or_init(|| async {
                 let lock = shared.locks.get(ip);
