@@ -37,7 +37,9 @@ Then, in one run:
      delayed.
 Each ravelin report is checked: one entry per domain, in order, and no `error` finding (an
 error there is a check that could not run: a DNS timeout under load, a refused or reset
-connection, ports exhausted — a bug of the auditor or of the bench, listed and exit 1).
+connection, ports exhausted — a bug of the auditor or of the bench, listed and exit 1). Five
+domains of the full audit are audited again one at a time: their verdicts (id, endpoint,
+status) must be those of the batch, whose shared MX endpoints were audited once.
 checkdmarc's results are counted, with the number of domains whose results carry a DNS
 timeout.
 
@@ -467,6 +469,36 @@ def check_report(path, names, label):
     return problems, findings, statuses
 
 
+def verdicts(target):
+    """A target's findings as sorted (id, endpoint, status) triples."""
+    return sorted((f["id"], f["endpoint"], f["status"]) for f in target["findings"])
+
+
+def compare_alone(common, batch_file, names, tmp, sample=5):
+    """Audits a few domains of the batch one at a time and compares each one's verdicts with
+    its entry in the batch report, whose MX endpoints were audited once for all the domains
+    sharing them: they must be the same."""
+    with open(batch_file) as f:
+        batch = {t["target"]: t for t in json.load(f)["targets"]}
+    problems = []
+    picked = random.Random(7).sample(names, min(sample, len(names)))
+    base = [a for a in common if a not in ("--targets-file", f"{tmp}/domains.txt")]
+    for name in picked:
+        out = f"{tmp}/alone-{name}.json"
+        rc = subprocess.run(base + ["--output", out, name], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=300).returncode
+        if rc not in (0, 1):
+            problems.append(f"ravelin audit {name} alone exited {rc}")
+            continue
+        with open(out) as f:
+            alone = json.load(f)["targets"][0]
+        if verdicts(alone) != verdicts(batch[name]):
+            diff = set(verdicts(alone)) ^ set(verdicts(batch[name]))
+            problems.append(f"{name}: the batch and a lone audit disagree on {sorted(diff)[:5]}")
+    say(f"{len(picked)} domains audited alone: {len(picked) - len(problems)} agree with the batch")
+    return problems
+
+
 # checkdmarc fetches MTA-STS policies with `requests`, which resolves the policy host through
 # the system's resolver, not -n. So that it sees the same DNS as for everything else (as it
 # would where the system resolver is that server), names under .test are resolved at DNS_ADDR
@@ -658,6 +690,7 @@ def main():
             problems += p
             results["full"] = (secs, findings, statuses)
             say(f"ravelin full: {secs:.2f} s, {findings} findings {dict(statuses)}")
+            problems += compare_alone(common, full_out, names, tmp)
         if args.dns_latency and not args.skip_checkdmarc:
             say(f"DNS part with {args.dns_latency} ms per DNS round trip (proxy on {LATENCY_ADDR}:53)")
             proxy = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--latency-proxy",
