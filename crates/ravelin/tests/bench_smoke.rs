@@ -2,7 +2,9 @@
 //! the gateway changes: the relay benchmark (bench/relay-throughput.sh: Postfix relay
 //! instance, this build of the gateway, one smtp-sink, smtp-source; 200 messages over 5
 //! sessions, every message received exactly once from each relay) and the inbound-checks
-//! benchmark (bench/inbound-checks.py: 50 messages, every one checked on both sides). Each
+//! benchmark (bench/inbound-checks.py: 50 messages, every one checked on both sides) and the
+//! batch-audit benchmark (bench/audit-batch.py: 40 domains, every report complete, without
+//! an error finding, and agreeing with lone audits of 5 of them). Each
 //! checks that the script exits 0 and what it reports; none asserts anything about speed: that
 //! is for the full-size runs recorded in docs/BENCHMARKS.md, on a quiet machine.
 
@@ -112,5 +114,37 @@ fn inbound_checks_benchmark_smoke_run_checks_every_message_on_both_sides() {
     assert!(
         stdout.contains("ratio ravelin/postfix: "),
         "no ratio:\n{report}"
+    );
+}
+
+/// Smoke run of the batch-audit benchmark (bench/audit-batch.py) with 40 domains and this
+/// build as both the auditor and the 10 MX hosts: NSD on 127.0.53.1:53, the MTA-STS policy
+/// server, `ravelin audit --dns-only` and checkdmarc on the same domains, the full audit, the
+/// lone audits it is compared with, and the DNS part again through the 20 ms proxy. The script
+/// itself fails on a missing or reordered report entry, an `error` finding, a lone audit that
+/// disagrees with the batch, or a checkdmarc result missing; here we check that it exits 0 and
+/// reports a rate for every part.
+#[test]
+fn audit_batch_benchmark_smoke_run_audits_every_domain_without_errors() {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg(repo_root().join("bench/audit-batch.py"))
+        .args(["--domains", "40", "--latency-sample", "5"])
+        .arg("--ravelin")
+        .arg(env!("CARGO_BIN_EXE_ravelin"));
+    let out = run(cmd, LIMIT);
+    let report = describe(&out);
+    assert!(out.status.success(), "the benchmark failed:\n{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for prefix in [
+        "ravelin audit --dns-only: 40 domains",
+        "checkdmarc: 40 domains",
+        "ravelin audit (full, passive): 40 domains",
+        "with 20 ms per DNS round trip: ravelin audit --dns-only 40 domains",
+    ] {
+        result_line(&stdout, prefix, &report);
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("5 domains audited alone: 5 agree"),
+        "{report}"
     );
 }
