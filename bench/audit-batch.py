@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """audit-batch.py: a batch audit of 1 000 synthetic mail domains, served on loopback.
 
-    bench/audit-batch.py [--domains 1000] [--concurrency 8] [--ravelin PATH]
+    bench/audit-batch.py [--domains 1000] [--concurrency 32] [--ravelin PATH]
                          [--checkdmarc PATH] [--skip-checkdmarc] [--skip-full] [--keep]
                          [--dns-latency 20] [--latency-sample 100] [--serve]
 
@@ -577,8 +577,8 @@ def main():
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--domains", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=8,
-                    help="ravelin audit --concurrency (8 is its default)")
+    ap.add_argument("--concurrency", type=int, default=32,
+                    help="ravelin audit --concurrency (32 is its default)")
     ap.add_argument("--ravelin", default="")
     ap.add_argument("--checkdmarc", default=os.path.join(ROOT, ".venv", "bin", "checkdmarc"))
     ap.add_argument("--skip-checkdmarc", action="store_true")

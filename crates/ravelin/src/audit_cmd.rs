@@ -89,8 +89,10 @@ pub struct AuditArgs {
     #[arg(long, default_value = "high", value_name = "SEVERITY",
           value_parser = ["info", "low", "medium", "high", "critical"])]
     fail_on: String,
-    /// Targets audited at the same time (one connection per mail host at a time regardless).
-    #[arg(long, default_value_t = 8, value_name = "N",
+    /// Targets audited at the same time. Each mail server address still gets one connection
+    /// at a time, however many targets share it: this bounds the lookups in flight and the
+    /// different servers tested at once.
+    #[arg(long, default_value_t = run::DEFAULT_CONCURRENCY, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
     /// Read more targets from FILE, one per line ('#' starts a comment).
