@@ -112,10 +112,15 @@ pub struct AuditArgs {
     #[arg(long, default_value_t = 5, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=300))]
     smuggling_wait: u64,
-    /// Seconds to wait for each reply.
+    /// Seconds to wait for each reply after the greeting.
     #[arg(long, default_value_t = 30, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=600))]
     timeout: u64,
+    /// Seconds to wait for a server's greeting (some servers delay it on purpose: postscreen
+    /// 6 s by default; RFC 5321 lets a client wait 5 minutes).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    greeting_timeout: u64,
 }
 
 fn usage(message: &str) -> ExitCode {
@@ -213,6 +218,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             probe: Arc::new(ProbeSettings {
                 helo_name: args.helo.clone(),
                 command_timeout: timeout,
+                greeting_timeout: Duration::from_secs(args.greeting_timeout),
                 connect_timeout: timeout.min(Duration::from_secs(10)),
                 ..ProbeSettings::default()
             }),

@@ -1303,3 +1303,31 @@ fn postfix_config_is_linted_from_the_command_line() {
     let out = ravelin_cli(&["audit"], WAIT);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+/// A server that accepts connections but never greets costs `--greeting-timeout`, not more:
+/// the audit reports it as not reachable (exit 3) and says what it waited for.
+#[test]
+fn a_server_that_never_greets_costs_the_greeting_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("address");
+    let held = std::thread::spawn(move || {
+        // Accept and hold every connection, silent, until the audit is over.
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).expect("nonblocking");
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < until {
+            match silent.accept() {
+                Ok((c, _)) => conns.push(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let a = Audit::run(&["--greeting-timeout", "2", &addr.to_string()]);
+    let took = started.elapsed();
+    assert_eq!(a.exit, 3, "{:#}\n{}", a.report, a.stderr);
+    let evidence = a.evidence(0, "smtp.connect");
+    assert!(evidence.contains("greeting"), "{evidence}");
+    assert!(took < Duration::from_secs(30), "the audit took {took:?}");
+    drop(held);
+}
