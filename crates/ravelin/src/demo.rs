@@ -2,8 +2,9 @@
 //!
 //! Starts a gateway on a loopback port in front of a built-in SMTP sink (itself a
 //! `ravelin_wire` server session that accepts everything), then plays a legitimate sender and a
-//! set of attackers against it: a pregreet talker, open-relay tricks, SMTP smuggling, VRFY /
-//! EXPN harvesting, an oversized message, a bare-LF command and unauthorised pipelining. It
+//! set of attackers against it: a pregreet talker, open-relay tricks, SMTP smuggling, an
+//! unknown recipient (the gateway knows its users from a recipients file), VRFY / EXPN
+//! harvesting, an oversized message, a bare-LF command and unauthorised pipelining. It
 //! prints what the gateway answered, checks that only the legitimate message reached the sink,
 //! then audits the gateway with `ravelin audit --active` and shows every finding a loopback
 //! demo cannot pass with its reason. It exits 1 if anything behaved otherwise (an attack let
@@ -96,6 +97,7 @@ fn scenarios() -> Vec<Scenario> {
         relay("Relay: source route", b"RCPT TO:<@demo.example:victim@elsewhere.test>\r\n"),
         relay("Relay: IP literal", b"RCPT TO:<victim@[127.0.0.1]>\r\n"),
         smuggle,
+        scenario("Unknown recipient", true, 550, &[EHLO, MAIL, b"RCPT TO:<nobody-here@demo.example>\r\n"]),
         scenario("VRFY harvesting", true, 252, &[EHLO, b"VRFY root\r\n"]),
         scenario("EXPN harvesting", true, 502, &[EHLO, b"EXPN staff\r\n"]),
         scenario("Oversized message (declared SIZE)", true, 552, &[EHLO, b"MAIL FROM:<s@elsewhere.test> SIZE=99999999\r\n"]),
@@ -236,6 +238,10 @@ async fn demo_in(dir: &std::path::Path, json: bool) -> Result<bool, String> {
     let sink_addr = sink_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(sink(sink_listener, inbox.clone()));
 
+    // Only these exist: mail for anyone else is refused (550 5.1.1).
+    let recipients = dir.join("recipients");
+    std::fs::write(&recipients, "alice@demo.example\npostmaster@demo.example\n")
+        .map_err(|e| format!("cannot write {}: {e}", recipients.display()))?;
     let toml = format!(
         r#"hostname = "mx.demo.example"
 [server]
@@ -248,6 +254,10 @@ tls = "offer"
 [inbound]
 domains = ["demo.example"]
 backend = ["smtp://{sink_addr}"]
+[recipients]
+sources = ["file"]
+file = "{recipients}"
+harvest_delay = "0s"
 [limits]
 message_size = 1048576
 [screen]
@@ -266,7 +276,8 @@ enabled = false
 [dns]
 nameservers = ["127.0.0.1:9"]
 "#,
-        dir.display()
+        dir.display(),
+        recipients = recipients.display(),
     );
     let config = Config::parse(&toml, "demo.toml").map_err(|e| e.to_string())?;
     let gateway = Gateway::start(&config).await?;
@@ -398,9 +409,6 @@ fn loopback_reason(id: &str) -> Option<&'static str> {
     Some(match id {
         "tls.cert_chain" => {
             "the demo makes a self-signed certificate; `[tls] certificate` takes a CA-signed one"
-        }
-        "smtp.catch_all" | "smtp.rcpt_enumeration" => {
-            "the demo has no recipient list; `[recipients]` (file, LDAP or callout) closes it"
         }
         _ => return None,
     })

@@ -1224,4 +1224,7 @@ fn demo_stops_every_attack() {
     assert_eq!(status("smtp.open_relay"), Some("pass".into()));
     assert_eq!(status("smtp.smuggling.lf-dot-lf"), Some("pass".into()));
     assert_eq!(status("tls.versions"), Some("pass".into()));
+    // The demo knows its users (a recipients file): no catch-all, no enumeration.
+    assert_eq!(status("smtp.catch_all"), Some("pass".into()));
+    assert_eq!(status("smtp.rcpt_enumeration"), Some("pass".into()));
 }
