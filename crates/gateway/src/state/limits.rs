@@ -1,8 +1,8 @@
 //! Rate limits and connection counts.
 //!
 //! [`RateLimits`] counts, in the state store (shared by a cluster, kept across restarts),
-//! MAIL FROM and RCPT TO commands per client address, per sender domain and per authenticated
-//! user in the sliding
+//! MAIL FROM and RCPT TO commands per client (an IPv4 address, or an IPv6 client's
+//! `/ipv6_prefix` network), per sender domain and per authenticated user in the sliding
 //! `[rate_limits] window`, and new connections per address and per prefix in the fixed
 //! `connection_window`. [`ConnectionTracker`] counts the connections each address and prefix
 //! holds on this node, in memory: a guard per connection gives its slot back when dropped, so
@@ -48,6 +48,13 @@ impl RateLimits {
             config: config.clone(),
             exempt,
         }
+    }
+
+    /// What the per-address message and recipient limits count: an IPv4 address, or an IPv6
+    /// client's whole `/ipv6_prefix` network (a host that changes its address inside its /64,
+    /// as privacy addresses do, is still one client; bans count it the same way).
+    fn client_of(&self, ip: IpAddr) -> Cidr {
+        network_of(ip, 32, self.config.ipv6_prefix)
     }
 
     fn is_exempt(&self, ip: IpAddr) -> bool {
@@ -163,8 +170,14 @@ impl RateLimits {
                 "recipients_per_sender_domain",
             )
         };
-        self.count(address_key, kind, host_of(ip).to_string(), per_address, w)
-            .await?;
+        self.count(
+            address_key,
+            kind,
+            self.client_of(ip).to_string(),
+            per_address,
+            w,
+        )
+        .await?;
         if let Some(domain) = sender_domain.filter(|d| !d.is_empty() && d.len() <= 255) {
             self.count(
                 domain_key,

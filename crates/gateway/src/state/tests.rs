@@ -303,6 +303,33 @@ async fn rate_limits_per_address_and_sender_domain() {
         ("messages_per_address", "127.0.0.7/32", 3, 2)
     );
     assert!(limits.message(ip("127.0.0.8"), None, None).await.is_ok());
+    // IPv6: the client is its /64; rotating addresses inside it does not reset the count.
+    assert!(
+        limits
+            .message(ip("2001:db8:1:2::5"), None, None)
+            .await
+            .is_ok()
+    );
+    assert!(
+        limits
+            .message(ip("2001:db8:1:2::6"), None, None)
+            .await
+            .is_ok()
+    );
+    let e = limits
+        .message(ip("2001:db8:1:2:a:b:c:d"), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.limit, e.subject.as_str(), e.count),
+        ("messages_per_address", "2001:db8:1:2::/64", 3)
+    );
+    assert!(
+        limits
+            .message(ip("2001:db8:1:3::5"), None, None)
+            .await
+            .is_ok()
+    );
     for client in ["127.0.0.10", "127.0.0.11", "127.0.0.12"] {
         assert!(
             limits
