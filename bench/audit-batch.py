@@ -67,7 +67,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import PATH, ROOT, start_sink, stop_sink  # noqa: E402
+from loopback import PATH, ROOT, start_gateway, start_sink  # noqa: E402
 
 DNS_ADDR = "127.0.53.1"
 LATENCY_ADDR = "127.0.53.2"  # --dns-latency: the delaying proxy in front of NSD
@@ -399,9 +399,7 @@ kind = "inbound"
 tls = "offer"
 """ for i in range(1, MX_COUNT + 1))
     names = ", ".join(f'"{d.name}"' for d in domains)
-    config = f"{tmp}/ravelin.toml"
-    with open(config, "w") as f:
-        f.write(f"""hostname = "mx1.{PROVIDER}"
+    config = f"""hostname = "mx1.{PROVIDER}"
 [server]
 user = "nobody"
 {listeners}
@@ -418,23 +416,9 @@ path = "{tmp}/spool"
 nameservers = ["{DNS_ADDR}:53"]
 [log]
 format = "json"
-""")
-    log = open(f"{tmp}/ravelin-serve.log", "wb")
-    mx = subprocess.Popen([ravelin, "serve", "--config", config], stdout=subprocess.DEVNULL,
-                          stderr=log, env=dict(os.environ, PATH=PATH))
-    deadline = time.time() + 30
-    for i in range(1, MX_COUNT + 1):
-        while True:
-            if mx.poll() is not None:
-                die(f"ravelin serve exited: {open(f'{tmp}/ravelin-serve.log').read()[-2000:]}")
-            try:
-                socket.create_connection((f"{MX_NET}.{i}", 25), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    die(f"ravelin serve does not listen on {MX_NET}.{i}:25 after 30 s")
-                time.sleep(0.05)
-    return mx
+"""
+    return start_gateway(ravelin, tmp, config,
+                         [(f"{MX_NET}.{i}", 25) for i in range(1, MX_COUNT + 1)], "audit-batch")
 
 
 # --- the runs -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import PATH, ROOT, free_port, start_sink, stop_sink, wait_port  # noqa: E402
+from loopback import PATH, ROOT, free_port, start_gateway, start_sink, stop_sink  # noqa: E402
 NOFILE = 65536
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h
 
@@ -110,9 +110,7 @@ def main():
         smtp_port = free_port()
         sink, sink_port = start_sink(tmp, "idle-connections")
         children.append(sink)
-        config = os.path.join(tmp, "ravelin.toml")
-        with open(config, "w") as f:
-            f.write(f"""hostname = "mx.idle.example"
+        config = f"""hostname = "mx.idle.example"
 [server]
 user = "nobody"
 [[listen]]
@@ -137,12 +135,10 @@ path = "{tmp}/spool"
 nameservers = ["127.0.0.1:9"]
 [checks]
 enabled = false
-""")
-        log = open(os.path.join(tmp, "ravelin.log"), "wb")
-        gw = subprocess.Popen([ravelin, "serve", "--config", config], stderr=log,
-                              stdout=subprocess.DEVNULL, env=env, preexec_fn=raise_nofile)
+"""
+        gw = start_gateway(ravelin, tmp, config, [("127.0.0.1", smtp_port)],
+                           "idle-connections", env=env, preexec_fn=raise_nofile)
         children.append(gw)
-        wait_port(smtp_port, "idle-connections")
         # Warm up: one message through, so the buffers of a first session exist already.
         legitimate_message(smtp_port)
         time.sleep(1)

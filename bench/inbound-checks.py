@@ -63,7 +63,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import PATH, ROOT, free_port, wait_port  # noqa: E402
+from loopback import PATH, ROOT, free_port, start_gateway, wait_port  # noqa: E402
 
 try:
     import dkim
@@ -578,9 +578,7 @@ def ravelin_side(args, work, sink, good, bad, started):
     os.makedirs(d)
     os.chmod(d, 0o755)
     port = free_port()
-    config = os.path.join(d, "ravelin.toml")
-    with open(config, "w") as f:
-        f.write(f"""hostname = "{RV_ID}"
+    config = f"""hostname = "{RV_ID}"
 
 [server]
 user = "nobody"
@@ -619,22 +617,10 @@ enforce_dmarc = true
 
 [log]
 format = "json"
-""")
-    log = os.path.join(d, "ravelin.log")
-    proc = subprocess.Popen([args.ravelin, "serve", "--config", config],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=ENV)
+"""
+    proc = start_gateway(args.ravelin, d, config, [("127.0.0.1", port)], "inbound-checks",
+                         env=ENV)
     started.append(proc)
-    deadline = time.time() + 30
-    while True:
-        if proc.poll() is not None:
-            die(f"ravelin exited: {tail(log)}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline:
-                die(f"ravelin does not listen after 30 s: {tail(log)}")
-            time.sleep(0.05)
     checks_prove("ravelin", port, good, bad, sink, RV_ID)
     cpu0 = cpu_seconds([proc.pid])
     elapsed, accepted, queries = load("ravelin", port, args, sink)

@@ -1,5 +1,6 @@
 """loopback.py: what the Python benchmarks in bench/ share: the repository root, a PATH with
-the sbin directories (smtp-sink), free loopback ports and waiting for a listener."""
+the sbin directories (smtp-sink), free loopback ports, waiting for a listener, smtp-sink and
+`ravelin serve` started on a configuration."""
 
 import os
 import socket
@@ -37,6 +38,42 @@ def wait_port(port, who, timeout=30):
         except OSError:
             time.sleep(0.05)
     sys.exit(f"{who}: nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start_gateway(ravelin, directory, config, listeners, who, **popen):
+    """Writes CONFIG (TOML text) to DIRECTORY/ravelin.toml and runs `ravelin serve` on it, its
+    log (stderr) in DIRECTORY/ravelin.log; returns the process once every (host, port) of
+    LISTENERS accepts connections. Exits naming WHO, with the end of the log, when the gateway
+    stops or does not listen within 30 s. POPEN goes to subprocess.Popen (e.g. preexec_fn)."""
+    import subprocess
+
+    path = os.path.join(directory, "ravelin.toml")
+    with open(path, "w") as f:
+        f.write(config)
+    log = os.path.join(directory, "ravelin.log")
+    popen.setdefault("env", dict(os.environ, PATH=PATH))
+    proc = subprocess.Popen([ravelin, "serve", "--config", path], stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"), **popen)
+
+    def log_end():
+        with open(log, "rb") as f:
+            return f.read()[-2000:].decode(errors="replace")
+
+    deadline = time.time() + 30
+    for host, port in listeners:
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"{who}: ravelin serve exited ({proc.returncode}): {log_end()}")
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    proc.kill()
+                    sys.exit(f"{who}: ravelin serve does not listen on {host}:{port} after "
+                             f"30 s: {log_end()}")
+                time.sleep(0.05)
+    return proc
 
 
 def start_sink(tmp, who):

@@ -39,7 +39,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loopback import PATH, ROOT, free_port, start_sink, stop_sink, wait_port  # noqa: E402
+from loopback import PATH, ROOT, free_port, start_gateway, start_sink, stop_sink  # noqa: E402
 
 
 
@@ -172,9 +172,7 @@ def run(args, ravelin, tmp, children):
     smtp_port, metrics_port = free_port(), free_port()
     sink, sink_port = start_sink(tmp, "soak")
     children.append(sink)
-    config = os.path.join(tmp, "ravelin.toml")
-    with open(config, "w") as f:
-        f.write(f"""hostname = "mx.soak.example"
+    config = f"""hostname = "mx.soak.example"
 [server]
 user = "nobody"
 [[listen]]
@@ -200,13 +198,10 @@ exempt = []
 nameservers = ["127.0.0.1:9"]
 [checks]
 enabled = false
-""")
-    log = open(os.path.join(tmp, "ravelin.log"), "wb")
-    gw = subprocess.Popen([ravelin, "serve", "--config", config], stderr=log,
-                          stdout=subprocess.DEVNULL, env=env)
+"""
+    gw = start_gateway(ravelin, tmp, config,
+                       [("127.0.0.1", smtp_port), ("127.0.0.1", metrics_port)], "soak", env=env)
     children.append(gw)
-    wait_port(smtp_port, "soak")
-    wait_port(metrics_port, "soak")
     print(f"soak: {args.minutes} min; gateway pid {gw.pid}, spool and log in {tmp}", file=sys.stderr)
 
     end = time.time() + args.minutes * 60
