@@ -21,11 +21,17 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
+
+/// Each Postfix of the audit world listens on its own loopback address, as separate
+/// servers do (the auditor keys its per-server politeness and sharing on the address).
+const WEAK_POSTFIX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 21);
+const HARDENED_POSTFIX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 22);
+const SASL_POSTFIX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 23);
 
 /// Time limit of one audit run (the active checks wait for each smuggling sequence).
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -196,6 +202,7 @@ fn lacks_smuggling_fix((major, minor, patch): (u32, u32, u32)) -> bool {
 fn weak_postfix(relay_sink: SocketAddr) -> Postfix {
     Postfix::start(
         PostfixOptions::backend(&["postmaster", "alice"])
+            .address(WEAK_POSTFIX)
             .set("smtpd_banner", "$myhostname ESMTP $mail_name $mail_version")
             .set("disable_vrfy_command", "no")
             .set(
@@ -342,6 +349,7 @@ fn postfix_with_sasl_before_tls_and_a_slow_clock_fails_the_auth_checks() {
     let hour_ago = ravelin_wire::date::rfc5322(now - 3600);
     let postfix = Postfix::start(
         PostfixOptions::backend(&["postmaster", "alice"])
+            .address(SASL_POSTFIX)
             .set(
                 "smtpd_banner",
                 &format!("$myhostname ESMTP ready at {hour_ago}"),
@@ -397,6 +405,7 @@ fn postfix_with_sasl_before_tls_and_a_slow_clock_fails_the_auth_checks() {
 /// pipelining refused, low error limits.
 fn hardened_options(files: &ravelin_tls::testing::TestPkiFiles) -> PostfixOptions {
     PostfixOptions::backend(&["postmaster", "alice"])
+        .address(HARDENED_POSTFIX)
         .set("smtpd_tls_security_level", "may")
         .set("smtpd_tls_cert_file", &files.cert.display().to_string())
         .set("smtpd_tls_key_file", &files.key.display().to_string())

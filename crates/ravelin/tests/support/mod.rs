@@ -957,6 +957,8 @@ pub struct PostfixOptions {
     pub users: Vec<String>,
     /// Extra main.cf settings `(name, value)`, applied last.
     pub settings: Vec<(String, String)>,
+    /// The loopback address smtpd listens on.
+    pub address: Ipv4Addr,
 }
 
 impl PostfixOptions {
@@ -966,6 +968,7 @@ impl PostfixOptions {
             domain: "example.org".into(),
             users: users.iter().map(|u| u.to_string()).collect(),
             settings: Vec::new(),
+            address: Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -974,6 +977,13 @@ impl PostfixOptions {
             mode: PostfixMode::Relay(next_hop),
             ..Self::backend(&["user"])
         }
+    }
+
+    /// Listens on `address` (127.x.y.z) instead of 127.0.0.1, so that instances of one
+    /// test are told apart by address, as separate servers are.
+    pub fn address(mut self, address: Ipv4Addr) -> Self {
+        self.address = address;
+        self
     }
 
     pub fn domain(mut self, domain: &str) -> Self {
@@ -1079,13 +1089,15 @@ impl Postfix {
             "Postfix test instances need root (CI runs tests as root)"
         );
         let dir = daemon_tempdir();
-        let addr = free_addr();
+        let addr = SocketAddr::new(IpAddr::V4(options.address), free_port());
         let instance = dir.path().join("postfix");
         let mut cmd = Command::new("bash");
         cmd.arg(Self::script()).arg("create").arg(&instance);
         cmd.args([
             "--port",
             &addr.port().to_string(),
+            "--address",
+            &options.address.to_string(),
             "--domain",
             &options.domain,
         ]);
