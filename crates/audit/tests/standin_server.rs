@@ -35,6 +35,10 @@ struct Script {
     ntlm: Option<Vec<u8>>,
     /// EXPN lists the members of postmaster (Sendmail without `goaway`), else 502.
     expn: bool,
+    /// DATA is accepted and read as the servers hit by SMTP smuggling read it: NULs
+    /// dropped, a lone CR or LF taken as a line end, so any of the fake endings ends the
+    /// message. `false`: DATA is refused.
+    lenient_data: bool,
 }
 
 impl Script {
@@ -68,6 +72,7 @@ impl Script {
             },
             "AUTH" => vec!["504 5.7.4 Unrecognized authentication type".into()],
             "*" => vec!["501 5.7.0 Authentication cancelled".into()],
+            "DATA" if self.lenient_data => vec!["354 Start mail input".into()],
             "DATA" => vec!["554 5.5.1 No valid recipients".into()],
             "QUIT" => vec!["221 2.0.0 Bye".into()],
             _ => vec!["502 5.3.3 Command not implemented".into()],
@@ -89,11 +94,30 @@ impl Script {
             for reply in self.answer(line) {
                 write!(out, "{reply}\r\n")?;
             }
+            if self.lenient_data && line.eq_ignore_ascii_case("DATA") {
+                read_data_leniently(&mut reader)?;
+                write!(out, "250 2.0.0 Queued\r\n")?;
+            }
             if line.eq_ignore_ascii_case("QUIT") {
                 return Ok(());
             }
         }
     }
+}
+
+/// Reads message data up to a line holding only a dot, where a line ends at CR, LF or CRLF
+/// and NULs do not count: `\r.\r`, `\n.\n`, `\r\n\0.\r\n` ... all end it. At most 1 MiB.
+fn read_data_leniently(reader: &mut impl BufRead) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    for byte in reader.bytes().take(1 << 20) {
+        match byte? {
+            0 => {}
+            b'\r' | b'\n' if line == b"." => return Ok(()),
+            b'\r' | b'\n' => line.clear(),
+            b => line.push(b),
+        }
+    }
+    Ok(())
 }
 
 /// Serves `script` on a loopback port, one thread per connection, for the rest of the test
@@ -164,6 +188,7 @@ async fn ntlm_challenge_and_expn_reveal_what_they_should_not() {
         greeting: "mail.example.org Microsoft ESMTP MAIL Service ready".into(),
         ntlm: Some(challenge),
         expn: true,
+        lenient_data: false,
     });
     let findings = audit(addr).await;
 
@@ -219,9 +244,43 @@ async fn without_ntlm_and_expn_both_checks_pass() {
         greeting: "mail.example.org ESMTP".into(),
         ntlm: None,
         expn: false,
+        lenient_data: false,
     });
     let findings = audit(addr).await;
     assert_eq!(verdict(&findings, "smtp.ntlm_info").0, Status::Pass);
     assert_eq!(verdict(&findings, "smtp.expn").0, Status::Pass);
     assert_eq!(verdict(&findings, "smtp.clock_skew").0, Status::Skipped);
+}
+
+/// A server that ends DATA at a lone CR or LF (and ignores NULs) fails every
+/// `smtp.smuggling.<sequence>`: each fake ending is followed at once by a 2xx. No server that
+/// can be installed here reads data that way (Postfix only at bare LF with
+/// `smtpd_forbid_bare_newline = no`, which tests/audit.rs shows failing the LF sequences);
+/// the stand-in gives every sequence, CR ones included, its failing side. The passing side of
+/// every sequence is asserted against Postfix and Ravelin in crates/ravelin/tests/audit.rs.
+#[tokio::test]
+async fn a_server_that_ends_data_at_a_lone_cr_or_lf_fails_every_smuggling_sequence() {
+    let addr = start(Script {
+        greeting: "mail.example.org ESMTP".into(),
+        ntlm: None,
+        expn: false,
+        lenient_data: true,
+    });
+    let endpoint = Endpoint {
+        name: Some("mail.example.org".into()),
+        addr,
+        role: Role::Mx,
+        domain: Some("example.org".into()),
+    };
+    let options = SmtpOptions {
+        active: true,
+        smuggling_wait: std::time::Duration::from_secs(2),
+        ..SmtpOptions::default()
+    };
+    let findings = smtp::audit_endpoint(&endpoint, &options).await;
+    for seq in ravelin_audit::smtp::smuggling::SEQUENCES {
+        let id = format!("smtp.smuggling.{}", seq.name);
+        let f = one(&findings, &id);
+        assert_eq!(f.status, Status::Fail, "{id}: {f:#?}");
+    }
 }
