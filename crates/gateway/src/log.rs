@@ -13,7 +13,7 @@
 //! The text format is `TS LEVEL msg key=value ...`, with values quoted and escaped when they
 //! contain spaces, quotes or control characters, so one event is always one line.
 //!
-//! Every event at info or above, whatever the level, is also counted by
+//! With `[metrics]` on, every event at info or above, whatever the level, is also counted by
 //! [`crate::metrics::EventCounter`]. Spans are recorded whatever the level, so a `warn` event inside an `info` span still carries
 //! the span's `session` and `client`. How it fails: [`init`] returns an error for a bad level
 //! string or when a global subscriber is already installed; a failed write to stderr drops
