@@ -458,11 +458,29 @@ async fn dkim_keys() {
     expect(&good, "dns.dkim", Status::Pass, "selector1: RSA 2048");
     // The selector given with --dkim-selector is tried too.
     expect(&good, "dns.dkim", Status::Pass, "custom: RSA 2048");
+    // No name below `_domainkey.nomx.example`: NXDOMAIN there (RFC 8020) spares the common
+    // selectors; the one given with --dkim-selector is still asked.
+    let before = w.dns.queries();
+    let none = check("nomx.example").await;
     expect(
-        &check("nomx.example").await,
+        &none,
         "dns.dkim",
         Status::Warn,
-        "no key under",
+        "_domainkey.nomx.example does not exist (NXDOMAIN), so no selector below it does",
+    );
+    expect(
+        &none,
+        "dns.dkim",
+        Status::Warn,
+        "no key under the selectors given either: custom",
+    );
+    assert_eq!(w.dns.queries() - before, 2, "_domainkey and custom only");
+    // A domain with keys: `_domainkey` exists (NODATA), so every selector is asked.
+    let before = w.dns.queries();
+    check("dkim-test.example").await;
+    assert_eq!(
+        w.dns.queries() - before,
+        2 + dns::dkim::COMMON_SELECTORS.len()
     );
     let short = check("dkim-short.example").await;
     expect(

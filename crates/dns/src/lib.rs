@@ -7,6 +7,8 @@
 //! - [`resolver`]: [`Resolver`] built from [`ResolverSettings`]; typed lookups (TXT, MX, A,
 //!   AAAA, PTR, CNAME, TLSA, CAA) returning an [`Answer`] or a [`LookupError`] that tells
 //!   NXDOMAIN, NODATA and temporary failures apart.
+//! - [`cache`]: the answer cache a resolver can be built with ([`Resolver::with_answer_cache`]):
+//!   outcomes kept for their TTL, one query in flight per question.
 //! - [`dnsbl`]: DNSBL / DNSWL queries, one list or many under one deadline, with list error
 //!   codes (Spamhaus 127.255.255.x, answers outside 127.0.0.0/8) kept apart from listings.
 //! - [`fcrdns`]: forward-confirmed reverse DNS of a client address.
@@ -43,6 +45,7 @@
 //! answer is insecure and DANE is simply not used (opportunistic TLS or MTA-STS apply), unless
 //! the operator says the path is trusted ([`AdTrust::Always`]).
 
+pub mod cache;
 pub mod dnsbl;
 pub mod fcrdns;
 pub mod mta_sts;

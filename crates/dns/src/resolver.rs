@@ -16,8 +16,11 @@
 //!   bogus DNSSEC data), REFUSED, a timeout, a network error or a malformed answer. These are
 //!   temporary: mail is deferred, never bounced or accepted because of them.
 //!
-//! There is no cache here: like Postfix, we leave caching to the recursive resolver, which
-//! does it per RRset and TTL; callers that want to remember an answer have its TTL.
+//! By default there is no cache here: like Postfix, we leave caching to the recursive
+//! resolver, which does it per RRset and TTL; callers that want to remember an answer have its
+//! TTL. A run that asks the same questions many times (a batch audit) builds its resolver with
+//! [`Resolver::with_answer_cache`]: each query's outcome is then kept for its TTL and shared
+//! by concurrent callers ([`crate::cache`]).
 //!
 //! DNSSEC: every query carries the AD bit (RFC 6840 §5.7), which asks a validating resolver to
 //! say whether it validated the answer, without the bulk of RRSIG records that the DO bit would
@@ -48,6 +51,8 @@ use hickory_resolver::net::{DnsError, DnsHandle, NetError, RetryDnsHandle};
 use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+
+use crate::cache::AnswerCache;
 
 /// The most records of one answer that are kept; the rest are ignored.
 pub const MAX_RECORDS: usize = 256;
@@ -267,7 +272,11 @@ struct Inner {
     nameservers: Vec<SocketAddr>,
     trust_ad: bool,
     deadline: Duration,
+    cache: Option<AnswerCache<Exchanged>>,
 }
+
+/// The outcome of one query: the answer records and the AD bit.
+type Exchanged = Result<(Vec<Record>, bool), LookupError>;
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -289,6 +298,24 @@ struct Resolved {
 impl Resolver {
     /// A resolver for the settings. With no name servers, `/etc/resolv.conf` is read now.
     pub fn new(settings: &ResolverSettings) -> Result<Resolver, ConfigError> {
+        Self::build(settings, None)
+    }
+
+    /// A resolver that keeps the outcome of up to `capacity` questions for their TTL (at most
+    /// [`crate::cache::MAX_TTL`]; temporary failures are not kept), and sends one query for
+    /// concurrent callers of the same question. For runs that ask the same questions many
+    /// times, such as a batch audit.
+    pub fn with_answer_cache(
+        settings: &ResolverSettings,
+        capacity: usize,
+    ) -> Result<Resolver, ConfigError> {
+        Self::build(settings, Some(AnswerCache::new(capacity)))
+    }
+
+    fn build(
+        settings: &ResolverSettings,
+        cache: Option<AnswerCache<Exchanged>>,
+    ) -> Result<Resolver, ConfigError> {
         let (nameservers, options) = effective(settings)?;
         let (timeout, attempts) = (options.timeout, options.attempts);
         let configs = nameservers.iter().map(|addr| name_server(*addr));
@@ -312,6 +339,7 @@ impl Resolver {
                 nameservers,
                 trust_ad,
                 deadline,
+                cache,
             }),
         })
     }
@@ -558,12 +586,33 @@ impl Resolver {
         }
     }
 
-    /// One query through the pool: the answer records and the AD bit, or the outcome.
-    async fn exchange(
+    /// One question: through the answer cache when there is one.
+    async fn exchange(&self, name: &Name, rtype: RecordType) -> Exchanged {
+        match &self.inner.cache {
+            Some(cache) => {
+                cache
+                    .get_or_query(name, rtype, self.query(name, rtype))
+                    .await
+            }
+            None => self.query(name, rtype).await.0,
+        }
+    }
+
+    /// One query through the pool: the answer records and the AD bit, or the outcome; and how
+    /// long the outcome may be kept (zero for temporary failures).
+    async fn query(&self, name: &Name, rtype: RecordType) -> (Exchanged, Duration) {
+        let (outcome, ttl) = match self.query_pool(name, rtype).await {
+            Ok((records, ad, ttl)) => (Ok((records, ad)), ttl),
+            Err((e, ttl)) => (Err(e), ttl),
+        };
+        (outcome, Duration::from_secs(u64::from(ttl)))
+    }
+
+    async fn query_pool(
         &self,
         name: &Name,
         rtype: RecordType,
-    ) -> Result<(Vec<Record>, bool), LookupError> {
+    ) -> Result<(Vec<Record>, bool, u32), (LookupError, u32)> {
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = true;
         options.use_edns = true;
@@ -571,40 +620,60 @@ impl Resolver {
         let mut request = DnsRequest::from_query(Query::query(name.clone(), rtype), options);
         // RFC 6840 §5.7: ask the resolver to tell whether it validated the answer.
         request.metadata.authentic_data = true;
-        let response = self
-            .inner
-            .handle
-            .send(request)
-            .first_answer()
-            .await
-            .map_err(classify)?;
+        let response = match self.inner.handle.send(request).first_answer().await {
+            Ok(response) => response,
+            Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => {
+                let ttl = no_records.negative_ttl.unwrap_or(0);
+                let error = classify(NetError::Dns(DnsError::NoRecordsFound(no_records)));
+                let ttl = if error.is_negative() { ttl } else { 0 };
+                return Err((error, ttl));
+            }
+            Err(e) => return Err((classify(e), 0)),
+        };
+        let negative_ttl = negative_ttl(&response.authorities);
         match response.metadata.response_code {
             ResponseCode::NoError => {}
             ResponseCode::NXDomain if response.answers.is_empty() => {
-                return Err(LookupError::NxDomain);
+                return Err((LookupError::NxDomain, negative_ttl));
             }
             // NXDOMAIN after a CNAME: the target does not exist.
             ResponseCode::NXDomain => {}
-            ResponseCode::ServFail => return Err(LookupError::Failed(Failure::ServerFailure)),
-            ResponseCode::Refused => return Err(LookupError::Failed(Failure::Refused)),
+            ResponseCode::ServFail => {
+                return Err((LookupError::Failed(Failure::ServerFailure), 0));
+            }
+            ResponseCode::Refused => return Err((LookupError::Failed(Failure::Refused), 0)),
             other => {
-                return Err(LookupError::Failed(Failure::Other(format!(
-                    "response code {other}"
-                ))));
+                return Err((
+                    LookupError::Failed(Failure::Other(format!("response code {other}"))),
+                    0,
+                ));
             }
         }
         let ad = response.metadata.authentic_data;
         let nxdomain = response.metadata.response_code == ResponseCode::NXDomain;
         let records: Vec<Record> = response.into_message().answers;
+        let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(negative_ttl);
         if nxdomain {
             // Only CNAMEs can be in an NXDOMAIN answer; the chain's end does not exist.
             let has_target = records.iter().any(|r| r.record_type() == rtype);
             if !has_target {
-                return Err(LookupError::NxDomain);
+                return Err((LookupError::NxDomain, ttl));
             }
         }
-        Ok((records, ad))
+        Ok((records, ad, ttl))
     }
+}
+
+/// How long a negative answer may be kept (RFC 2308 §5): the smaller of the SOA record's TTL
+/// and its MINIMUM field, from the authority section; zero without an SOA.
+fn negative_ttl(authorities: &[Record]) -> u32 {
+    authorities
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// Maps hickory's errors onto our outcomes.

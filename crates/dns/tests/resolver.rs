@@ -311,3 +311,79 @@ fn zone_errors_name_the_zone() {
     let err = TestDnsServer::start(&[("bad.test", "@ IN MX not-a-number\n")]).unwrap_err();
     assert!(err.to_string().contains("bad.test"), "{err}");
 }
+
+#[tokio::test]
+async fn the_answer_cache_asks_each_question_once_within_its_ttl() {
+    let server = server();
+    let resolver = Resolver::with_answer_cache(&server.resolver_settings(), 1000).unwrap();
+    let asked = |before: usize| server.queries() - before;
+
+    let before = server.queries();
+    for _ in 0..3 {
+        let answer = resolver.mx("example.test").await.unwrap();
+        assert_eq!(answer.records[0].exchange, "mx1.example.test");
+        assert_eq!(answer.ttl, 300);
+    }
+    assert_eq!(asked(before), 1, "an answer is kept for its TTL");
+
+    // NXDOMAIN and NODATA are kept for the negative TTL of the zone's SOA.
+    let before = server.queries();
+    for _ in 0..3 {
+        assert_eq!(
+            resolver.txt("missing.example.test").await,
+            Err(LookupError::NxDomain)
+        );
+        assert_eq!(
+            resolver.txt("MX1.example.test").await,
+            Err(LookupError::NoRecords)
+        );
+    }
+    assert_eq!(asked(before), 2, "negative answers are kept too");
+
+    // Concurrent callers of one question share one query.
+    let before = server.queries();
+    let answers = concurrent_ipv4(&resolver, "mx2.example.test", 16).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().unwrap().records == [Ipv4Addr::new(192, 0, 2, 20)])
+    );
+    assert_eq!(asked(before), 1, "one query for 16 concurrent callers");
+
+    // A temporary failure is never kept: the next lookup asks again and sees the repair.
+    server.set_fault("broken.example.test", Some(Fault::ServFail));
+    let before = server.queries();
+    for _ in 0..2 {
+        assert_eq!(
+            resolver.txt("broken.example.test").await,
+            Err(LookupError::Failed(Failure::ServerFailure))
+        );
+    }
+    assert_eq!(asked(before), 2, "failures are asked again");
+    server.set_fault("broken.example.test", None);
+    assert_eq!(
+        resolver.txt("broken.example.test").await,
+        Err(LookupError::NxDomain)
+    );
+
+    // Without the cache (the gateway's resolver), every lookup is a query.
+    let plain = server.resolver().unwrap();
+    let before = server.queries();
+    plain.mx("example.test").await.unwrap();
+    plain.mx("example.test").await.unwrap();
+    assert_eq!(asked(before), 2);
+}
+
+/// `n` lookups of the same IPv4 addresses at once.
+async fn concurrent_ipv4(
+    resolver: &Resolver,
+    name: &str,
+    n: usize,
+) -> Vec<Result<ravelin_dns::Answer<Ipv4Addr>, LookupError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (resolver, name) = (resolver.clone(), name.to_string());
+        tasks.spawn(async move { resolver.ipv4(&name).await });
+    }
+    tasks.join_all().await
+}

@@ -8,9 +8,15 @@
 //! found, only revoked keys, an RSA key under 2048 bits, an unknown key type, `t=y`, the
 //! parser's diagnostics. Revoked keys next to live ones are noted, not faulted.
 //!
+//! First `_domainkey.DOMAIN` itself is asked: NXDOMAIN there means that no name exists below
+//! it (RFC 8020), so no key under any selector, and the common selectors are not asked (the
+//! shortcut of internet.nl and of the EU's MECSA tool); the `--dkim-selector` ones still are,
+//! which also gets past a DNS server that answers NXDOMAIN for names with names below them.
+//!
 //! Limits: at most [`MAX_SELECTORS`] selectors are asked. How it fails: selectors whose
 //! lookups fail temporarily are named; when every lookup failed, the finding is `error`.
 
+use ravelin_dns::LookupError;
 use ravelin_dns::records::dkim::{self, KeyType};
 
 use super::{DnsCtx, txt, verdict};
@@ -57,7 +63,13 @@ const FIX: &str = "Sign outgoing mail with DKIM (Ravelin: `ravelin dkim keygen -
 
 /// The `dns.dkim` finding.
 pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
-    let mut selectors: Vec<String> = COMMON_SELECTORS.iter().map(|s| s.to_string()).collect();
+    let branch = format!("_domainkey.{}", ctx.domain);
+    let nothing_below = matches!(ctx.resolver.txt(&branch).await, Err(LookupError::NxDomain));
+    let mut selectors: Vec<String> = if nothing_below {
+        Vec::new()
+    } else {
+        COMMON_SELECTORS.iter().map(|s| s.to_string()).collect()
+    };
     for s in &ctx.options.dkim_selectors {
         let s = s.trim_end_matches('.').to_ascii_lowercase();
         if !selectors.contains(&s) {
@@ -155,7 +167,7 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
         found.push(format!("{selector}: {kind}"));
     }
     if live == 0 && revoked == 0 && problems.is_empty() {
-        if !failed.is_empty() && failed.len() == selectors.len() {
+        if !failed.is_empty() && failed.len() == selectors.len() && !nothing_below {
             return ctx.finding(
                 ID,
                 Status::Error,
@@ -168,11 +180,24 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
                 ),
             );
         }
-        let mut evidence = format!(
-            "no key under {} selectors: {}",
-            selectors.len(),
-            selectors.join(", ")
-        );
+        let mut evidence = if nothing_below {
+            let mut text = format!(
+                "{branch} does not exist (NXDOMAIN), so no selector below it does (RFC 8020)"
+            );
+            if !selectors.is_empty() {
+                text.push_str(&format!(
+                    "; no key under the selectors given either: {}",
+                    selectors.join(", ")
+                ));
+            }
+            text
+        } else {
+            format!(
+                "no key under {} selectors: {}",
+                selectors.len(),
+                selectors.join(", ")
+            )
+        };
         for f in &failed {
             evidence.push_str(&format!("\nlookup failed: {f}"));
         }

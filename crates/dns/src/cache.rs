@@ -1,0 +1,296 @@
+//! An answer cache for runs that ask the same questions many times (a batch audit: thousands
+//! of domains share the same MX hosts, SPF includes and report domains).
+//!
+//! What it keeps: the outcome of one query (`name`, `type`) — the answer records with their AD
+//! bit, NXDOMAIN or NODATA — for the time the DNS allows: the smallest TTL of the records,
+//! the negative TTL of RFC 2308 (the SOA of the authority section) for NXDOMAIN and NODATA,
+//! never longer than [`MAX_TTL`]. Temporary failures (timeouts, SERVFAIL, REFUSED) are never
+//! kept: the next caller asks again.
+//!
+//! Concurrent callers of one question share one query in flight (the first asks, the others
+//! wait for its outcome, failures included); when the asking caller is cancelled, a waiting
+//! one asks instead.
+//!
+//! Limits: at most `capacity` questions are remembered; when full, expired entries are
+//! dropped, and if that frees nothing the question is asked without being remembered. The
+//! gateway does not use it (like Postfix, it leaves caching to the recursive resolver, which
+//! caches per RRset); the auditor does, for one run.
+//!
+//! How it fails: it cannot; a poisoned lock is taken over (the map holds no invariant a
+//! panic could break).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hickory_resolver::proto::rr::{Name, RecordType};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+/// The longest an answer is kept, whatever its TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// One question: the lowercased name and the type.
+type Key = (Name, RecordType);
+
+/// An outcome and until when it may be used.
+type Slot<T> = Arc<OnceCell<(T, Instant)>>;
+
+/// A bounded cache of query outcomes of type `T`, with one query in flight per question.
+pub struct AnswerCache<T> {
+    capacity: usize,
+    max_ttl: Duration,
+    slots: Mutex<HashMap<Key, Slot<T>>>,
+}
+
+impl<T: Clone> AnswerCache<T> {
+    /// A cache remembering at most `capacity` questions.
+    pub fn new(capacity: usize) -> Self {
+        AnswerCache {
+            capacity,
+            max_ttl: MAX_TTL,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The outcome of `name`/`rtype`: a remembered one that has not expired, the one of a
+    /// query in flight, or that of `query`, which returns the outcome and how long it may be
+    /// kept (zero: only shared with the callers already waiting).
+    pub async fn get_or_query<F>(&self, name: &Name, rtype: RecordType, query: F) -> T
+    where
+        F: Future<Output = (T, Duration)>,
+    {
+        let key = (name.to_lowercase(), rtype);
+        let Some(slot) = self.slot(&key) else {
+            return query.await.0;
+        };
+        let (outcome, expires) = slot
+            .get_or_init(|| async {
+                let (outcome, ttl) = query.await;
+                (outcome, Instant::now() + ttl.min(self.max_ttl))
+            })
+            .await;
+        let outcome = outcome.clone();
+        if *expires <= Instant::now() {
+            // Not to be kept (a failure, a TTL of zero): forget it unless already replaced.
+            let mut slots = self.lock();
+            if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                slots.remove(&key);
+            }
+        }
+        outcome
+    }
+
+    /// How many questions are remembered (expired ones included until dropped).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slot of a question: its live or in-flight one, or a new one; `None` when the cache
+    /// is full of live entries.
+    fn slot(&self, key: &Key) -> Option<Slot<T>> {
+        let now = Instant::now();
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get(key) {
+            match slot.get() {
+                Some((_, expires)) if *expires <= now => {}
+                _ => return Some(slot.clone()),
+            }
+        }
+        if slots.len() >= self.capacity && !slots.contains_key(key) {
+            slots.retain(|_, s| s.get().is_none_or(|(_, expires)| *expires > now));
+            if slots.len() >= self.capacity {
+                return None;
+            }
+        }
+        let slot: Slot<T> = Arc::new(OnceCell::new());
+        slots.insert(key.clone(), slot.clone());
+        Some(slot)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot<T>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).unwrap()
+    }
+
+    /// A query that counts how often it runs and returns `value` with `ttl`.
+    async fn counted(
+        count: &AtomicUsize,
+        value: u32,
+        ttl: Duration,
+        delay: Duration,
+    ) -> (u32, Duration) {
+        count.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(delay).await;
+        (value, ttl)
+    }
+
+    #[tokio::test]
+    async fn answers_are_kept_for_their_ttl_and_names_compare_without_case() {
+        let cache = AnswerCache::new(10);
+        let count = AtomicUsize::new(0);
+        let ttl = Duration::from_secs(60);
+        let (cache, count) = (&cache, &count);
+        let ask = |n: &'static str| async move {
+            cache
+                .get_or_query(
+                    &name(n),
+                    RecordType::TXT,
+                    counted(count, 1, ttl, Duration::ZERO),
+                )
+                .await
+        };
+        assert_eq!(ask("example.org.").await, 1);
+        assert_eq!(ask("EXAMPLE.org.").await, 1);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // Another type is another question.
+        cache
+            .get_or_query(
+                &name("example.org."),
+                RecordType::MX,
+                counted(count, 2, ttl, Duration::ZERO),
+            )
+            .await;
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        let short = Duration::from_millis(50);
+        let (cache, count) = (&cache, &count);
+        let ask_short = || async move {
+            cache
+                .get_or_query(
+                    &name("short.example.org."),
+                    RecordType::TXT,
+                    counted(count, 3, short, Duration::ZERO),
+                )
+                .await
+        };
+        ask_short().await;
+        ask_short().await;
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        tokio::time::sleep(short * 2).await;
+        ask_short().await;
+        assert_eq!(count.load(Ordering::SeqCst), 4, "expired: asked again");
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_query_and_failures_are_not_kept() {
+        let cache = AnswerCache::new(10);
+        let count = AtomicUsize::new(0);
+        let slow = Duration::from_millis(50);
+        let q = name("mx1.example.org.");
+        let (a, b, c) = tokio::join!(
+            cache.get_or_query(&q, RecordType::A, counted(&count, 7, Duration::ZERO, slow)),
+            cache.get_or_query(&q, RecordType::A, counted(&count, 8, Duration::ZERO, slow)),
+            cache.get_or_query(&q, RecordType::A, counted(&count, 9, Duration::ZERO, slow)),
+        );
+        assert_eq!((a, b, c), (7, 7, 7));
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "one query for three callers"
+        );
+        // TTL zero (a failure): forgotten once answered.
+        assert!(cache.is_empty());
+        cache
+            .get_or_query(&q, RecordType::A, counted(&count, 10, Duration::ZERO, slow))
+            .await;
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_asker_hands_the_query_to_a_waiting_caller() {
+        let cache = AnswerCache::new(10);
+        let count = AtomicUsize::new(0);
+        let q = name("example.org.");
+        let ttl = Duration::from_secs(60);
+        let first = cache.get_or_query(
+            &q,
+            RecordType::TXT,
+            counted(&count, 1, ttl, Duration::from_secs(10)),
+        );
+        let second = cache.get_or_query(
+            &q,
+            RecordType::TXT,
+            counted(&count, 2, ttl, Duration::from_millis(10)),
+        );
+        let (cancelled, answer) = tokio::join!(
+            tokio::time::timeout(Duration::from_millis(5), first),
+            second
+        );
+        assert!(cancelled.is_err());
+        assert_eq!(answer, 2);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_drops_expired_entries_then_stops_remembering() {
+        let cache = AnswerCache::new(2);
+        let count = AtomicUsize::new(0);
+        let (cache, count) = (&cache, &count);
+        let ask = |n: &'static str, ttl: u64| async move {
+            cache
+                .get_or_query(
+                    &name(n),
+                    RecordType::TXT,
+                    counted(count, 1, Duration::from_millis(ttl), Duration::ZERO),
+                )
+                .await
+        };
+        ask("a.", 50).await;
+        ask("b.", 100_000).await;
+        assert_eq!(cache.len(), 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ask("c.", 100_000).await; // a. expired: dropped to make room
+        assert_eq!(cache.len(), 2);
+        ask("d.", 100_000).await; // full of live entries: asked, not remembered
+        assert_eq!(cache.len(), 2);
+        let before = count.load(Ordering::SeqCst);
+        ask("d.", 100_000).await;
+        ask("b.", 100_000).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            before + 1,
+            "d. asked again, b. kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_kept_longer_than_max_ttl() {
+        let mut cache = AnswerCache::new(10);
+        assert_eq!(cache.max_ttl, MAX_TTL);
+        cache.max_ttl = Duration::from_millis(50);
+        let count = AtomicUsize::new(0);
+        let (cache, count) = (&cache, &count);
+        let ask = || async move {
+            cache
+                .get_or_query(
+                    &name("example.org."),
+                    RecordType::TXT,
+                    counted(count, 1, Duration::from_secs(86_400), Duration::ZERO),
+                )
+                .await
+        };
+        ask().await;
+        ask().await;
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ask().await;
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+}
