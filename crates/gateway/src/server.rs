@@ -130,6 +130,12 @@ impl Gateway {
             })),
             _ => None,
         };
+        // Written while still root: its directory (/run) is root's, as for Postfix's
+        // master.pid. Written after the listeners are bound, so that a gateway that cannot
+        // start leaves none behind.
+        if let Some(pid_file) = &config.server.pid_file {
+            write_pid_file(pid_file)?;
+        }
         if listener::is_root() {
             listener::drop_privileges(
                 &config.server.user,
@@ -430,11 +436,6 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
     let gateway = Gateway::start(&config).await?;
-    if let Some(pid_file) = &config.server.pid_file
-        && let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id()))
-    {
-        warn!(event = "pid_file", reason = %e, path = %pid_file.display());
-    }
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -445,5 +446,21 @@ pub async fn serve(config: Config) -> Result<(), String> {
     gateway
         .shutdown(config.limits.data_timeout.0.min(Duration::from_secs(60)))
         .await;
+    if let Some(pid_file) = &config.server.pid_file {
+        // After the privilege drop this fails where the directory is root's (/run); a pid
+        // file naming a process that is gone is what init systems and scripts expect to find.
+        let _ = std::fs::remove_file(pid_file);
+    }
     Ok(())
+}
+
+/// Writes the process id to `path`, replacing an old file (mode 0600: the gateway's umask).
+fn write_pid_file(path: &std::path::Path) -> Result<(), String> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+        format!(
+            "cannot write the pid file {} ([server] pid_file): {e}; name a file in a directory \
+             the gateway can write while it starts (as root: /run/ravelin.pid)",
+            path.display()
+        )
+    })
 }

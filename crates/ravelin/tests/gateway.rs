@@ -1127,16 +1127,30 @@ fn ids_of(status: &str, field: &str) -> Vec<u32> {
 /// Started as root with `[server] user = "nobody"` and a listener on a port below 1024 (as
 /// port 25 is), every thread of the running gateway has nobody's user and group ids (real,
 /// effective, saved, filesystem) and no other group; the privileged port stays open; the
-/// spool belongs to nobody; mail still flows. Not started as root, it runs as the caller.
+/// spool belongs to nobody; mail still flows; the pid file was written in a directory only
+/// root can write. Not started as root, it runs as the caller.
 #[test]
 fn runs_as_the_configured_user() {
     let sink = SmtpSink::start();
-    let mut config = RavelinConfig::inbound(sink.addr);
+    // The pid file's directory is writable by the starting user only, as /run is root's.
+    let run_dir = tempfile::tempdir().expect("a directory for the pid file");
+    let pid_file = run_dir.path().join("ravelin.pid");
+    let mut config = RavelinConfig::inbound(sink.addr).set(
+        "server",
+        &format!(
+            "pid_file = {}",
+            toml_string(&pid_file.display().to_string())
+        ),
+    );
     if is_root() {
         config.listeners[0].address = privileged_addr();
     }
     let ravelin = Ravelin::start(config);
     let pid = ravelin.pid().expect("running");
+    assert_eq!(
+        fs::read_to_string(&pid_file).expect("the pid file, written before the privilege drop"),
+        format!("{pid}\n")
+    );
     let (uid, gid) = if is_root() {
         let user = nix::unistd::User::from_name("nobody")
             .ok()
@@ -1180,6 +1194,35 @@ fn runs_as_the_configured_user() {
         &[],
     );
     sink.wait_for_messages(1, WAIT);
+}
+
+/// A pid file that cannot be written stops the start (an init system waiting for it would
+/// otherwise time out), with a message naming the setting and the fix; nothing is listening.
+#[test]
+fn an_unwritable_pid_file_stops_the_start() {
+    let sink = SmtpSink::start();
+    let dir = daemon_tempdir();
+    let config = RavelinConfig::inbound(sink.addr).set(
+        "server",
+        &format!(
+            "pid_file = {}",
+            toml_string(&dir.path().join("missing/ravelin.pid").display().to_string())
+        ),
+    );
+    let listen = config.listeners[0].address;
+    let path = dir.path().join("ravelin.toml");
+    fs::write(&path, config.render(&dir.path().join("spool"))).expect("write ravelin.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ravelin"));
+    cmd.arg("serve").arg("--config").arg(&path);
+    let out = run(cmd, Duration::from_secs(30));
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot write the pid file") && stderr.contains("[server] pid_file"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!is_listening(listen));
 }
 
 // ---------------------------------------------------------------------------------------------
