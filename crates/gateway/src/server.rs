@@ -23,6 +23,14 @@
 //! finish a transaction in progress and answer anything else with `421 4.3.2`, deliveries in
 //! flight complete; after the grace period whatever is left is dropped, which loses nothing,
 //! because a message is acknowledged only once it is on disk. SIGUSR1 retries deferred mail now.
+//!
+//! Reload (SIGHUP, or [`Gateway::reload`]): the `[tls]` certificate and key files are read
+//! again and presented from the next handshake on (certificate renewal); connections are not
+//! dropped and sessions already encrypted keep their certificate. Files that cannot be read or
+//! do not fit together leave the certificate in use, with an error line saying why (after the
+//! privilege drop they must be readable by `server.user`). Every other setting is read at start
+//! only. The certificate's expiry is logged at start and at each reload, with a warning under
+//! 30 days and an error once expired.
 //! The `stopped` line reports the spool's group commit: `spool_synced` commits and removals
 //! made durable by `spool_dir_syncs` fsyncs of `queue/`.
 
@@ -66,6 +74,7 @@ pub struct Gateway {
     spool: Spool,
     store: Store,
     state_tasks: Vec<tokio::task::JoinHandle<()>>,
+    certificate: Option<Arc<ravelin_tls::ServerCertificate>>,
 }
 
 fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolicy {
@@ -85,7 +94,7 @@ impl Gateway {
         // Everything the gateway creates (spool, state store, admin socket, pid file) is
         // private to its user, whatever umask it was started with (Postfix does the same).
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        let server_tls = server_tls(config)?;
+        let (server_tls, certificate) = server_tls(config)?;
         let submission =
             |k: ListenKind| matches!(k, ListenKind::Submission | ListenKind::Submissions);
         let authenticator = if config.listen.iter().any(|l| submission(l.kind)) {
@@ -343,7 +352,34 @@ impl Gateway {
             spool,
             store,
             state_tasks,
+            certificate,
         })
+    }
+
+    /// Reads the `[tls]` certificate and key again (SIGHUP); see the module documentation.
+    pub fn reload(&self) {
+        let Some(certificate) = &self.certificate else {
+            info!(
+                event = "reload",
+                reason = "no [tls] certificate configured: nothing to read again (other settings need a restart)"
+            );
+            return;
+        };
+        match certificate.reload() {
+            Ok(summary) => {
+                info!(
+                    event = "reload",
+                    reloaded = "tls_certificate",
+                    reason = "other settings need a restart"
+                );
+                log_certificate(certificate.certificate_path(), &summary);
+            }
+            Err(e) => tracing::error!(
+                event = "reload_failed",
+                reason = %e,
+                decision = "the certificate in use is kept; the files must be readable by [server] user"
+            ),
+        }
     }
 
     /// The bound address of each listener, by name (useful with port 0).
@@ -410,37 +446,74 @@ fn screen(
     Screen::new(config, store, reputation)
 }
 
-/// The rustls configuration for the listeners, if any uses TLS.
-fn server_tls(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+/// The listeners' TLS acceptor, if any listener uses TLS, and the `[tls]` certificate it
+/// presents (none when a self-signed one was made).
+type ListenerTls = (
+    Option<TlsAcceptor>,
+    Option<Arc<ravelin_tls::ServerCertificate>>,
+);
+
+/// The rustls configuration for the listeners, if any uses TLS, and the `[tls]` certificate
+/// it presents (none when a self-signed one was made).
+fn server_tls(config: &Config) -> Result<ListenerTls, String> {
     if config.listen.iter().all(|l| l.tls_mode() == TlsMode::Off) {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let cfg = match &config.tls {
-        Some(t) => ravelin_tls::server_config(&t.certificate, &t.private_key)
-            .map_err(|e| format!("[tls]: {e}"))?,
+    let (cfg, certificate) = match &config.tls {
+        Some(t) => {
+            let certificate = Arc::new(
+                ravelin_tls::ServerCertificate::load(&t.certificate, &t.private_key)
+                    .map_err(|e| format!("[tls]: {e}"))?,
+            );
+            log_certificate(&t.certificate, &certificate.summary());
+            let cfg = ravelin_tls::reloadable_server_config(certificate.clone())
+                .map_err(|e| format!("[tls]: {e}"))?;
+            (cfg, Some(certificate))
+        }
         None => {
             warn!(
                 event = "tls_self_signed",
                 reason = "no [tls] certificate configured; offering STARTTLS with a self-signed certificate"
             );
-            ravelin_tls::self_signed_server_config(&config.hostname).map_err(|e| e.to_string())?
+            let cfg = ravelin_tls::self_signed_server_config(&config.hostname)
+                .map_err(|e| e.to_string())?;
+            (cfg, None)
         }
     };
-    Ok(Some(TlsAcceptor::from(cfg)))
+    Ok((Some(TlsAcceptor::from(cfg)), certificate))
 }
 
-/// Runs the gateway until SIGTERM or SIGINT.
+/// Days before expiry under which the certificate's log line is a warning.
+const CERTIFICATE_WARN_DAYS: i64 = 30;
+
+/// One line on the certificate presented: subject, expiry and days left; a warning under
+/// [`CERTIFICATE_WARN_DAYS`], an error once expired.
+fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSummary) {
+    let days_left = summary.seconds_left.div_euclid(86_400);
+    let path = path.display();
+    if summary.seconds_left < 0 {
+        tracing::error!(event = "tls_certificate", path = %path, subject = %summary.subject, not_after = %summary.not_after, days_left, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
+    } else if days_left < CERTIFICATE_WARN_DAYS {
+        warn!(event = "tls_certificate", path = %path, subject = %summary.subject, not_after = %summary.not_after, days_left, reason = "expires soon: renew it and send SIGHUP");
+    } else {
+        info!(event = "tls_certificate", path = %path, subject = %summary.subject, not_after = %summary.not_after, days_left, chain = summary.chain);
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT; SIGUSR1 flushes the queue, SIGHUP reloads.
 pub async fn serve(config: Config) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let gateway = Gateway::start(&config).await?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = usr1.recv() => gateway.flush(),
+            _ = hup.recv() => gateway.reload(),
         }
     }
     gateway

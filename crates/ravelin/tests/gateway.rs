@@ -465,11 +465,6 @@ fn starttls_with_a_configured_certificate_and_require() {
         ],
     );
     assert_starttls_transcript(&transcript);
-    let pem_body = |pem: &str| -> String {
-        pem.lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect::<String>()
-    };
     let served = fs::read_to_string(&peer).expect("swaks wrote the peer certificate");
     assert_eq!(
         pem_body(&served),
@@ -546,6 +541,133 @@ fn starttls_with_a_configured_certificate_and_require() {
     assert!(
         ravelin.events("tls_self_signed").is_empty(),
         "a self-signed certificate was made although [tls] is configured"
+    );
+}
+
+/// The certificate a verifying STARTTLS client trusting `ca` gets from `addr` (the base64 body
+/// of its PEM), or swaks' transcript when the handshake or the message failed.
+fn served_certificate(addr: SocketAddr, ca: &Path, dir: &Path) -> Result<String, String> {
+    let peer = dir.join("peer.pem");
+    let _ = fs::remove_file(&peer);
+    let out = swaks_send(
+        addr,
+        SENDER,
+        "a@example.org",
+        b"Subject: certificate\r\n\r\nwhich certificate",
+        &[
+            "-tls",
+            "--tls-verify",
+            "--tls-ca-path",
+            &ca.to_string_lossy(),
+            "--tls-sni",
+            HOSTNAME,
+            "--tls-get-peer-cert",
+            &peer.to_string_lossy(),
+        ],
+    );
+    if !out.status.success() {
+        return Err(describe(&out));
+    }
+    let pem = fs::read_to_string(&peer).map_err(|e| format!("no peer certificate: {e}"))?;
+    Ok(pem_body(&pem))
+}
+
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+/// SIGHUP reads the [tls] certificate and key again (renewal): the next client gets the new
+/// certificate, a session opened before the reload goes on and delivers its message, and
+/// files that do not fit together are refused with an error line while the certificate in use
+/// stays. The start logs the certificate's subject and days left.
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let dir = daemon_tempdir();
+    let first = ravelin_tls::testing::TestPki::new(HOSTNAME).expect("test PKI");
+    let files = first.write_to(dir.path()).expect("write the test PKI");
+    let renewed_dir = dir.path().join("renewed");
+    fs::create_dir(&renewed_dir).expect("mkdir");
+    let renewed = ravelin_tls::testing::TestPki::new(HOSTNAME).expect("second test PKI");
+    let renewed_files = renewed
+        .write_to(&renewed_dir)
+        .expect("write the second PKI");
+
+    let sink = SmtpSink::start();
+    let config = RavelinConfig::inbound(sink.addr).extra(&format!(
+        "[tls]\ncertificate = {}\nprivate_key = {}",
+        toml_string(&files.cert.to_string_lossy()),
+        toml_string(&files.key.to_string_lossy())
+    ));
+    let ravelin = Ravelin::start(config);
+    let started = ravelin.wait_for_event("tls_certificate", WAIT, |_| true);
+    assert_eq!(started["subject"], format!("CN={HOSTNAME}"), "{started}");
+    assert!(
+        started["days_left"].as_i64().is_some_and(|d| d > 30),
+        "{started}"
+    );
+    assert_eq!(
+        served_certificate(ravelin.addr(), &files.ca, dir.path()),
+        Ok(pem_body(&first.cert_pem))
+    );
+
+    // A session opened before the reload, in the middle of its transaction.
+    let (mut open, _) = session_with_ehlo(ravelin.addr());
+    expect(
+        &open
+            .command(&format!("MAIL FROM:<{SENDER}>"))
+            .expect("MAIL"),
+        250,
+        "2.1.0",
+    );
+
+    // Renewal: the new files are written over the old ones, then SIGHUP.
+    fs::copy(&renewed_files.cert, &files.cert).expect("renew the certificate");
+    fs::copy(&renewed_files.key, &files.key).expect("renew the key");
+    ravelin.signal(nix::sys::signal::Signal::SIGHUP);
+    ravelin.wait_for_event("reload", WAIT, |e| e["reloaded"] == "tls_certificate");
+    assert_eq!(
+        served_certificate(ravelin.addr(), &renewed_files.ca, dir.path()),
+        Ok(pem_body(&renewed.cert_pem)),
+        "the renewed certificate is served after SIGHUP"
+    );
+    assert!(served_certificate(ravelin.addr(), &files.ca, dir.path()).is_err());
+
+    expect(
+        &open.command("RCPT TO:<a@example.org>").expect("RCPT"),
+        250,
+        "2.1.5",
+    );
+    assert_eq!(open.command("DATA").expect("DATA").code, 354);
+    open.send(b"Subject: opened before the reload\r\n\r\nstill here\r\n.\r\n")
+        .expect("send the message");
+    expect(&open.read_reply().expect("end of data"), 250, "2.0.0");
+
+    // A half-done renewal (the key of another certificate): refused, nothing changes.
+    let stray_dir = dir.path().join("stray");
+    fs::create_dir(&stray_dir).expect("mkdir");
+    let stray = ravelin_tls::testing::TestPki::new(HOSTNAME)
+        .expect("third test PKI")
+        .write_to(&stray_dir)
+        .expect("write the third PKI");
+    fs::copy(&stray.key, &files.key).expect("write a mismatched key");
+    ravelin.signal(nix::sys::signal::Signal::SIGHUP);
+    let failed = ravelin.wait_for_event("reload_failed", WAIT, |_| true);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not match the certificate")),
+        "{failed}"
+    );
+    assert_eq!(
+        served_certificate(ravelin.addr(), &renewed_files.ca, dir.path()),
+        Ok(pem_body(&renewed.cert_pem)),
+        "a failed reload keeps the certificate in use"
+    );
+    let messages = sink.wait_for_messages(4, WAIT);
+    assert!(
+        messages
+            .iter()
+            .any(|m| contains(&m.message, "opened before the reload"))
     );
 }
 

@@ -6,7 +6,9 @@
 //!   default cipher suites, which are all AEAD with forward secrecy.
 //! - [`server_config`]: a listener's certificate chain and private key, read from PEM files named
 //!   by the `[tls]` section of the configuration (`certificate`, `private_key`). No client
-//!   certificates are requested.
+//!   certificates are requested. [`ServerCertificate`] with [`reloadable_server_config`]: the
+//!   same, read again on [`ServerCertificate::reload`] (SIGHUP), for certificate renewal without
+//!   a restart.
 //! - [`self_signed_server_config`]: when a listener only *offers* STARTTLS and no `[tls]` section
 //!   exists, a fresh self-signed certificate for the host name lets opportunistic TLS work anyway
 //!   (SMTP clients in "may"/"encrypt" mode do not verify certificates).
@@ -147,23 +149,146 @@ fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The server configuration of a listener: the chain in `cert` (leaf first) and the key in
-/// `key`, TLS 1.2 and 1.3 only, no client authentication.
+/// `key`, read once.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = load_certificates(cert)?;
-    let private_key = load_private_key(key)?;
+    reloadable_server_config(Arc::new(ServerCertificate::load(cert, key)?))
+}
+
+/// A server configuration that presents whatever `certificate` holds at each handshake: a
+/// [`ServerCertificate::reload`] takes effect for the next handshake, and sessions already
+/// encrypted keep theirs.
+pub fn reloadable_server_config(
+    certificate: Arc<ServerCertificate>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
-                certificate: cert.to_path_buf(),
-                key: key.to_path_buf(),
-            },
-            rustls::Error::General(why) => file_error(key, format!("unusable private key: {why}")),
-            other => TlsError::Rustls(other),
-        })?;
+        .with_cert_resolver(certificate);
     Ok(Arc::new(config))
+}
+
+/// A listener's certificate chain and private key, read from their PEM files, and read again
+/// on [`ServerCertificate::reload`] (certificate renewal: `ravelin serve` reloads on SIGHUP).
+/// A reload that fails leaves the certificate in use untouched.
+pub struct ServerCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a certificate file holds, for logs: the leaf's subject and expiry, the chain length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// The leaf certificate's subject, as x509-parser writes it (`CN=mx1.example.org`).
+    pub subject: String,
+    /// The leaf certificate's notAfter, RFC 2822 style as x509-parser writes it.
+    pub not_after: String,
+    /// Seconds from now to notAfter (negative once expired).
+    pub seconds_left: i64,
+    /// Certificates in the chain, leaf included.
+    pub chain: usize,
+}
+
+impl ServerCertificate {
+    /// Reads and checks the chain in `cert` and the key in `key` (the key must belong to the
+    /// first certificate).
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerCertificate, TlsError> {
+        let certified = certified_key(cert, key)?;
+        Ok(ServerCertificate {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(certified)),
+        })
+    }
+
+    /// Reads both files again and, when they are usable, presents them from the next
+    /// handshake on; otherwise keeps the certificate in use and says why.
+    pub fn reload(&self) -> Result<CertificateSummary, TlsError> {
+        let certified = Arc::new(certified_key(&self.cert, &self.key)?);
+        let summary = summarise(&certified);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = certified;
+        Ok(summary)
+    }
+
+    /// The certificate presented now.
+    pub fn summary(&self) -> CertificateSummary {
+        summarise(&self.current())
+    }
+
+    /// The certificate file's path.
+    pub fn certificate_path(&self) -> &Path {
+        &self.cert
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCertificate {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The chain of `cert` and the key of `key`, checked to belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let chain = load_certificates(cert)?;
+    let private_key = load_private_key(key)?;
+    rustls::sign::CertifiedKey::from_der(chain, private_key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            certificate: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
+        rustls::Error::General(why) => file_error(key, format!("unusable private key: {why}")),
+        other => TlsError::Rustls(other),
+    })
+}
+
+fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
+    let parsed = certified
+        .cert
+        .first()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok());
+    let (subject, not_after, seconds_left) = match parsed {
+        Some((_, leaf)) => {
+            let not_after = leaf.validity().not_after;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            (
+                leaf.subject().to_string(),
+                not_after.to_string(),
+                not_after.timestamp() - now,
+            )
+        }
+        None => ("(unparsable)".to_string(), String::new(), 0),
+    };
+    CertificateSummary {
+        subject,
+        not_after,
+        seconds_left,
+        chain: certified.cert.len(),
+    }
 }
 
 /// A server configuration with a freshly generated self-signed certificate for `hostname`, for

@@ -242,3 +242,66 @@ fn a_ca_file_without_certificates_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("no certificate in file"), "{err}");
 }
+
+/// A reload presents the new certificate from the next handshake on; a session already made
+/// keeps the one it got; a reload from unusable files fails, names the file, and leaves the
+/// certificate in use.
+#[test]
+fn a_reloaded_certificate_serves_the_next_handshake() {
+    use ravelin_tls::{ServerCertificate, reloadable_server_config};
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestPki::new("mx.example.test").unwrap();
+    let files = pki_files(&first, dir.path());
+    let certificate = Arc::new(ServerCertificate::load(&files.cert, &files.key).unwrap());
+    let server = reloadable_server_config(certificate.clone()).unwrap();
+    let trusting = |ca: &Path| {
+        client_config(&Verify::WebPki {
+            ca_file: Some(ca.to_path_buf()),
+        })
+        .unwrap()
+    };
+    let before = certificate.summary();
+    assert_eq!(before.subject, "CN=mx.example.test");
+    assert_eq!(before.chain, 1);
+    assert!(before.seconds_left > 0, "{before:?}");
+    let (old_session, _) =
+        handshake(trusting(&files.ca), server.clone(), "mx.example.test").unwrap();
+
+    // Renewal: a certificate of another CA replaces the files.
+    let renewed_dir = dir.path().join("renewed");
+    std::fs::create_dir(&renewed_dir).unwrap();
+    let renewed = pki_files(&TestPki::new("mx.example.test").unwrap(), &renewed_dir);
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    certificate.reload().unwrap();
+    handshake(trusting(&renewed.ca), server.clone(), "mx.example.test")
+        .expect("the renewed certificate is served");
+    assert!(
+        handshake(trusting(&files.ca), server.clone(), "mx.example.test").is_err(),
+        "the old certificate is no longer served"
+    );
+    let old_chain = old_session.peer_certificates().unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let first_der =
+        rustls::pki_types::CertificateDer::from_pem_slice(first.cert_pem.as_bytes()).unwrap();
+    assert_eq!(
+        old_chain[0], first_der,
+        "the session made before the reload keeps its certificate"
+    );
+
+    // A half-written renewal (key of another certificate): refused, the renewed one stays.
+    let stray_dir = dir.path().join("stray");
+    std::fs::create_dir(&stray_dir).unwrap();
+    let stray = pki_files(&TestPki::new("mx.example.test").unwrap(), &stray_dir);
+    std::fs::copy(&stray.key, &files.key).unwrap();
+    let refused = certificate.reload().unwrap_err();
+    assert!(matches!(refused, TlsError::KeyMismatch { .. }), "{refused}");
+    std::fs::write(&files.cert, "not a certificate").unwrap();
+    let refused = certificate.reload().unwrap_err().to_string();
+    assert!(
+        refused.contains(&files.cert.display().to_string()),
+        "{refused}"
+    );
+    handshake(trusting(&renewed.ca), server, "mx.example.test")
+        .expect("a failed reload keeps the certificate in use");
+}
