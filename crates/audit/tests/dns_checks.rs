@@ -115,6 +115,9 @@ default._domainkey.dkim-short TXT {dkim_1024}
 default._domainkey.dkim-tiny TXT {dkim_512}
 default._domainkey.dkim-revoked TXT "v=DKIM1; k=rsa; p="
 default._domainkey.dkim-test TXT {dkim_testing}
+; `_domainkey` itself a CNAME to a name that does not exist, keys below it all the same
+_domainkey.dkim-cname CNAME gone.example.
+default._domainkey.dkim-cname TXT {dkim_good}
 
 ; --- dns.mta_sts --------------------------------------------------------------
 _mta-sts.sts-mismatch TXT "v=STSv1; id=1;"
@@ -481,6 +484,14 @@ async fn dkim_keys() {
     assert_eq!(
         w.dns.queries() - before,
         2 + dns::dkim::COMMON_SELECTORS.len()
+    );
+    // A TXT query for `_domainkey.dkim-cname.example` would follow its CNAME to NXDOMAIN;
+    // the shortcut asks for the CNAME itself and so still finds the key below it.
+    expect(
+        &check("dkim-cname.example").await,
+        "dns.dkim",
+        Status::Pass,
+        "default: RSA 2048",
     );
     let short = check("dkim-short.example").await;
     expect(

@@ -11,8 +11,11 @@
 //! wait for its outcome, failures included); when the asking caller is cancelled, a waiting
 //! one asks instead.
 //!
-//! Limits: at most `capacity` questions are remembered; when full, expired entries are
-//! dropped, and if that frees nothing the question is asked without being remembered. The
+//! Limits: at most `capacity` questions are remembered; when full, expired entries (and
+//! queries whose every caller was cancelled) are dropped, at most once a second, and until
+//! that frees room new questions are asked without being remembered. An answer keeps the TTL
+//! it arrived with: callers that pass it on (the auditor's evidence) show the TTL of the
+//! first lookup, not a countdown. The
 //! gateway does not use it (like Postfix, it leaves caching to the recursive resolver, which
 //! caches per RRset); the auditor does, for one run.
 //!
@@ -37,11 +40,20 @@ type Key = (Name, RecordType);
 /// An outcome and until when it may be used.
 type Slot<T> = Arc<OnceCell<(T, Instant)>>;
 
+/// How often at most a full cache looks for entries to drop (each look reads them all).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A bounded cache of query outcomes of type `T`, with one query in flight per question.
 pub struct AnswerCache<T> {
     capacity: usize,
     max_ttl: Duration,
-    slots: Mutex<HashMap<Key, Slot<T>>>,
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    slots: HashMap<Key, Slot<T>>,
+    /// When a full cache last looked for entries to drop.
+    last_sweep: Option<Instant>,
 }
 
 impl<T: Clone> AnswerCache<T> {
@@ -50,7 +62,10 @@ impl<T: Clone> AnswerCache<T> {
         AnswerCache {
             capacity,
             max_ttl: MAX_TTL,
-            slots: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                slots: HashMap::new(),
+                last_sweep: None,
+            }),
         }
     }
 
@@ -74,7 +89,7 @@ impl<T: Clone> AnswerCache<T> {
         let outcome = outcome.clone();
         if *expires <= Instant::now() {
             // Not to be kept (a failure, a TTL of zero): forget it unless already replaced.
-            let mut slots = self.lock();
+            let slots = &mut self.lock().slots;
             if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                 slots.remove(&key);
             }
@@ -84,7 +99,7 @@ impl<T: Clone> AnswerCache<T> {
 
     /// How many questions are remembered (expired ones included until dropped).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().slots.len()
     }
 
     /// True when nothing is remembered.
@@ -96,26 +111,38 @@ impl<T: Clone> AnswerCache<T> {
     /// is full of live entries.
     fn slot(&self, key: &Key) -> Option<Slot<T>> {
         let now = Instant::now();
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get(key) {
+        let mut state = self.lock();
+        if let Some(slot) = state.slots.get(key) {
             match slot.get() {
                 Some((_, expires)) if *expires <= now => {}
                 _ => return Some(slot.clone()),
             }
         }
-        if slots.len() >= self.capacity && !slots.contains_key(key) {
-            slots.retain(|_, s| s.get().is_none_or(|(_, expires)| *expires > now));
-            if slots.len() >= self.capacity {
+        if state.slots.len() >= self.capacity && !state.slots.contains_key(key) {
+            if state
+                .last_sweep
+                .is_some_and(|last| now.duration_since(last) < SWEEP_INTERVAL)
+            {
+                return None;
+            }
+            state.last_sweep = Some(now);
+            // Expired answers go, and so do queries whose every caller gave up (nobody holds
+            // the slot but the map).
+            state.slots.retain(|_, s| match s.get() {
+                Some((_, expires)) => *expires > now,
+                None => Arc::strong_count(s) > 1,
+            });
+            if state.slots.len() >= self.capacity {
                 return None;
             }
         }
         let slot: Slot<T> = Arc::new(OnceCell::new());
-        slots.insert(key.clone(), slot.clone());
+        state.slots.insert(key.clone(), slot.clone());
         Some(slot)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Slot<T>>> {
-        self.slots
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -169,7 +196,7 @@ mod tests {
             )
             .await;
         assert_eq!(count.load(Ordering::SeqCst), 2);
-        let short = Duration::from_millis(50);
+        let short = Duration::from_secs(1);
         let (cache, count) = (&cache, &count);
         let ask_short = || async move {
             cache
@@ -183,7 +210,7 @@ mod tests {
         ask_short().await;
         ask_short().await;
         assert_eq!(count.load(Ordering::SeqCst), 3);
-        tokio::time::sleep(short * 2).await;
+        tokio::time::sleep(short + Duration::from_millis(500)).await;
         ask_short().await;
         assert_eq!(count.load(Ordering::SeqCst), 4, "expired: asked again");
     }
@@ -274,7 +301,7 @@ mod tests {
     async fn no_answer_is_kept_longer_than_max_ttl() {
         let mut cache = AnswerCache::new(10);
         assert_eq!(cache.max_ttl, MAX_TTL);
-        cache.max_ttl = Duration::from_millis(50);
+        cache.max_ttl = Duration::from_secs(1);
         let count = AtomicUsize::new(0);
         let (cache, count) = (&cache, &count);
         let ask = || async move {
@@ -289,8 +316,40 @@ mod tests {
         ask().await;
         ask().await;
         assert_eq!(count.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         ask().await;
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_query_every_caller_gave_up_does_not_hold_room() {
+        let cache = AnswerCache::new(1);
+        let count = AtomicUsize::new(0);
+        let ttl = Duration::from_secs(60);
+        let abandoned = cache.get_or_query(
+            &name("slow.example."),
+            RecordType::TXT,
+            counted(&count, 1, ttl, Duration::from_secs(10)),
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), abandoned)
+                .await
+                .is_err()
+        );
+        assert_eq!(cache.len(), 1, "the abandoned question's slot");
+        let (cache, count) = (&cache, &count);
+        let ask = || async move {
+            cache
+                .get_or_query(
+                    &name("next.example."),
+                    RecordType::TXT,
+                    counted(count, 2, ttl, Duration::ZERO),
+                )
+                .await
+        };
+        ask().await;
+        ask().await;
+        assert_eq!(count.load(Ordering::SeqCst), 2, "next.example. asked once, then kept");
+        assert_eq!(cache.len(), 1);
     }
 }

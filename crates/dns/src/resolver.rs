@@ -652,13 +652,16 @@ impl Resolver {
         let ad = response.metadata.authentic_data;
         let nxdomain = response.metadata.response_code == ResponseCode::NXDomain;
         let records: Vec<Record> = response.into_message().answers;
-        let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(negative_ttl);
-        if nxdomain {
+        let has_target = records.iter().any(|r| r.record_type() == rtype);
+        let mut ttl = records.iter().map(|r| r.ttl).min().unwrap_or(negative_ttl);
+        if !has_target {
+            // Only CNAMEs (or nothing): what the chain ends in is a negative answer, kept no
+            // longer than the SOA allows, and not at all without one (a partial chain).
+            ttl = ttl.min(negative_ttl);
+        }
+        if nxdomain && !has_target {
             // Only CNAMEs can be in an NXDOMAIN answer; the chain's end does not exist.
-            let has_target = records.iter().any(|r| r.record_type() == rtype);
-            if !has_target {
-                return Err((LookupError::NxDomain, ttl));
-            }
+            return Err((LookupError::NxDomain, ttl));
         }
         Ok((records, ad, ttl))
     }

@@ -75,6 +75,7 @@ pub struct Gateway {
     store: Store,
     state_tasks: Vec<tokio::task::JoinHandle<()>>,
     certificate: Option<Arc<ravelin_tls::ServerCertificate>>,
+    pid_file: Option<PidFile>,
 }
 
 fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolicy {
@@ -139,12 +140,14 @@ impl Gateway {
             })),
             _ => None,
         };
-        // Written while still root: its directory (/run) is root's, as for Postfix's
-        // master.pid. Written after the listeners are bound, so that a gateway that cannot
-        // start leaves none behind.
-        if let Some(pid_file) = &config.server.pid_file {
-            write_pid_file(pid_file)?;
-        }
+        // Opened while still root: its directory (/run) is root's, as for Postfix's
+        // master.pid. The process id is written once the start has succeeded.
+        let mut pid_file = config
+            .server
+            .pid_file
+            .as_deref()
+            .map(PidFile::open)
+            .transpose()?;
         if listener::is_root() {
             listener::drop_privileges(
                 &config.server.user,
@@ -343,6 +346,9 @@ impl Gateway {
                 sessions.clone(),
             )));
         }
+        if let Some(pid_file) = pid_file.as_mut() {
+            pid_file.write_pid()?;
+        }
         Ok(Gateway {
             addresses,
             shutdown,
@@ -353,6 +359,7 @@ impl Gateway {
             store,
             state_tasks,
             certificate,
+            pid_file,
         })
     }
 
@@ -422,6 +429,9 @@ impl Gateway {
             let _ = t.await;
         }
         self.store.close().await;
+        if let Some(pid_file) = self.pid_file {
+            pid_file.remove();
+        }
         let stats = self.spool.stats();
         info!(
             event = "stopped",
@@ -487,16 +497,24 @@ fn server_tls(config: &Config) -> Result<ListenerTls, String> {
 const CERTIFICATE_WARN_DAYS: i64 = 30;
 
 /// One line on the certificate presented: subject, expiry and days left; a warning under
-/// [`CERTIFICATE_WARN_DAYS`], an error once expired.
+/// [`CERTIFICATE_WARN_DAYS`] or when the expiry cannot be read, an error once expired. Only
+/// the leaf's expiry is read (an intermediate that expires first is not seen here; `ravelin
+/// audit` checks the whole chain).
 fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSummary) {
-    let days_left = summary.seconds_left.div_euclid(86_400);
     let path = path.display();
-    if summary.seconds_left < 0 {
-        tracing::error!(event = "tls_certificate", path = %path, subject = %summary.subject, not_after = %summary.not_after, days_left, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
+    let subject = &summary.subject;
+    let not_after = &summary.not_after;
+    let Some(seconds_left) = summary.seconds_left else {
+        warn!(event = "tls_certificate", path = %path, subject = %subject, reason = "expiry unknown: the certificate could not be parsed");
+        return;
+    };
+    let days_left = seconds_left.div_euclid(86_400);
+    if seconds_left < 0 {
+        tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
     } else if days_left < CERTIFICATE_WARN_DAYS {
-        warn!(event = "tls_certificate", path = %path, subject = %summary.subject, not_after = %summary.not_after, days_left, reason = "expires soon: renew it and send SIGHUP");
+        warn!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires soon: renew it and send SIGHUP");
     } else {
-        info!(event = "tls_certificate", path = %path, subject = %summary.subject, not_after = %summary.not_after, days_left, chain = summary.chain);
+        info!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, chain = summary.chain);
     }
 }
 
@@ -519,21 +537,57 @@ pub async fn serve(config: Config) -> Result<(), String> {
     gateway
         .shutdown(config.limits.data_timeout.0.min(Duration::from_secs(60)))
         .await;
-    if let Some(pid_file) = &config.server.pid_file {
-        // After the privilege drop this fails where the directory is root's (/run); a pid
-        // file naming a process that is gone is what init systems and scripts expect to find.
-        let _ = std::fs::remove_file(pid_file);
-    }
     Ok(())
 }
 
-/// Writes the process id to `path`, replacing an old file (mode 0600: the gateway's umask).
-fn write_pid_file(path: &std::path::Path) -> Result<(), String> {
-    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
-        format!(
-            "cannot write the pid file {} ([server] pid_file): {e}; name a file in a directory \
-             the gateway can write while it starts (as root: /run/ravelin.pid)",
-            path.display()
-        )
-    })
+/// The `[server] pid_file`: opened (created or emptied) as root before the privilege drop,
+/// written through the open file once the start has succeeded, removed at shutdown — or,
+/// where the directory is root's and the gateway no longer is, emptied, so that it never names
+/// a process that is gone (whose number may belong to another process later). A symbolic link
+/// in its place is refused: root would otherwise write wherever it points.
+struct PidFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl PidFile {
+    fn open(path: &std::path::Path) -> Result<PidFile, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "cannot write the pid file {} ([server] pid_file): {e}; name a regular file \
+                     in a directory the gateway can write while it starts (as root: \
+                     /run/ravelin.pid)",
+                    path.display()
+                )
+            })?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn write_pid(&mut self) -> Result<(), String> {
+        use std::io::Write;
+        self.file
+            .write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| {
+                format!(
+                    "cannot write the pid file {} ([server] pid_file): {e}",
+                    self.path.display()
+                )
+            })
+    }
+
+    fn remove(self) {
+        if std::fs::remove_file(&self.path).is_err() {
+            let _ = self.file.set_len(0);
+        }
+    }
 }

@@ -1267,10 +1267,17 @@ fn runs_as_the_configured_user() {
     if is_root() {
         config.listeners[0].address = privileged_addr();
     }
-    let ravelin = Ravelin::start(config);
+    let mut ravelin = Ravelin::start(config);
     let pid = ravelin.pid().expect("running");
+    // Opened before the privilege drop, written once the start is complete.
+    let deadline = std::time::Instant::now() + WAIT;
+    while fs::read_to_string(&pid_file).unwrap_or_default().is_empty()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
-        fs::read_to_string(&pid_file).expect("the pid file, written before the privilege drop"),
+        fs::read_to_string(&pid_file).expect("the pid file"),
         format!("{pid}\n")
     );
     let (uid, gid) = if is_root() {
@@ -1316,10 +1323,17 @@ fn runs_as_the_configured_user() {
         &[],
     );
     sink.wait_for_messages(1, WAIT);
+
+    // Stopped, it leaves no pid file naming it: removed, or emptied where the directory is
+    // root's and the gateway no longer is.
+    ravelin.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(ravelin.wait_exit(WAIT).is_some(), "ravelin did not stop");
+    assert_eq!(fs::read_to_string(&pid_file).unwrap_or_default(), "");
 }
 
 /// A pid file that cannot be written stops the start (an init system waiting for it would
 /// otherwise time out), with a message naming the setting and the fix; nothing is listening.
+/// So does a symbolic link in its place (root would write where it points).
 #[test]
 fn an_unwritable_pid_file_stops_the_start() {
     let sink = SmtpSink::start();
@@ -1345,6 +1359,27 @@ fn an_unwritable_pid_file_stops_the_start() {
         describe(&out)
     );
     assert!(!is_listening(listen));
+
+    // A symbolic link in its place is refused, and what it points to is left alone.
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "precious\n").expect("write the victim file");
+    let link = dir.path().join("link.pid");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let config = RavelinConfig::inbound(sink.addr).set(
+        "server",
+        &format!("pid_file = {}", toml_string(&link.display().to_string())),
+    );
+    fs::write(&path, config.render(&dir.path().join("spool"))).expect("write ravelin.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ravelin"));
+    cmd.arg("serve").arg("--config").arg(&path);
+    let out = run(cmd, Duration::from_secs(30));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot write the pid file"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
 }
 
 // ---------------------------------------------------------------------------------------------

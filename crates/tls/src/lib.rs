@@ -192,8 +192,9 @@ pub struct CertificateSummary {
     pub subject: String,
     /// The leaf certificate's notAfter, RFC 2822 style as x509-parser writes it.
     pub not_after: String,
-    /// Seconds from now to notAfter (negative once expired).
-    pub seconds_left: i64,
+    /// Seconds from now to notAfter (negative once expired); `None` when the leaf could not
+    /// be parsed.
+    pub seconds_left: Option<i64>,
     /// Certificates in the chain, leaf included.
     pub chain: usize,
 }
@@ -278,10 +279,10 @@ fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
             (
                 leaf.subject().to_string(),
                 not_after.to_string(),
-                not_after.timestamp() - now,
+                Some(not_after.timestamp() - now),
             )
         }
-        None => ("(unparsable)".to_string(), String::new(), 0),
+        None => ("(unparsable)".to_string(), String::new(), None),
     };
     CertificateSummary {
         subject,

@@ -8,7 +8,8 @@
 //! found, only revoked keys, an RSA key under 2048 bits, an unknown key type, `t=y`, the
 //! parser's diagnostics. Revoked keys next to live ones are noted, not faulted.
 //!
-//! First `_domainkey.DOMAIN` itself is asked: NXDOMAIN there means that no name exists below
+//! First `_domainkey.DOMAIN` itself is asked (type CNAME, which no resolver follows): NXDOMAIN
+//! there means that no name exists below
 //! it (RFC 8020), so no key under any selector, and the common selectors are not asked (the
 //! shortcut of internet.nl and of the EU's MECSA tool); the `--dkim-selector` ones still are,
 //! which also gets past a DNS server that answers NXDOMAIN for names with names below them.
@@ -64,7 +65,12 @@ const FIX: &str = "Sign outgoing mail with DKIM (Ravelin: `ravelin dkim keygen -
 /// The `dns.dkim` finding.
 pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
     let branch = format!("_domainkey.{}", ctx.domain);
-    let nothing_below = matches!(ctx.resolver.txt(&branch).await, Err(LookupError::NxDomain));
+    // A CNAME query: its NXDOMAIN is about `_domainkey.DOMAIN` itself, never about the target
+    // of a CNAME there (names below a CNAME's owner may still exist).
+    let nothing_below = matches!(
+        ctx.resolver.cname(&branch).await,
+        Err(LookupError::NxDomain)
+    );
     let mut selectors: Vec<String> = if nothing_below {
         Vec::new()
     } else {
