@@ -326,8 +326,9 @@ mod tests {
         let cache = AnswerCache::new(1);
         let count = AtomicUsize::new(0);
         let ttl = Duration::from_secs(60);
+        let slow = name("slow.example.");
         let abandoned = cache.get_or_query(
-            &name("slow.example."),
+            &slow,
             RecordType::TXT,
             counted(&count, 1, ttl, Duration::from_secs(10)),
         );
@@ -349,7 +350,11 @@ mod tests {
         };
         ask().await;
         ask().await;
-        assert_eq!(count.load(Ordering::SeqCst), 2, "next.example. asked once, then kept");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            2,
+            "next.example. asked once, then kept"
+        );
         assert_eq!(cache.len(), 1);
     }
 }
