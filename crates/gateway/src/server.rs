@@ -29,8 +29,9 @@
 //! dropped and sessions already encrypted keep their certificate. Files that cannot be read or
 //! do not fit together leave the certificate in use, with an error line saying why (after the
 //! privilege drop they must be readable by `server.user`). Every other setting is read at start
-//! only. The certificate's expiry is logged at start and at each reload, with a warning under
-//! 30 days and an error once expired.
+//! only. The certificate's expiry is logged at start, at each reload and once a day, with a
+//! warning under 60 days and an error under 30 days and once expired; the metrics endpoint
+//! shows it as `ravelin_tls_certificate_not_after_seconds`.
 //! The `stopped` line reports the spool's group commit: `spool_synced` commits and removals
 //! made durable by `spool_dir_syncs` fsyncs of `queue/`.
 
@@ -248,6 +249,12 @@ impl Gateway {
             Recipients::from_config(config, directory, &delivery, &store)?.map(Arc::new);
         let mut state_tasks =
             vec![store.spawn_sweeper(config.state.sweep_interval.0, shutdown_rx.clone())];
+        if let Some(certificate) = &certificate {
+            state_tasks.push(tokio::spawn(watch_certificate(
+                certificate.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let socket = admin::socket_path(&config.spool.path);
         match admin::start(socket.clone(), defences.bans.clone(), shutdown_rx.clone()) {
             Ok(task) => state_tasks.push(task),
@@ -263,6 +270,7 @@ impl Gateway {
                 token: metrics_token,
                 spool: spool.clone(),
                 bans: defences.bans.clone(),
+                certificate: certificate.clone(),
             });
             state_tasks.push(tokio::spawn(crate::metrics::http::serve(
                 socket,
@@ -493,11 +501,33 @@ fn server_tls(config: &Config) -> Result<ListenerTls, String> {
     Ok((Some(TlsAcceptor::from(cfg)), certificate))
 }
 
-/// Days before expiry under which the certificate's log line is a warning.
-const CERTIFICATE_WARN_DAYS: i64 = 30;
+/// Days before expiry under which the certificate's log line is a warning, and under which it
+/// is an error (PRODUCT.md: alerts at 60 and 30 days).
+const CERTIFICATE_WARN_DAYS: i64 = 60;
+const CERTIFICATE_ALERT_DAYS: i64 = 30;
+
+/// How often the certificate's line is logged again after the start.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Logs the certificate's line every [`CERTIFICATE_CHECK_INTERVAL`], so that an expiry
+/// coming closer shows in the log (and in alerts built on it) without a restart.
+async fn watch_certificate(
+    certificate: Arc<ravelin_tls::ServerCertificate>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+    every.tick().await; // the start logged it already
+    loop {
+        tokio::select! {
+            _ = every.tick() => log_certificate(certificate.certificate_path(), &certificate.summary()),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
 
 /// One line on the certificate presented: subject, expiry and days left; a warning under
-/// [`CERTIFICATE_WARN_DAYS`] or when the expiry cannot be read, an error once expired. Only
+/// [`CERTIFICATE_WARN_DAYS`] or when the expiry cannot be read, an error under
+/// [`CERTIFICATE_ALERT_DAYS`] and once expired. Only
 /// the leaf's expiry is read (an intermediate that expires first is not seen here; `ravelin
 /// audit` checks the whole chain).
 fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSummary) {
@@ -511,8 +541,10 @@ fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSum
     let days_left = seconds_left.div_euclid(86_400);
     if seconds_left < 0 {
         tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
+    } else if days_left < CERTIFICATE_ALERT_DAYS {
+        tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires in less than 30 days: renew it now and send SIGHUP");
     } else if days_left < CERTIFICATE_WARN_DAYS {
-        warn!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires soon: renew it and send SIGHUP");
+        warn!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires in less than 60 days: plan its renewal, then send SIGHUP");
     } else {
         info!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, chain = summary.chain);
     }

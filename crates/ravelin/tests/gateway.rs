@@ -579,7 +579,8 @@ fn pem_body(pem: &str) -> String {
 /// SIGHUP reads the [tls] certificate and key again (renewal): the next client gets the new
 /// certificate, a session opened before the reload goes on and delivers its message, and
 /// files that do not fit together are refused with an error line while the certificate in use
-/// stays. The start logs the certificate's subject and days left.
+/// stays. The start and the reload log the certificate's subject and days left (an error line
+/// under 30 days), and the metrics endpoint shows its expiry.
 #[test]
 fn sighup_reloads_the_certificate_without_dropping_connections() {
     let dir = daemon_tempdir();
@@ -587,24 +588,39 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     let files = first.write_to(dir.path()).expect("write the test PKI");
     let renewed_dir = dir.path().join("renewed");
     fs::create_dir(&renewed_dir).expect("mkdir");
-    let renewed = ravelin_tls::testing::TestPki::new(HOSTNAME).expect("second test PKI");
+    // The "renewed" certificate expires in 20 days: an alert at the reload.
+    let renewed = ravelin_tls::testing::TestPki::expiring_in(HOSTNAME, 20).expect("second PKI");
     let renewed_files = renewed
         .write_to(&renewed_dir)
         .expect("write the second PKI");
 
     let sink = SmtpSink::start();
+    let metrics = free_addr();
     let config = RavelinConfig::inbound(sink.addr).extra(&format!(
-        "[tls]\ncertificate = {}\nprivate_key = {}",
+        "[tls]\ncertificate = {}\nprivate_key = {}\n\n[metrics]\nlisten = \"{metrics}\"\n",
         toml_string(&files.cert.to_string_lossy()),
         toml_string(&files.key.to_string_lossy())
     ));
     let ravelin = Ravelin::start(config);
     let started = ravelin.wait_for_event("tls_certificate", WAIT, |_| true);
     assert_eq!(started["subject"], format!("CN={HOSTNAME}"), "{started}");
+    assert_eq!(started["level"], "info", "{started}");
     assert!(
-        started["days_left"].as_i64().is_some_and(|d| d > 30),
+        started["days_left"].as_i64().is_some_and(|d| d > 60),
         "{started}"
     );
+    assert!(wait_for_port(metrics, WAIT));
+    let not_after = || {
+        let (status, page) = http_get(metrics, "/metrics", None);
+        assert_eq!(status, 200, "{page}");
+        sample(&page, "ravelin_tls_certificate_not_after_seconds")
+            .unwrap_or_else(|| panic!("no certificate expiry in {page}"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(not_after() > now + 365.0 * 86_400.0);
     assert_eq!(
         served_certificate(ravelin.addr(), &files.ca, dir.path()),
         Ok(pem_body(&first.cert_pem))
@@ -625,6 +641,19 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     fs::copy(&renewed_files.key, &files.key).expect("renew the key");
     ravelin.signal(nix::sys::signal::Signal::SIGHUP);
     ravelin.wait_for_event("reload", WAIT, |e| e["reloaded"] == "tls_certificate");
+    let alert = ravelin.wait_for_event("tls_certificate", WAIT, |e| e["level"] == "error");
+    // 20 days from its making, whole seconds: 19 or 20 whole days left by now.
+    assert!(
+        alert["days_left"]
+            .as_i64()
+            .is_some_and(|d| d == 19 || d == 20),
+        "{alert}"
+    );
+    let left = not_after() - now;
+    assert!(
+        (19.0 * 86_400.0..20.0 * 86_400.0 + 60.0).contains(&left),
+        "the metric shows the renewed certificate's expiry: {left} s left"
+    );
     assert_eq!(
         served_certificate(ravelin.addr(), &renewed_files.ca, dir.path()),
         Ok(pem_body(&renewed.cert_pem)),

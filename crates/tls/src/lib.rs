@@ -192,6 +192,8 @@ pub struct CertificateSummary {
     pub subject: String,
     /// The leaf certificate's notAfter, RFC 2822 style as x509-parser writes it.
     pub not_after: String,
+    /// notAfter as a Unix time; `None` when the leaf could not be parsed.
+    pub not_after_timestamp: Option<i64>,
     /// Seconds from now to notAfter (negative once expired); `None` when the leaf could not
     /// be parsed.
     pub seconds_left: Option<i64>,
@@ -269,25 +271,26 @@ fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
         .cert
         .first()
         .and_then(|der| x509_parser::parse_x509_certificate(der).ok());
-    let (subject, not_after, seconds_left) = match parsed {
+    let (subject, not_after, timestamp) = match parsed {
         Some((_, leaf)) => {
             let not_after = leaf.validity().not_after;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
             (
                 leaf.subject().to_string(),
                 not_after.to_string(),
-                Some(not_after.timestamp() - now),
+                Some(not_after.timestamp()),
             )
         }
         None => ("(unparsable)".to_string(), String::new(), None),
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     CertificateSummary {
         subject,
         not_after,
-        seconds_left,
+        not_after_timestamp: timestamp,
+        seconds_left: timestamp.map(|t| t - now),
         chain: certified.cert.len(),
     }
 }
@@ -499,6 +502,20 @@ pub mod testing {
         /// Generates a CA ("Ravelin test CA <tag>", unique per call) and a leaf for `hostname` (a DNS name or an IP
         /// address) valid for server authentication.
         pub fn new(hostname: &str) -> Result<TestPki, TlsError> {
+            Self::build(hostname, None)
+        }
+
+        /// Like [`TestPki::new`], with a leaf that expires `days` days from now (negative:
+        /// expired that long ago).
+        pub fn expiring_in(hostname: &str, days: i64) -> Result<TestPki, TlsError> {
+            let not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+            Self::build(hostname, Some(not_after))
+        }
+
+        fn build(
+            hostname: &str,
+            not_after: Option<time::OffsetDateTime>,
+        ) -> Result<TestPki, TlsError> {
             let ca_key = KeyPair::generate().map_err(generate_error)?;
             // Each CA gets its own name, so two test PKIs never look like the same issuer.
             let tag: String = ca_key
@@ -524,6 +541,10 @@ pub mod testing {
                 .distinguished_name
                 .push(DnType::CommonName, hostname);
             leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            if let Some(not_after) = not_after {
+                leaf_params.not_before = not_after - time::Duration::days(365);
+                leaf_params.not_after = not_after;
+            }
             let leaf_key = KeyPair::generate().map_err(generate_error)?;
             let leaf_cert = leaf_params
                 .signed_by(&leaf_key, &issuer)

@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub token: Option<Password>,
     pub spool: Spool,
     pub bans: Arc<Bans>,
+    /// The `[tls]` certificate of the listeners, when one is configured.
+    pub certificate: Option<Arc<ravelin_tls::ServerCertificate>>,
 }
 
 /// Binds the endpoint's socket.
@@ -117,6 +119,13 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> R
     }
     if let Ok(bans) = endpoint.bans.list(MAX_BANS_COUNTED).await {
         metrics::gauge!("ravelin_bans_active").set(bans.len() as f64);
+    }
+    if let Some(not_after) = endpoint
+        .certificate
+        .as_ref()
+        .and_then(|c| c.summary().not_after_timestamp)
+    {
+        metrics::gauge!("ravelin_tls_certificate_not_after_seconds").set(not_after as f64);
     }
     endpoint.handle.run_upkeep();
     (

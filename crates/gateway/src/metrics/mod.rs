@@ -60,6 +60,10 @@ fn describe() {
         "ravelin_bans_active",
         "Client addresses and networks banned now."
     );
+    metrics::describe_gauge!(
+        "ravelin_tls_certificate_not_after_seconds",
+        "Expiry (notAfter, Unix time) of the [tls] certificate the listeners present now."
+    );
 }
 
 /// The tracing layer that counts events; part of every subscriber [`crate::log`] builds.
