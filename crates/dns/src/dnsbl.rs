@@ -16,6 +16,11 @@
 //! under one deadline; lists that have not answered by then are reported failed with a
 //! timeout.
 //!
+//! What is known about particular lists is here too, for the gateway and the auditor alike:
+//! [`DEFAULT_ZONES`] (asked when nothing is configured), [`RETIRED_ZONES`] (shut down; some
+//! answer "listed" for everything, never asked) and [`IPV4_ONLY_ZONES`] (their NXDOMAIN for an
+//! IPv6 address means nothing).
+//!
 //! Reads no settings of its own: the resolver is the caller's.
 
 use std::fmt;
@@ -23,6 +28,49 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::resolver::{Failure, LookupError, Resolver, reversed_ip};
+
+/// The lists queried by default: widely used, free for low-volume queries.
+pub const DEFAULT_ZONES: &[&str] = &[
+    "zen.spamhaus.org",
+    "bl.spamcop.net",
+    "b.barracudacentral.org",
+    "psbl.surriel.com",
+];
+
+/// Lists that have shut down (some answer "listed" for every address since); never queried.
+pub const RETIRED_ZONES: &[&str] = &[
+    "dnsbl.sorbs.net",
+    "spam.dnsbl.sorbs.net",
+    "cbl.abuseat.org",
+    "dnsbl.njabl.org",
+    "dnsbl.ahbl.org",
+    "rhsbl.ahbl.org",
+    "list.dsbl.org",
+    "bl.spamcannibal.org",
+    "dnsbl.proxybl.org",
+    "ipbl.mailhosts.org",
+    "blackholes.mail-abuse.org",
+];
+
+/// Lists of IPv4 addresses only: asked about an IPv6 address they answer NXDOMAIN, which would
+/// read as "not listed".
+pub const IPV4_ONLY_ZONES: &[&str] = &[
+    "bl.spamcop.net",
+    "b.barracudacentral.org",
+    "psbl.surriel.com",
+];
+
+/// Whether a zone lists IPv4 addresses only.
+pub fn is_ipv4_only(zone: &str) -> bool {
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    IPV4_ONLY_ZONES.contains(&zone.as_str())
+}
+
+/// Whether a zone is retired.
+pub fn is_retired(zone: &str) -> bool {
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    RETIRED_ZONES.contains(&zone.as_str()) || zone.ends_with(".sorbs.net")
+}
 
 /// The most lists asked in one [`query_lists`] call; further zones are reported failed.
 pub const MAX_LISTS: usize = 64;

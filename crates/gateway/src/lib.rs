@@ -24,6 +24,7 @@
 //! - [`config`]: the TOML configuration, validated with file/line errors.
 //! - [`log`]: one JSON object per line for the SIEM.
 //! - [`metrics`]: Prometheus metrics counted from the log events, served over HTTP.
+//! - [`monitor`]: the gateway's own addresses watched on DNS blocklists (`[monitor]`).
 //! - [`secret`]: secrets read from owner-only files.
 //! - [`state`]: the state store (embedded redb or Redis) and what sits on it: bans, rate
 //!   limits, connection counts, greylisting, the admin socket.
@@ -41,6 +42,7 @@ pub mod ldap;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod monitor;
 pub mod queue;
 pub mod recipients;
 pub mod relay;

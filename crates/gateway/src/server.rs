@@ -255,6 +255,11 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
         }
+        state_tasks.extend(crate::monitor::spawn(
+            &config.monitor,
+            resolver.clone(),
+            shutdown_rx.clone(),
+        ));
         let socket = admin::socket_path(&config.spool.path);
         match admin::start(socket.clone(), defences.bans.clone(), shutdown_rx.clone()) {
             Ok(task) => state_tasks.push(task),

@@ -261,6 +261,79 @@ fn with_lists(sink: SocketAddr, dns: &TestDnsServer, ptr: [i32; 2]) -> RavelinCo
         .set("dnsbl", "timeout = \"3s\"")
 }
 
+/// `[monitor]` looks the gateway's own addresses up at start: a listing is an error line and
+/// a metric at 1, a clean address a metric at 0, a list error code or a silent list a warning
+/// and never a listing; one summary line counts them.
+#[test]
+fn the_monitor_reports_the_gateways_own_listed_addresses() {
+    let sink = SmtpSink::start();
+    let dns = dns();
+    let metrics = free_addr();
+    let gw = Ravelin::start(
+        screened(sink.addr, "0s", [0, 0])
+            .set("dns", &format!("nameservers = [\"{}\"]", dns.addr()))
+            .set("dns", "timeout = \"2s\"")
+            .set("dns", "attempts = 1")
+            .set(
+                "monitor",
+                "addresses = [\"127.0.0.2\", \"127.0.0.3\", \"127.0.0.5\", \"127.0.0.10\"]",
+            )
+            .set("monitor", "blocklists = [\"bl.test\", \"slow.test\"]")
+            .set("metrics", &format!("listen = \"{metrics}\"")),
+    );
+    let summary = gw.wait_for_event("own_address_check", Duration::from_secs(20), |e| {
+        e["level"] == "info"
+    });
+    assert_eq!(summary["addresses"], 4, "{summary}");
+    assert_eq!(summary["listed"], 1, "{summary}");
+    assert_eq!(summary["unknown"], 2, "{summary}");
+    assert_eq!(summary["clean"], 5, "{summary}");
+    let listed = gw.events("own_address_listed");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["address"], "127.0.0.2");
+    assert_eq!(listed[0]["list"], "bl.test");
+    assert_eq!(listed[0]["level"], "error");
+    let warnings: Vec<(String, String)> = gw
+        .events("own_address_check")
+        .iter()
+        .filter(|e| e["level"] == "warn")
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap_or_default().to_string(),
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|(a, o)| a == "127.0.0.3" && o.starts_with("list error 127.255.255.254")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|(a, o)| a == "127.0.0.5" && o.starts_with("no answer")),
+        "{warnings:?}"
+    );
+    let (status, page) = http_get(metrics, "/metrics", None);
+    assert_eq!(status, 200, "{page}");
+    let gauge = |address: &str, list: &str| {
+        sample(
+            &page,
+            &format!(r#"ravelin_own_address_listed{{address="{address}",list="{list}"}}"#),
+        )
+    };
+    assert_eq!(gauge("127.0.0.2", "bl.test"), Some(1.0), "{page}");
+    assert_eq!(gauge("127.0.0.10", "bl.test"), Some(0.0), "{page}");
+    assert_eq!(
+        gauge("127.0.0.3", "bl.test"),
+        None,
+        "a list error is no answer: {page}"
+    );
+}
+
 /// Listed → refused at connect with Postfix's text; not listed → served; an error code is
 /// not a listing (and is logged once); the allow list's negative weight rescues; a list that
 /// does not answer never blocks.

@@ -16,48 +16,9 @@ use crate::target::Endpoint;
 
 const ID: &str = "reputation.dnsbl";
 
-/// The lists queried by default: widely used, free for low-volume queries.
-pub const DEFAULT_ZONES: &[&str] = &[
-    "zen.spamhaus.org",
-    "bl.spamcop.net",
-    "b.barracudacentral.org",
-    "psbl.surriel.com",
-];
-
-/// Lists that have shut down (some answer "listed" for every address since); never queried.
-pub const RETIRED_ZONES: &[&str] = &[
-    "dnsbl.sorbs.net",
-    "spam.dnsbl.sorbs.net",
-    "cbl.abuseat.org",
-    "dnsbl.njabl.org",
-    "dnsbl.ahbl.org",
-    "rhsbl.ahbl.org",
-    "list.dsbl.org",
-    "bl.spamcannibal.org",
-    "dnsbl.proxybl.org",
-    "ipbl.mailhosts.org",
-    "blackholes.mail-abuse.org",
-];
-
-/// Lists of IPv4 addresses only: asked about an IPv6 address they answer NXDOMAIN, which would
-/// read as "not listed".
-pub const IPV4_ONLY_ZONES: &[&str] = &[
-    "bl.spamcop.net",
-    "b.barracudacentral.org",
-    "psbl.surriel.com",
-];
-
-/// Whether a zone lists IPv4 addresses only.
-pub fn is_ipv4_only(zone: &str) -> bool {
-    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-    IPV4_ONLY_ZONES.contains(&zone.as_str())
-}
-
-/// Whether a zone is retired.
-pub fn is_retired(zone: &str) -> bool {
-    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-    RETIRED_ZONES.contains(&zone.as_str()) || zone.ends_with(".sorbs.net")
-}
+pub use ravelin_dns::dnsbl::{
+    DEFAULT_ZONES, IPV4_ONLY_ZONES, RETIRED_ZONES, is_ipv4_only, is_retired,
+};
 
 /// The `reputation.dnsbl` finding for one endpoint.
 pub async fn check(resolver: &Resolver, endpoint: &Endpoint, options: &DnsOptions) -> Finding {

@@ -29,6 +29,7 @@ mod dns;
 mod greylist;
 mod header_firewall;
 mod metrics;
+mod monitor;
 mod rate_limits;
 mod recipients;
 mod screen;
@@ -53,6 +54,7 @@ pub use self::header_firewall::{
     HeaderFirewallSection, MAILER_FIELDS, ReceivedMode, is_name_pattern,
 };
 pub use self::metrics::MetricsSection;
+pub use self::monitor::MonitorSection;
 pub use self::rate_limits::RateLimitsSection;
 pub use self::recipients::{
     CalloutSection, DEFAULT_LDAP_FILTER, RecipientSource, RecipientsLdapSection, RecipientsSection,
@@ -119,6 +121,8 @@ pub struct Config {
     pub recipients: RecipientsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub monitor: MonitorSection,
     #[serde(default)]
     pub checks: ChecksSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
@@ -841,6 +845,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     }
     config.dns.validate(loc, &mut err);
     config.metrics.validate(loc, &mut err);
+    config.monitor.validate(loc, &mut err);
     config.state.validate(loc, &mut err);
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);

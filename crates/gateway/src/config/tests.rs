@@ -365,6 +365,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.auth, AuthSection::default());
     assert_eq!(c.recipients, RecipientsSection::default());
     assert_eq!(c.checks, ChecksSection::default());
+    assert_eq!(c.monitor, MonitorSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
         c.inbound.received_client,
@@ -383,6 +384,9 @@ fn example_mentions_every_key() {
         "user",
         "group",
         "pid_file",
+        "addresses",
+        "blocklists",
+        "interval",
         "name",
         "address",
         "kind",
@@ -1224,6 +1228,44 @@ fn metrics_off_by_default_and_a_token_away_from_loopback() {
     assert_eq!(line, want);
     let text = format!("{MINIMAL}\n[metrics]\nlisten = \"[::]:9325\"\ntoken_file = \"t\"\n");
     assert!(Config::parse(&text, "ravelin.toml").is_ok());
+}
+
+#[test]
+fn monitor_off_by_default_and_checked() {
+    let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
+    assert!(
+        c.monitor.addresses.is_empty(),
+        "nothing is looked up unless asked"
+    );
+    assert!(c.monitor.blocklists.iter().any(|z| z == "zen.spamhaus.org"));
+    let text = format!(
+        "{MINIMAL}\n[monitor]\naddresses = [\"192.0.2.25\", \"2001:db8::25\"]\ninterval = \"12h\"\n"
+    );
+    let c = Config::parse(&text, "ravelin.toml").unwrap();
+    assert_eq!(c.monitor.addresses.len(), 2);
+    assert_eq!(c.monitor.interval.0, Duration::from_secs(12 * 3600));
+    for (setting, said, fix) in [
+        ("interval = \"10s\"", "under a minute", "24h"),
+        (
+            "blocklists = [\"dnsbl.sorbs.net\"]",
+            "has shut down",
+            "retired list",
+        ),
+        (
+            "blocklists = [\"bl.spamcop.net\", \"BL.spamcop.net\"]",
+            "twice",
+            "once",
+        ),
+        ("blocklists = []", "empty", "default lists"),
+    ] {
+        let text = format!("{MINIMAL}\n[monitor]\naddresses = [\"192.0.2.25\"]\n{setting}\n");
+        let (line, message, hint) = error(&text);
+        assert!(message.contains(said), "{setting}: {message}");
+        assert!(hint.contains(fix), "{setting}: {hint}");
+        let key = setting.split(' ').next().unwrap();
+        let want = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+        assert_eq!(line, want, "{setting}");
+    }
 }
 
 #[test]

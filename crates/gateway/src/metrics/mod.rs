@@ -64,6 +64,10 @@ fn describe() {
         "ravelin_tls_certificate_not_after_seconds",
         "Expiry (notAfter, Unix time) of the [tls] certificate the listeners present now."
     );
+    metrics::describe_gauge!(
+        "ravelin_own_address_listed",
+        "1 when a [monitor] address is listed on the blocklist, 0 when it is not (last answer)."
+    );
 }
 
 /// The tracing layer that counts events; part of every subscriber [`crate::log`] builds.

@@ -1,0 +1,91 @@
+//! `[monitor]`: the gateway watching its own exposure — its public addresses on the DNS
+//! blocklists receivers consult (PRODUCT.md: "daily check of own outbound IPs").
+//!
+//! Off unless `addresses` is set: nothing is looked up that was not asked for. Read by
+//! [`crate::monitor`]. Errors name the key and what to write instead: a retired list (it may
+//! answer "listed" for every address), a duplicate list, more lists than one check asks, an
+//! interval under a minute (the lists rate-limit their users).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ravelin_dns::dnsbl::{DEFAULT_ZONES, MAX_LISTS, is_retired};
+use serde::Deserialize;
+
+use super::HumanDuration;
+use super::diagnostics::{Locator, toml_path};
+
+/// The shortest `interval` accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `[monitor]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSection {
+    /// The gateway's own public addresses (those it sends from and receives on); empty: the
+    /// monitor is off.
+    pub addresses: Vec<IpAddr>,
+    /// The blocklists asked about them (default: those of `ravelin audit`).
+    pub blocklists: Vec<String>,
+    /// How often they are asked; the first check runs at start.
+    pub interval: HumanDuration,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            addresses: Vec::new(),
+            blocklists: DEFAULT_ZONES.iter().map(|z| z.to_string()).collect(),
+            interval: HumanDuration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl MonitorSection {
+    pub(super) fn validate(&self, loc: &Locator<'_>, err: &mut impl FnMut(usize, String, &str)) {
+        let line = |key: &str| loc.line(&toml_path!["monitor", key]);
+        if self.interval.0 < MIN_INTERVAL {
+            err(
+                line("interval"),
+                format!("monitor.interval = \"{}\" is under a minute", self.interval),
+                "write interval = \"24h\" (blocklists limit how often one client may ask)",
+            );
+        }
+        if !self.addresses.is_empty() && self.blocklists.is_empty() {
+            err(
+                line("blocklists"),
+                "monitor.blocklists is empty while monitor.addresses is set".into(),
+                "remove blocklists to use the default lists, or name at least one",
+            );
+        }
+        if self.blocklists.len() > MAX_LISTS {
+            err(
+                line("blocklists"),
+                format!(
+                    "monitor.blocklists names {} lists, more than the {MAX_LISTS} one check asks",
+                    self.blocklists.len()
+                ),
+                "keep the lists your receivers use",
+            );
+        }
+        for (i, zone) in self.blocklists.iter().enumerate() {
+            if is_retired(zone) {
+                err(
+                    line("blocklists"),
+                    format!("monitor.blocklists names {zone:?}, a list that has shut down"),
+                    "remove it: a retired list may answer \"listed\" for every address",
+                );
+            }
+            if self.blocklists[..i]
+                .iter()
+                .any(|z| z.eq_ignore_ascii_case(zone))
+            {
+                err(
+                    line("blocklists"),
+                    format!("monitor.blocklists names {zone:?} twice"),
+                    "name each list once",
+                );
+            }
+        }
+    }
+}
