@@ -25,11 +25,13 @@
 //! - [`log`]: one JSON object per line for the SIEM.
 //! - [`metrics`]: Prometheus metrics counted from the log events, served over HTTP.
 //! - [`monitor`]: the gateway's own addresses watched on DNS blocklists (`[monitor]`).
+//! - [`alerts`]: every error line of the log also sent to a webhook (`[alerts]`).
 //! - [`secret`]: secrets read from owner-only files.
 //! - [`state`]: the state store (embedded redb or Redis) and what sits on it: bans, rate
 //!   limits, connection counts, greylisting, the admin socket.
 //! - [`server`]: `ravelin serve`: wires all of the above together.
 
+pub mod alerts;
 pub mod auth;
 pub mod bounce;
 pub mod checks;

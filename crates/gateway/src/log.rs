@@ -13,7 +13,8 @@
 //! The text format is `TS LEVEL msg key=value ...`, with values quoted and escaped when they
 //! contain spaces, quotes or control characters, so one event is always one line.
 //!
-//! With `[metrics]` on, every event at info or above, whatever the level, is also counted by
+//! Every error line is also offered to [`crate::alerts`] (sent to the `[alerts]` webhook when
+//! one is configured). With `[metrics]` on, every event at info or above, whatever the level, is also counted by
 //! [`crate::metrics::EventCounter`]. Spans are recorded whatever the level, so a `warn` event inside an `info` span still carries
 //! the span's `session` and `client`. How it fails: [`init`] returns an error for a bad level
 //! string or when a global subscriber is already installed; a failed write to stderr drops
@@ -213,6 +214,12 @@ where
             LogFormat::Json => json_line(&ts, level, &fields),
             LogFormat::Text => text_line(&ts, level, &fields),
         };
+        if *event.metadata().level() == tracing::Level::ERROR {
+            match self.format {
+                LogFormat::Json => crate::alerts::offer(&line),
+                LogFormat::Text => crate::alerts::offer(&json_line(&ts, level, &fields)),
+            }
+        }
         // One write per line, so concurrent events do not interleave; a failed write is dropped.
         let _ = self
             .writer

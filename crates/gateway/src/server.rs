@@ -128,6 +128,8 @@ impl Gateway {
             .as_deref()
             .map(|f| crate::secret::read_first_line(f, "metrics.token_file"))
             .transpose()?;
+        // Read while still privileged, like the metrics token.
+        let alerts = crate::alerts::prepare(&config.alerts)?;
         let smart_host_login = match (
             &config.outbound.smart_host_user,
             &config.outbound.smart_host_password_file,
@@ -254,6 +256,9 @@ impl Gateway {
                 certificate.clone(),
                 shutdown_rx.clone(),
             )));
+        }
+        if let Some(alerts) = alerts {
+            state_tasks.push(alerts.start(&config.hostname, shutdown_rx.clone())?);
         }
         state_tasks.extend(crate::monitor::spawn(
             &config.monitor,

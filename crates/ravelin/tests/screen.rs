@@ -334,6 +334,123 @@ fn the_monitor_reports_the_gateways_own_listed_addresses() {
     );
 }
 
+/// A webhook receiver on loopback: answers 200 to every request and keeps what it got.
+struct WebhookReceiver {
+    addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl WebhookReceiver {
+    fn start() -> WebhookReceiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the webhook");
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then as many body bytes as Content-Length says.
+                loop {
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&request).to_string());
+            }
+        });
+        WebhookReceiver { addr, requests }
+    }
+
+    fn wait_for(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.requests.lock().unwrap().clone();
+            if got.len() >= n || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `[alerts]`: the monitor's error line (the gateway's own address listed) is POSTed to the
+/// webhook as JSON with the bearer token of `webhook_token_file`; the token is not logged.
+#[test]
+fn error_lines_are_sent_to_the_alert_webhook() {
+    let sink = SmtpSink::start();
+    let dns = dns();
+    let hook = WebhookReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("webhook.token");
+    let token = "webhook-token-0451";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let gw = Ravelin::start(
+        screened(sink.addr, "0s", [0, 0])
+            .set("dns", &format!("nameservers = [\"{}\"]", dns.addr()))
+            .set("dns", "attempts = 1")
+            .set("monitor", "addresses = [\"127.0.0.2\"]")
+            .set("monitor", "blocklists = [\"bl.test\"]")
+            .set(
+                "alerts",
+                &format!("webhook = \"http://{}/hooks/ravelin\"", hook.addr),
+            )
+            .set(
+                "alerts",
+                &format!(
+                    "webhook_token_file = {}",
+                    toml_string(&token_file.to_string_lossy())
+                ),
+            ),
+    );
+    gw.wait_for_event("own_address_listed", Duration::from_secs(10), |_| true);
+    let got = hook.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "one error line, one alert: {got:?}");
+    let (head, body) = got[0].split_once("\r\n\r\n").expect("an HTTP request");
+    assert!(
+        head.starts_with("POST /hooks/ravelin HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("Authorization: Bearer {token}")),
+        "{head}"
+    );
+    assert!(head.contains("Content-Type: application/json"), "{head}");
+    let alert: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(alert["event"]["event"], "own_address_listed", "{alert}");
+    assert_eq!(alert["event"]["address"], "127.0.0.2", "{alert}");
+    assert!(
+        alert["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("own_address_listed") && t.contains("127.0.0.2")),
+        "{alert}"
+    );
+    assert!(!gw.log_text().contains(token), "the token is in the log");
+}
+
 /// Listed → refused at connect with Postfix's text; not listed → served; an error code is
 /// not a listing (and is logged once); the allow list's negative weight rescues; a list that
 /// does not answer never blocks.

@@ -20,6 +20,7 @@
 //! Relative paths in a file read by [`Config::load`] are taken relative to that file's
 //! directory.
 
+mod alerts;
 mod auth;
 mod bans;
 mod checks;
@@ -43,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::alerts::{AlertsSection, WebhookUrl};
 pub use self::auth::{AuthSection, LdapSection, is_loopback_host, parse_ldap_url};
 pub use self::bans::{AbuseKind, AbuseRule, AbuseRuleSetting, BansSection};
 pub use self::checks::{ChecksSection, Forwarder};
@@ -123,6 +125,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub monitor: MonitorSection,
+    #[serde(default)]
+    pub alerts: AlertsSection,
     #[serde(default)]
     pub checks: ChecksSection,
     /// The file the configuration was loaded from (`None` for [`Config::parse`]).
@@ -610,6 +614,8 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     paths.extend(config.screen.allow_file.as_mut());
     paths.extend(config.screen.block_file.as_mut());
     paths.extend(config.metrics.token_file.as_mut());
+    paths.extend(config.alerts.webhook_token_file.as_mut());
+    paths.extend(config.alerts.webhook_ca_file.as_mut());
     paths.extend(config.outbound.smart_host_password_file.as_mut());
     if let Some(ldap) = &mut config.auth.ldap {
         paths.extend(ldap.ca_file.as_mut());
@@ -846,6 +852,7 @@ fn validate(config: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
     config.dns.validate(loc, &mut err);
     config.metrics.validate(loc, &mut err);
     config.monitor.validate(loc, &mut err);
+    config.alerts.validate(loc, &mut err);
     config.state.validate(loc, &mut err);
     config.bans.validate(loc, &mut err);
     config.rate_limits.validate(loc, &mut err);

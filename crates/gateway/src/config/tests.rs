@@ -366,6 +366,7 @@ fn example_parses_and_states_the_true_defaults() {
     assert_eq!(c.recipients, RecipientsSection::default());
     assert_eq!(c.checks, ChecksSection::default());
     assert_eq!(c.monitor, MonitorSection::default());
+    assert_eq!(c.alerts, AlertsSection::default());
     assert_eq!(c.inbound.backend_tls, Inbound::default().backend_tls);
     assert_eq!(
         c.inbound.received_client,
@@ -387,6 +388,10 @@ fn example_mentions_every_key() {
         "addresses",
         "blocklists",
         "interval",
+        "webhook",
+        "webhook_token_file",
+        "webhook_ca_file",
+        "max_per_hour",
         "name",
         "address",
         "kind",
@@ -1266,6 +1271,22 @@ fn monitor_off_by_default_and_checked() {
         let want = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
         assert_eq!(line, want, "{setting}");
     }
+}
+
+#[test]
+fn alerts_off_by_default_and_never_plain_http_across_the_network() {
+    let c = Config::parse(MINIMAL, "ravelin.toml").unwrap();
+    assert_eq!(c.alerts.webhook, None);
+    let ok = format!("{MINIMAL}\n[alerts]\nwebhook = \"http://127.0.0.1:8080/hook\"\n");
+    assert!(Config::parse(&ok, "ravelin.toml").is_ok());
+    let text = format!("{MINIMAL}\n[alerts]\nwebhook = \"http://hooks.example.org/h\"\n");
+    let (line, message, fix) = error(&text);
+    assert!(message.contains("unencrypted"), "{message}");
+    assert!(fix.contains("https://"), "{fix}");
+    assert_eq!(
+        line,
+        text.lines().position(|l| l.starts_with("webhook")).unwrap() + 1
+    );
 }
 
 #[test]

@@ -1,0 +1,284 @@
+//! Alerts (`[alerts]`): every error line of the log is also POSTed to a webhook, as JSON
+//! `{"text": "HOST: EVENT: WHY", "host": HOST, "event": {the log line}}` — the `text` field is
+//! what Slack and Mattermost incoming webhooks show; other receivers read `event`.
+//!
+//! The log layer offers each error line to [`offer`], which never blocks: once [`start`] has
+//! installed the sender, lines go through a bounded queue ([`QUEUE`]) to one task that sends
+//! them one at a time. At most `max_per_hour` are sent in an hour; the others are counted and
+//! the count rides on the next alert sent (`"suppressed": N`), so a storm costs one message a
+//! minute or so, not thousands.
+//!
+//! How it fails: a webhook that cannot be reached, answers slowly (over [`TIMEOUT`]) or
+//! answers other than 2xx costs that alert, with a warning line `alert_failed` — a warning,
+//! never an error, so a failing webhook cannot feed itself. A full queue drops the line and
+//! counts it as suppressed. Nothing here delays the gateway.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ravelin_wire::auth::Password;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::{AlertsSection, WebhookUrl};
+
+/// Lines waiting to be sent; more are dropped (and counted).
+pub const QUEUE: usize = 256;
+
+/// How long one webhook call may take, connection and TLS included.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest response read from the webhook (its status line is all we need).
+const MAX_RESPONSE: usize = 4096;
+
+static SINK: OnceLock<mpsc::Sender<String>> = OnceLock::new();
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Offers one error line (a JSON object) for alerting; returns at once.
+pub fn offer(line: &str) {
+    if let Some(sink) = SINK.get()
+        && sink.try_send(line.to_string()).is_err()
+    {
+        DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Where and how alerts go.
+struct Webhook {
+    url: WebhookUrl,
+    token: Option<Password>,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Alerts ready to start: the webhook with its token and TLS settings, read by [`prepare`]
+/// while the gateway still has the privileges to read them.
+pub struct Alerts {
+    webhook: Webhook,
+    per_hour: u32,
+}
+
+/// Reads `[alerts]` (the token file and CA file included); `None` when no webhook is set.
+pub fn prepare(section: &AlertsSection) -> Result<Option<Alerts>, String> {
+    let Some(url) = &section.webhook else {
+        return Ok(None);
+    };
+    let url = WebhookUrl::parse(url).map_err(|e| format!("[alerts] webhook: {e}"))?;
+    let token = section
+        .webhook_token_file
+        .as_deref()
+        .map(|f| crate::secret::read_first_line(f, "alerts.webhook_token_file"))
+        .transpose()?;
+    let tls = if url.tls {
+        let verify = ravelin_tls::Verify::WebPki {
+            ca_file: section.webhook_ca_file.clone(),
+        };
+        let config = ravelin_tls::client_config(&verify).map_err(|e| format!("[alerts]: {e}"))?;
+        Some(tokio_rustls::TlsConnector::from(config))
+    } else {
+        None
+    };
+    Ok(Some(Alerts {
+        webhook: Webhook { url, token, tls },
+        per_hour: section.max_per_hour.max(1),
+    }))
+}
+
+impl Alerts {
+    /// Installs the sender the log offers error lines to and starts the task that sends them;
+    /// it ends with `shutdown`. Once per process (a second gateway in the same process cannot
+    /// have alerts of its own).
+    pub fn start(
+        self,
+        hostname: &str,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let (sender, mut receiver) = mpsc::channel::<String>(QUEUE);
+        SINK.set(sender)
+            .map_err(|_| "[alerts]: alerts are already started in this process".to_string())?;
+        let Alerts { webhook, per_hour } = self;
+        let hostname = hostname.to_string();
+        info!(event = "alerts", webhook = %format!("{}:{}", webhook.url.host, webhook.url.port), max_per_hour = per_hour);
+        Ok(tokio::spawn(async move {
+            let mut budget = Budget::new(per_hour, Instant::now());
+            loop {
+                let line = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    line = receiver.recv() => match line {
+                        Some(line) => line,
+                        None => return,
+                    },
+                };
+                budget.suppressed += DROPPED.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if !budget.admit(Instant::now()) {
+                    continue;
+                }
+                let body = payload(&hostname, &line, budget.suppressed);
+                match tokio::time::timeout(TIMEOUT, webhook.post(&body)).await {
+                    Ok(Ok(())) => budget.suppressed = 0,
+                    Ok(Err(why)) => warn!(event = "alert_failed", reason = %why),
+                    Err(_) => warn!(
+                        event = "alert_failed",
+                        reason = "the webhook did not answer in time"
+                    ),
+                }
+            }
+        }))
+    }
+}
+
+/// How many alerts may still go out this hour, and how many did not.
+struct Budget {
+    per_hour: u32,
+    window: Instant,
+    sent: u32,
+    /// Alerts not sent (over the budget, or dropped from a full queue) since the last one
+    /// that was.
+    suppressed: u64,
+}
+
+impl Budget {
+    fn new(per_hour: u32, now: Instant) -> Budget {
+        Budget {
+            per_hour,
+            window: now,
+            sent: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more alert may go out at `now`; if not, it is counted as suppressed.
+    fn admit(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(3600) {
+            self.window = now;
+            self.sent = 0;
+        }
+        if self.sent >= self.per_hour {
+            self.suppressed += 1;
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+}
+
+/// The JSON sent for one log line.
+fn payload(hostname: &str, line: &str, suppressed: u64) -> String {
+    let event: Value = serde_json::from_str(line).unwrap_or_else(|_| json!({ "line": line }));
+    let name = event["event"].as_str().unwrap_or("error");
+    let why = ["reason", "outcome", "decision", "msg"]
+        .iter()
+        .find_map(|k| event[*k].as_str())
+        .unwrap_or("");
+    let mut text = format!("{hostname}: {name}: {why}");
+    if let Some(address) = event["address"].as_str() {
+        text.push_str(&format!(" ({address})"));
+    }
+    let mut body = json!({ "text": text, "host": hostname, "event": event });
+    if suppressed > 0 {
+        body["suppressed"] = json!(suppressed);
+    }
+    body.to_string()
+}
+
+impl Webhook {
+    async fn post(&self, body: &str) -> Result<(), String> {
+        let stream = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.url.host, self.url.port))?;
+        match &self.tls {
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
+                    .map_err(|e| format!("{}: {e}", self.url.host))?;
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS with {}: {e}", self.url.host))?;
+                self.exchange(stream, body).await
+            }
+            None => self.exchange(stream, body).await,
+        }
+    }
+
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        body: &str,
+    ) -> Result<(), String> {
+        let host = if self.url.host.contains(':') {
+            format!("[{}]", self.url.host)
+        } else {
+            self.url.host.clone()
+        };
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+            .unwrap_or_default();
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: {host}:{}\r\nUser-Agent: ravelin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+            self.url.path,
+            self.url.port,
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("sending the alert: {e}"))?;
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !response.windows(2).any(|w| w == b"\r\n") && response.len() < MAX_RESPONSE {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("reading the webhook's answer: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&chunk[..n]);
+        }
+        let status_line = String::from_utf8_lossy(&response);
+        let status_line = status_line.lines().next().unwrap_or("");
+        match status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            Some(code) if (200..300).contains(&code) => Ok(()),
+            _ => Err(format!("the webhook answered {status_line:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_per_hour_alerts_then_a_new_hour() {
+        let start = Instant::now();
+        let mut budget = Budget::new(2, start);
+        assert!(budget.admit(start));
+        assert!(budget.admit(start + Duration::from_secs(1)));
+        assert!(!budget.admit(start + Duration::from_secs(2)));
+        assert!(!budget.admit(start + Duration::from_secs(3599)));
+        assert_eq!(budget.suppressed, 2);
+        assert!(budget.admit(start + Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn payload_carries_text_event_and_suppressed_count() {
+        let line = r#"{"ts":"t","level":"error","event":"own_address_listed","address":"192.0.2.25","list":"bl.test","outcome":"listed (127.0.0.2)"}"#;
+        let body: Value = serde_json::from_str(&payload("mx1.example.org", line, 0)).unwrap();
+        assert_eq!(
+            body["text"],
+            "mx1.example.org: own_address_listed: listed (127.0.0.2) (192.0.2.25)"
+        );
+        assert_eq!(body["event"]["list"], "bl.test");
+        assert!(body.get("suppressed").is_none());
+        let body: Value = serde_json::from_str(&payload("h", "not json", 7)).unwrap();
+        assert_eq!(body["event"]["line"], "not json");
+        assert_eq!(body["suppressed"], 7);
+    }
+}
