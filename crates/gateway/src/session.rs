@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth::{Authenticator, Outcome};
 use crate::checks::auth::{Action, Verifier};
@@ -752,6 +752,11 @@ impl Session<'_> {
 
     fn rate_limited(&self, e: &Exceeded, command: &str) {
         warn!(event = "rate_limit", session = %self.id, client = %self.peer.ip(), command, limit = e.limit, subject = %e.subject, count = e.count, max = e.max, decision = "tempfail");
+        // The first refusal of an account in a window is an error line, so an alert: an
+        // account over its limit is most often one whose password was stolen.
+        if e.limit.ends_with("_per_user") && e.count == u64::from(e.max) + 1 {
+            error!(event = "user_over_limit", session = %self.id, client = %self.peer.ip(), user = %e.subject.trim_start_matches("user:"), limit = e.limit, max = e.max, decision = "tempfail until the window passes", reason = "an account over its sending limit is often one whose password was stolen: check its logins (event auth) and its mail (ravelin queue list), then change its password");
+        }
     }
 
     /// Records an abuse event of this client; sleeps through a tarpit delay. A ban takes

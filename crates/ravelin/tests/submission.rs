@@ -362,7 +362,8 @@ fn smart_host_with_tls_and_auth() {
 
 /// `[rate_limits] messages_per_user`: alice's third message within the window is refused with
 /// `451 4.7.1` at MAIL FROM, although she sends from loopback (exempt from the address
-/// limits): a stolen password cannot turn the gateway into a spam cannon.
+/// limits): a stolen password cannot turn the gateway into a spam cannon. The first refusal
+/// is an error line `user_over_limit` naming the account.
 #[test]
 fn per_user_limits_hold_for_an_authenticated_user() {
     let sink = SmtpSink::start();
@@ -385,6 +386,14 @@ fn per_user_limits_hold_for_an_authenticated_user() {
     );
     let limited = ravelin.wait_for_event("rate_limit", WAIT, |_| true);
     assert_eq!(limited["limit"], "messages_per_user", "{limited}");
+    // The first refusal is also an error line (an alert with [alerts]); a fourth is not.
+    let over = ravelin.wait_for_event("user_over_limit", WAIT, |_| true);
+    assert_eq!(over["level"], "error", "{over}");
+    assert_eq!(over["user"], ALICE, "{over}");
+    let (out, _) = alice_sends(sub, ALICE, "friend@elsewhere.example");
+    assert!(!out.status.success());
+    ravelin.wait_for_event("rate_limit", WAIT, |e| e["count"] == 4);
+    assert_eq!(ravelin.events("user_over_limit").len(), 1);
     sink.wait_for_messages(2, WAIT);
 }
 
