@@ -2,22 +2,25 @@
 //! `{"text": "HOST: EVENT: WHY", "host": HOST, "event": {the log line}}` — the `text` field is
 //! what Slack and Mattermost incoming webhooks show; other receivers read `event`.
 //!
-//! The log layer offers each error line to [`offer`], which never blocks: once [`start`] has
-//! installed the sender, lines go through a bounded queue ([`QUEUE`]) to one task that sends
-//! them one at a time. At most `max_per_hour` are sent in an hour; the others are counted and
-//! the count rides on the next alert sent (`"suppressed": N`), so a storm costs one message a
-//! minute or so, not thousands.
+//! The log layer offers each error line to [`offer`], which never blocks: once
+//! [`Alerts::start`] has installed the sender, lines go through a bounded queue ([`QUEUE`]) to
+//! one task that sends them one at a time. Within each hour (counted from the first alert) at
+//! most `max_per_hour` are sent; the others — and any that a full queue dropped or the webhook
+//! refused — are counted, and the count rides on the next alert sent (`"suppressed": N`), or,
+//! if none comes, on a summary sent when the hour ends.
 //!
 //! How it fails: a webhook that cannot be reached, answers slowly (over [`TIMEOUT`]) or
 //! answers other than 2xx costs that alert, with a warning line `alert_failed` — a warning,
-//! never an error, so a failing webhook cannot feed itself. A full queue drops the line and
-//! counts it as suppressed. Nothing here delays the gateway.
+//! never an error, so a failing webhook cannot feed itself. Nothing here delays mail; the
+//! shutdown stops the sender last ([`Running::stop`]) and waits at most [`DRAIN`] for the
+//! alerts still queued.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ravelin_wire::auth::Password;
 use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -41,7 +44,7 @@ pub fn offer(line: &str) {
     if let Some(sink) = SINK.get()
         && sink.try_send(line.to_string()).is_err()
     {
-        DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -86,46 +89,112 @@ pub fn prepare(section: &AlertsSection) -> Result<Option<Alerts>, String> {
 }
 
 impl Alerts {
-    /// Installs the sender the log offers error lines to and starts the task that sends them;
-    /// it ends with `shutdown`. Once per process (a second gateway in the same process cannot
-    /// have alerts of its own).
-    pub fn start(
-        self,
-        hostname: &str,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let (sender, mut receiver) = mpsc::channel::<String>(QUEUE);
+    /// Installs the sender the log offers error lines to and starts the task that sends them.
+    /// Once per process (a second gateway in the same process cannot have alerts of its own).
+    pub fn start(self, hostname: &str) -> Result<Running, String> {
+        let (sender, receiver) = mpsc::channel::<String>(QUEUE);
         SINK.set(sender)
             .map_err(|_| "[alerts]: alerts are already started in this process".to_string())?;
-        let Alerts { webhook, per_hour } = self;
-        let hostname = hostname.to_string();
-        info!(event = "alerts", webhook = %format!("{}:{}", webhook.url.host, webhook.url.port), max_per_hour = per_hour);
-        Ok(tokio::spawn(async move {
-            let mut budget = Budget::new(per_hour, Instant::now());
-            loop {
-                let line = tokio::select! {
-                    _ = shutdown.changed() => return,
-                    line = receiver.recv() => match line {
-                        Some(line) => line,
-                        None => return,
-                    },
-                };
-                budget.suppressed += DROPPED.swap(0, std::sync::atomic::Ordering::Relaxed);
-                if !budget.admit(Instant::now()) {
-                    continue;
-                }
-                let body = payload(&hostname, &line, budget.suppressed);
-                match tokio::time::timeout(TIMEOUT, webhook.post(&body)).await {
-                    Ok(Ok(())) => budget.suppressed = 0,
-                    Ok(Err(why)) => warn!(event = "alert_failed", reason = %why),
-                    Err(_) => warn!(
-                        event = "alert_failed",
-                        reason = "the webhook did not answer in time"
-                    ),
+        let (stop, stopped) = watch::channel(false);
+        info!(event = "alerts", webhook = %format!("{}:{}", self.webhook.url.host, self.webhook.url.port), max_per_hour = self.per_hour);
+        let task = tokio::spawn(send_alerts(self, hostname.to_string(), receiver, stopped));
+        Ok(Running { stop, task })
+    }
+}
+
+/// The running sender; [`Running::stop`] ends it.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Sends what is still queued, for at most [`DRAIN`], then ends the task. Called last at
+    /// shutdown, so that the error lines of the grace period go out too.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), self.task).await;
+    }
+}
+
+/// How long the shutdown waits for queued alerts.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+async fn send_alerts(
+    alerts: Alerts,
+    hostname: String,
+    mut receiver: mpsc::Receiver<String>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Alerts { webhook, per_hour } = alerts;
+    let mut budget = Budget::new(per_hour, Instant::now());
+    loop {
+        let window_end = budget.window + Duration::from_secs(3600);
+        tokio::select! {
+            _ = stopped.changed() => break,
+            // An hour ended with alerts held back and none sent since: say so.
+            _ = tokio::time::sleep_until(window_end.into()), if budget.suppressed > 0 => {
+                budget.restart(Instant::now());
+                budget.sent = 1;
+                let held = std::mem::take(&mut budget.suppressed);
+                if !deliver(&webhook, &summary(&hostname, held)).await {
+                    budget.suppressed += held;
                 }
             }
-        }))
+            line = receiver.recv() => {
+                let Some(line) = line else { return };
+                send_line(&webhook, &hostname, &mut budget, &line).await;
+            }
+        }
     }
+    // Shutdown: what is queued goes out, within DRAIN and the budget.
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while let Ok(line) = receiver.try_recv() {
+        let sent = send_line(&webhook, &hostname, &mut budget, &line);
+        if tokio::time::timeout_at(deadline, sent).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends one log line if the budget allows; what is not delivered is counted as suppressed.
+async fn send_line(webhook: &Webhook, hostname: &str, budget: &mut Budget, line: &str) {
+    budget.suppressed += DROPPED.swap(0, Ordering::Relaxed);
+    if !budget.admit(Instant::now()) {
+        return;
+    }
+    let held = std::mem::take(&mut budget.suppressed);
+    if !deliver(webhook, &payload(hostname, line, held)).await {
+        budget.suppressed += held + 1;
+    }
+}
+
+/// One POST within [`TIMEOUT`]; a failure is a warning line.
+async fn deliver(webhook: &Webhook, body: &str) -> bool {
+    match tokio::time::timeout(TIMEOUT, webhook.post(body)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(why)) => {
+            warn!(event = "alert_failed", reason = %why);
+            false
+        }
+        Err(_) => {
+            warn!(
+                event = "alert_failed",
+                reason = "the webhook did not answer in time"
+            );
+            false
+        }
+    }
+}
+
+/// The JSON of the summary sent when an hour ended with alerts held back.
+fn summary(hostname: &str, suppressed: u64) -> String {
+    json!({
+        "text": format!("{hostname}: {suppressed} alert(s) not sent in the last hour (over [alerts] max_per_hour, a full queue, or a failed webhook call); see the log"),
+        "host": hostname,
+        "suppressed": suppressed,
+    })
+    .to_string()
 }
 
 /// How many alerts may still go out this hour, and how many did not.
@@ -148,11 +217,16 @@ impl Budget {
         }
     }
 
+    /// A new hour from `now`.
+    fn restart(&mut self, now: Instant) {
+        self.window = now;
+        self.sent = 0;
+    }
+
     /// Whether one more alert may go out at `now`; if not, it is counted as suppressed.
     fn admit(&mut self, now: Instant) -> bool {
         if now.duration_since(self.window) >= Duration::from_secs(3600) {
-            self.window = now;
-            self.sent = 0;
+            self.restart(now);
         }
         if self.sent >= self.per_hour {
             self.suppressed += 1;

@@ -77,6 +77,7 @@ pub struct Gateway {
     state_tasks: Vec<tokio::task::JoinHandle<()>>,
     certificate: Option<Arc<ravelin_tls::ServerCertificate>>,
     pid_file: Option<PidFile>,
+    alerts: Option<crate::alerts::Running>,
 }
 
 fn next_hop_tls(mode: NextHopTls, ca_file: Option<&std::path::Path>) -> TlsPolicy {
@@ -251,14 +252,14 @@ impl Gateway {
             Recipients::from_config(config, directory, &delivery, &store)?.map(Arc::new);
         let mut state_tasks =
             vec![store.spawn_sweeper(config.state.sweep_interval.0, shutdown_rx.clone())];
+        // Alerts first, so that the certificate's first check (an expired one is an error
+        // line) and the monitor's first round reach the webhook.
+        let alerts = alerts.map(|a| a.start(&config.hostname)).transpose()?;
         if let Some(certificate) = &certificate {
             state_tasks.push(tokio::spawn(watch_certificate(
                 certificate.clone(),
                 shutdown_rx.clone(),
             )));
-        }
-        if let Some(alerts) = alerts {
-            state_tasks.push(alerts.start(&config.hostname, shutdown_rx.clone())?);
         }
         state_tasks.extend(crate::monitor::spawn(
             &config.monitor,
@@ -378,6 +379,7 @@ impl Gateway {
             state_tasks,
             certificate,
             pid_file,
+            alerts,
         })
     }
 
@@ -450,6 +452,10 @@ impl Gateway {
         if let Some(pid_file) = self.pid_file {
             pid_file.remove();
         }
+        // Last, so that the error lines of the grace period are sent too.
+        if let Some(alerts) = self.alerts {
+            alerts.stop().await;
+        }
         let stats = self.spool.stats();
         info!(
             event = "stopped",
@@ -493,7 +499,6 @@ fn server_tls(config: &Config) -> Result<ListenerTls, String> {
                 ravelin_tls::ServerCertificate::load(&t.certificate, &t.private_key)
                     .map_err(|e| format!("[tls]: {e}"))?,
             );
-            log_certificate(&t.certificate, &certificate.summary());
             let cfg = ravelin_tls::reloadable_server_config(certificate.clone())
                 .map_err(|e| format!("[tls]: {e}"))?;
             (cfg, Some(certificate))
@@ -519,14 +524,13 @@ const CERTIFICATE_ALERT_DAYS: i64 = 30;
 /// How often the certificate's line is logged again after the start.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
-/// Logs the certificate's line every [`CERTIFICATE_CHECK_INTERVAL`], so that an expiry
-/// coming closer shows in the log (and in alerts built on it) without a restart.
+/// Logs the certificate's line at start and every [`CERTIFICATE_CHECK_INTERVAL`], so that an
+/// expiry coming closer shows in the log (and in alerts built on it) without a restart.
 async fn watch_certificate(
     certificate: Arc<ravelin_tls::ServerCertificate>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
-    every.tick().await; // the start logged it already
     loop {
         tokio::select! {
             _ = every.tick() => log_certificate(certificate.certificate_path(), &certificate.summary()),

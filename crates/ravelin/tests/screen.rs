@@ -392,8 +392,9 @@ impl WebhookReceiver {
     }
 }
 
-/// `[alerts]`: the monitor's error line (the gateway's own address listed) is POSTed to the
-/// webhook as JSON with the bearer token of `webhook_token_file`; the token is not logged.
+/// `[alerts]`: the error lines of the start — the gateway's own address listed, its
+/// certificate 10 days from expiry — are POSTed to the webhook as JSON with the bearer token
+/// of `webhook_token_file`; neither the token nor the webhook's path is logged.
 #[test]
 fn error_lines_are_sent_to_the_alert_webhook() {
     let sink = SmtpSink::start();
@@ -408,8 +409,18 @@ fn error_lines_are_sent_to_the_alert_webhook() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
+    let pki_dir = daemon_tempdir();
+    let pki = ravelin_tls::testing::TestPki::expiring_in("mx.test.example", 10)
+        .expect("test PKI")
+        .write_to(pki_dir.path())
+        .expect("write the test PKI");
     let gw = Ravelin::start(
         screened(sink.addr, "0s", [0, 0])
+            .extra(&format!(
+                "[tls]\ncertificate = {}\nprivate_key = {}",
+                toml_string(&pki.cert.to_string_lossy()),
+                toml_string(&pki.key.to_string_lossy())
+            ))
             .set("dns", &format!("nameservers = [\"{}\"]", dns.addr()))
             .set("dns", "attempts = 1")
             .set("monitor", "addresses = [\"127.0.0.2\"]")
@@ -427,9 +438,24 @@ fn error_lines_are_sent_to_the_alert_webhook() {
             ),
     );
     gw.wait_for_event("own_address_listed", Duration::from_secs(10), |_| true);
-    let got = hook.wait_for(1, Duration::from_secs(10));
-    assert_eq!(got.len(), 1, "one error line, one alert: {got:?}");
-    let (head, body) = got[0].split_once("\r\n\r\n").expect("an HTTP request");
+    hook.wait_for(2, Duration::from_secs(10));
+    // Time for a third alert to arrive, were one sent.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = hook.wait_for(2, Duration::ZERO);
+    assert_eq!(got.len(), 2, "two error lines, two alerts: {got:?}");
+    let certificate = got
+        .iter()
+        .find(|r| r.contains("tls_certificate"))
+        .unwrap_or_else(|| panic!("no certificate alert: {got:?}"));
+    assert!(
+        certificate.contains("expires in less than 30 days"),
+        "{certificate}"
+    );
+    let listed = got
+        .iter()
+        .find(|r| r.contains("own_address_listed"))
+        .unwrap_or_else(|| panic!("no blocklist alert: {got:?}"));
+    let (head, body) = listed.split_once("\r\n\r\n").expect("an HTTP request");
     assert!(
         head.starts_with("POST /hooks/ravelin HTTP/1.1\r\n"),
         "{head}"
@@ -449,6 +475,10 @@ fn error_lines_are_sent_to_the_alert_webhook() {
         "{alert}"
     );
     assert!(!gw.log_text().contains(token), "the token is in the log");
+    assert!(
+        !gw.log_text().contains("/hooks/ravelin"),
+        "the webhook's path is in the log"
+    );
 }
 
 /// Listed → refused at connect with Postfix's text; not listed → served; an error code is

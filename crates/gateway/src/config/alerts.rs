@@ -61,9 +61,16 @@ impl WebhookUrl {
         } else {
             return Err("the URL does not start with https:// or http://".to_string());
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        if rest.contains('#') {
+            return Err("the URL has a #fragment, which is never sent".to_string());
+        }
+        // The authority ends at the first of / ? (a query may follow the host directly).
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = (&rest[..end], &rest[end..]);
+        let path = match path {
+            "" => "/".to_string(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_string(),
         };
         if authority.contains('@') {
             return Err(
@@ -74,6 +81,9 @@ impl WebhookUrl {
             let (host, after) = bracketed
                 .split_once(']')
                 .ok_or_else(|| "unclosed [ in the URL's host".to_string())?;
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err("text after the ] of the URL's host".to_string());
+            }
             (host, after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -82,14 +92,16 @@ impl WebhookUrl {
             }
         };
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                format!("the port {p:?} is not a number from 1 to 65535")
-            })?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("the port {p:?} is not a number from 1 to 65535"))?,
             None if tls => 443,
             None => 80,
         };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("the URL has no usable host".to_string());
+        if host.is_empty() || rustls::pki_types::ServerName::try_from(host.to_string()).is_err() {
+            return Err("the URL's host is not a host name or an address".to_string());
         }
         if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("spaces or control characters in the URL's path".to_string());
@@ -103,7 +115,7 @@ impl WebhookUrl {
             tls,
             host: host.to_string(),
             port,
-            path: path.to_string(),
+            path,
         })
     }
 }
@@ -147,6 +159,12 @@ mod tests {
         );
         let u = WebhookUrl::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!((u.tls, u.port, u.path.as_str()), (false, 8080, "/"));
+        // A query straight after the host is the path's, never the host's.
+        let u = WebhookUrl::parse("https://h.example?token=secret").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.path.as_str()),
+            ("h.example", "/?token=secret")
+        );
         let u = WebhookUrl::parse("https://[2001:db8::1]:8443/h").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 8443));
         assert!(WebhookUrl::parse("http://[::1]:9/h").is_ok());
@@ -158,6 +176,9 @@ mod tests {
             "https://h.example:0/",
             "https://h.example:99999/",
             "https://h.example/a b",
+            "https://h.example/h#frag",
+            "https://[::1]x/h",
+            "https://h_bad!.example/",
         ] {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
         }

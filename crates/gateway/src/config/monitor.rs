@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ravelin_dns::dnsbl::{DEFAULT_ZONES, MAX_LISTS, is_retired};
+use ravelin_dns::dnsbl::{DEFAULT_ZONES, MAX_LISTS, is_ipv4_only, is_retired};
 use serde::Deserialize;
 
 use super::HumanDuration;
@@ -44,6 +44,16 @@ impl Default for MonitorSection {
 impl MonitorSection {
     pub(super) fn validate(&self, loc: &Locator<'_>, err: &mut impl FnMut(usize, String, &str)) {
         let line = |key: &str| loc.line(&toml_path!["monitor", key]);
+        if self.addresses.iter().any(|a| a.is_ipv6())
+            && !self.blocklists.is_empty()
+            && self.blocklists.iter().all(|z| is_ipv4_only(z))
+        {
+            err(
+                line("addresses"),
+                "monitor.addresses has IPv6 addresses but every list of monitor.blocklists lists IPv4 addresses only: they would never be checked".into(),
+                "add a list that lists IPv6 addresses, e.g. \"zen.spamhaus.org\"",
+            );
+        }
         if self.interval.0 < MIN_INTERVAL {
             err(
                 line("interval"),
@@ -68,20 +78,22 @@ impl MonitorSection {
                 "keep the lists your receivers use",
             );
         }
+        let entry = |i: usize| loc.line(&toml_path!["monitor", "blocklists", i]);
+        let normal = |z: &str| z.trim_end_matches('.').to_ascii_lowercase();
         for (i, zone) in self.blocklists.iter().enumerate() {
             if is_retired(zone) {
                 err(
-                    line("blocklists"),
+                    entry(i),
                     format!("monitor.blocklists names {zone:?}, a list that has shut down"),
                     "remove it: a retired list may answer \"listed\" for every address",
                 );
             }
             if self.blocklists[..i]
                 .iter()
-                .any(|z| z.eq_ignore_ascii_case(zone))
+                .any(|z| normal(z) == normal(zone))
             {
                 err(
-                    line("blocklists"),
+                    entry(i),
                     format!("monitor.blocklists names {zone:?} twice"),
                     "name each list once",
                 );

@@ -1257,12 +1257,13 @@ fn monitor_off_by_default_and_checked() {
             "retired list",
         ),
         (
-            "blocklists = [\"bl.spamcop.net\", \"BL.spamcop.net\"]",
+            "blocklists = [\"bl.spamcop.net\", \"BL.spamcop.net.\"]",
             "twice",
             "once",
         ),
         ("blocklists = []", "empty", "default lists"),
     ] {
+        // (the lists are on one line here, so the entry's line is the key's)
         let text = format!("{MINIMAL}\n[monitor]\naddresses = [\"192.0.2.25\"]\n{setting}\n");
         let (line, message, hint) = error(&text);
         assert!(message.contains(said), "{setting}: {message}");
@@ -1271,6 +1272,32 @@ fn monitor_off_by_default_and_checked() {
         let want = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
         assert_eq!(line, want, "{setting}");
     }
+}
+
+#[test]
+fn monitor_errors_name_the_entry_and_ipv6_needs_a_list_that_has_it() {
+    let text = format!(
+        "{MINIMAL}\n[monitor]\naddresses = [\"192.0.2.25\"]\nblocklists = [\n  \"zen.spamhaus.org\",\n  \"dnsbl.sorbs.net\",\n]\n"
+    );
+    let (line, message, _) = error(&text);
+    assert!(message.contains("dnsbl.sorbs.net"), "{message}");
+    assert_eq!(
+        line,
+        text.lines().position(|l| l.contains("sorbs")).unwrap() + 1
+    );
+    let text = format!(
+        "{MINIMAL}\n[monitor]\naddresses = [\"2001:db8::25\"]\nblocklists = [\"bl.spamcop.net\"]\n"
+    );
+    let (line, message, fix) = error(&text);
+    assert!(message.contains("IPv4 addresses only"), "{message}");
+    assert!(fix.contains("zen.spamhaus.org"), "{fix}");
+    assert_eq!(
+        line,
+        text.lines()
+            .position(|l| l.starts_with("addresses"))
+            .unwrap()
+            + 1
+    );
 }
 
 #[test]
