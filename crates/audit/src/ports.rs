@@ -360,6 +360,18 @@ async fn open_port(
     }
 }
 
+/// How findings name the host and a port: `host[ip]:port` and `host[ip]`, or `ip:port` and
+/// `ip` when the host was given by its address (as [`crate::target::Endpoint`] prints).
+fn endpoint_name(host: &str, ip: IpAddr, port: Option<u16>) -> String {
+    let by_address = host.parse::<IpAddr>() == Ok(ip);
+    match (by_address, port) {
+        (true, Some(port)) => SocketAddr::new(ip, port).to_string(),
+        (true, None) => ip.to_string(),
+        (false, Some(port)) => format!("{host}[{ip}]:{port}"),
+        (false, None) => format!("{host}[{ip}]"),
+    }
+}
+
 /// Tests `ports` on `ip` (`host` names it in endpoints).
 pub async fn scan_ports(
     host: &str,
@@ -371,7 +383,7 @@ pub async fn scan_ports(
     let mut tasks = JoinSet::new();
     for (index, spec) in ports.iter().copied().enumerate() {
         let gate = gate.clone();
-        let endpoint = format!("{host}[{ip}]:{}", spec.port);
+        let endpoint = endpoint_name(host, ip, Some(spec.port));
         let limit = opts.timeout;
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await;
@@ -417,7 +429,7 @@ pub async fn scan_ports(
             "ports.exposed",
             Status::Pass,
             Severity::Info,
-            format!("{host}[{ip}]"),
+            endpoint_name(host, ip, None),
             format!(
                 "{} of {} mail ports not reachable",
                 unreachable.len(),

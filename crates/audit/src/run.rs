@@ -4,8 +4,10 @@
 //! a host target gets the SMTP and TLS checks ([`crate::tls`]) on each address, then
 //! `tls.consistency` across them; a domain target gets its DNS checks ([`crate::dns`]), and
 //! every address of every MX host gets the same SMTP and TLS checks plus the per-address DNS
-//! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`) and, once per address, `ports.exposed`
-//! ([`crate::ports`]: which other mail ports answer, clear-text POP3 / IMAP logins). With
+//! checks (`dns.ptr`, `reputation.dnsbl`, `dns.dane`). Every MX address, and every address
+//! of a host target audited as an SMTP server (not submission) that answered, gets once per
+//! run `ports.exposed` ([`crate::ports`]: which other mail ports answer, clear-text POP3 /
+//! IMAP logins) unless [`AuditOptions::port_scan`] is off. With
 //! [`AuditOptions::dns_only`] a domain gets its DNS checks and the lookups of its MX addresses
 //! that need no connection (`dns.ptr` without the banner comparison, `reputation.dnsbl`):
 //! nothing connects to a mail host. One [`Resolver`] serves the whole run: `--nameserver`, or
@@ -75,6 +77,9 @@ pub struct AuditOptions {
     pub names: NameService,
     /// Only the DNS checks of domain targets: no SMTP or TLS connection (`--dns-only`).
     pub dns_only: bool,
+    /// `ports.exposed`: the other mail ports of each audited address (on by default;
+    /// `--no-port-scan` turns it off).
+    pub port_scan: bool,
 }
 
 impl Default for AuditOptions {
@@ -86,6 +91,7 @@ impl Default for AuditOptions {
             concurrency: usize::from(DEFAULT_CONCURRENCY),
             names: NameService::System,
             dns_only: false,
+            port_scan: true,
         }
     }
 }
@@ -158,8 +164,8 @@ struct Shared {
     locks: HostLocks,
     /// The audit of each MX endpoint.
     endpoints: OncePer<EndpointKey, SharedEndpoint>,
-    /// `ports.exposed` of each MX address, scanned under the name of the first MX host seen
-    /// there.
+    /// `ports.exposed` of each audited address, scanned under the name of the first target
+    /// or MX host seen there.
     ports: OncePer<(String, IpAddr), Vec<Finding>>,
 }
 
@@ -190,7 +196,7 @@ pub async fn audit(
                 Target::Domain { domain, port } => {
                     audit_domain(domain, *port, &options, &shared, &resolver).await
                 }
-                Target::Host(_) => audit_target(&target, &options, &shared.locks, &resolver).await,
+                Target::Host(_) => audit_target(&target, &options, &shared, &resolver).await,
             };
             on_done(&report);
             (index, report)
@@ -211,7 +217,7 @@ pub async fn audit(
 async fn audit_target(
     target: &Target,
     options: &AuditOptions,
-    locks: &HostLocks,
+    shared: &Shared,
     resolver: &Result<Resolver, String>,
 ) -> TargetReport {
     let name = target.to_string();
@@ -226,11 +232,15 @@ async fn audit_target(
         findings: Vec::new(),
     };
     let mut summaries = Vec::new();
+    let mut answered = Vec::new();
     for endpoint in &endpoints {
-        let lock = locks.get(endpoint.addr.ip());
+        let lock = shared.locks.get(endpoint.addr.ip());
         let _held = lock.lock().await;
         let findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
         let tls_report = if reachable(&findings) {
+            if endpoint.role == Role::Mx {
+                answered.push(endpoint.clone());
+            }
             Some(tls_checks(endpoint, options).await)
         } else {
             None
@@ -241,6 +251,13 @@ async fn audit_target(
             summaries.push(tls_report.summary);
         }
     }
+    // Only the SMTP servers (the role of an MX: a submission server is also the users'
+    // mailbox server, where IMAP and POP3 are expected), and only the addresses that
+    // answered: a host that could not be audited stays a target whose every check is an
+    // error (exit code 3), not one with a port list.
+    report
+        .findings
+        .extend(exposed_ports(&answered, options, shared).await);
     if !summaries.is_empty() {
         report
             .findings
@@ -321,7 +338,7 @@ async fn audit_domain(
     }
     report
         .findings
-        .extend(exposed_ports(&endpoints, shared).await);
+        .extend(exposed_ports(&endpoints, options, shared).await);
     if !summaries.is_empty() {
         report.findings.push(tls::consistency(domain, &summaries));
     }
@@ -400,9 +417,17 @@ async fn audit_mx_endpoint(
     SharedEndpoint { host, tls, dns }
 }
 
-/// `ports.exposed` for every address of the MX hosts, once each per run: which of the mail
+/// `ports.exposed` for every address of the endpoints, once each per run: which of the mail
 /// ports ([`ports::MAIL_PORTS`]) answer, and whether POP3 / IMAP take clear-text logins.
-async fn exposed_ports(endpoints: &[Endpoint], shared: &Shared) -> Vec<Finding> {
+/// Nothing when [`AuditOptions::port_scan`] is off.
+async fn exposed_ports(
+    endpoints: &[Endpoint],
+    options: &AuditOptions,
+    shared: &Shared,
+) -> Vec<Finding> {
+    if !options.port_scan {
+        return Vec::new();
+    }
     let mut done: Vec<IpAddr> = Vec::new();
     let mut findings = Vec::new();
     for endpoint in endpoints {

@@ -85,6 +85,10 @@ pub struct AuditArgs {
     /// targets only.
     #[arg(long, conflicts_with = "active")]
     dns_only: bool,
+    /// Do not test the other mail ports (25, 465, 587, 2525, 110, 143, 993, 995) of each MX
+    /// address and SMTP host target (the ports.exposed check).
+    #[arg(long)]
+    no_port_scan: bool,
     /// Exit with 1 when a failed or warned check has at least this severity.
     #[arg(long, default_value = "high", value_name = "SEVERITY",
           value_parser = ["info", "low", "medium", "high", "critical"])]
@@ -248,6 +252,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
         },
         concurrency: usize::from(args.concurrency),
         dns_only: args.dns_only,
+        port_scan: !args.no_port_scan,
         names: match args.nameserver {
             Some(server) => NameService::Server(server),
             None => NameService::System,

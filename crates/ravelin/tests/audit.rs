@@ -627,10 +627,18 @@ fn command_line_exit_codes_formats_and_targets_file() {
         let id = result["ruleId"].as_str().expect("ruleId");
         let index = result["ruleIndex"].as_u64().expect("ruleIndex") as usize;
         assert_eq!(rules[index], id);
-        assert_eq!(
-            result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
-            format!("smtp://{mx}")
-        );
+        let uri = &result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"];
+        if id == "ports.exposed" {
+            // The scan of the address's other mail ports names the address, or a port of it.
+            let ip = ravelin.listener("mx").ip();
+            let uri = uri.as_str().unwrap_or_default();
+            assert!(
+                uri == format!("smtp://{ip}") || uri.starts_with(&format!("smtp://{ip}:")),
+                "{result:#}"
+            );
+        } else {
+            assert_eq!(*uri, format!("smtp://{mx}"));
+        }
         let kind = result["kind"].as_str().expect("kind");
         assert!(kind == "fail" || result["level"] == "none", "{result:#}");
     }
@@ -689,6 +697,79 @@ fn nameserver_resolves_a_host_to_every_address() {
     assert_eq!(of(&live, "smtp.connect"), Vec::<String>::new());
     assert_eq!(of(&dead, "smtp.connect"), vec!["error"]);
     assert_eq!(of(&dead, "smtp.open_relay"), Vec::<String>::new());
+}
+
+/// `ports.exposed` for host targets: an SMTP server audited as `host:port` gets the other
+/// mail ports of its address tested once, as an MX does (here smtp-sink answers on 2525, the
+/// target, and as root on 25 too); a submission target is not scanned (it is the users'
+/// mailbox server, where IMAP and POP3 are expected); `--no-port-scan` turns the scan off.
+#[test]
+fn an_smtp_host_target_gets_its_mail_ports_tested() {
+    let host = Ipv4Addr::new(127, 0, 0, 25);
+    let sink = SmtpSink::start_on(SocketAddr::from((host, 2525)), &[]);
+    let also_25 = is_root().then(|| SmtpSink::start_on(SocketAddr::from((host, 25)), &[]));
+    let smtp = format!("example.org@{}", sink.addr);
+    let submission = format!("submission://example.org@{}", sink.addr);
+    let ports = |a: &Audit, target: usize| -> Vec<(String, String)> {
+        a.findings(target)
+            .iter()
+            .filter(|f| f["id"] == "ports.exposed")
+            .map(|f| {
+                let on = f["endpoint"].as_str().unwrap_or_default().to_string();
+                (on, f["status"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    };
+    let a = Audit::run(&["--concurrency", "1", &smtp, &submission]);
+    assert!(matches!(a.exit, 0 | 1), "{:#}\n{}", a.report, a.stderr);
+    // A host given by its address is named by it, as its other findings are.
+    let scanned = ports(&a, 0);
+    let mut expected = vec![format!("{host}:2525")];
+    if also_25.is_some() {
+        expected.push(format!("{host}:25"));
+    }
+    for endpoint in &expected {
+        assert!(
+            scanned.contains(&(endpoint.clone(), "info".to_string())),
+            "{endpoint} info expected in {scanned:?}"
+        );
+    }
+    // The ports that did not answer are listed in one finding on the address.
+    let silent: Vec<&Value> = a
+        .findings(0)
+        .iter()
+        .filter(|f| f["id"] == "ports.exposed" && f["status"] == "pass")
+        .collect();
+    assert_eq!(silent.len(), 1, "{scanned:?}");
+    assert_eq!(silent[0]["endpoint"], host.to_string());
+    let listed = silent[0]["evidence"]
+        .as_str()
+        .unwrap_or_default()
+        .split(", ")
+        .count();
+    assert_eq!(
+        listed + expected.len(),
+        ravelin_audit::ports::MAIL_PORTS.len(),
+        "every mail port has one verdict: {scanned:?}"
+    );
+    assert_eq!(
+        ports(&a, 1),
+        Vec::new(),
+        "a submission target is not scanned"
+    );
+    let off = Audit::run(&["--no-port-scan", &smtp]);
+    assert!(
+        matches!(off.exit, 0 | 1),
+        "{:#}\n{}",
+        off.report,
+        off.stderr
+    );
+    assert_eq!(ports(&off, 0), Vec::new(), "--no-port-scan");
+    assert!(
+        off.findings(0)
+            .iter()
+            .any(|f| f["id"] == "smtp.banner_disclosure")
+    );
 }
 
 /// A domain target: `ravelin audit example.org` looks up the MX through `--nameserver`,

@@ -62,10 +62,20 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// An endpoint as a URI: `name[addr]:port` and `addr:port` become `smtp://addr:port`, an
-/// absolute path a `file://` URI, a target spec (`[scheme://][domain@]host[:port]`) an
-/// `smtp://` URI, and a bare domain a `dns:` URI.
+/// An endpoint as a URI: `name[addr]:port` and `addr:port` become `smtp://addr:port`, a host
+/// (`name[addr]` or an address) `smtp://addr`, an absolute path a `file://` URI, a target
+/// spec (`[scheme://][domain@]host[:port]`) an `smtp://` URI, and a bare domain a `dns:` URI.
 pub fn endpoint_uri(endpoint: &str) -> String {
+    let host_ip = endpoint
+        .strip_suffix(']')
+        .and_then(|rest| rest.split_once('['))
+        .filter(|(name, _)| !name.is_empty())
+        .map_or(endpoint, |(_, ip)| ip);
+    match host_ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => return format!("smtp://[{ip}]"),
+        Ok(ip) => return format!("smtp://{ip}"),
+        Err(_) => {}
+    }
     if let Some((name, rest)) = endpoint.split_once('[')
         && let Some((ip, port)) = rest.rsplit_once("]:")
         && !name.is_empty()
@@ -227,6 +237,11 @@ mod tests {
         );
         assert_eq!(endpoint_uri("[::1]:587"), "smtp://[::1]:587");
         assert_eq!(endpoint_uri("192.0.2.1:25"), "smtp://192.0.2.1:25");
+        assert_eq!(endpoint_uri("mx[192.0.2.1]"), "smtp://192.0.2.1");
+        assert_eq!(endpoint_uri("192.0.2.1"), "smtp://192.0.2.1");
+        assert_eq!(endpoint_uri("mx[2001:db8::1]"), "smtp://[2001:db8::1]");
+        assert_eq!(endpoint_uri("2001:db8::1"), "smtp://[2001:db8::1]");
+        assert_eq!(endpoint_uri("[x]"), "dns:[x]");
         assert_eq!(
             endpoint_uri("/etc/postfix/main.cf"),
             "file:///etc/postfix/main.cf"
