@@ -164,8 +164,8 @@ struct Shared {
     locks: HostLocks,
     /// The audit of each MX endpoint.
     endpoints: OncePer<EndpointKey, SharedEndpoint>,
-    /// `ports.exposed` of each audited address, scanned under the name of the first target
-    /// or MX host seen there.
+    /// `ports.exposed` of each audited address, once per name it is reached by (an MX host
+    /// name, or the address of a host target): the findings carry that name.
     ports: OncePer<(String, IpAddr), Vec<Finding>>,
 }
 

@@ -169,23 +169,32 @@ mod tests {
         (value, ttl)
     }
 
+    /// Asks `cache` for the TXT records of `n`, with a query that answers `value` at once
+    /// with `ttl`.
+    async fn ask_txt(
+        cache: &AnswerCache<u32>,
+        count: &AtomicUsize,
+        n: &str,
+        value: u32,
+        ttl: Duration,
+    ) -> u32 {
+        cache
+            .get_or_query(
+                &name(n),
+                RecordType::TXT,
+                counted(count, value, ttl, Duration::ZERO),
+            )
+            .await
+    }
+
     #[tokio::test]
     async fn answers_are_kept_for_their_ttl_and_names_compare_without_case() {
         let cache = AnswerCache::new(10);
         let count = AtomicUsize::new(0);
         let ttl = Duration::from_secs(60);
         let (cache, count) = (&cache, &count);
-        let ask = |n: &'static str| async move {
-            cache
-                .get_or_query(
-                    &name(n),
-                    RecordType::TXT,
-                    counted(count, 1, ttl, Duration::ZERO),
-                )
-                .await
-        };
-        assert_eq!(ask("example.org.").await, 1);
-        assert_eq!(ask("EXAMPLE.org.").await, 1);
+        assert_eq!(ask_txt(cache, count, "example.org.", 1, ttl).await, 1);
+        assert_eq!(ask_txt(cache, count, "EXAMPLE.org.", 1, ttl).await, 1);
         assert_eq!(count.load(Ordering::SeqCst), 1);
         // Another type is another question.
         cache
@@ -197,16 +206,7 @@ mod tests {
             .await;
         assert_eq!(count.load(Ordering::SeqCst), 2);
         let short = Duration::from_secs(1);
-        let (cache, count) = (&cache, &count);
-        let ask_short = || async move {
-            cache
-                .get_or_query(
-                    &name("short.example.org."),
-                    RecordType::TXT,
-                    counted(count, 3, short, Duration::ZERO),
-                )
-                .await
-        };
+        let ask_short = || ask_txt(cache, count, "short.example.org.", 3, short);
         ask_short().await;
         ask_short().await;
         assert_eq!(count.load(Ordering::SeqCst), 3);
@@ -270,15 +270,7 @@ mod tests {
         let cache = AnswerCache::new(2);
         let count = AtomicUsize::new(0);
         let (cache, count) = (&cache, &count);
-        let ask = |n: &'static str, ttl: u64| async move {
-            cache
-                .get_or_query(
-                    &name(n),
-                    RecordType::TXT,
-                    counted(count, 1, Duration::from_millis(ttl), Duration::ZERO),
-                )
-                .await
-        };
+        let ask = |n, ttl| ask_txt(cache, count, n, 1, Duration::from_millis(ttl));
         ask("a.", 50).await;
         ask("b.", 100_000).await;
         assert_eq!(cache.len(), 2);
@@ -304,15 +296,7 @@ mod tests {
         cache.max_ttl = Duration::from_secs(1);
         let count = AtomicUsize::new(0);
         let (cache, count) = (&cache, &count);
-        let ask = || async move {
-            cache
-                .get_or_query(
-                    &name("example.org."),
-                    RecordType::TXT,
-                    counted(count, 1, Duration::from_secs(86_400), Duration::ZERO),
-                )
-                .await
-        };
+        let ask = || ask_txt(cache, count, "example.org.", 1, Duration::from_secs(86_400));
         ask().await;
         ask().await;
         assert_eq!(count.load(Ordering::SeqCst), 1);
@@ -338,16 +322,7 @@ mod tests {
                 .is_err()
         );
         assert_eq!(cache.len(), 1, "the abandoned question's slot");
-        let (cache, count) = (&cache, &count);
-        let ask = || async move {
-            cache
-                .get_or_query(
-                    &name("next.example."),
-                    RecordType::TXT,
-                    counted(count, 2, ttl, Duration::ZERO),
-                )
-                .await
-        };
+        let ask = || ask_txt(&cache, &count, "next.example.", 2, ttl);
         ask().await;
         ask().await;
         assert_eq!(
