@@ -360,21 +360,20 @@ async fn open_port(
     }
 }
 
-/// How findings name the host and a port: `host[ip]:port` and `host[ip]`, or `ip:port` and
-/// `ip` when the host was given by its address (as [`crate::target::Endpoint`] prints).
-fn endpoint_name(host: &str, ip: IpAddr, port: Option<u16>) -> String {
-    let by_address = host.parse::<IpAddr>() == Ok(ip);
-    match (by_address, port) {
-        (true, Some(port)) => SocketAddr::new(ip, port).to_string(),
-        (true, None) => ip.to_string(),
-        (false, Some(port)) => format!("{host}[{ip}]:{port}"),
-        (false, None) => format!("{host}[{ip}]"),
+/// How findings name the host and a port: `name[ip]:port` and `name[ip]`, or `ip:port` and
+/// `ip` for a host without a name (as [`crate::target::Endpoint`] prints).
+fn endpoint_name(name: Option<&str>, ip: IpAddr, port: Option<u16>) -> String {
+    match (name, port) {
+        (None, Some(port)) => SocketAddr::new(ip, port).to_string(),
+        (None, None) => ip.to_string(),
+        (Some(name), Some(port)) => format!("{name}[{ip}]:{port}"),
+        (Some(name), None) => format!("{name}[{ip}]"),
     }
 }
 
-/// Tests `ports` on `ip` (`host` names it in endpoints).
+/// Tests `ports` on `ip` (`name`, the host's name if it has one, names it in endpoints).
 pub async fn scan_ports(
-    host: &str,
+    name: Option<&str>,
     ip: IpAddr,
     ports: &[PortSpec],
     opts: &PortOptions,
@@ -383,7 +382,7 @@ pub async fn scan_ports(
     let mut tasks = JoinSet::new();
     for (index, spec) in ports.iter().copied().enumerate() {
         let gate = gate.clone();
-        let endpoint = endpoint_name(host, ip, Some(spec.port));
+        let endpoint = endpoint_name(name, ip, Some(spec.port));
         let limit = opts.timeout;
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await;
@@ -429,7 +428,7 @@ pub async fn scan_ports(
             "ports.exposed",
             Status::Pass,
             Severity::Info,
-            endpoint_name(host, ip, None),
+            endpoint_name(name, ip, None),
             format!(
                 "{} of {} mail ports not reachable",
                 unreachable.len(),

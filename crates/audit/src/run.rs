@@ -165,8 +165,8 @@ struct Shared {
     /// The audit of each MX endpoint.
     endpoints: OncePer<EndpointKey, SharedEndpoint>,
     /// `ports.exposed` of each audited address, once per name it is reached by (an MX host
-    /// name, or the address of a host target): the findings carry that name.
-    ports: OncePer<(String, IpAddr), Vec<Finding>>,
+    /// name, or none for a host target given by address): the findings carry that name.
+    ports: OncePer<(Option<String>, IpAddr), Vec<Finding>>,
 }
 
 /// Audits every target and returns the report; `on_done` is called once per finished target.
@@ -436,14 +436,13 @@ async fn exposed_ports(
             continue;
         }
         done.push(ip);
-        let host = endpoint.host();
-        let cell = shared.ports.get((host.clone(), ip));
+        let name = endpoint.name.as_deref();
+        let cell = shared.ports.get((endpoint.name.clone(), ip));
         let found = cell
             .get_or_init(|| async {
                 let lock = shared.locks.get(ip);
                 let _held = lock.lock().await;
-                ports::scan_ports(&host, ip, ports::MAIL_PORTS, &ports::PortOptions::default())
-                    .await
+                ports::scan_ports(name, ip, ports::MAIL_PORTS, &ports::PortOptions::default()).await
             })
             .await;
         findings.extend(found.iter().cloned());

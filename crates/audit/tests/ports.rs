@@ -171,7 +171,7 @@ fn scan(ports: &[PortSpec]) -> Vec<Finding> {
         timeout: Duration::from_secs(5),
         concurrency: 2,
     };
-    runtime.block_on(scan_ports("mail.test.example", HOST, ports, &options))
+    runtime.block_on(scan_ports(Some("mail.test.example"), HOST, ports, &options))
 }
 
 fn at(findings: &[Finding], port: u16) -> &Finding {

@@ -39,10 +39,11 @@ const MAX_RESPONSE: usize = 4096;
 static SINK: OnceLock<mpsc::Sender<String>> = OnceLock::new();
 static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Offers one error line (a JSON object) for alerting; returns at once.
-pub fn offer(line: &str) {
+/// Offers one error line (a JSON object, made by `line` only when alerts are on) for
+/// alerting; returns at once.
+pub fn offer(line: impl FnOnce() -> String) {
     if let Some(sink) = SINK.get()
-        && sink.try_send(line.to_string()).is_err()
+        && sink.try_send(line()).is_err()
     {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }

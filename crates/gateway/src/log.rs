@@ -215,10 +215,10 @@ where
             LogFormat::Text => text_line(&ts, level, &fields),
         };
         if *event.metadata().level() == tracing::Level::ERROR {
-            match self.format {
-                LogFormat::Json => crate::alerts::offer(&line),
-                LogFormat::Text => crate::alerts::offer(&json_line(&ts, level, &fields)),
-            }
+            crate::alerts::offer(|| match self.format {
+                LogFormat::Json => line.clone(),
+                LogFormat::Text => json_line(&ts, level, &fields),
+            });
         }
         // One write per line, so concurrent events do not interleave; a failed write is dropped.
         let _ = self

@@ -516,11 +516,6 @@ fn server_tls(config: &Config) -> Result<ListenerTls, String> {
     Ok((Some(TlsAcceptor::from(cfg)), certificate))
 }
 
-/// Days before expiry under which the certificate's log line is a warning, and under which it
-/// is an error (PRODUCT.md: alerts at 60 and 30 days).
-const CERTIFICATE_WARN_DAYS: i64 = 60;
-const CERTIFICATE_ALERT_DAYS: i64 = 30;
-
 /// How often the certificate's line is logged again after the start.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
@@ -540,24 +535,24 @@ async fn watch_certificate(
 }
 
 /// One line on the certificate presented: subject, expiry and days left; a warning under
-/// [`CERTIFICATE_WARN_DAYS`] or when the expiry cannot be read, an error under
-/// [`CERTIFICATE_ALERT_DAYS`] and once expired. Only
+/// [`ravelin_tls::EXPIRY_WARN_DAYS`] (60) or when the expiry cannot be read, an error under
+/// [`ravelin_tls::EXPIRY_FAIL_DAYS`] (30; PRODUCT.md's alerts) and once expired. Only
 /// the leaf's expiry is read (an intermediate that expires first is not seen here; `ravelin
 /// audit` checks the whole chain).
 fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSummary) {
     let path = path.display();
     let subject = &summary.subject;
     let not_after = &summary.not_after;
-    let Some(seconds_left) = summary.seconds_left else {
+    let Some(seconds_left) = summary.seconds_left() else {
         warn!(event = "tls_certificate", path = %path, subject = %subject, reason = "expiry unknown: the certificate could not be parsed");
         return;
     };
     let days_left = seconds_left.div_euclid(86_400);
     if seconds_left < 0 {
         tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
-    } else if days_left < CERTIFICATE_ALERT_DAYS {
+    } else if days_left < ravelin_tls::EXPIRY_FAIL_DAYS {
         tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires in less than 30 days: renew it now and send SIGHUP");
-    } else if days_left < CERTIFICATE_WARN_DAYS {
+    } else if days_left < ravelin_tls::EXPIRY_WARN_DAYS {
         warn!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires in less than 60 days: plan its renewal, then send SIGHUP");
     } else {
         info!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, chain = summary.chain);

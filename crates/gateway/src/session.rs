@@ -754,8 +754,10 @@ impl Session<'_> {
         warn!(event = "rate_limit", session = %self.id, client = %self.peer.ip(), command, limit = e.limit, subject = %e.subject, count = e.count, max = e.max, decision = "tempfail");
         // The first refusal of an account in a window is an error line, so an alert: an
         // account over its limit is most often one whose password was stolen.
-        if e.limit.ends_with("_per_user") && e.count == u64::from(e.max) + 1 {
-            error!(event = "user_over_limit", session = %self.id, client = %self.peer.ip(), user = %e.subject.trim_start_matches("user:"), limit = e.limit, max = e.max, decision = "tempfail until the window passes", reason = "an account over its sending limit is often one whose password was stolen: check its logins (event auth) and its mail (ravelin queue list), then change its password");
+        if let Some(user) = &e.user
+            && e.count == u64::from(e.max) + 1
+        {
+            error!(event = "user_over_limit", session = %self.id, client = %self.peer.ip(), user = %user, limit = e.limit, max = e.max, decision = "tempfail until the window passes", reason = "an account over its sending limit is often one whose password was stolen: check its logins (event auth) and its mail (ravelin queue list), then change its password");
         }
     }
 

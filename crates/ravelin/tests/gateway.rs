@@ -596,11 +596,9 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
 
     let sink = SmtpSink::start();
     let metrics = free_addr();
-    let config = RavelinConfig::inbound(sink.addr).extra(&format!(
-        "[tls]\ncertificate = {}\nprivate_key = {}\n\n[metrics]\nlisten = \"{metrics}\"\n",
-        toml_string(&files.cert.to_string_lossy()),
-        toml_string(&files.key.to_string_lossy())
-    ));
+    let config = RavelinConfig::inbound(sink.addr)
+        .certificate(&files)
+        .set("metrics", &format!("listen = \"{metrics}\""));
     let ravelin = Ravelin::start(config);
     let started = ravelin.wait_for_event("tls_certificate", WAIT, |_| true);
     assert_eq!(started["subject"], format!("CN={HOSTNAME}"), "{started}");
@@ -1299,16 +1297,10 @@ fn runs_as_the_configured_user() {
     let mut ravelin = Ravelin::start(config);
     let pid = ravelin.pid().expect("running");
     // Opened before the privilege drop, written once the start is complete.
-    let deadline = std::time::Instant::now() + WAIT;
-    while fs::read_to_string(&pid_file).unwrap_or_default().is_empty()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        fs::read_to_string(&pid_file).expect("the pid file"),
-        format!("{pid}\n")
-    );
+    let written = wait_until("the pid file", WAIT, || {
+        fs::read_to_string(&pid_file).ok().filter(|s| !s.is_empty())
+    });
+    assert_eq!(written, format!("{pid}\n"));
     let (uid, gid) = if is_root() {
         let user = nix::unistd::User::from_name("nobody")
             .ok()

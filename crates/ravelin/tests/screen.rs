@@ -416,11 +416,7 @@ fn error_lines_are_sent_to_the_alert_webhook() {
         .expect("write the test PKI");
     let gw = Ravelin::start(
         screened(sink.addr, "0s", [0, 0])
-            .extra(&format!(
-                "[tls]\ncertificate = {}\nprivate_key = {}",
-                toml_string(&pki.cert.to_string_lossy()),
-                toml_string(&pki.key.to_string_lossy())
-            ))
+            .certificate(&pki)
             .set("dns", &format!("nameservers = [\"{}\"]", dns.addr()))
             .set("dns", "attempts = 1")
             .set("monitor", "addresses = [\"127.0.0.2\"]")

@@ -173,8 +173,16 @@ pub fn reloadable_server_config(
 pub struct ServerCertificate {
     cert: PathBuf,
     key: PathBuf,
-    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The chain and key presented now, and their summary (parsed once per load).
+    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, CertificateSummary)>,
 }
+
+/// Days before a certificate's expiry under which it is to be renewed soon (a warning of
+/// `ravelin serve`'s log, `tls.cert_expiry` warns).
+pub const EXPIRY_WARN_DAYS: i64 = 60;
+/// Days before a certificate's expiry under which it is urgent (an error of `ravelin serve`'s
+/// log, `tls.cert_expiry` fails).
+pub const EXPIRY_FAIL_DAYS: i64 = 30;
 
 impl fmt::Debug for ServerCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -194,11 +202,20 @@ pub struct CertificateSummary {
     pub not_after: String,
     /// notAfter as a Unix time; `None` when the leaf could not be parsed.
     pub not_after_timestamp: Option<i64>,
-    /// Seconds from now to notAfter (negative once expired); `None` when the leaf could not
-    /// be parsed.
-    pub seconds_left: Option<i64>,
     /// Certificates in the chain, leaf included.
     pub chain: usize,
+}
+
+impl CertificateSummary {
+    /// Seconds from now to notAfter (negative once expired); `None` when the leaf could not
+    /// be parsed.
+    pub fn seconds_left(&self) -> Option<i64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.not_after_timestamp.map(|t| t - now)
+    }
 }
 
 impl ServerCertificate {
@@ -206,10 +223,11 @@ impl ServerCertificate {
     /// first certificate).
     pub fn load(cert: &Path, key: &Path) -> Result<ServerCertificate, TlsError> {
         let certified = certified_key(cert, key)?;
+        let summary = summarise(&certified);
         Ok(ServerCertificate {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            current: std::sync::RwLock::new(Arc::new(certified)),
+            current: std::sync::RwLock::new((Arc::new(certified), summary)),
         })
     }
 
@@ -221,13 +239,13 @@ impl ServerCertificate {
         *self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = certified;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (certified, summary.clone());
         Ok(summary)
     }
 
     /// The certificate presented now.
     pub fn summary(&self) -> CertificateSummary {
-        summarise(&self.current())
+        self.read().1.clone()
     }
 
     /// The certificate file's path.
@@ -235,11 +253,12 @@ impl ServerCertificate {
         &self.cert
     }
 
-    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, (Arc<rustls::sign::CertifiedKey>, CertificateSummary)> {
         self.current
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
     }
 }
 
@@ -248,7 +267,7 @@ impl rustls::server::ResolvesServerCert for ServerCertificate {
         &self,
         _client_hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
+        Some(self.read().0.clone())
     }
 }
 
@@ -282,15 +301,10 @@ fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
         }
         None => ("(unparsable)".to_string(), String::new(), None),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     CertificateSummary {
         subject,
         not_after,
         not_after_timestamp: timestamp,
-        seconds_left: timestamp.map(|t| t - now),
         chain: certified.cert.len(),
     }
 }

@@ -263,7 +263,7 @@ fn a_reloaded_certificate_serves_the_next_handshake() {
     let before = certificate.summary();
     assert_eq!(before.subject, "CN=mx.example.test");
     assert_eq!(before.chain, 1);
-    assert!(before.seconds_left.is_some_and(|s| s > 0), "{before:?}");
+    assert!(before.seconds_left().is_some_and(|s| s > 0), "{before:?}");
     let (old_session, _) =
         handshake(trusting(&files.ca), server.clone(), "mx.example.test").unwrap();
 

@@ -66,25 +66,27 @@ fn encode(s: &str) -> String {
 /// (`name[addr]` or an address) `smtp://addr`, an absolute path a `file://` URI, a target
 /// spec (`[scheme://][domain@]host[:port]`) an `smtp://` URI, and a bare domain a `dns:` URI.
 pub fn endpoint_uri(endpoint: &str) -> String {
-    let host_ip = endpoint
-        .strip_suffix(']')
-        .and_then(|rest| rest.split_once('['))
-        .filter(|(name, _)| !name.is_empty())
-        .map_or(endpoint, |(_, ip)| ip);
-    match host_ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => return format!("smtp://[{ip}]"),
-        Ok(ip) => return format!("smtp://{ip}"),
-        Err(_) => {}
-    }
-    if let Some((name, rest)) = endpoint.split_once('[')
-        && let Some((ip, port)) = rest.rsplit_once("]:")
-        && !name.is_empty()
-        && let Ok(ip) = ip.parse::<std::net::IpAddr>()
-    {
-        return format!(
-            "smtp://{}",
-            std::net::SocketAddr::new(ip, port.parse().unwrap_or(25))
-        );
+    // `name[addr]`, `name[addr]:port` or a bare address: the address and the port, if any.
+    let (addr, port) = match endpoint.split_once('[') {
+        Some((name, rest)) if !name.is_empty() => match rest.rsplit_once(']') {
+            Some((ip, "")) => (ip, None),
+            Some((ip, tail)) => match tail.strip_prefix(':') {
+                Some(port) => (ip, Some(port)),
+                None => (endpoint, None),
+            },
+            None => (endpoint, None),
+        },
+        _ => (endpoint, None),
+    };
+    if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
+        return match port {
+            Some(port) => format!(
+                "smtp://{}",
+                std::net::SocketAddr::new(ip, port.parse().unwrap_or(25))
+            ),
+            None if ip.is_ipv6() => format!("smtp://[{ip}]"),
+            None => format!("smtp://{ip}"),
+        };
     }
     if let Ok(addr) = endpoint.parse::<std::net::SocketAddr>() {
         return format!("smtp://{addr}");

@@ -28,10 +28,9 @@ use x509_parser::prelude::*;
 
 use crate::finding::{Finding, Severity, Status};
 
-/// Days before expiry below which `tls.cert_expiry` warns.
-pub const EXPIRY_WARN_DAYS: i64 = 60;
-/// Days before expiry below which `tls.cert_expiry` fails.
-pub const EXPIRY_FAIL_DAYS: i64 = 30;
+/// Days before expiry below which `tls.cert_expiry` warns and fails: those of the gateway's
+/// own certificate log.
+pub use ravelin_tls::{EXPIRY_FAIL_DAYS, EXPIRY_WARN_DAYS};
 /// Smallest RSA key accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
 

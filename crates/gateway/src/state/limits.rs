@@ -30,6 +30,8 @@ pub struct Exceeded {
     pub subject: String,
     pub count: u64,
     pub max: u32,
+    /// The account, when the limit is one of an account's (`*_per_user`).
+    pub user: Option<String>,
 }
 
 /// The store-backed rate limits.
@@ -80,6 +82,7 @@ impl RateLimits {
                 subject,
                 count,
                 max,
+                user: None,
             }),
             _ => Ok(()),
         }
@@ -149,8 +152,13 @@ impl RateLimits {
             } else {
                 (c.recipients_per_user, "recipients_per_user")
             };
-            self.count(key, kind, format!("user:{}", user.to_lowercase()), max, w)
-                .await?;
+            let user = user.to_lowercase();
+            self.count(key, kind, format!("user:{user}"), max, w)
+                .await
+                .map_err(|e| Exceeded {
+                    user: Some(user),
+                    ..e
+                })?;
         }
         if self.is_exempt(ip) {
             return Ok(());
@@ -263,6 +271,7 @@ impl ConnectionTracker {
                     subject: k.to_string(),
                     count: u64::from(n) + 1,
                     max: *max,
+                    user: None,
                 });
             }
         }
