@@ -2,9 +2,10 @@
 //! blocklists receivers consult (PRODUCT.md: "daily check of own outbound IPs").
 //!
 //! Off unless `addresses` is set: nothing is looked up that was not asked for. Read by
-//! [`crate::monitor`]. Errors name the key and what to write instead: a retired list (it may
-//! answer "listed" for every address), a duplicate list, more lists than one check asks, an
-//! interval under a minute (the lists rate-limit their users).
+//! [`crate::monitor`]. Errors name the key and what to write instead: a list that is not a
+//! DNS zone name, a retired list (it may answer "listed" for every address), a duplicate
+//! list, more lists than one check asks, an interval under a minute (the lists rate-limit
+//! their users).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use ravelin_dns::dnsbl::{DEFAULT_ZONES, MAX_LISTS, is_ipv4_only, is_retired};
 use serde::Deserialize;
 
-use super::HumanDuration;
 use super::diagnostics::{Locator, toml_path};
+use super::{HumanDuration, is_domain};
 
 /// The shortest `interval` accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
@@ -81,6 +82,17 @@ impl MonitorSection {
         let entry = |i: usize| loc.line(&toml_path!["monitor", "blocklists", i]);
         let normal = |z: &str| z.trim_end_matches('.').to_ascii_lowercase();
         for (i, zone) in self.blocklists.iter().enumerate() {
+            if !is_domain(&normal(zone), true) {
+                err(
+                    entry(i),
+                    format!(
+                        "monitor.blocklists names \"{}\", which is not a DNS zone",
+                        zone.escape_debug()
+                    ),
+                    "write the list's zone, e.g. \"zen.spamhaus.org\"",
+                );
+                continue;
+            }
             if is_retired(zone) {
                 err(
                     entry(i),

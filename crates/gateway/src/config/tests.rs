@@ -1262,6 +1262,12 @@ fn monitor_off_by_default_and_checked() {
             "once",
         ),
         ("blocklists = []", "empty", "default lists"),
+        (
+            "blocklists = [\"zen spamhaus org\"]",
+            "not a DNS zone",
+            "zen.spamhaus.org",
+        ),
+        ("blocklists = [\"localhost\"]", "not a DNS zone", "zone"),
     ] {
         // (the lists are on one line here, so the entry's line is the key's)
         let text = format!("{MINIMAL}\n[monitor]\naddresses = [\"192.0.2.25\"]\n{setting}\n");
