@@ -108,7 +108,7 @@ pub fn resolver(names: &NameService) -> Result<Resolver, String> {
         NameService::System => ResolverSettings::default(),
         NameService::Server(server) => ResolverSettings::with_nameservers(vec![*server]),
     };
-    Resolver::with_answer_cache(&settings, DNS_CACHE_ENTRIES)
+    Resolver::for_batch(&settings, DNS_CACHE_ENTRIES)
         .map_err(|e| format!("cannot set up the DNS resolver: {e}"))
 }
 

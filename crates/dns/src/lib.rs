@@ -7,8 +7,10 @@
 //! - [`resolver`]: [`Resolver`] built from [`ResolverSettings`]; typed lookups (TXT, MX, A,
 //!   AAAA, PTR, CNAME, TLSA, CAA) returning an [`Answer`] or a [`LookupError`] that tells
 //!   NXDOMAIN, NODATA and temporary failures apart.
-//! - [`cache`]: the answer cache a resolver can be built with ([`Resolver::with_answer_cache`]):
+//! - [`cache`]: the answer cache of a batch run's resolver ([`Resolver::for_batch`]):
 //!   outcomes kept for their TTL, one query in flight per question.
+//! - `multiplex`: the transport of a batch run's resolver: queries multiplexed over a few
+//!   long-lived UDP sockets per name server instead of a socket per query.
 //! - [`dnsbl`]: DNSBL / DNSWL queries, one list or many under one deadline, with list error
 //!   codes (Spamhaus 127.255.255.x, answers outside 127.0.0.0/8) kept apart from listings.
 //! - [`fcrdns`]: forward-confirmed reverse DNS of a client address.
@@ -49,6 +51,7 @@ pub mod cache;
 pub mod dnsbl;
 pub mod fcrdns;
 pub mod mta_sts;
+mod multiplex;
 pub mod records;
 pub mod resolver;
 

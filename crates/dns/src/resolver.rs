@@ -18,9 +18,10 @@
 //!
 //! By default there is no cache here: like Postfix, we leave caching to the recursive
 //! resolver, which does it per RRset and TTL; callers that want to remember an answer have its
-//! TTL. A run that asks the same questions many times (a batch audit) builds its resolver with
-//! [`Resolver::with_answer_cache`]: each query's outcome is then kept for its TTL and shared
-//! by concurrent callers ([`crate::cache`]).
+//! TTL. A run that asks many questions, many of them the same (a batch audit), builds its
+//! resolver with [`Resolver::for_batch`]: each query's outcome is then kept for its TTL and
+//! shared by concurrent callers ([`crate::cache`]), and queries share a few long-lived UDP
+//! sockets per name server instead of opening one each (`crate::multiplex`).
 //!
 //! DNSSEC: every query carries the AD bit (RFC 6840 §5.7), which asks a validating resolver to
 //! say whether it validated the answer, without the bulk of RRSIG records that the DO bit would
@@ -48,11 +49,12 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::FirstAnswer;
 use hickory_resolver::net::{DnsError, DnsHandle, NetError, RetryDnsHandle};
-use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
 use crate::cache::AnswerCache;
+use crate::multiplex::Multiplexer;
 
 /// The most records of one answer that are kept; the rest are ignored.
 pub const MAX_RECORDS: usize = 256;
@@ -268,11 +270,19 @@ pub struct Resolver {
 }
 
 struct Inner {
-    handle: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
+    transport: Transport,
     nameservers: Vec<SocketAddr>,
     trust_ad: bool,
     deadline: Duration,
     cache: Option<AnswerCache<Exchanged>>,
+}
+
+/// How queries reach the name servers.
+enum Transport {
+    /// hickory's name server pool: a new socket (and source port) per query.
+    Pool(RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>),
+    /// A few long-lived sockets per name server, for batch runs.
+    Multiplexed(Multiplexer),
 }
 
 /// The outcome of one query: the answer records and the AD bit.
@@ -298,32 +308,45 @@ struct Resolved {
 impl Resolver {
     /// A resolver for the settings. With no name servers, `/etc/resolv.conf` is read now.
     pub fn new(settings: &ResolverSettings) -> Result<Resolver, ConfigError> {
-        Self::build(settings, None)
+        Self::build(settings, false, None)
     }
 
-    /// A resolver that keeps the outcome of up to `capacity` questions for their TTL (at most
-    /// [`crate::cache::MAX_TTL`]; temporary failures are not kept), and sends one query for
-    /// concurrent callers of the same question. For runs that ask the same questions many
-    /// times, such as a batch audit.
-    pub fn with_answer_cache(
+    /// A resolver for runs that ask many questions, many of them the same, such as a batch
+    /// audit. It keeps the outcome of up to `capacity` questions for their TTL (at most
+    /// [`crate::cache::MAX_TTL`]; temporary failures are not kept), sends one query for
+    /// concurrent callers of the same question, and sends its queries over a few long-lived
+    /// UDP sockets per name server (random query IDs, answers matched by ID and question)
+    /// instead of a new socket each. The gateway does not use it.
+    pub fn for_batch(
         settings: &ResolverSettings,
         capacity: usize,
     ) -> Result<Resolver, ConfigError> {
-        Self::build(settings, Some(AnswerCache::new(capacity)))
+        Self::build(settings, true, Some(AnswerCache::new(capacity)))
     }
 
     fn build(
         settings: &ResolverSettings,
+        multiplexed: bool,
         cache: Option<AnswerCache<Exchanged>>,
     ) -> Result<Resolver, ConfigError> {
         let (nameservers, options) = effective(settings)?;
         let (timeout, attempts) = (options.timeout, options.attempts);
-        let configs = nameservers.iter().map(|addr| name_server(*addr));
-        let tls = TlsConfig::new().map_err(|e| ConfigError(format!("resolver set-up: {e}")))?;
-        let context = Arc::new(PoolContext::new(options, tls));
-        let pool = NameServerPool::from_config(configs, context, TokioRuntimeProvider::default());
-        // The retry handle counts the first try as an attempt too.
-        let handle = RetryDnsHandle::new(pool, attempts.saturating_sub(1));
+        let transport = if multiplexed {
+            Transport::Multiplexed(Multiplexer::new(
+                nameservers.clone(),
+                timeout,
+                attempts,
+                EDNS_PAYLOAD,
+            ))
+        } else {
+            let configs = nameservers.iter().map(|addr| name_server(*addr));
+            let tls = TlsConfig::new().map_err(|e| ConfigError(format!("resolver set-up: {e}")))?;
+            let context = Arc::new(PoolContext::new(options, tls));
+            let pool =
+                NameServerPool::from_config(configs, context, TokioRuntimeProvider::default());
+            // The retry handle counts the first try as an attempt too.
+            Transport::Pool(RetryDnsHandle::new(pool, attempts.saturating_sub(1)))
+        };
 
         let trust_ad = match settings.ad_trust {
             AdTrust::Always => true,
@@ -335,7 +358,7 @@ impl Resolver {
         let deadline = timeout * (attempts as u32) * 2 + Duration::from_secs(1);
         Ok(Resolver {
             inner: Arc::new(Inner {
-                handle,
+                transport,
                 nameservers,
                 trust_ad,
                 deadline,
@@ -598,21 +621,37 @@ impl Resolver {
         }
     }
 
-    /// One query through the pool: the answer records and the AD bit, or the outcome; and how
-    /// long the outcome may be kept (zero for temporary failures).
+    /// One query: the answer records and the AD bit, or the outcome; and how long the outcome
+    /// may be kept (zero for temporary failures).
     async fn query(&self, name: &Name, rtype: RecordType) -> (Exchanged, Duration) {
-        let (outcome, ttl) = match self.query_pool(name, rtype).await {
+        let (outcome, ttl) = match self.query_transport(name, rtype).await {
             Ok((records, ad, ttl)) => (Ok((records, ad)), ttl),
             Err((e, ttl)) => (Err(e), ttl),
         };
         (outcome, Duration::from_secs(u64::from(ttl)))
     }
 
-    async fn query_pool(
+    async fn query_transport(
         &self,
         name: &Name,
         rtype: RecordType,
     ) -> Result<(Vec<Record>, bool, u32), (LookupError, u32)> {
+        let response = match &self.inner.transport {
+            Transport::Pool(handle) => Self::query_pool(handle, name, rtype).await?,
+            Transport::Multiplexed(multiplexer) => multiplexer
+                .ask(&Query::query(name.clone(), rtype))
+                .await
+                .map_err(|failure| (LookupError::Failed(failure), 0))?,
+        };
+        interpret(response, rtype)
+    }
+
+    /// One query through hickory's pool. Negative answers come back as errors there.
+    async fn query_pool(
+        handle: &RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<Message, (LookupError, u32)> {
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = true;
         options.use_edns = true;
@@ -620,51 +659,59 @@ impl Resolver {
         let mut request = DnsRequest::from_query(Query::query(name.clone(), rtype), options);
         // RFC 6840 §5.7: ask the resolver to tell whether it validated the answer.
         request.metadata.authentic_data = true;
-        let response = match self.inner.handle.send(request).first_answer().await {
-            Ok(response) => response,
+        match handle.send(request).first_answer().await {
+            Ok(response) => Ok(response.into_message()),
             Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => {
                 let ttl = no_records.negative_ttl.unwrap_or(0);
                 let error = classify(NetError::Dns(DnsError::NoRecordsFound(no_records)));
                 let ttl = if error.is_negative() { ttl } else { 0 };
-                return Err((error, ttl));
+                Err((error, ttl))
             }
-            Err(e) => return Err((classify(e), 0)),
-        };
-        let negative_ttl = negative_ttl(&response.authorities);
-        match response.metadata.response_code {
-            ResponseCode::NoError => {}
-            ResponseCode::NXDomain if response.answers.is_empty() => {
-                return Err((LookupError::NxDomain, negative_ttl));
-            }
-            // NXDOMAIN after a CNAME: the target does not exist.
-            ResponseCode::NXDomain => {}
-            ResponseCode::ServFail => {
-                return Err((LookupError::Failed(Failure::ServerFailure), 0));
-            }
-            ResponseCode::Refused => return Err((LookupError::Failed(Failure::Refused), 0)),
-            other => {
-                return Err((
-                    LookupError::Failed(Failure::Other(format!("response code {other}"))),
-                    0,
-                ));
-            }
+            Err(e) => Err((classify(e), 0)),
         }
-        let ad = response.metadata.authentic_data;
-        let nxdomain = response.metadata.response_code == ResponseCode::NXDomain;
-        let records: Vec<Record> = response.into_message().answers;
-        let has_target = records.iter().any(|r| r.record_type() == rtype);
-        let mut ttl = records.iter().map(|r| r.ttl).min().unwrap_or(negative_ttl);
-        if !has_target {
-            // Only CNAMEs (or nothing): what the chain ends in is a negative answer, kept no
-            // longer than the SOA allows, and not at all without one (a partial chain).
-            ttl = ttl.min(negative_ttl);
-        }
-        if nxdomain && !has_target {
-            // Only CNAMEs can be in an NXDOMAIN answer; the chain's end does not exist.
-            return Err((LookupError::NxDomain, ttl));
-        }
-        Ok((records, ad, ttl))
     }
+}
+
+/// A response as an outcome: the answer records, the AD bit and how long they may be kept;
+/// NXDOMAIN with its negative TTL; SERVFAIL, REFUSED and other codes as temporary failures.
+fn interpret(
+    response: Message,
+    rtype: RecordType,
+) -> Result<(Vec<Record>, bool, u32), (LookupError, u32)> {
+    let negative_ttl = negative_ttl(&response.authorities);
+    match response.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain if response.answers.is_empty() => {
+            return Err((LookupError::NxDomain, negative_ttl));
+        }
+        // NXDOMAIN after a CNAME: the target does not exist.
+        ResponseCode::NXDomain => {}
+        ResponseCode::ServFail => {
+            return Err((LookupError::Failed(Failure::ServerFailure), 0));
+        }
+        ResponseCode::Refused => return Err((LookupError::Failed(Failure::Refused), 0)),
+        other => {
+            return Err((
+                LookupError::Failed(Failure::Other(format!("response code {other}"))),
+                0,
+            ));
+        }
+    }
+    let ad = response.metadata.authentic_data;
+    let nxdomain = response.metadata.response_code == ResponseCode::NXDomain;
+    let records: Vec<Record> = response.answers;
+    let has_target = records.iter().any(|r| r.record_type() == rtype);
+    let mut ttl = records.iter().map(|r| r.ttl).min().unwrap_or(negative_ttl);
+    if !has_target {
+        // Only CNAMEs (or nothing): what the chain ends in is a negative answer, kept no
+        // longer than the SOA allows, and not at all without one (a partial chain).
+        ttl = ttl.min(negative_ttl);
+    }
+    if nxdomain && !has_target {
+        // Only CNAMEs can be in an NXDOMAIN answer; the chain's end does not exist.
+        return Err((LookupError::NxDomain, ttl));
+    }
+    Ok((records, ad, ttl))
 }
 
 /// How long a negative answer may be kept (RFC 2308 §5): the smaller of the SOA record's TTL

@@ -1,5 +1,7 @@
 //! The resolver against the in-process authoritative server: every typed lookup, the three
-//! negative outcomes, CNAME following, size limits, and zone replacement.
+//! negative outcomes, CNAME following, size limits, and zone replacement; each through both
+//! transports (hickory's pool, which the gateway uses, and the multiplexed sockets of batch
+//! runs), and the multiplexed transport against forged answers and a dead name server.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -40,10 +42,24 @@ fn server() -> TestDnsServer {
     .expect("test DNS server")
 }
 
+/// The gateway's resolver (hickory's pool, a socket per query) and a batch run's (a few
+/// long-lived sockets; no answer kept, so that the transport is what is tested).
+fn both(server: &TestDnsServer) -> [Resolver; 2] {
+    [
+        server.resolver().unwrap(),
+        Resolver::for_batch(&server.resolver_settings(), 0).unwrap(),
+    ]
+}
+
 #[tokio::test]
 async fn mx_sorted_by_preference_with_names_normalised() {
     let server = server();
-    let resolver = server.resolver().unwrap();
+    for resolver in both(&server) {
+        mx_sorted(&resolver).await;
+    }
+}
+
+async fn mx_sorted(resolver: &Resolver) {
     let answer = resolver.mx("example.test").await.unwrap();
     let hosts: Vec<(u16, &str)> = answer
         .records
@@ -97,7 +113,12 @@ async fn txt_strings_are_joined_per_record() {
 #[tokio::test]
 async fn nxdomain_nodata_and_failures_are_told_apart() {
     let server = server();
-    let resolver = server.resolver().unwrap();
+    for resolver in both(&server) {
+        negative_outcomes(&server, &resolver).await;
+    }
+}
+
+async fn negative_outcomes(server: &TestDnsServer, resolver: &Resolver) {
     assert_eq!(
         resolver.txt("missing.example.test").await,
         Err(LookupError::NxDomain)
@@ -151,15 +172,25 @@ async fn no_server_listening_is_a_temporary_failure() {
     let mut settings = ResolverSettings::with_nameservers(vec![addr]);
     settings.timeout = std::time::Duration::from_millis(300);
     settings.attempts = 1;
-    let resolver = Resolver::new(&settings).unwrap();
-    let result = resolver.mx("example.test").await;
-    assert!(matches!(result, Err(LookupError::Failed(_))), "{result:?}");
+    for resolver in [
+        Resolver::new(&settings).unwrap(),
+        Resolver::for_batch(&settings, 0).unwrap(),
+    ] {
+        let result = resolver.mx("example.test").await;
+        assert!(matches!(result, Err(LookupError::Failed(_))), "{result:?}");
+    }
 }
 
 #[tokio::test]
 async fn addresses_of_both_families() {
     let server = server();
-    let resolver = server.resolver().unwrap();
+    for resolver in both(&server) {
+        addresses(&server, &resolver).await;
+        server.set_fault("mx2.example.test", None);
+    }
+}
+
+async fn addresses(server: &TestDnsServer, resolver: &Resolver) {
     let v4 = resolver.ipv4("mx1.example.test").await.unwrap();
     assert_eq!(v4.records, vec![Ipv4Addr::new(192, 0, 2, 10)]);
     let v6 = resolver.ipv6("mx1.example.test").await.unwrap();
@@ -198,7 +229,12 @@ async fn addresses_of_both_families() {
 #[tokio::test]
 async fn cname_chains_are_followed_and_bounded() {
     let server = server();
-    let resolver = server.resolver().unwrap();
+    for resolver in both(&server) {
+        cname_chains(&resolver).await;
+    }
+}
+
+async fn cname_chains(resolver: &Resolver) {
     let answer = resolver.ipv4("alias2.example.test").await.unwrap();
     assert_eq!(answer.records, vec![Ipv4Addr::new(192, 0, 2, 10)]);
     assert_eq!(answer.canonical_name, "mx1.example.test");
@@ -231,7 +267,12 @@ async fn ptr_names() {
 #[tokio::test]
 async fn tlsa_and_caa() {
     let server = server();
-    let resolver = server.resolver().unwrap();
+    for resolver in both(&server) {
+        tlsa_caa(&resolver).await;
+    }
+}
+
+async fn tlsa_caa(resolver: &Resolver) {
     let tlsa = resolver.tlsa("mx1.example.test", 25).await.unwrap();
     assert_eq!(tlsa.records.len(), 1);
     let record = &tlsa.records[0];
@@ -264,13 +305,12 @@ async fn answers_are_limited_in_size() {
         zone.push_str(&format!("many IN A 10.0.{}.{}\n", i / 256, i % 256));
     }
     let server = TestDnsServer::start(&[("big.test", &zone)]).unwrap();
-    let answer = server
-        .resolver()
-        .unwrap()
-        .ipv4("many.big.test")
-        .await
-        .unwrap();
-    assert_eq!(answer.records.len(), ravelin_dns::resolver::MAX_RECORDS);
+    // 300 addresses do not fit the 1 232 bytes announced for UDP: the truncated answer is
+    // asked again over TCP.
+    for resolver in both(&server) {
+        let answer = resolver.ipv4("many.big.test").await.unwrap();
+        assert_eq!(answer.records.len(), ravelin_dns::resolver::MAX_RECORDS);
+    }
 }
 
 #[tokio::test]
@@ -315,7 +355,7 @@ fn zone_errors_name_the_zone() {
 #[tokio::test]
 async fn the_answer_cache_asks_each_question_once_within_its_ttl() {
     let server = server();
-    let resolver = Resolver::with_answer_cache(&server.resolver_settings(), 1000).unwrap();
+    let resolver = Resolver::for_batch(&server.resolver_settings(), 1000).unwrap();
     let asked = |before: usize| server.queries() - before;
 
     let before = server.queries();
@@ -386,4 +426,92 @@ async fn concurrent_ipv4(
         tasks.spawn(async move { resolver.ipv4(&name).await });
     }
     tasks.join_all().await
+}
+
+/// A name server that answers each query first with forgeries (another ID, another question,
+/// a query instead of a response), then with the real answer: 192.0.2.1 for any A question.
+fn forging_server() -> std::net::SocketAddr {
+    use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_resolver::proto::rr::{Name, RData, Record, rdata::A};
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 2048];
+        while let Ok((len, peer)) = socket.recv_from(&mut buffer) {
+            let Ok(query) = Message::from_vec(&buffer[..len]) else {
+                continue;
+            };
+            let id = query.metadata.id;
+            let question = query.queries[0].clone();
+            let answer = |id: u16, question: Query, kind: MessageType| {
+                let mut message = Message::new(id, kind, OpCode::Query);
+                message.add_query(question.clone());
+                message.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    RData::A(A::new(203, 0, 113, 66)),
+                ));
+                message
+            };
+            let other = Query::query(
+                Name::from_ascii("other.test.").unwrap(),
+                question.query_type(),
+            );
+            let mut real = answer(id, question.clone(), MessageType::Response);
+            real.answers[0] =
+                Record::from_rdata(question.name().clone(), 60, RData::A(A::new(192, 0, 2, 1)));
+            for forged in [
+                answer(id.wrapping_add(1), question.clone(), MessageType::Response),
+                answer(id, other, MessageType::Response),
+                answer(id, question.clone(), MessageType::Query),
+                real,
+            ] {
+                let _ = socket.send_to(&forged.to_vec().unwrap(), peer);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn batch_transport_takes_only_the_answer_to_its_question() {
+    let addr = forging_server();
+    let mut settings = ResolverSettings::with_nameservers(vec![addr]);
+    settings.timeout = std::time::Duration::from_secs(2);
+    let resolver = Resolver::for_batch(&settings, 0).unwrap();
+    let answers = concurrent_ipv4(&resolver, "forged.example.test", 20).await;
+    for answer in answers {
+        assert_eq!(answer.unwrap().records, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    }
+}
+
+#[tokio::test]
+async fn batch_transport_tries_the_next_name_server_after_a_timeout() {
+    let server = server();
+    // A name server that never answers: a bound socket nobody reads.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut settings = server.resolver_settings();
+    settings.nameservers = vec![silent.local_addr().unwrap(), server.addr()];
+    settings.timeout = std::time::Duration::from_millis(300);
+    settings.attempts = 2;
+    let resolver = Resolver::for_batch(&settings, 0).unwrap();
+    // Queries go to the servers in turn, and each one that meets the silent one is sent again
+    // to the other.
+    for _ in 0..4 {
+        let answer = resolver.mx("example.test").await.unwrap();
+        assert_eq!(answer.records[0].exchange, "mx1.example.test");
+    }
+    settings.attempts = 1;
+    let once = Resolver::for_batch(&settings, 0).unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        outcomes.push(once.mx("example.test").await.is_ok());
+    }
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [false, true],
+        "one attempt: the silent server's turn times out"
+    );
 }
