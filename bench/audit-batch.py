@@ -17,8 +17,8 @@ What it builds (all in one temporary directory, all on 127.0.0.0/8):
     quarantine / none / pct / syntax error / two records / none at all, with report
     addresses in the provider's domain, authorised or not; DKIM keys under common selectors
     (RSA 2048, RSA 1024, Ed25519, revoked, t=y) or none; MTA-STS (enforce, testing, none,
-    policy host missing, MX not matched) with its policies served over HTTPS by a small
-    server on 127.0.54.1:443; TLS-RPT (valid, invalid, none); CAA (issue, unknown critical
+    policy host missing, MX not matched) with its policies served over HTTPS by nginx on
+    127.0.54.1:443, each policy host with its own certificate of the bench CA; TLS-RPT (valid, invalid, none); CAA (issue, unknown critical
     tag, none);
   - NSD, authoritative for all of these zones on 127.0.53.1 port 53 (checkdmarc's
     --nameserver takes an address only).
@@ -26,7 +26,9 @@ Then, in one run:
   1. DNS part: `ravelin audit --dns-only` over the N domains at the default concurrency,
      and `checkdmarc` on the same domains and server (one process given the domain file and
      -o FILE, the way its documentation runs batches; it checks one domain after another).
-     Prints domains per minute of each and the ratio.
+     Prints domains per minute of each and the ratio, and the CPU time ravelin and the
+     bench's own servers (NSD, nginx, ravelin serve, smtp-sink) used during ravelin's run:
+     on loopback they share the same CPUs.
   2. Full audit: `ravelin audit` with every passive check (DNS, SMTP, TLS, per-address DNS)
      over the N domains at the default concurrency: domains per minute.
   3. The DNS part again through a proxy on 127.0.53.2:53 that holds every answer back
@@ -44,7 +46,7 @@ checkdmarc's results are counted, with the number of domains whose results carry
 timeout.
 
 Exit status 0 when every report is complete and free of errors. Needs root (port 53 and 25
-on loopback, smtp-sink), nsd, openssl, smtp-sink and the .venv of
+on loopback, smtp-sink), nsd, nginx, openssl, smtp-sink and the .venv of
 scripts/install-test-deps.sh (checkdmarc). Sends nothing off the machine: every name is in
 a zone served here, and NSD refuses the rest.
 """
@@ -52,10 +54,11 @@ a zone served here, and NSD refuses the rest.
 import argparse
 import base64
 import collections
-import http.server
+import concurrent.futures
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -105,22 +108,33 @@ def make_pki(tmp, mta_sts_hosts):
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
 
-    def leaf(name, sans):
-        key, csr, crt, ext = (f"{tmp}/{name}.{x}" for x in ("key", "csr", "pem", "ext"))
+    def new_key(name, cn):
+        key, csr = f"{tmp}/{name}.key", f"{tmp}/{name}.csr"
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={cn}"])
+        os.chmod(key, 0o644)  # read by `ravelin serve` before it drops to nobody; tmp is 0711
+        return key, csr
+
+    def sign(name, csr, sans):
+        crt, ext = f"{tmp}/{name}.pem", f"{tmp}/{name}.ext"
         with open(ext, "w") as f:
             f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                     "extendedKeyUsage=serverAuth\nsubjectAltName="
                     + ",".join(f"DNS:{s}" for s in sans) + "\n")
-        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={sans[0]}"])
-        run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
-             "-CAcreateserial", "-days", "400", "-sha256", "-extfile", ext, "-out", crt])
-        os.chmod(key, 0o644)  # read by `ravelin serve` before it drops to nobody; tmp is 0711
-        return crt, key
+        serial = str(random.getrandbits(64))
+        run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-set_serial",
+             serial, "-days", "400", "-sha256", "-extfile", ext, "-out", crt])
+        return crt
 
-    mx = leaf("mx", [f"mx{i}.{PROVIDER}" for i in range(1, MX_COUNT + 1)])
-    sts = leaf("mta-sts", mta_sts_hosts or [f"mta-sts.{PROVIDER}"])
-    return ca, mx, sts
+    mx_key, mx_csr = new_key("mx", f"mx1.{PROVIDER}")
+    mx = (sign("mx", mx_csr, [f"mx{i}.{PROVIDER}" for i in range(1, MX_COUNT + 1)]), mx_key)
+    # Each policy host has its own certificate, as it would on the internet (one key for all
+    # of them keeps the set-up quick; a key's cost is not what the bench measures).
+    sts_key, sts_csr = new_key("mta-sts", "mta-sts")
+    hosts = mta_sts_hosts or [f"mta-sts.{PROVIDER}"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        certs = list(pool.map(lambda host: sign(host, sts_csr, [host]), hosts))
+    return ca, mx, (dict(zip(hosts, certs)), sts_key)
 
 
 def dkim_keys(tmp):
@@ -356,37 +370,103 @@ def dns_answers(name, server=DNS_ADDR):
     return r[:2] == q[:2] and (r[3] & 0x0F) == 0
 
 
-class PolicyServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
+def start_policy_server(tmp, policies, certs, key):
+    """nginx on HTTPS_ADDR:443: each mta-sts.DOMAIN host's policy at the well-known path, with
+    the host's own certificate (one server block per host, chosen by SNI); anything else 404.
+    A C server, so that the bench's own HTTPS side takes little of the CPUs it shares with
+    the auditors."""
+    www = f"{tmp}/www"
+    blocks = []
+    for host, body in policies.items():
+        os.makedirs(f"{www}/{host}/.well-known")
+        with open(f"{www}/{host}/.well-known/mta-sts.txt", "w") as f:
+            f.write(body)
+        blocks.append(f"""    server {{
+        listen {HTTPS_ADDR}:443 ssl;
+        server_name {host};
+        ssl_certificate {certs[host]};
+        ssl_certificate_key {key};
+        root {www}/{host};
+        location = /.well-known/mta-sts.txt {{ }}
+        location / {{ return 404; }}
+    }}
+""")
+    first = next(iter(certs.values()))
+    conf = f"{tmp}/nginx.conf"
+    with open(conf, "w") as f:
+        f.write(f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    types {{ }}
+    default_type text/plain;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    server_names_hash_max_size 8192;
+    server_names_hash_bucket_size 128;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server {{
+        listen {HTTPS_ADDR}:443 ssl default_server;
+        ssl_certificate {first};
+        ssl_certificate_key {key};
+        return 404;
+    }}
+{"".join(blocks)}}}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL,
+                             stderr=open(f"{tmp}/nginx.err", "wb"),
+                             env=dict(os.environ, PATH=PATH))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if nginx.poll() is not None:
+            die(f"nginx exited: {open(f'{tmp}/nginx.err').read()[-2000:]}")
+        try:
+            socket.create_connection((HTTPS_ADDR, 443), timeout=1).close()
+            return nginx
+        except OSError:
+            time.sleep(0.1)
+    die("nginx does not accept connections after 30 s")
 
 
-def start_policy_server(policies, cert, key):
-    """HTTPS on HTTPS_ADDR:443: each mta-sts.DOMAIN host's policy at the well-known path."""
+def cpu_seconds(pids):
+    """User and system CPU time used so far by the processes `pids` (and their reaped children
+    are not counted: NSD's and nginx's workers are listed themselves)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            host = (self.headers.get("Host") or "").split(":")[0].lower()
-            body = policies.get(host)
-            if self.path != "/.well-known/mta-sts.txt" or body is None:
-                self.send_error(404)
-                return
-            data = body.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
-        def log_message(self, *args):
-            pass
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    server = PolicyServer((HTTPS_ADDR, 443), Handler)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def world_pids(children):
+    """The bench's servers and all their descendants (NSD's and nginx's workers): NSD, nginx,
+    `ravelin serve`, smtp-sink."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    pids = {c.pid for c in children}
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in pids} - pids
+        pids |= more
+        grew = bool(more)
+    return sorted(pids)
 
 
 def start_mx(tmp, ravelin, domains, cert, key, sink_port):
@@ -423,13 +503,19 @@ format = "json"
 
 # --- the runs -----------------------------------------------------------------------------
 
-def timed(cmd, out, env=None, limit=1800):
-    """Runs `cmd`, returns (seconds, exit code); stderr goes to OUT.err."""
+def timed(cmd, out, env=None, limit=1800, world=()):
+    """Runs `cmd`, returns (seconds, exit code, its CPU seconds, the CPU seconds the processes
+    `world` used meanwhile); stderr goes to OUT.err."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    world_before = cpu_seconds(world)
     start = time.time()
     with open(out + ".err", "wb") as err:
         rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env,
                             timeout=limit).returncode
-    return time.time() - start, rc
+    secs = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return secs, rc, own, cpu_seconds(world) - world_before
 
 
 def check_report(path, names, label):
@@ -589,7 +675,7 @@ def main():
         die("--concurrency must be in 1..=1024")
     if os.geteuid() != 0:
         die("run as root (ports 25 and 53 on loopback, smtp-sink)")
-    for tool in ("nsd", "openssl", "smtp-sink"):
+    for tool in ("nsd", "nginx", "openssl", "smtp-sink"):
         if not shutil.which(tool, path=PATH):
             die(f"{tool} is not installed: run scripts/install-test-deps.sh")
     if not args.skip_checkdmarc and not os.access(args.checkdmarc, os.X_OK):
@@ -602,7 +688,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="ravelin-audit-batch-")
     os.chmod(tmp, 0o711)
-    children, policy_server, ok = [], None, False
+    children, ok = [], False
     results = {}
     try:
         rng = random.Random(20261203)
@@ -612,12 +698,12 @@ def main():
         with open(f"{tmp}/domains.txt", "w") as f:
             f.write("\n".join(names) + "\n")
         policies = {f"mta-sts.{d.name}": d.policy for d in domains if d.policy}
-        ca, (mx_cert, mx_key), (sts_cert, sts_key) = make_pki(tmp, sorted(policies))
+        ca, (mx_cert, mx_key), (sts_certs, sts_key) = make_pki(tmp, sorted(policies))
         zones = {d.name: d.zone() for d in domains}
         zones.update({o: zone_text(o, rr) for o, rr in provider_zones(domains).items()})
         say(f"{len(domains)} domains, {len(zones)} zones; starting nsd on {DNS_ADDR}:53")
         children.append(start_nsd(tmp, zones))
-        policy_server = start_policy_server(policies, sts_cert, sts_key)
+        children.append(start_policy_server(tmp, policies, sts_certs, sts_key))
         sink, sink_port = start_sink(tmp, "audit-batch")
         children.append(sink)
         children.append(start_mx(tmp, ravelin, domains, mx_cert, mx_key, sink_port))
@@ -640,13 +726,16 @@ def main():
         problems = []
         dns_out = f"{tmp}/ravelin-dns.json"
         say("DNS part: ravelin audit --dns-only")
-        secs, rc = timed(common + ["--dns-only", "--output", dns_out], dns_out)
+        secs, rc, own_cpu, world_cpu = timed(common + ["--dns-only", "--output", dns_out],
+                                             dns_out, world=world_pids(children))
         if rc not in (0, 1):
             die(f"ravelin audit --dns-only exited {rc}: {open(dns_out + '.err').read()[-2000:]}")
         p, findings, statuses = check_report(dns_out, names, "ravelin --dns-only")
         problems += p
         results["dns"] = (secs, findings, statuses)
-        say(f"ravelin --dns-only: {secs:.2f} s, {findings} findings {dict(statuses)}")
+        results["dns-cpu"] = (own_cpu, world_cpu)
+        say(f"ravelin --dns-only: {secs:.2f} s, {findings} findings {dict(statuses)}; CPU:"
+            f" ravelin {own_cpu:.2f} s, the bench's servers {world_cpu:.2f} s")
 
         if not args.skip_checkdmarc:
             cd_out = f"{tmp}/checkdmarc.json"
@@ -654,7 +743,7 @@ def main():
             env = dict(os.environ, REQUESTS_CA_BUNDLE=ca)
             # -n and -o take several values: the domain file goes first.
             python = os.path.join(os.path.dirname(args.checkdmarc), "python")
-            secs, rc = timed([python, "-c", CHECKDMARC, f"{tmp}/domains.txt", "-o", cd_out,
+            secs, rc, *_ = timed([python, "-c", CHECKDMARC, f"{tmp}/domains.txt", "-o", cd_out,
                               "-n", DNS_ADDR], cd_out, env=env, limit=3600)
             if rc != 0 or not os.path.exists(cd_out):
                 die(f"checkdmarc exited {rc}: {open(cd_out + '.err').read()[-2000:]}")
@@ -667,7 +756,7 @@ def main():
         if not args.skip_full:
             full_out = f"{tmp}/ravelin-full.json"
             say("full audit: ravelin audit")
-            secs, rc = timed(common + ["--output", full_out], full_out)
+            secs, rc, *_ = timed(common + ["--output", full_out], full_out)
             if rc not in (0, 1):
                 die(f"ravelin audit exited {rc}: {open(full_out + '.err').read()[-2000:]}")
             p, findings, statuses = check_report(full_out, names, "ravelin full")
@@ -687,7 +776,7 @@ def main():
                 time.sleep(0.1)
             slow = [a if a != f"{DNS_ADDR}:53" else f"{LATENCY_ADDR}:53" for a in common]
             lat_out = f"{tmp}/ravelin-dns-latency.json"
-            secs, rc = timed(slow + ["--dns-only", "--output", lat_out], lat_out)
+            secs, rc, *_ = timed(slow + ["--dns-only", "--output", lat_out], lat_out)
             if rc not in (0, 1):
                 die(f"ravelin audit --dns-only exited {rc}: {open(lat_out + '.err').read()[-2000:]}")
             p, findings, _ = check_report(lat_out, names, "ravelin --dns-only with latency")
@@ -700,7 +789,7 @@ def main():
             cd_out = f"{tmp}/checkdmarc-latency.json"
             python = os.path.join(os.path.dirname(args.checkdmarc), "python")
             env = dict(os.environ, REQUESTS_CA_BUNDLE=ca)
-            secs, rc = timed([python, "-c", CHECKDMARC, sample, "-o", cd_out, "-n", LATENCY_ADDR],
+            secs, rc, *_ = timed([python, "-c", CHECKDMARC, sample, "-o", cd_out, "-n", LATENCY_ADDR],
                              cd_out, env=env, limit=3600)
             if rc != 0 or not os.path.exists(cd_out):
                 die(f"checkdmarc exited {rc}: {open(cd_out + '.err').read()[-2000:]}")
@@ -713,8 +802,6 @@ def main():
         for p in problems:
             print(f"audit-batch: problem: {p}", file=sys.stderr)
     finally:
-        if policy_server:
-            policy_server.shutdown()
         for child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -745,6 +832,10 @@ def main():
         row["checkdmarc"] = per_min(secs)
         print(f"checkdmarc: {n} domains in {secs:.2f} s = {row['checkdmarc']:.0f} domains/min"
               f" ({count} results, {timeouts} with a DNS timeout)")
+    if "dns-cpu" in results:
+        own, world = results["dns-cpu"]
+        print(f"CPU during ravelin audit --dns-only: ravelin {own:.2f} s, the bench's servers"
+              f" (NSD, nginx, ravelin serve, smtp-sink) {world:.2f} s, on {os.cpu_count()} CPUs")
     if "dns" in row and "checkdmarc" in row:
         print(f"ratio ravelin/checkdmarc on the DNS part: {row['dns'] / row['checkdmarc']:.1f}x")
     if "full" in results:

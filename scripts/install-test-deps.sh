@@ -11,6 +11,7 @@
 # - dovecot-imapd, dovecot-pop3d: IMAP / POP3 listeners for the auditor's port checks, and
 #   (dovecot-core) the SASL server of the Postfix that offers AUTH before TLS.
 # - chromium: headless browser that opens the auditor's HTML report (DOM dump, screenshot).
+# - nginx-light: the MTA-STS policy hosts of bench/audit-batch.py (and its smoke test).
 # The system instances of all of them are stopped and disabled: every test starts its own
 # on a high loopback port.
 # Python: a venv in .venv/ at the repository root with dkimpy (+ PyNaCl for Ed25519) and
@@ -34,6 +35,8 @@ DEB_PACKAGES+=(dovecot-imapd dovecot-pop3d)
 DEB_PACKAGES+=(postfix-policyd-spf-python opendkim opendmarc publicsuffix)
 # Headless browser for the HTML report test (tests/audit.rs); started per test, no service.
 DEB_PACKAGES+=(chromium)
+# The MTA-STS policy hosts of bench/audit-batch.py: one HTTPS server block per host.
+DEB_PACKAGES+=(nginx-light)
 # ip(8): the network namespace of the IPv6 end-to-end tests (crates/ravelin/tests/ipv6.rs).
 DEB_PACKAGES+=(iproute2)
 
@@ -80,7 +83,7 @@ install_debs() {
 check_tools() {
     local t
     for t in postfix postconf smtp-sink smtp-source posttls-finger swaks openssl \
-        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone dovecot chromium; do
+        redis-server slapd slapadd ldapsearch unbound nsd ldns-keygen ldns-signzone dovecot chromium nginx; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 \
             || die "$t not found after installation"
     done
@@ -124,6 +127,7 @@ quiet_system_services() {
     quiet_system dovecot /run/dovecot/master.pid
     quiet_system opendkim /run/opendkim/opendkim.pid
     quiet_system opendmarc /run/opendmarc/opendmarc.pid
+    quiet_system nginx /run/nginx.pid
 }
 
 install_venv() {

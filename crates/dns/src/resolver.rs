@@ -637,7 +637,8 @@ impl Resolver {
         rtype: RecordType,
     ) -> Result<(Vec<Record>, bool, u32), (LookupError, u32)> {
         let response = match &self.inner.transport {
-            Transport::Pool(handle) => Self::query_pool(handle, name, rtype).await?,
+            // Boxed: hickory's futures are large, and a batch run's should not carry them.
+            Transport::Pool(handle) => Box::pin(Self::query_pool(handle, name, rtype)).await?,
             Transport::Multiplexed(multiplexer) => multiplexer
                 .ask(&Query::query(name.clone(), rtype))
                 .await
