@@ -118,8 +118,8 @@ fn inbound_checks_benchmark_smoke_run_checks_every_message_on_both_sides() {
 }
 
 /// Smoke run of the batch-audit benchmark (bench/audit-batch.py) with 40 domains and this
-/// build as both the auditor and the 10 MX hosts: NSD on 127.0.53.1:53, the MTA-STS policy
-/// server, `ravelin audit --dns-only` and checkdmarc on the same domains, the full audit, the
+/// build as both the auditor and the 10 MX hosts: NSD on 127.0.53.1:53, nginx serving the
+/// MTA-STS policies, `ravelin audit --dns-only` and checkdmarc on the same domains, the full audit, the
 /// lone audits it is compared with, and the DNS part again through the 20 ms proxy. The script
 /// itself fails on a missing or reordered report entry, an `error` finding, a lone audit that
 /// disagrees with the batch, or a checkdmarc result missing; here we check that it exits 0 and
@@ -137,6 +137,7 @@ fn audit_batch_benchmark_smoke_run_audits_every_domain_without_errors() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     for prefix in [
         "ravelin audit --dns-only: 40 domains",
+        "CPU during ravelin audit --dns-only: ravelin",
         "checkdmarc: 40 domains",
         "ravelin audit (full, passive): 40 domains",
         "with 20 ms per DNS round trip: ravelin audit --dns-only 40 domains",
