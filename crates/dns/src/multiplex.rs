@@ -4,23 +4,32 @@
 //! RFC 5452 §4), which is what the long-running gateway keeps. A batch audit asks tens of
 //! thousands of questions in a few seconds, and there the socket, its bind, connect, event
 //! registration and close cost more CPU than the question itself. A batch run's resolver
-//! ([`crate::Resolver::for_batch`]) uses this transport instead:
+//! ([`crate::Resolver::for_batch`]) uses this transport instead when its name servers are
+//! on loopback or a private network (see [`is_local`]; otherwise it keeps hickory's pool):
 //!
 //! - [`LANES`] UDP sockets per name server, each bound to an ephemeral port the kernel picks
 //!   and connected to the server (so the kernel drops datagrams from any other address), for
-//!   the life of the run; queries go to them in turn.
-//! - Each query has a random ID unused on its socket, and an answer is taken only when it is a
-//!   response that echoes the question exactly (name, type and class, RFC 5452 §9.1). Anything
-//!   else is dropped and the query keeps waiting for its real answer.
-//! - One reader task per socket hands answers to the waiting queries.
-//! - A truncated answer is asked again over TCP (RFC 7766), one connection per question.
-//! - A query that gets no answer within the timeout is sent again, to the next name server, up
-//!   to the configured number of attempts.
+//!   the life of the run; a server's sockets are opened at its first query, and a server whose
+//!   sockets cannot be opened (an IPv6 server on an IPv4-only host) fails every attempt sent
+//!   to it.
+//! - Queries start at the name server that answered last, and go to its sockets in turn.
+//! - Each query has a random ID unused on its socket (at most [`MAX_IN_FLIGHT`] per socket),
+//!   and an answer is taken only when it is a response with that ID whose question is the
+//!   query's (type and class equal, the name equal ignoring case, as hickory compares them;
+//!   RFC 5452 §9.1). Anything else is dropped and the query keeps waiting for its real answer.
+//! - One reader task per socket hands answers to the waiting queries; a receive error (an ICMP
+//!   error of an earlier send) concerns one datagram, and the reader goes on.
+//! - An attempt that times out, fails to send, or is answered with SERVFAIL, REFUSED or
+//!   another error code is sent again, to the next name server, up to the configured number
+//!   of attempts (as hickory's retry handle does); when every attempt was answered with an
+//!   error code, the last answer is returned.
+//! - A truncated answer is asked again over TCP (RFC 7766), one connection per question,
+//!   within the same timeout; a TCP answer that is itself truncated is a failed attempt.
 //!
-//! How it fails: a timeout after every attempt is [`Failure::Timeout`]; a socket error or a
-//! malformed TCP answer is [`Failure::Other`]. A SERVFAIL or REFUSED answer is returned as it
-//! is (the resolver reads its response code). Dropping the transport stops its reader tasks;
-//! a cancelled query removes itself from its socket's table.
+//! How it fails: [`Failure::Timeout`] when the last attempt timed out, [`Failure::Other`] when
+//! it could not be sent or its TCP exchange failed; SERVFAIL, REFUSED and other codes come
+//! back as the answer (the resolver reads its response code). Dropping the transport stops
+//! its reader tasks; a cancelled query removes itself from its socket's table.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,7 +38,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{OnceCell, oneshot};
@@ -40,23 +49,39 @@ use crate::resolver::Failure;
 /// The UDP sockets kept per name server.
 pub const LANES: usize = 4;
 
+/// The most queries waiting for an answer on one socket. A batch run has far fewer (its
+/// concurrency bounds them); the bound keeps the random ID of each a guess among 64 at worst
+/// for a forger, and the socket's receive buffer able to hold a burst of answers.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// How long a reader waits after a run of receive errors before reading again.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// The largest UDP answer read; an answer is never larger than the EDNS payload announced,
 /// and a bigger datagram is cut here and then fails to parse.
 const UDP_BUFFER: usize = 4096;
 
 /// The transport: sockets to each name server, opened on the first query.
 pub(crate) struct Multiplexer {
-    servers: Vec<SocketAddr>,
-    lanes: OnceCell<Vec<Lane>>,
+    servers: Vec<Server>,
+    /// The server that answered last: where queries start.
+    preferred: AtomicUsize,
+    /// Which socket of a server the next query uses.
     next: AtomicUsize,
     timeout: Duration,
     attempts: usize,
     edns_payload: u16,
 }
 
+/// A name server and its sockets, opened at its first query (or the reason they could not
+/// be, kept for the run).
+struct Server {
+    addr: SocketAddr,
+    lanes: OnceCell<Result<Vec<Lane>, String>>,
+}
+
 /// One socket and the queries waiting for an answer on it.
 struct Lane {
-    server: SocketAddr,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
 }
@@ -88,8 +113,14 @@ impl Multiplexer {
         edns_payload: u16,
     ) -> Multiplexer {
         Multiplexer {
-            servers,
-            lanes: OnceCell::new(),
+            servers: servers
+                .into_iter()
+                .map(|addr| Server {
+                    addr,
+                    lanes: OnceCell::new(),
+                })
+                .collect(),
+            preferred: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             timeout,
             attempts: attempts.max(1),
@@ -100,36 +131,65 @@ impl Multiplexer {
     /// Sends `query` (recursion desired, the AD bit set, EDNS) and returns the answer, over
     /// TCP when the UDP answer was truncated.
     pub(crate) async fn ask(&self, query: &Query) -> Result<Message, Failure> {
-        let lanes = self
-            .lanes
-            .get_or_try_init(|| open_lanes(&self.servers))
-            .await
-            .map_err(|e| Failure::Other(format!("cannot open a DNS socket: {e}")))?;
-        let per_server = lanes.len() / self.servers.len().max(1);
+        if self.servers.is_empty() {
+            return Err(Failure::Other("no name server".to_string()));
+        }
+        let first = self.preferred.load(Ordering::Relaxed);
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut last = Failure::Timeout;
+        let mut last: Result<Message, Failure> = Err(Failure::Timeout);
         for attempt in 0..self.attempts {
-            // The server for this attempt, and one of its sockets in turn.
-            let server = (turn + attempt) % self.servers.len();
-            let lane = &lanes[server * per_server + turn % per_server];
-            match self.ask_lane(lane, query).await {
-                Ok(answer) if answer.metadata.truncation => {
-                    return ask_tcp(lane.server, query, self.timeout).await;
+            let index = (first + attempt) % self.servers.len();
+            let server = &self.servers[index];
+            let lanes = match server
+                .lanes
+                .get_or_init(|| async {
+                    open_lanes(server.addr)
+                        .await
+                        .map_err(|e| format!("cannot open a DNS socket to {}: {e}", server.addr))
+                })
+                .await
+            {
+                Ok(lanes) => lanes,
+                Err(why) => {
+                    last = Err(Failure::Other(why.clone()));
+                    continue;
                 }
-                Ok(answer) => return Ok(answer),
-                Err(failure) => last = failure,
+            };
+            let lane = &lanes[(turn + attempt) % lanes.len()];
+            let answer = match self.ask_lane(lane, server.addr, query).await {
+                Ok(answer) if answer.metadata.truncation => {
+                    ask_tcp(server.addr, query, self.timeout).await
+                }
+                other => other,
+            };
+            match answer {
+                Ok(answer) if is_final(&answer) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                // SERVFAIL, REFUSED and the like: another server (or a second try) may do
+                // better, as with hickory's retry handle; kept in case none does.
+                Ok(answer) => last = Ok(answer),
+                Err(failure) => last = Err(failure),
             }
         }
-        Err(last)
+        last
     }
 
     /// One attempt over one socket.
-    async fn ask_lane(&self, lane: &Lane, query: &Query) -> Result<Message, Failure> {
+    async fn ask_lane(
+        &self,
+        lane: &Lane,
+        server: SocketAddr,
+        query: &Query,
+    ) -> Result<Message, Failure> {
         let (reply, answer) = oneshot::channel();
         let id = {
             let mut waiting = lock(&lane.shared.waiting);
-            if waiting.len() >= usize::from(u16::MAX) / 2 {
-                return Err(Failure::Other("too many DNS queries in flight".to_string()));
+            if waiting.len() >= MAX_IN_FLIGHT {
+                return Err(Failure::Other(format!(
+                    "more than {MAX_IN_FLIGHT} DNS queries in flight on one socket to {server}"
+                )));
             }
             let id = loop {
                 let id: u16 = rand::random();
@@ -156,14 +216,11 @@ impl Multiplexer {
             .socket
             .send(&bytes)
             .await
-            .map_err(|e| Failure::Other(format!("sending to {}: {e}", lane.server)))?;
+            .map_err(|e| Failure::Other(format!("sending to {server}: {e}")))?;
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(message)) => Ok(message),
-            // The reader task ended: the socket failed.
-            Ok(Err(_)) => Err(Failure::Other(format!(
-                "the socket to {} was closed",
-                lane.server
-            ))),
+            // The reader task ended (only when the transport is dropped).
+            Ok(Err(_)) => Err(Failure::Other(format!("the socket to {server} was closed"))),
             Err(_) => Err(Failure::Timeout),
         }
     }
@@ -181,31 +238,22 @@ impl Drop for Entry<'_> {
     }
 }
 
-/// [`LANES`] connected sockets per server, in server order, each with its reader task.
-async fn open_lanes(servers: &[SocketAddr]) -> io::Result<Vec<Lane>> {
-    if servers.is_empty() {
-        return Err(io::Error::other("no name server"));
-    }
-    let mut lanes = Vec::with_capacity(servers.len() * LANES);
-    for &server in servers {
-        for _ in 0..LANES {
-            let local: IpAddr = match server {
-                SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-                SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-            };
-            let socket = UdpSocket::bind((local, 0)).await?;
-            socket.connect(server).await?;
-            let shared = Arc::new(Shared {
-                socket,
-                waiting: Mutex::new(HashMap::new()),
-            });
-            let reader = tokio::spawn(read_answers(shared.clone()));
-            lanes.push(Lane {
-                server,
-                shared,
-                reader,
-            });
-        }
+/// [`LANES`] connected sockets to `server`, each with its reader task.
+async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
+    let local: IpAddr = match server {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let mut lanes = Vec::with_capacity(LANES);
+    for _ in 0..LANES {
+        let socket = UdpSocket::bind((local, 0)).await?;
+        socket.connect(server).await?;
+        let shared = Arc::new(Shared {
+            socket,
+            waiting: Mutex::new(HashMap::new()),
+        });
+        let reader = tokio::spawn(read_answers(shared.clone()));
+        lanes.push(Lane { shared, reader });
     }
     Ok(lanes)
 }
@@ -213,17 +261,26 @@ async fn open_lanes(servers: &[SocketAddr]) -> io::Result<Vec<Lane>> {
 /// The reader of one socket: hands each answer to the query it answers, drops the rest.
 async fn read_answers(shared: Arc<Shared>) {
     let mut buffer = vec![0u8; UDP_BUFFER];
+    let mut errors = 0u32;
     loop {
         let len = match shared.socket.recv(&mut buffer).await {
-            Ok(len) => len,
-            // An ICMP error from an earlier send (connection refused, host unreachable)
-            // arrives on the next receive; the query it belongs to times out.
-            Err(e) if is_transient(&e) => continue,
+            Ok(len) => {
+                errors = 0;
+                len
+            }
+            // An ICMP error of an earlier send (port unreachable, host unreachable,
+            // administratively prohibited) arrives on the next receive and concerns that
+            // datagram only: its query times out or is answered by another server. A long run
+            // of errors is paced so that a persistent one cannot spin.
             Err(e) => {
-                tracing::debug!(error = %e, "DNS socket failed");
-                // Dropping the table's senders fails every waiting query at once.
-                lock(&shared.waiting).clear();
-                return;
+                errors += 1;
+                if errors == 1 || errors.is_multiple_of(1000) {
+                    tracing::debug!(error = %e, errors, "DNS socket receive error");
+                }
+                if errors >= 16 {
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+                continue;
             }
         };
         let datagram = &buffer[..len];
@@ -250,20 +307,41 @@ async fn read_answers(shared: Arc<Shared>) {
     }
 }
 
-/// Receive errors that leave the socket usable.
-fn is_transient(error: &io::Error) -> bool {
+/// An answer that ends a query: NOERROR or NXDOMAIN. Other codes (SERVFAIL, REFUSED,
+/// FORMERR, NOTIMP) are worth another attempt.
+fn is_final(answer: &Message) -> bool {
     matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            | io::ErrorKind::Interrupted
+        answer.metadata.response_code,
+        ResponseCode::NoError | ResponseCode::NXDomain
     )
 }
 
+/// True when a name server may be reached over the multiplexed sockets: on loopback or a
+/// private network (RFC 1918, RFC 6598 shared space, IPv6 unique-local and link-local). A
+/// resolver across the internet gets hickory's socket per query instead: off-path forgers
+/// are there, and its round trip hides the cost of the sockets anyway.
+pub(crate) fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// True when `message` is a response to the query `id` that asked `query`: same ID, the
-/// response flag, and exactly the question (hickory compares names without regard to case).
+/// response flag, one question of the same type and class whose name is the query's
+/// (compared without regard to case, as hickory's `Name` equality does).
 fn answers(message: &Message, id: u16, query: &Query) -> bool {
     message.metadata.id == id
         && message.metadata.message_type == MessageType::Response
@@ -290,7 +368,8 @@ fn encode(id: u16, query: &Query, edns_payload: u16) -> Result<Vec<u8>, Failure>
 }
 
 /// The question over TCP, after a truncated UDP answer: one connection, the length-prefixed
-/// query, the length-prefixed answer, all within `timeout`.
+/// query, the length-prefixed answer, all within `timeout`. An answer still truncated is a
+/// failure.
 async fn ask_tcp(server: SocketAddr, query: &Query, timeout: Duration) -> Result<Message, Failure> {
     let id: u16 = rand::random();
     let bytes = encode(id, query, u16::MAX)?;
@@ -316,6 +395,11 @@ async fn ask_tcp(server: SocketAddr, query: &Query, timeout: Duration) -> Result
     if !answers(&message, id, query) {
         return Err(Failure::Other(format!(
             "the TCP answer of {server} does not match the question"
+        )));
+    }
+    if message.metadata.truncation {
+        return Err(Failure::Other(format!(
+            "the TCP answer of {server} is truncated"
         )));
     }
     Ok(message)

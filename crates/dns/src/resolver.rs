@@ -5,8 +5,10 @@
 //! AD bit of the answers may be believed ([`AdTrust`]).
 //!
 //! Every query goes to the configured recursive resolvers through hickory's name server pool
-//! (server selection, UDP with a TCP retry on truncation, `attempts` rounds), and the response
-//! is interpreted here, so that callers get one of four outcomes:
+//! (server selection, a socket per query, UDP with a TCP retry on truncation, `attempts`
+//! rounds) or, for a batch run's resolver towards local name servers, through the multiplexed
+//! sockets of `crate::multiplex` (the same retries); the response is interpreted here, so that
+//! callers get one of four outcomes:
 //!
 //! - [`Answer`]: records of the asked type, after following CNAMEs, with the smallest TTL and a
 //!   `secure` flag (DNSSEC, see below);
@@ -54,7 +56,7 @@ use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
 use crate::cache::AnswerCache;
-use crate::multiplex::Multiplexer;
+use crate::multiplex::{self, Multiplexer};
 
 /// The most records of one answer that are kept; the rest are ignored.
 pub const MAX_RECORDS: usize = 256;
@@ -92,7 +94,8 @@ pub enum AdTrust {
 /// How to reach the recursive resolvers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverSettings {
-    /// The name servers, tried in the pool's order; empty means those of `/etc/resolv.conf`.
+    /// The name servers (the pool orders them by speed; a batch run's transport starts at the
+    /// one that answered last); empty means those of `/etc/resolv.conf`.
     pub nameservers: Vec<SocketAddr>,
     /// How long one query waits for a name server's answer (clamped to 60 s, at least 10 ms).
     pub timeout: Duration,
@@ -314,9 +317,10 @@ impl Resolver {
     /// A resolver for runs that ask many questions, many of them the same, such as a batch
     /// audit. It keeps the outcome of up to `capacity` questions for their TTL (at most
     /// [`crate::cache::MAX_TTL`]; temporary failures are not kept), sends one query for
-    /// concurrent callers of the same question, and sends its queries over a few long-lived
-    /// UDP sockets per name server (random query IDs, answers matched by ID and question)
-    /// instead of a new socket each. The gateway does not use it.
+    /// concurrent callers of the same question, and, when every name server is on loopback or
+    /// a private network, sends its queries over a few long-lived UDP sockets per name server
+    /// (random query IDs, answers matched by ID and question) instead of a new socket each.
+    /// The gateway does not use it.
     pub fn for_batch(
         settings: &ResolverSettings,
         capacity: usize,
@@ -331,7 +335,7 @@ impl Resolver {
     ) -> Result<Resolver, ConfigError> {
         let (nameservers, options) = effective(settings)?;
         let (timeout, attempts) = (options.timeout, options.attempts);
-        let transport = if multiplexed {
+        let transport = if multiplexed && nameservers.iter().all(|a| multiplex::is_local(a.ip())) {
             Transport::Multiplexed(Multiplexer::new(
                 nameservers.clone(),
                 timeout,
@@ -370,6 +374,12 @@ impl Resolver {
     /// The name servers queried.
     pub fn nameservers(&self) -> &[SocketAddr] {
         &self.inner.nameservers
+    }
+
+    /// Whether queries go over the multiplexed sockets of a batch run (see
+    /// [`Resolver::for_batch`]) rather than a socket each.
+    pub fn multiplexed(&self) -> bool {
+        matches!(self.inner.transport, Transport::Multiplexed(_))
     }
 
     /// Whether the AD bit of answers is believed, so that [`Answer::secure`] can be true.

@@ -162,16 +162,22 @@ async fn negative_outcomes(server: &TestDnsServer, resolver: &Resolver) {
     );
 }
 
-#[tokio::test]
-async fn no_server_listening_is_a_temporary_failure() {
-    // A port nobody answers on: bind one and close it.
+/// Settings naming a port of 127.0.0.1 nobody answers on (bound, then closed), one attempt
+/// waiting `timeout_ms`.
+fn closed_port(timeout_ms: u64) -> ResolverSettings {
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let mut settings = ResolverSettings::with_nameservers(vec![addr]);
-    settings.timeout = std::time::Duration::from_millis(300);
+    settings.timeout = std::time::Duration::from_millis(timeout_ms);
     settings.attempts = 1;
+    settings
+}
+
+#[tokio::test]
+async fn no_server_listening_is_a_temporary_failure() {
+    let settings = closed_port(300);
     for resolver in [
         Resolver::new(&settings).unwrap(),
         Resolver::for_batch(&settings, 0).unwrap(),
@@ -431,10 +437,15 @@ async fn concurrent_ipv4(
 /// A name server that answers each query first with forgeries (another ID, another question,
 /// a query instead of a response), then with the real answer: 192.0.2.1 for any A question.
 fn forging_server() -> std::net::SocketAddr {
+    forging_server_on("127.0.0.1:0".parse().unwrap())
+}
+
+/// [`forging_server`] on a given address.
+fn forging_server_on(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
     use hickory_resolver::proto::rr::{Name, RData, Record, rdata::A};
 
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let socket = std::net::UdpSocket::bind(addr).unwrap();
     let addr = socket.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buffer = [0u8; 2048];
@@ -480,38 +491,110 @@ async fn batch_transport_takes_only_the_answer_to_its_question() {
     let mut settings = ResolverSettings::with_nameservers(vec![addr]);
     settings.timeout = std::time::Duration::from_secs(2);
     let resolver = Resolver::for_batch(&settings, 0).unwrap();
-    let answers = concurrent_ipv4(&resolver, "forged.example.test", 20).await;
-    for answer in answers {
+    // Each lookup its own name, so that a forgery cannot be another lookup's real answer.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let resolver = resolver.clone();
+        tasks.spawn(async move { resolver.ipv4(&format!("forged{i}.example.test")).await });
+    }
+    for answer in tasks.join_all().await {
         assert_eq!(answer.unwrap().records, vec![Ipv4Addr::new(192, 0, 2, 1)]);
     }
 }
 
 #[tokio::test]
-async fn batch_transport_tries_the_next_name_server_after_a_timeout() {
+async fn batch_transport_moves_to_the_name_server_that_answers() {
     let server = server();
-    // A name server that never answers: a bound socket nobody reads.
+    // A name server that never answers: a bound socket that counts what it receives.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let received = || {
+        let mut buffer = [0u8; 2048];
+        std::iter::from_fn(|| silent.recv(&mut buffer).ok()).count()
+    };
     let mut settings = server.resolver_settings();
     settings.nameservers = vec![silent.local_addr().unwrap(), server.addr()];
     settings.timeout = std::time::Duration::from_millis(300);
     settings.attempts = 2;
     let resolver = Resolver::for_batch(&settings, 0).unwrap();
-    // Queries go to the servers in turn, and each one that meets the silent one is sent again
-    // to the other.
-    for _ in 0..4 {
-        let answer = resolver.mx("example.test").await.unwrap();
-        assert_eq!(answer.records[0].exchange, "mx1.example.test");
+    // The first lookup times out on the silent server and is answered by the second; the
+    // next ones start where the answer came from.
+    for name in ["example.test", "nullmx.test", "example.test"] {
+        assert!(resolver.mx(name).await.is_ok(), "{name}");
     }
+    assert_eq!(
+        received(),
+        1,
+        "only the first lookup went to the silent server"
+    );
+
+    // With one attempt, the lookup sent to the silent server fails.
     settings.attempts = 1;
     let once = Resolver::for_batch(&settings, 0).unwrap();
-    let mut outcomes = Vec::new();
-    for _ in 0..2 {
-        outcomes.push(once.mx("example.test").await.is_ok());
-    }
-    outcomes.sort();
     assert_eq!(
-        outcomes,
-        [false, true],
-        "one attempt: the silent server's turn times out"
+        once.mx("example.test").await,
+        Err(LookupError::Failed(Failure::Timeout))
+    );
+}
+
+#[tokio::test]
+async fn batch_transport_asks_another_name_server_after_servfail() {
+    let failing = server();
+    failing.set_fault("example.test", Some(Fault::ServFail));
+    let good = server();
+    let mut settings = good.resolver_settings();
+    settings.nameservers = vec![failing.addr(), good.addr()];
+    settings.attempts = 2;
+    let resolver = Resolver::for_batch(&settings, 0).unwrap();
+    let answer = resolver.mx("example.test").await.unwrap();
+    assert_eq!(answer.records[0].exchange, "mx1.example.test");
+    // Both failing: the last answer's code is the outcome.
+    good.set_fault("example.test", Some(Fault::ServFail));
+    let resolver = Resolver::for_batch(&settings, 0).unwrap();
+    assert_eq!(
+        resolver.mx("example.test").await,
+        Err(LookupError::Failed(Failure::ServerFailure))
+    );
+}
+
+#[tokio::test]
+async fn batch_transport_survives_icmp_errors() {
+    // A closed port: each query there brings back an ICMP port unreachable, which the next
+    // receive on the socket reports as an error. The sockets must keep working: once a
+    // server listens on that port, every lookup is answered.
+    let settings = closed_port(200);
+    let addr = settings.nameservers[0];
+    let resolver = Resolver::for_batch(&settings, 0).unwrap();
+    for i in 0..8 {
+        let lookup = resolver.ipv4(&format!("closed{i}.example.test")).await;
+        assert!(matches!(lookup, Err(LookupError::Failed(_))), "{lookup:?}");
+    }
+    forging_server_on(addr);
+    for i in 0..8 {
+        let answer = resolver
+            .ipv4(&format!("open{i}.example.test"))
+            .await
+            .unwrap();
+        assert_eq!(answer.records, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    }
+}
+
+#[test]
+fn only_local_name_servers_get_the_long_lived_sockets() {
+    use std::net::SocketAddr;
+    let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    let remote: SocketAddr = "192.0.2.53:53".parse().unwrap();
+    let batch = |servers: Vec<SocketAddr>| {
+        Resolver::for_batch(&ResolverSettings::with_nameservers(servers), 10).unwrap()
+    };
+    assert!(batch(vec![local]).multiplexed());
+    assert!(batch(vec!["10.1.2.3:53".parse().unwrap()]).multiplexed());
+    assert!(batch(vec!["[fd00::53]:53".parse().unwrap()]).multiplexed());
+    assert!(!batch(vec![remote]).multiplexed());
+    assert!(!batch(vec![local, remote]).multiplexed());
+    assert!(
+        !Resolver::new(&ResolverSettings::with_nameservers(vec![local]))
+            .unwrap()
+            .multiplexed()
     );
 }
