@@ -356,4 +356,95 @@ mod tests {
         assert_eq!(body["event"]["line"], "not json");
         assert_eq!(body["suppressed"], 7);
     }
+
+    /// A webhook over HTTPS on loopback, with a certificate for 127.0.0.1 from a private CA;
+    /// it answers `status` to one request and returns what it read (headers and the body of
+    /// Content-Length), or the handshake's error.
+    async fn https_webhook(
+        pki: &crate::test_pki::Pki,
+        status: &'static str,
+    ) -> (u16, tokio::task::JoinHandle<Result<String, String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !ravelin_dns::testing::request_complete(&request) {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            let _ = tls.write_all(answer.as_bytes()).await;
+            let _ = tls.shutdown().await;
+            Ok(String::from_utf8_lossy(&request).to_string())
+        });
+        (port, server)
+    }
+
+    #[tokio::test]
+    async fn alerts_go_over_https_to_a_webhook_trusted_through_its_ca_file() {
+        let pki = crate::test_pki::pki("127.0.0.1");
+        let ca = crate::test_pki::temp_file(&pki.ca_pem);
+        let token = crate::test_pki::temp_file("token-8817\n");
+        let (port, server) = https_webhook(&pki, "202 Accepted").await;
+        let section = AlertsSection {
+            webhook: Some(format!("https://127.0.0.1:{port}/hooks/ravelin?x=1")),
+            webhook_token_file: Some(token.path().to_path_buf()),
+            webhook_ca_file: Some(ca.path().to_path_buf()),
+            ..AlertsSection::default()
+        };
+        let alerts = prepare(&section).unwrap().unwrap();
+        alerts.webhook.post(r#"{"text":"t"}"#).await.unwrap();
+        let request = server.await.unwrap().unwrap();
+        assert!(
+            request.starts_with("POST /hooks/ravelin?x=1 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("\r\nHost: 127.0.0.1:"), "{request}");
+        assert!(
+            request.contains("\r\nAuthorization: Bearer token-8817\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with(r#"{"text":"t"}"#), "{request}");
+
+        // A webhook answering an error status is a failed alert.
+        let (port, server) = https_webhook(&pki, "500 Internal Server Error").await;
+        let section = AlertsSection {
+            webhook: Some(format!("https://127.0.0.1:{port}/")),
+            webhook_ca_file: Some(ca.path().to_path_buf()),
+            ..AlertsSection::default()
+        };
+        let err = prepare(&section).unwrap().unwrap().webhook.post("{}").await;
+        assert!(err.unwrap_err().contains("500"));
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_webhook_whose_certificate_is_not_trusted_gets_nothing() {
+        let pki = crate::test_pki::pki("127.0.0.1");
+        let stranger = crate::test_pki::pki("127.0.0.1");
+        let other_ca = crate::test_pki::temp_file(&stranger.ca_pem);
+        for ca_file in [None, Some(other_ca.path().to_path_buf())] {
+            let (port, server) = https_webhook(&pki, "200 OK").await;
+            let section = AlertsSection {
+                webhook: Some(format!("https://127.0.0.1:{port}/hook")),
+                webhook_ca_file: ca_file,
+                ..AlertsSection::default()
+            };
+            let alerts = prepare(&section).unwrap().unwrap();
+            let err = alerts
+                .webhook
+                .post(r#"{"text":"secret"}"#)
+                .await
+                .unwrap_err();
+            assert!(err.starts_with("TLS with 127.0.0.1"), "{err}");
+            // The server saw a failed handshake, never the request.
+            assert!(server.await.unwrap().is_err());
+        }
+    }
 }

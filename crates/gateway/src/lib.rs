@@ -54,3 +54,5 @@ pub mod server;
 pub mod session;
 pub mod spool;
 pub mod state;
+#[cfg(test)]
+mod test_pki;

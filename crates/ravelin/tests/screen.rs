@@ -354,18 +354,7 @@ impl WebhookReceiver {
                 let mut request = Vec::new();
                 let mut chunk = [0u8; 4096];
                 // Headers, then as many body bytes as Content-Length says.
-                loop {
-                    let text = String::from_utf8_lossy(&request).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            break;
-                        }
-                    }
+                while !ravelin_dns::testing::request_complete(&request) {
                     match stream.read(&mut chunk) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => request.extend_from_slice(&chunk[..n]),

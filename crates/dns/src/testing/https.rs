@@ -28,6 +28,21 @@ use crate::mta_sts::POLICY_PATH;
 /// The largest request head read.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
+/// True when `request` holds a whole HTTP/1.1 request: its head, and as many body bytes as
+/// its Content-Length says (none without one). For test servers that receive POSTs.
+pub fn request_complete(request: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(request);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    body.len() >= length
+}
+
 /// A response the server gives for a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CannedResponse {

@@ -9,7 +9,7 @@ mod server;
 
 pub use dnssec::{DnssecWorld, DnssecWorldBuilder, ZoneKind};
 
-pub use https::{CannedResponse, TestHttpsServer};
+pub use https::{CannedResponse, TestHttpsServer, request_complete};
 pub use server::{Fault, TestDnsServer, TestServerError};
 
 use std::future::Future;

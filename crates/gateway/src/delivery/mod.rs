@@ -828,51 +828,15 @@ impl crate::queue::Transport for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    use rustls::ServerConfig;
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::PrivateKeyDer;
+    use crate::test_pki::{Pki, pki, temp_file as ca_file};
     use rustls::pki_types::ServerName;
     use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-    /// A private CA and a server certificate it issued for `name`.
-    struct Pki {
-        ca_pem: String,
-        leaf: CertificateDer<'static>,
-        key: Vec<u8>,
-    }
-
-    fn pki(name: &str) -> Pki {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            leaf: leaf.der().clone(),
-            key: key.serialize_der(),
-        }
-    }
 
     /// A real rustls handshake over an in-memory pipe between `client` and a server
     /// presenting `pki`'s certificate; the client asks for `name`.
     async fn handshake(client: Arc<ClientConfig>, name: &str, pki: &Pki) -> Result<String, String> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let server = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![pki.leaf.clone()],
-                PrivateKeyDer::Pkcs8(pki.key.clone().into()),
-            )
-            .unwrap();
         let (near, far) = tokio::io::duplex(64 * 1024);
-        let acceptor = TlsAcceptor::from(Arc::new(server));
+        let acceptor = TlsAcceptor::from(pki.server_config());
         let server = tokio::spawn(async move { acceptor.accept(far).await.map(|_| ()) });
         let name = ServerName::try_from(name.to_string()).unwrap();
         let result = TlsConnector::from(client)
@@ -882,12 +846,6 @@ mod tests {
             .map_err(|e| e.to_string());
         let _ = server.await;
         result
-    }
-
-    fn ca_file(pem: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, pem.as_bytes()).unwrap();
-        f
     }
 
     #[tokio::test]
