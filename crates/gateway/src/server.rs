@@ -536,9 +536,9 @@ async fn watch_certificate(
 
 /// One line on the certificate presented: subject, expiry and days left; a warning under
 /// [`ravelin_tls::EXPIRY_WARN_DAYS`] (60) or when the expiry cannot be read, an error under
-/// [`ravelin_tls::EXPIRY_FAIL_DAYS`] (30; PRODUCT.md's alerts) and once expired. Only
-/// the leaf's expiry is read (an intermediate that expires first is not seen here; `ravelin
-/// audit` checks the whole chain).
+/// [`ravelin_tls::EXPIRY_FAIL_DAYS`] (30; PRODUCT.md's alerts) and once expired. The expiry
+/// is the chain's: when an intermediate expires before the leaf, its date counts and the line
+/// names it (`first_to_expire`).
 fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSummary) {
     let path = path.display();
     let subject = &summary.subject;
@@ -548,12 +548,13 @@ fn log_certificate(path: &std::path::Path, summary: &ravelin_tls::CertificateSum
         return;
     };
     let days_left = seconds_left.div_euclid(86_400);
+    let first = summary.first_to_expire.as_deref().unwrap_or("the leaf");
     if seconds_left < 0 {
-        tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
+        tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, first_to_expire = %first, reason = "expired: verifying clients refuse it; renew it and send SIGHUP");
     } else if days_left < ravelin_tls::EXPIRY_FAIL_DAYS {
-        tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires in less than 30 days: renew it now and send SIGHUP");
+        tracing::error!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, first_to_expire = %first, reason = "expires in less than 30 days: renew it now and send SIGHUP");
     } else if days_left < ravelin_tls::EXPIRY_WARN_DAYS {
-        warn!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, reason = "expires in less than 60 days: plan its renewal, then send SIGHUP");
+        warn!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, first_to_expire = %first, reason = "expires in less than 60 days: plan its renewal, then send SIGHUP");
     } else {
         info!(event = "tls_certificate", path = %path, subject = %subject, not_after = %not_after, days_left, chain = summary.chain);
     }

@@ -198,10 +198,13 @@ impl fmt::Debug for ServerCertificate {
 pub struct CertificateSummary {
     /// The leaf certificate's subject, as x509-parser writes it (`CN=mx1.example.org`).
     pub subject: String,
-    /// The leaf certificate's notAfter, RFC 2822 style as x509-parser writes it.
+    /// When the chain stops being valid: the earliest notAfter of its certificates (usually
+    /// the leaf's; an intermediate can expire first), RFC 2822 style as x509-parser writes it.
     pub not_after: String,
-    /// notAfter as a Unix time; `None` when the leaf could not be parsed.
+    /// That notAfter as a Unix time; `None` when the leaf could not be parsed.
     pub not_after_timestamp: Option<i64>,
+    /// The subject of the chain certificate that expires first, when it is not the leaf.
+    pub first_to_expire: Option<String>,
     /// Certificates in the chain, leaf included.
     pub chain: usize,
 }
@@ -286,26 +289,42 @@ fn certified_key(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, 
 }
 
 fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
-    let parsed = certified
+    let parsed: Vec<Option<(String, x509_parser::time::ASN1Time)>> = certified
         .cert
-        .first()
-        .and_then(|der| x509_parser::parse_x509_certificate(der).ok());
-    let (subject, not_after, timestamp) = match parsed {
-        Some((_, leaf)) => {
-            let not_after = leaf.validity().not_after;
-            (
-                leaf.subject().to_string(),
-                not_after.to_string(),
-                Some(not_after.timestamp()),
-            )
-        }
-        None => ("(unparsable)".to_string(), String::new(), None),
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| (c.subject().to_string(), c.validity().not_after))
+        })
+        .collect();
+    let chain = certified.cert.len();
+    let Some(Some((subject, _))) = parsed.first() else {
+        return CertificateSummary {
+            subject: "(unparsable)".to_string(),
+            not_after: String::new(),
+            not_after_timestamp: None,
+            first_to_expire: None,
+            chain,
+        };
     };
+    // The first certificate with the earliest notAfter (an unparsable intermediate is
+    // skipped: the leaf still tells when the chain ends at the latest).
+    let (index, (_, not_after)) = parsed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+        .min_by_key(|(i, (_, not_after))| (not_after.timestamp(), *i))
+        .expect("the leaf was parsed");
     CertificateSummary {
-        subject,
-        not_after,
-        not_after_timestamp: timestamp,
-        chain: certified.cert.len(),
+        subject: subject.clone(),
+        not_after: not_after.to_string(),
+        not_after_timestamp: Some(not_after.timestamp()),
+        first_to_expire: parsed[index]
+            .as_ref()
+            .filter(|_| index > 0)
+            .map(|(s, _)| s.clone()),
+        chain,
     }
 }
 

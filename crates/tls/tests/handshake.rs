@@ -305,3 +305,50 @@ fn a_reloaded_certificate_serves_the_next_handshake() {
     handshake(trusting(&renewed.ca), server, "mx.example.test")
         .expect("a failed reload keeps the certificate in use");
 }
+
+/// The summary's expiry is the chain's: an intermediate that expires before the leaf gives
+/// the date and is named; a chain whose leaf expires first names nobody else.
+#[test]
+fn the_chain_certificate_that_expires_first_sets_the_expiry() {
+    use ravelin_tls::ServerCertificate;
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = TestPki::expiring_in("mx.example.test", 300).unwrap();
+    // A second certificate of the chain, valid 20 more days, stands for an intermediate.
+    let intermediate = TestPki::expiring_in("intermediate.example.test", 20).unwrap();
+    let files = pki_files(&leaf, dir.path());
+    std::fs::write(
+        &files.cert,
+        format!("{}{}", leaf.cert_pem, intermediate.cert_pem),
+    )
+    .unwrap();
+    let summary = ServerCertificate::load(&files.cert, &files.key)
+        .unwrap()
+        .summary();
+    assert_eq!(summary.subject, "CN=mx.example.test");
+    assert_eq!(summary.chain, 2);
+    assert_eq!(
+        summary.first_to_expire.as_deref(),
+        Some("CN=intermediate.example.test")
+    );
+    let days = summary.seconds_left().unwrap().div_euclid(86_400);
+    assert!((19..=20).contains(&days), "{days} days: {summary:?}");
+
+    // The other way round: the leaf expires first.
+    std::fs::write(
+        &files.cert,
+        format!(
+            "{}{}",
+            leaf.cert_pem,
+            TestPki::expiring_in("intermediate.example.test", 900)
+                .unwrap()
+                .cert_pem
+        ),
+    )
+    .unwrap();
+    let summary = ServerCertificate::load(&files.cert, &files.key)
+        .unwrap()
+        .summary();
+    assert_eq!(summary.first_to_expire, None);
+    let days = summary.seconds_left().unwrap().div_euclid(86_400);
+    assert!((299..=300).contains(&days), "{days} days: {summary:?}");
+}
