@@ -162,16 +162,13 @@ impl Multiplexer {
                 }
                 other => other,
             };
-            match answer {
-                Ok(answer) if is_final(&answer) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    return Ok(answer);
-                }
-                // SERVFAIL, REFUSED and the like: another server (or a second try) may do
-                // better, as with hickory's retry handle; kept in case none does.
-                Ok(answer) => last = Ok(answer),
-                Err(failure) => last = Err(failure),
+            if answer.as_ref().is_ok_and(is_final) {
+                self.preferred.store(index, Ordering::Relaxed);
+                return answer;
             }
+            // SERVFAIL, REFUSED and the like, or no answer: another server (or a second try)
+            // may do better, as with hickory's retry handle; kept in case none does.
+            last = answer;
         }
         last
     }

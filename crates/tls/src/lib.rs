@@ -299,7 +299,7 @@ fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
         })
         .collect();
     let chain = certified.cert.len();
-    let Some(Some((subject, _))) = parsed.first() else {
+    let Some(Some((subject, leaf_not_after))) = parsed.first() else {
         return CertificateSummary {
             subject: "(unparsable)".to_string(),
             not_after: String::new(),
@@ -308,14 +308,21 @@ fn summarise(certified: &rustls::sign::CertifiedKey) -> CertificateSummary {
             chain,
         };
     };
-    // The first certificate with the earliest notAfter (an unparsable intermediate is
-    // skipped: the leaf still tells when the chain ends at the latest).
-    let (index, (_, not_after)) = parsed
+    // The first certificate with the earliest notAfter, the leaf unless an intermediate
+    // expires before it (an unparsable intermediate is skipped: the leaf still tells when the
+    // chain ends at the latest).
+    let (index, not_after) = parsed
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
-        .min_by_key(|(i, (_, not_after))| (not_after.timestamp(), *i))
-        .expect("the leaf was parsed");
+        .skip(1)
+        .filter_map(|(i, p)| p.as_ref().map(|(_, not_after)| (i, not_after)))
+        .fold((0, leaf_not_after), |first, (i, not_after)| {
+            if not_after.timestamp() < first.1.timestamp() {
+                (i, not_after)
+            } else {
+                first
+            }
+        });
     CertificateSummary {
         subject: subject.clone(),
         not_after: not_after.to_string(),

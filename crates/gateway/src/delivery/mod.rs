@@ -828,7 +828,7 @@ impl crate::queue::Transport for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_pki::{Pki, pki, temp_file as ca_file};
+    use crate::test_pki::{Pki, pki, temp_file};
     use rustls::pki_types::ServerName;
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -851,7 +851,7 @@ mod tests {
     #[tokio::test]
     async fn verify_checks_the_chain_and_the_name() {
         let good = pki("mx.example.test");
-        let file = ca_file(&good.ca_pem);
+        let file = temp_file(&good.ca_pem);
         let policy = TlsPolicy::Verify {
             ca_file: Some(file.path().to_path_buf()),
         };
@@ -887,7 +887,7 @@ mod tests {
 
     #[test]
     fn bad_ca_files_fail_at_start() {
-        let empty = ca_file("");
+        let empty = temp_file("");
         let missing = PathBuf::from("/nonexistent/ca.pem");
         for path in [empty.path().to_path_buf(), missing] {
             let route = Route {
