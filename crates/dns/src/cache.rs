@@ -70,19 +70,25 @@ impl<T: Clone> AnswerCache<T> {
     }
 
     /// The outcome of `name`/`rtype`: a remembered one that has not expired, the one of a
-    /// query in flight, or that of `query`, which returns the outcome and how long it may be
-    /// kept (zero: only shared with the callers already waiting).
-    pub async fn get_or_query<F>(&self, name: &Name, rtype: RecordType, query: F) -> T
+    /// query in flight, or that of the query `ask` starts, which returns the outcome and how
+    /// long it may be kept (zero: only shared with the callers already waiting). `ask` is a
+    /// function so that a caller answered from the cache never holds the query's state.
+    pub async fn get_or_query<F>(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+        ask: impl FnOnce() -> F,
+    ) -> T
     where
         F: Future<Output = (T, Duration)>,
     {
         let key = (name.to_lowercase(), rtype);
         let Some(slot) = self.slot(&key) else {
-            return query.await.0;
+            return ask().await.0;
         };
         let (outcome, expires) = slot
             .get_or_init(|| async {
-                let (outcome, ttl) = query.await;
+                let (outcome, ttl) = ask().await;
                 (outcome, Instant::now() + ttl.min(self.max_ttl))
             })
             .await;
@@ -179,11 +185,9 @@ mod tests {
         ttl: Duration,
     ) -> u32 {
         cache
-            .get_or_query(
-                &name(n),
-                RecordType::TXT,
-                counted(count, value, ttl, Duration::ZERO),
-            )
+            .get_or_query(&name(n), RecordType::TXT, || {
+                counted(count, value, ttl, Duration::ZERO)
+            })
             .await
     }
 
@@ -198,11 +202,9 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 1);
         // Another type is another question.
         cache
-            .get_or_query(
-                &name("example.org."),
-                RecordType::MX,
-                counted(count, 2, ttl, Duration::ZERO),
-            )
+            .get_or_query(&name("example.org."), RecordType::MX, || {
+                counted(count, 2, ttl, Duration::ZERO)
+            })
             .await;
         assert_eq!(count.load(Ordering::SeqCst), 2);
         let short = Duration::from_secs(1);
@@ -222,9 +224,24 @@ mod tests {
         let slow = Duration::from_millis(50);
         let q = name("mx1.example.org.");
         let (a, b, c) = tokio::join!(
-            cache.get_or_query(&q, RecordType::A, counted(&count, 7, Duration::ZERO, slow)),
-            cache.get_or_query(&q, RecordType::A, counted(&count, 8, Duration::ZERO, slow)),
-            cache.get_or_query(&q, RecordType::A, counted(&count, 9, Duration::ZERO, slow)),
+            cache.get_or_query(&q, RecordType::A, || counted(
+                &count,
+                7,
+                Duration::ZERO,
+                slow
+            )),
+            cache.get_or_query(&q, RecordType::A, || counted(
+                &count,
+                8,
+                Duration::ZERO,
+                slow
+            )),
+            cache.get_or_query(&q, RecordType::A, || counted(
+                &count,
+                9,
+                Duration::ZERO,
+                slow
+            )),
         );
         assert_eq!((a, b, c), (7, 7, 7));
         assert_eq!(
@@ -235,7 +252,9 @@ mod tests {
         // TTL zero (a failure): forgotten once answered.
         assert!(cache.is_empty());
         cache
-            .get_or_query(&q, RecordType::A, counted(&count, 10, Duration::ZERO, slow))
+            .get_or_query(&q, RecordType::A, || {
+                counted(&count, 10, Duration::ZERO, slow)
+            })
             .await;
         assert_eq!(count.load(Ordering::SeqCst), 2);
     }
@@ -246,16 +265,12 @@ mod tests {
         let count = AtomicUsize::new(0);
         let q = name("example.org.");
         let ttl = Duration::from_secs(60);
-        let first = cache.get_or_query(
-            &q,
-            RecordType::TXT,
-            counted(&count, 1, ttl, Duration::from_secs(10)),
-        );
-        let second = cache.get_or_query(
-            &q,
-            RecordType::TXT,
-            counted(&count, 2, ttl, Duration::from_millis(10)),
-        );
+        let first = cache.get_or_query(&q, RecordType::TXT, || {
+            counted(&count, 1, ttl, Duration::from_secs(10))
+        });
+        let second = cache.get_or_query(&q, RecordType::TXT, || {
+            counted(&count, 2, ttl, Duration::from_millis(10))
+        });
         let (cancelled, answer) = tokio::join!(
             tokio::time::timeout(Duration::from_millis(5), first),
             second
@@ -311,11 +326,9 @@ mod tests {
         let count = AtomicUsize::new(0);
         let ttl = Duration::from_secs(60);
         let slow = name("slow.example.");
-        let abandoned = cache.get_or_query(
-            &slow,
-            RecordType::TXT,
-            counted(&count, 1, ttl, Duration::from_secs(10)),
-        );
+        let abandoned = cache.get_or_query(&slow, RecordType::TXT, || {
+            counted(&count, 1, ttl, Duration::from_secs(10))
+        });
         assert!(
             tokio::time::timeout(Duration::from_millis(5), abandoned)
                 .await

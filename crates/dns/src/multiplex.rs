@@ -17,6 +17,10 @@
 //!   and an answer is taken only when it is a response with that ID whose question is the
 //!   query's (type and class equal, the name equal ignoring case, as hickory compares them;
 //!   RFC 5452 §9.1). Anything else is dropped and the query keeps waiting for its real answer.
+//! - One writer task per socket sends the queries queued since it last ran together, in one
+//!   `sendmmsg` (a batch run's queries come in bursts: one system call and one wake-up of the
+//!   name server per burst cost less than one per query); a query that cannot be sent fails
+//!   its attempt at once.
 //! - One reader task per socket hands answers to the waiting queries; a receive error (an ICMP
 //!   error of an earlier send) concerns one datagram, and the reader goes on.
 //! - An attempt that times out, fails to send, or is answered with SERVFAIL, REFUSED or
@@ -32,16 +36,18 @@
 //! its reader tasks; a cancelled query removes itself from its socket's table.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::resolver::Failure;
@@ -56,6 +62,15 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// How long a reader waits after a run of receive errors before reading again.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// The receive buffer asked for each socket: room for a burst of answers to every query in
+/// flight (at about 1 KiB of kernel memory each) while the reader is not scheduled; the
+/// default (208 KiB on Linux) overflows at a concurrency of about 64, and a dropped answer
+/// costs its query a timeout.
+const RECEIVE_BUFFER: usize = 2 << 20;
+
+/// The most queries one `sendmmsg` sends.
+const SEND_BATCH: usize = 64;
 
 /// The largest UDP answer read; an answer is never larger than the EDNS payload announced,
 /// and a bigger datagram is cut here and then fails to parse.
@@ -80,27 +95,38 @@ struct Server {
     lanes: OnceCell<Result<Vec<Lane>, String>>,
 }
 
-/// One socket and the queries waiting for an answer on it.
+/// One socket, the queries waiting for an answer on it, and the queue of its writer.
 struct Lane {
     shared: Arc<Shared>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl Drop for Lane {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
 struct Shared {
     socket: UdpSocket,
+    server: SocketAddr,
     waiting: Mutex<HashMap<u16, Waiting>>,
 }
 
-/// A query in flight: the question its answer must echo, and where to hand the answer.
+/// A query in flight: the question its answer must echo, and where to hand the answer (or
+/// the reason it could not be sent).
 struct Waiting {
     query: Query,
-    reply: oneshot::Sender<Message>,
+    reply: oneshot::Sender<Result<Message, Failure>>,
+}
+
+/// A query queued for the writer: its ID and the message.
+struct Outgoing {
+    id: u16,
+    bytes: Vec<u8>,
 }
 
 impl Multiplexer {
@@ -140,12 +166,16 @@ impl Multiplexer {
         for attempt in 0..self.attempts {
             let index = (first + attempt) % self.servers.len();
             let server = &self.servers[index];
+            // The rare paths (opening the lanes, a truncated answer's TCP retry) are boxed so
+            // that every query's state, held by each waiting caller, stays small.
             let lanes = match server
                 .lanes
-                .get_or_init(|| async {
-                    open_lanes(server.addr)
-                        .await
-                        .map_err(|e| format!("cannot open a DNS socket to {}: {e}", server.addr))
+                .get_or_init(|| {
+                    Box::pin(async {
+                        open_lanes(server.addr).await.map_err(|e| {
+                            format!("cannot open a DNS socket to {}: {e}", server.addr)
+                        })
+                    })
                 })
                 .await
             {
@@ -158,7 +188,7 @@ impl Multiplexer {
             let lane = &lanes[(turn + attempt) % lanes.len()];
             let answer = match self.ask_lane(lane, server.addr, query).await {
                 Ok(answer) if answer.metadata.truncation => {
-                    ask_tcp(server.addr, query, self.timeout).await
+                    Box::pin(ask_tcp(server.addr, query, self.timeout)).await
                 }
                 other => other,
             };
@@ -209,15 +239,14 @@ impl Multiplexer {
             id,
         };
         let bytes = encode(id, query, self.edns_payload)?;
-        lane.shared
-            .socket
-            .send(&bytes)
-            .await
-            .map_err(|e| Failure::Other(format!("sending to {server}: {e}")))?;
+        let closed = || Failure::Other(format!("the socket to {server} was closed"));
+        // The writer's task ends only when the transport is dropped.
+        lane.outgoing
+            .send(Outgoing { id, bytes })
+            .map_err(|_| closed())?;
         match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(message)) => Ok(message),
-            // The reader task ended (only when the transport is dropped).
-            Ok(Err(_)) => Err(Failure::Other(format!("the socket to {server} was closed"))),
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(closed()),
             Err(_) => Err(Failure::Timeout),
         }
     }
@@ -235,7 +264,7 @@ impl Drop for Entry<'_> {
     }
 }
 
-/// [`LANES`] connected sockets to `server`, each with its reader task.
+/// [`LANES`] connected sockets to `server`, each with its reader and writer tasks.
 async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
     let local: IpAddr = match server {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
@@ -244,15 +273,89 @@ async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
     let mut lanes = Vec::with_capacity(LANES);
     for _ in 0..LANES {
         let socket = UdpSocket::bind((local, 0)).await?;
+        // Best effort: the kernel caps the size at net.core.rmem_max.
+        if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECEIVE_BUFFER) {
+            tracing::debug!(error = %e, "cannot enlarge a DNS socket's receive buffer");
+        }
         socket.connect(server).await?;
         let shared = Arc::new(Shared {
             socket,
+            server,
             waiting: Mutex::new(HashMap::new()),
         });
+        let (outgoing, queue) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_answers(shared.clone()));
-        lanes.push(Lane { shared, reader });
+        let writer = tokio::spawn(write_queries(shared.clone(), queue));
+        lanes.push(Lane {
+            shared,
+            outgoing,
+            reader,
+            writer,
+        });
     }
     Ok(lanes)
+}
+
+/// The writer of one socket: sends what is queued, as many queries at once as are ready when
+/// it runs (it lets the other ready tasks run first, so that a burst goes out in one system
+/// call). A query the kernel refuses is answered with the error. The queue is unbounded: the
+/// waiting table bounds it at [`MAX_IN_FLIGHT`].
+async fn write_queries(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut batch = Vec::with_capacity(SEND_BATCH);
+    while queue.recv_many(&mut batch, SEND_BATCH).await > 0 {
+        tokio::task::yield_now().await;
+        while batch.len() < SEND_BATCH {
+            match queue.try_recv() {
+                Ok(query) => batch.push(query),
+                Err(_) => break,
+            }
+        }
+        let mut start = 0;
+        while start < batch.len() {
+            match send_batch(&shared.socket, &batch[start..]).await {
+                Ok(sent) if sent > 0 => start += sent,
+                outcome => {
+                    let why = match outcome {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "nothing was sent".to_string(),
+                    };
+                    let failed = lock(&shared.waiting).remove(&batch[start].id);
+                    if let Some(entry) = failed {
+                        let failure =
+                            Failure::Other(format!("sending to {}: {why}", shared.server));
+                        let _ = entry.reply.send(Err(failure));
+                    }
+                    start += 1;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// One `sendmmsg` of the start of `batch` on the connected `socket`, waiting until it is
+/// writable; how many datagrams went (an error concerns the first).
+async fn send_batch(socket: &UdpSocket, batch: &[Outgoing]) -> io::Result<usize> {
+    let batch = &batch[..batch.len().min(SEND_BATCH)];
+    socket
+        .async_io(Interest::WRITABLE, || {
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                batch.iter().map(|q| [IoSlice::new(&q.bytes)]).collect();
+            let addresses: Vec<Option<SockaddrStorage>> = vec![None; batch.len()];
+            let no_control: [ControlMessage<'_>; 0] = [];
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
+            sendmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addresses,
+                no_control,
+                MsgFlags::empty(),
+            )
+            .map(|sent| sent.count())
+            .map_err(io::Error::from)
+        })
+        .await
 }
 
 /// The reader of one socket: hands each answer to the query it answers, drops the rest.
@@ -299,7 +402,7 @@ async fn read_answers(shared: Arc<Shared>) {
         }
         if let Some(entry) = waiting.remove(&id) {
             drop(waiting);
-            let _ = entry.reply.send(message);
+            let _ = entry.reply.send(Ok(message));
         }
     }
 }
@@ -408,5 +511,31 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lanes_ask_for_a_receive_buffer_that_holds_a_burst() {
+        let lanes = open_lanes("127.0.0.1:53".parse().unwrap()).await.unwrap();
+        assert_eq!(lanes.len(), LANES);
+        // The kernel caps the request at net.core.rmem_max and reports twice what it keeps.
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        for lane in &lanes {
+            let size = socket2::SockRef::from(&lane.shared.socket)
+                .recv_buffer_size()
+                .unwrap();
+            assert!(
+                size >= RECEIVE_BUFFER.min(cap),
+                "{size} bytes, rmem_max {cap}"
+            );
+        }
     }
 }

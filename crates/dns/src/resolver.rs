@@ -624,7 +624,7 @@ impl Resolver {
         match &self.inner.cache {
             Some(cache) => {
                 cache
-                    .get_or_query(name, rtype, self.query(name, rtype))
+                    .get_or_query(name, rtype, || self.query(name, rtype))
                     .await
             }
             None => self.query(name, rtype).await.0,
