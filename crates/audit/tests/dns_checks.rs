@@ -177,6 +177,7 @@ fn world() -> World {
         mta_sts_port: https.addr().port(),
         mta_sts_ca_file: Some(files.ca.clone()),
         mta_sts_timeout: Duration::from_secs(5),
+        ..DnsOptions::default()
     };
     World {
         resolver: dns.resolver().unwrap(),

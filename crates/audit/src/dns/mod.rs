@@ -59,6 +59,9 @@ pub struct DnsOptions {
     pub mta_sts_ca_file: Option<PathBuf>,
     /// Time limit of one policy fetch.
     pub mta_sts_timeout: Duration,
+    /// The policy fetch's TLS configurations, built once per CA file for the run (loading
+    /// the trust anchors costs more than a handshake) and shared by clones.
+    pub mta_sts_tls: mta_sts::TlsConfigs,
 }
 
 impl Default for DnsOptions {
@@ -70,6 +73,7 @@ impl Default for DnsOptions {
             mta_sts_port: 443,
             mta_sts_ca_file: None,
             mta_sts_timeout: Duration::from_secs(10),
+            mta_sts_tls: mta_sts::TlsConfigs::default(),
         }
     }
 }

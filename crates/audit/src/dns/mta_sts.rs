@@ -13,7 +13,10 @@
 //! is one compliant senders refuse to deliver to (or report), which fails the check.
 //!
 //! Settings read: [`super::DnsOptions`] (`mta_sts_port`, `mta_sts_ca_file`,
-//! `mta_sts_timeout`). How it fails: a temporary failure of the TXT lookup is an `error`.
+//! `mta_sts_timeout`, and the run's TLS configuration in `mta_sts_tls`). How it fails: a temporary failure of the TXT lookup is an `error`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use ravelin_dns::mta_sts::{FetchSettings, PolicyFetcher};
 use ravelin_dns::records::mta_sts::{StsMode, is_sts_record, select_txt};
@@ -33,6 +36,38 @@ const MODE: &str = "policy: mode ";
 
 /// Policies cached for less than a day protect little between fetches.
 const MIN_MAX_AGE: u32 = 86_400;
+
+/// The TLS client configurations of a run's policy fetches, one per CA file (`None`: the
+/// system's trust store), built at first use. Clones share them.
+#[derive(Clone, Default)]
+pub struct TlsConfigs(Arc<Mutex<Vec<BuiltConfig>>>);
+
+/// A CA file and the configuration trusting it.
+type BuiltConfig = (Option<PathBuf>, Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for TlsConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConfigs")
+    }
+}
+
+impl TlsConfigs {
+    /// The configuration trusting `ca_file` (or the system's store): the one built before,
+    /// or a new one; the error when the trust anchors cannot be loaded (not kept, so a
+    /// later fetch reports it too).
+    fn get(&self, ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut built = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, config)) = built.iter().find(|(file, _)| file.as_ref() == ca_file) {
+            return Ok(config.clone());
+        }
+        let config = ravelin_tls::client_config(&ravelin_tls::Verify::WebPki {
+            ca_file: ca_file.cloned(),
+        })
+        .map_err(|e| format!("cannot set up the policy fetch: {e}"))?;
+        built.push((ca_file.cloned(), config.clone()));
+        Ok(config)
+    }
+}
 
 /// The `dns.mta_sts` finding.
 pub async fn check(ctx: &DnsCtx<'_>, mx: &MxSet) -> Finding {
@@ -72,16 +107,14 @@ pub async fn check(ctx: &DnsCtx<'_>, mx: &MxSet) -> Finding {
         port: ctx.options.mta_sts_port,
         ca_file: ctx.options.mta_sts_ca_file.clone(),
     };
-    let fetched = match PolicyFetcher::new(ctx.resolver.clone(), settings) {
-        Ok(fetcher) => fetcher.fetch(ctx.domain).await,
+    let fetched = match ctx.options.mta_sts_tls.get(settings.ca_file.as_ref()) {
+        Ok(config) => {
+            PolicyFetcher::with_client_config(ctx.resolver.clone(), settings, config)
+                .fetch(ctx.domain)
+                .await
+        }
         Err(e) => {
-            return ctx.finding(
-                ID,
-                Status::Error,
-                Severity::Info,
-                "check could not run",
-                e.to_string(),
-            );
+            return ctx.finding(ID, Status::Error, Severity::Info, "check could not run", e);
         }
     };
     let fetched = match fetched {
@@ -216,4 +249,43 @@ pub fn certificates(finding: &mut Finding, endpoint_findings: &[Finding]) {
         "MTA-STS senders cannot deliver to every MX host",
         FIX,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ravelin_tls::testing::TestPki;
+
+    use super::TlsConfigs;
+
+    #[test]
+    fn a_run_builds_one_tls_configuration_per_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = |name: &str| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            let files = TestPki::new(&format!("mta-sts.{name}.example"))
+                .unwrap()
+                .write_to(&sub)
+                .unwrap();
+            Some(files.ca)
+        };
+        let (first, second) = (ca("one"), ca("two"));
+        let configs = TlsConfigs::default();
+        let shared = configs.clone();
+        let a = configs.get(first.as_ref()).unwrap();
+        assert!(Arc::ptr_eq(&a, &shared.get(first.as_ref()).unwrap()));
+        let b = configs.get(second.as_ref()).unwrap();
+        assert!(
+            !Arc::ptr_eq(&a, &b),
+            "another CA file, another configuration"
+        );
+        // A CA file that cannot be read is reported each time, never replaced by another.
+        let missing = Some(dir.path().join("missing.pem"));
+        for _ in 0..2 {
+            let e = configs.get(missing.as_ref()).unwrap_err();
+            assert!(e.contains("missing.pem"), "{e}");
+        }
+    }
 }
