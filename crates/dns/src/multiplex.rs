@@ -21,8 +21,9 @@
 //!   `sendmmsg` (a batch run's queries come in bursts: one system call and one wake-up of the
 //!   name server per burst cost less than one per query); a query that cannot be sent fails
 //!   its attempt at once.
-//! - One reader task per socket hands answers to the waiting queries; a receive error (an ICMP
-//!   error of an earlier send) concerns one datagram, and the reader goes on.
+//! - One reader task per socket hands answers to the waiting queries, reading as many as have
+//!   arrived in one `recvmmsg`; a receive error (an ICMP error of an earlier send) concerns
+//!   one datagram, and the reader goes on.
 //! - An attempt that times out, fails to send, or is answered with SERVFAIL, REFUSED or
 //!   another error code is sent again, to the next name server, up to the configured number
 //!   of attempts (as hickory's retry handle does); when every attempt was answered with an
@@ -36,7 +37,7 @@
 //! its reader tasks; a cancelled query removes itself from its socket's table.
 
 use std::collections::HashMap;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +45,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -68,6 +71,9 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// default (208 KiB on Linux) overflows at a concurrency of about 64, and a dropped answer
 /// costs its query a timeout.
 const RECEIVE_BUFFER: usize = 2 << 20;
+
+/// The most answers one `recvmmsg` reads.
+const RECEIVE_BATCH: usize = 32;
 
 /// The most queries one `sendmmsg` sends.
 const SEND_BATCH: usize = 64;
@@ -360,13 +366,13 @@ async fn send_batch(socket: &UdpSocket, batch: &[Outgoing]) -> io::Result<usize>
 
 /// The reader of one socket: hands each answer to the query it answers, drops the rest.
 async fn read_answers(shared: Arc<Shared>) {
-    let mut buffer = vec![0u8; UDP_BUFFER];
+    let mut buffers = vec![[0u8; UDP_BUFFER]; RECEIVE_BATCH];
     let mut errors = 0u32;
     loop {
-        let len = match shared.socket.recv(&mut buffer).await {
-            Ok(len) => {
+        let lengths = match receive_batch(&shared.socket, &mut buffers).await {
+            Ok(lengths) => {
                 errors = 0;
-                len
+                lengths
             }
             // An ICMP error of an earlier send (port unreachable, host unreachable,
             // administratively prohibited) arrives on the next receive and concerns that
@@ -383,28 +389,61 @@ async fn read_answers(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let datagram = &buffer[..len];
-        let Some(id) = datagram.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
-            continue;
-        };
-        if !lock(&shared.waiting).contains_key(&id) {
-            continue;
-        }
-        let Ok(message) = Message::from_vec(datagram) else {
-            continue;
-        };
-        let mut waiting = lock(&shared.waiting);
-        let Some(query) = waiting.get(&id).map(|w| &w.query) else {
-            continue;
-        };
-        if !answers(&message, id, query) {
-            continue;
-        }
-        if let Some(entry) = waiting.remove(&id) {
-            drop(waiting);
-            let _ = entry.reply.send(Ok(message));
+        for (buffer, len) in buffers.iter().zip(lengths) {
+            hand_over(&shared, &buffer[..len]);
         }
     }
+}
+
+/// Gives `datagram` to the query it answers, if any.
+fn hand_over(shared: &Shared, datagram: &[u8]) {
+    let Some(id) = datagram.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        return;
+    };
+    if !lock(&shared.waiting).contains_key(&id) {
+        return;
+    }
+    let Ok(message) = Message::from_vec(datagram) else {
+        return;
+    };
+    let mut waiting = lock(&shared.waiting);
+    let Some(query) = waiting.get(&id).map(|w| &w.query) else {
+        return;
+    };
+    if !answers(&message, id, query) {
+        return;
+    }
+    if let Some(entry) = waiting.remove(&id) {
+        drop(waiting);
+        let _ = entry.reply.send(Ok(message));
+    }
+}
+
+/// One `recvmmsg` into `buffers`, waiting until the socket is readable: the length of each
+/// datagram received, in order (a longer datagram than a buffer is cut, and then fails to
+/// parse). An error concerns the first datagram; those after it come with the next call.
+async fn receive_batch(
+    socket: &UdpSocket,
+    buffers: &mut [[u8; UDP_BUFFER]],
+) -> io::Result<Vec<usize>> {
+    socket
+        .async_io(Interest::READABLE, || {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(b.as_mut_slice())])
+                .collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+            let received = recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            Ok(received.map(|datagram| datagram.bytes).collect())
+        })
+        .await
 }
 
 /// An answer that ends a query: NOERROR or NXDOMAIN. Other codes (SERVFAIL, REFUSED,
