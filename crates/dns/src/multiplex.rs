@@ -34,13 +34,15 @@
 //! How it fails: [`Failure::Timeout`] when the last attempt timed out, [`Failure::Other`] when
 //! it could not be sent or its TCP exchange failed; SERVFAIL, REFUSED and other codes come
 //! back as the answer (the resolver reads its response code). Dropping the transport stops
-//! its reader tasks; a cancelled query removes itself from its socket's table.
+//! its reader and writer tasks; a cancelled query removes itself from its socket's table (and
+//! is not sent if it was still queued). Each query has a ticket unique on its socket, so that
+//! a query whose ID another has taken over since never removes or fails that other one.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -120,19 +122,42 @@ struct Shared {
     socket: UdpSocket,
     server: SocketAddr,
     waiting: Mutex<HashMap<u16, Waiting>>,
+    /// The ticket of the next query on this socket.
+    tickets: AtomicU64,
 }
 
-/// A query in flight: the question its answer must echo, and where to hand the answer (or
+/// A query in flight: its ticket (unique on the socket for the run, where an ID is reused as
+/// soon as it is free), the question its answer must echo, and where to hand the answer (or
 /// the reason it could not be sent).
 struct Waiting {
+    ticket: u64,
     query: Query,
     reply: oneshot::Sender<Result<Message, Failure>>,
 }
 
-/// A query queued for the writer: its ID and the message.
+/// A query queued for the writer: its ID, its ticket and the message.
 struct Outgoing {
     id: u16,
+    ticket: u64,
     bytes: Vec<u8>,
+}
+
+impl Shared {
+    /// True while the query with `ticket` still waits under `id`.
+    fn is_waiting(waiting: &HashMap<u16, Waiting>, id: u16, ticket: u64) -> bool {
+        waiting.get(&id).is_some_and(|w| w.ticket == ticket)
+    }
+
+    /// Takes out the query with `ticket` if it still waits under `id` (not one that has taken
+    /// the ID over since).
+    fn take(&self, id: u16, ticket: u64) -> Option<Waiting> {
+        let mut waiting = lock(&self.waiting);
+        if Self::is_waiting(&waiting, id, ticket) {
+            waiting.remove(&id)
+        } else {
+            None
+        }
+    }
 }
 
 impl Multiplexer {
@@ -217,6 +242,7 @@ impl Multiplexer {
         query: &Query,
     ) -> Result<Message, Failure> {
         let (reply, answer) = oneshot::channel();
+        let ticket = lane.shared.tickets.fetch_add(1, Ordering::Relaxed);
         let id = {
             let mut waiting = lock(&lane.shared.waiting);
             if waiting.len() >= MAX_IN_FLIGHT {
@@ -233,6 +259,7 @@ impl Multiplexer {
             waiting.insert(
                 id,
                 Waiting {
+                    ticket,
                     query: query.clone(),
                     reply,
                 },
@@ -243,12 +270,13 @@ impl Multiplexer {
         let _entry = Entry {
             shared: &lane.shared,
             id,
+            ticket,
         };
         let bytes = encode(id, query, self.edns_payload)?;
         let closed = || Failure::Other(format!("the socket to {server} was closed"));
         // The writer's task ends only when the transport is dropped.
         lane.outgoing
-            .send(Outgoing { id, bytes })
+            .send(Outgoing { id, ticket, bytes })
             .map_err(|_| closed())?;
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(outcome)) => outcome,
@@ -258,15 +286,17 @@ impl Multiplexer {
     }
 }
 
-/// Removes a query from its socket's table when dropped.
+/// Removes a query from its socket's table when dropped, unless it was taken out already
+/// (answered, or its send failed) and another query has its ID now.
 struct Entry<'a> {
     shared: &'a Shared,
     id: u16,
+    ticket: u64,
 }
 
 impl Drop for Entry<'_> {
     fn drop(&mut self) {
-        lock(&self.shared.waiting).remove(&self.id);
+        self.shared.take(self.id, self.ticket);
     }
 }
 
@@ -288,6 +318,7 @@ async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
             socket,
             server,
             waiting: Mutex::new(HashMap::new()),
+            tickets: AtomicU64::new(0),
         });
         let (outgoing, queue) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_answers(shared.clone()));
@@ -304,8 +335,9 @@ async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
 
 /// The writer of one socket: sends what is queued, as many queries at once as are ready when
 /// it runs (it lets the other ready tasks run first, so that a burst goes out in one system
-/// call). A query the kernel refuses is answered with the error. The queue is unbounded: the
-/// waiting table bounds it at [`MAX_IN_FLIGHT`].
+/// call). A query that gave up meanwhile (timed out or cancelled) is not sent; one the kernel
+/// refuses is answered with the error. The queue is unbounded: the waiting table bounds the
+/// live queries in it at [`MAX_IN_FLIGHT`], and those that gave up are dropped at each turn.
 async fn write_queries(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let mut batch = Vec::with_capacity(SEND_BATCH);
     while queue.recv_many(&mut batch, SEND_BATCH).await > 0 {
@@ -316,6 +348,10 @@ async fn write_queries(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<O
                 Err(_) => break,
             }
         }
+        {
+            let waiting = lock(&shared.waiting);
+            batch.retain(|q| Shared::is_waiting(&waiting, q.id, q.ticket));
+        }
         let mut start = 0;
         while start < batch.len() {
             match send_batch(&shared.socket, &batch[start..]).await {
@@ -325,7 +361,7 @@ async fn write_queries(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<O
                         Err(e) => e.to_string(),
                         Ok(_) => "nothing was sent".to_string(),
                     };
-                    let failed = lock(&shared.waiting).remove(&batch[start].id);
+                    let failed = shared.take(batch[start].id, batch[start].ticket);
                     if let Some(entry) = failed {
                         let failure =
                             Failure::Other(format!("sending to {}: {why}", shared.server));
@@ -561,7 +597,8 @@ mod tests {
     async fn lanes_ask_for_a_receive_buffer_that_holds_a_burst() {
         let lanes = open_lanes("127.0.0.1:53".parse().unwrap()).await.unwrap();
         assert_eq!(lanes.len(), LANES);
-        // The kernel caps the request at net.core.rmem_max and reports twice what it keeps.
+        // The kernel caps the request at net.core.rmem_max and reports twice what it keeps
+        // (an untouched socket reports net.core.rmem_default, at most rmem_max).
         let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .unwrap()
             .trim()
@@ -572,9 +609,86 @@ mod tests {
                 .recv_buffer_size()
                 .unwrap();
             assert!(
-                size >= RECEIVE_BUFFER.min(cap),
+                size >= 2 * RECEIVE_BUFFER.min(cap),
                 "{size} bytes, rmem_max {cap}"
             );
         }
+    }
+
+    /// A socket's shared state, connected to `server`.
+    async fn shared_to(server: SocketAddr) -> Arc<Shared> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(server).await.unwrap();
+        Arc::new(Shared {
+            socket,
+            server,
+            waiting: Mutex::new(HashMap::new()),
+            tickets: AtomicU64::new(0),
+        })
+    }
+
+    /// A waiting query with `ticket`, and the receiver of its reply.
+    fn waiting(ticket: u64) -> (Waiting, oneshot::Receiver<Result<Message, Failure>>) {
+        let (reply, answer) = oneshot::channel();
+        let name = hickory_resolver::proto::rr::Name::from_ascii("example.test.").unwrap();
+        let query = Query::query(name, hickory_resolver::proto::rr::RecordType::A);
+        let entry = Waiting {
+            ticket,
+            query,
+            reply,
+        };
+        (entry, answer)
+    }
+
+    #[tokio::test]
+    async fn a_query_whose_id_was_taken_over_leaves_the_new_one_alone() {
+        let shared = shared_to("127.0.0.1:53".parse().unwrap()).await;
+        let (first, _) = waiting(1);
+        lock(&shared.waiting).insert(7, first);
+        let guard = Entry {
+            shared: &shared,
+            id: 7,
+            ticket: 1,
+        };
+        // Answered (the reader takes it out), then ID 7 goes to another query before the
+        // first one's guard drops.
+        assert!(shared.take(7, 1).is_some());
+        let (second, _) = waiting(2);
+        lock(&shared.waiting).insert(7, second);
+        drop(guard);
+        assert_eq!(lock(&shared.waiting).get(&7).map(|w| w.ticket), Some(2));
+        assert!(shared.take(7, 1).is_none(), "the old ticket takes nothing");
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_live_queries_only() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let shared = shared_to(server.local_addr().unwrap()).await;
+        let (live, _answer) = waiting(2);
+        lock(&shared.waiting).insert(20, live);
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        // Ticket 1 gave up (nothing waits for it); ticket 3 is not the one waiting under 20.
+        for (id, ticket, bytes) in [
+            (10, 1, b"gave up"),
+            (20, 3, b"stale!!"),
+            (20, 2, b"live!!!"),
+        ] {
+            let bytes = bytes.to_vec();
+            outgoing.send(Outgoing { id, ticket, bytes }).unwrap();
+        }
+        let writer = tokio::spawn(write_queries(shared.clone(), queue));
+        let mut buffer = [0u8; 64];
+        let second = tokio::task::spawn_blocking(move || {
+            let first = server.recv(&mut buffer).unwrap();
+            assert_eq!(&buffer[..first], b"live!!!");
+            server.recv(&mut buffer).map(|len| buffer[..len].to_vec())
+        })
+        .await
+        .unwrap();
+        assert!(second.is_err(), "only the live query is sent: {second:?}");
+        writer.abort();
     }
 }

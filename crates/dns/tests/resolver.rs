@@ -579,6 +579,35 @@ async fn batch_transport_survives_icmp_errors() {
     }
 }
 
+#[tokio::test]
+async fn batch_transport_answers_a_burst_of_different_questions() {
+    // Many questions at once go out in batches and their answers come back in batches; with
+    // one attempt each, an answer lost or handed to the wrong query would be a timeout. (Kept
+    // below what the test server's own receive buffer holds.)
+    let server = server();
+    let mut settings = server.resolver_settings();
+    settings.attempts = 1;
+    settings.timeout = std::time::Duration::from_secs(5);
+    let resolver = Resolver::for_batch(&settings, 0).unwrap();
+    assert!(resolver.multiplexed());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..150 {
+        let resolver = resolver.clone();
+        tasks.spawn(async move {
+            let name = format!("s{i}._domainkey.example.test");
+            (i, resolver.txt(&name).await.map(|_| ()))
+        });
+    }
+    let mut outcomes = tasks.join_all().await;
+    outcomes.sort_by_key(|(i, _)| *i);
+    assert_eq!(outcomes.len(), 150);
+    for (i, outcome) in outcomes {
+        assert_eq!(outcome, Err(LookupError::NxDomain), "question {i}");
+    }
+    let answer = resolver.mx("example.test").await.unwrap();
+    assert_eq!(answer.records[0].exchange, "mx1.example.test");
+}
+
 #[test]
 fn only_local_name_servers_get_the_long_lived_sockets() {
     use std::net::SocketAddr;

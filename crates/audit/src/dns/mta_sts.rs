@@ -13,7 +13,8 @@
 //! is one compliant senders refuse to deliver to (or report), which fails the check.
 //!
 //! Settings read: [`super::DnsOptions`] (`mta_sts_port`, `mta_sts_ca_file`,
-//! `mta_sts_timeout`, and the run's TLS configuration in `mta_sts_tls`). How it fails: a temporary failure of the TXT lookup is an `error`.
+//! `mta_sts_timeout`, and the run's TLS configuration in `mta_sts_tls`). How it fails: a
+//! temporary failure of the TXT lookup is an `error`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
