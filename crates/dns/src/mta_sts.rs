@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -166,15 +166,19 @@ impl fmt::Debug for PolicyFetcher {
 impl PolicyFetcher {
     /// A fetcher resolving with `resolver`; fails when the trust anchors cannot be loaded.
     pub fn new(resolver: Resolver, settings: FetchSettings) -> Result<PolicyFetcher, FetchError> {
-        let config = ravelin_tls::client_config(&ravelin_tls::Verify::WebPki {
-            ca_file: settings.ca_file.clone(),
+        let config = PolicyFetcher::tls_config(settings.ca_file.as_deref())?;
+        Ok(PolicyFetcher::with_client_config(
+            resolver, settings, config,
+        ))
+    }
+
+    /// The TLS configuration [`PolicyFetcher::new`] uses: the certificate checked against
+    /// the CA certificates in `ca_file`, or the system's trusted roots.
+    pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, FetchError> {
+        ravelin_tls::client_config(&ravelin_tls::Verify::WebPki {
+            ca_file: ca_file.map(Path::to_path_buf),
         })
-        .map_err(|e| FetchError::Setup(e.to_string()))?;
-        Ok(PolicyFetcher {
-            resolver,
-            tls: TlsConnector::from(config),
-            settings,
-        })
+        .map_err(|e| FetchError::Setup(e.to_string()))
     }
 
     /// A fetcher whose TLS connections use `config` (for trust anchors other than the

@@ -375,10 +375,9 @@ async fn write_queries(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<O
     }
 }
 
-/// One `sendmmsg` of the start of `batch` on the connected `socket`, waiting until it is
-/// writable; how many datagrams went (an error concerns the first).
+/// One `sendmmsg` of `batch` (at most [`SEND_BATCH`] queries) on the connected `socket`,
+/// waiting until it is writable; how many datagrams went (an error concerns the first).
 async fn send_batch(socket: &UdpSocket, batch: &[Outgoing]) -> io::Result<usize> {
-    let batch = &batch[..batch.len().min(SEND_BATCH)];
     socket
         .async_io(Interest::WRITABLE, || {
             let slices: Vec<[IoSlice<'_>; 1]> =

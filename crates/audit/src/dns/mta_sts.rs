@@ -16,10 +16,10 @@
 //! `mta_sts_timeout`, and the run's TLS configuration in `mta_sts_tls`). How it fails: a
 //! temporary failure of the TXT lookup is an `error`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ravelin_dns::mta_sts::{FetchSettings, PolicyFetcher};
+use ravelin_dns::mta_sts::{FetchError, FetchSettings, PolicyFetcher};
 use ravelin_dns::records::mta_sts::{StsMode, is_sts_record, select_txt};
 
 use super::{DnsCtx, MxSet, txt, verdict};
@@ -56,16 +56,13 @@ impl TlsConfigs {
     /// The configuration trusting `ca_file` (or the system's store): the one built before,
     /// or a new one; the error when the trust anchors cannot be loaded (not kept, so a
     /// later fetch reports it too).
-    fn get(&self, ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, String> {
+    fn get(&self, ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, FetchError> {
         let mut built = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, config)) = built.iter().find(|(file, _)| file.as_ref() == ca_file) {
+        if let Some((_, config)) = built.iter().find(|(file, _)| file.as_deref() == ca_file) {
             return Ok(config.clone());
         }
-        let config = ravelin_tls::client_config(&ravelin_tls::Verify::WebPki {
-            ca_file: ca_file.cloned(),
-        })
-        .map_err(|e| format!("cannot set up the policy fetch: {e}"))?;
-        built.push((ca_file.cloned(), config.clone()));
+        let config = PolicyFetcher::tls_config(ca_file)?;
+        built.push((ca_file.map(Path::to_path_buf), config.clone()));
         Ok(config)
     }
 }
@@ -108,14 +105,20 @@ pub async fn check(ctx: &DnsCtx<'_>, mx: &MxSet) -> Finding {
         port: ctx.options.mta_sts_port,
         ca_file: ctx.options.mta_sts_ca_file.clone(),
     };
-    let fetched = match ctx.options.mta_sts_tls.get(settings.ca_file.as_ref()) {
+    let fetched = match ctx.options.mta_sts_tls.get(settings.ca_file.as_deref()) {
         Ok(config) => {
             PolicyFetcher::with_client_config(ctx.resolver.clone(), settings, config)
                 .fetch(ctx.domain)
                 .await
         }
         Err(e) => {
-            return ctx.finding(ID, Status::Error, Severity::Info, "check could not run", e);
+            return ctx.finding(
+                ID,
+                Status::Error,
+                Severity::Info,
+                "check could not run",
+                e.to_string(),
+            );
         }
     };
     let fetched = match fetched {
@@ -275,9 +278,9 @@ mod tests {
         let (first, second) = (ca("one"), ca("two"));
         let configs = TlsConfigs::default();
         let shared = configs.clone();
-        let a = configs.get(first.as_ref()).unwrap();
-        assert!(Arc::ptr_eq(&a, &shared.get(first.as_ref()).unwrap()));
-        let b = configs.get(second.as_ref()).unwrap();
+        let a = configs.get(first.as_deref()).unwrap();
+        assert!(Arc::ptr_eq(&a, &shared.get(first.as_deref()).unwrap()));
+        let b = configs.get(second.as_deref()).unwrap();
         assert!(
             !Arc::ptr_eq(&a, &b),
             "another CA file, another configuration"
@@ -285,7 +288,7 @@ mod tests {
         // A CA file that cannot be read is reported each time, never replaced by another.
         let missing = Some(dir.path().join("missing.pem"));
         for _ in 0..2 {
-            let e = configs.get(missing.as_ref()).unwrap_err();
+            let e = configs.get(missing.as_deref()).unwrap_err().to_string();
             assert!(e.contains("missing.pem"), "{e}");
         }
     }
