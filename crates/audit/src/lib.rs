@@ -16,6 +16,7 @@
 //! - [`target`]: targets as written on the command line and the endpoints they resolve to.
 //! - [`render`]: the text, JSON, SARIF 2.1.0 and HTML renderers.
 //! - [`run`]: an audit over many targets (concurrency, one connection per host at a time).
+//! - [`select`]: which checks a run makes (`--check`, `--skip-check`).
 //! - [`smtp`]: the SMTP behaviour checks and the probe they speak through.
 //!
 //! Check families live in their own modules (dns, tls, smtp, reputation, ports, local config)
@@ -29,6 +30,7 @@ pub mod local;
 pub mod ports;
 pub mod render;
 pub mod run;
+pub mod select;
 pub mod smtp;
 pub mod target;
 pub mod tls;

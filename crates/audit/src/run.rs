@@ -8,7 +8,8 @@
 //! of a host target audited as an SMTP server (not submission) that answered, gets once per
 //! run `ports.exposed` ([`crate::ports`]: which other mail ports answer, clear-text POP3 /
 //! IMAP logins) unless [`AuditOptions::port_scan`] is off. With
-//! [`AuditOptions::dns_only`] a domain gets its DNS checks and the lookups of its MX addresses
+//! [`AuditOptions::dns_only`], or when none of the checks the run makes needs a connection
+//! ([`crate::select`]: `--check dns.spf`), a domain gets its DNS checks and the lookups of its MX addresses
 //! that need no connection (`dns.ptr` without the banner comparison, `reputation.dnsbl`):
 //! nothing connects to a mail host. One [`Resolver`] serves the whole run: `--nameserver`, or
 //! the system's resolvers, with an answer cache of [`DNS_CACHE_ENTRIES`] questions (answers
@@ -24,7 +25,8 @@
 //! checks that name the domain ([`smtp::audit_domain_checks`]: recipients, relay, smuggling)
 //! run for each domain. The shared results are kept for the whole run (one entry per
 //! distinct endpoint and per distinct address).
-//! The report lists the targets in the order given; `on_done` is called as each target
+//! A report keeps the findings of the selected checks only ([`DnsOptions::checks`]). The
+//! report lists the targets in the order given; `on_done` is called as each target
 //! finishes (for a progress bar).
 //!
 //! Settings read: [`AuditOptions`]. How it fails: a host target that cannot be resolved gets a
@@ -42,6 +44,7 @@ use tokio::sync::Semaphore;
 use crate::dns::{self, DnsCtx, DnsOptions};
 use crate::finding::{Finding, Report, Severity, Status, TargetReport};
 use crate::ports;
+use crate::select::Selection;
 use crate::smtp::{self, SmtpOptions};
 use crate::target::{self, Endpoint, Role, Target};
 use crate::tls::{self, TlsMode, TlsOptions, TlsTarget};
@@ -192,12 +195,13 @@ pub async fn audit(
         );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let report = match &target {
+            let mut report = match &target {
                 Target::Domain { domain, port } => {
                     audit_domain(domain, *port, &options, &shared, &resolver).await
                 }
                 Target::Host(_) => audit_target(&target, &options, &shared, &resolver).await,
             };
+            select_findings(&mut report.findings, &options.dns.checks);
             on_done(&report);
             (index, report)
         });
@@ -280,6 +284,16 @@ async fn tls_checks(endpoint: &Endpoint, options: &AuditOptions) -> tls::Endpoin
     tls::audit_endpoint_async(tls_target, options.tls.clone()).await
 }
 
+/// Keeps the findings of the checks `checks` selects, and the error telling that a target
+/// could not be reached at all (so that it still counts as not audited).
+pub fn select_findings(findings: &mut Vec<Finding>, checks: &Selection) {
+    if !checks.is_everything() {
+        findings.retain(|f| {
+            checks.wants(&f.id) || (f.id == "smtp.connect" && f.status == Status::Error)
+        });
+    }
+}
+
 /// Whether the SMTP checks reached the endpoint at all.
 fn reachable(findings: &[Finding]) -> bool {
     !findings
@@ -304,7 +318,7 @@ async fn audit_domain(
         options: &options.dns,
         domain,
     };
-    if options.dns_only {
+    if options.dns_only || !options.dns.checks.needs_connection() {
         return dns_only(&ctx, port, options).await;
     }
     let (mx, findings, ()) = dns::resolve_and_audit(&ctx, |_| async {}).await;
@@ -515,7 +529,7 @@ pub fn mx_endpoints(mx: &dns::MxSet, port: u16) -> Vec<Endpoint> {
 /// Whether a target could not be audited at all: every check it has is an `error` (it did
 /// not resolve, no endpoint could be reached, or every DNS lookup of a domain failed).
 pub fn could_not_run(t: &TargetReport) -> bool {
-    t.findings.iter().all(|f| f.status == Status::Error)
+    !t.findings.is_empty() && t.findings.iter().all(|f| f.status == Status::Error)
 }
 
 #[cfg(test)]

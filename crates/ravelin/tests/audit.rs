@@ -940,16 +940,7 @@ fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
     .expect("in-process DNS server");
     let port_arg = port.to_string();
     let nameserver = dns.addr().to_string();
-    let common = [
-        "--nameserver",
-        nameserver.as_str(),
-        "--smtp-port",
-        port_arg.as_str(),
-        "--dnsbl",
-        "bl.example.org",
-        "--fail-on",
-        "critical",
-    ];
+    let common = local_world_args(&nameserver, &port_arg);
     let a = Audit::run(&[&common[..], &["--dns-only", "example.org"]].concat());
     assert_eq!(a.exit, 0, "{:#}\n{}", a.report, a.stderr);
     let endpoint = format!("mx.example.org[127.0.0.1]:{port}");
@@ -1034,6 +1025,120 @@ fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
     }
 }
 
+/// `--check` and `--skip-check`: the report holds the chosen checks only; the DNS checks left
+/// out send no query (the server counts what it receives: the whole DNS part asks 26 DKIM
+/// selectors alone), and a domain whose chosen checks need no connection is not connected
+/// to (a listener that would see it in its accept queue). A pattern naming no check is a
+/// usage error; `--list-checks` prints every registered id.
+#[test]
+fn chosen_checks_run_and_the_others_cost_nothing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let port = listener
+        .local_addr()
+        .expect("listener address")
+        .port()
+        .to_string();
+    let zone = "@ MX 10 mx\nmx A 127.0.0.1\n@ TXT \"v=spf1 mx -all\"\n\
+                _dmarc TXT \"v=DMARC1; p=none\"\n\
+                selector1._domainkey TXT \"v=DKIM1; k=ed25519; \
+                p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"\n";
+    let dns = ravelin_dns::testing::TestDnsServer::start(&[("example.org", zone)])
+        .expect("in-process DNS server");
+    let nameserver = dns.addr().to_string();
+    let common = local_world_args(&nameserver, &port);
+    let ids = |a: &Audit| -> Vec<String> {
+        a.findings(0)
+            .iter()
+            .filter_map(|f| f["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let queries = |args: &[&str]| -> (Audit, usize) {
+        let before = dns.queries();
+        let a = Audit::run(&[&common[..], args].concat());
+        (a, dns.queries() - before)
+    };
+
+    let (whole, whole_queries) = queries(&["--dns-only", "example.org"]);
+    assert!(
+        ids(&whole).contains(&"dns.dkim".to_string()),
+        "{:#}",
+        whole.report
+    );
+    let (chosen, chosen_queries) =
+        queries(&["--check", "dns.spf", "--check", "DNS.DMARC", "example.org"]);
+    assert_eq!(chosen.exit, 0, "{:#}\n{}", chosen.report, chosen.stderr);
+    assert_eq!(
+        ids(&chosen),
+        ["dns.spf", "dns.dmarc"],
+        "{:#}",
+        chosen.report
+    );
+    chosen.expect(0, &[("dns.spf", "pass"), ("dns.dmarc", "fail")]);
+    // MX (the report names the endpoints), its address, the SPF record (and the `mx` term's
+    // lookups), the DMARC record; no DKIM selector, CAA, MTA-STS or TLS-RPT question.
+    assert!(
+        chosen_queries <= 6 && whole_queries >= chosen_queries + 26,
+        "chosen checks sent {chosen_queries} queries, the whole DNS part {whole_queries}"
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, peer)) => panic!("DNS checks alone connected to the MX host (from {peer})"),
+        Err(e) => panic!("accept on the MX listener: {e}"),
+    }
+
+    let (skipped, _) = queries(&[
+        "--dns-only",
+        "--skip-check",
+        "dns.dkim",
+        "--skip-check",
+        "reputation",
+        "example.org",
+    ]);
+    let left = ids(&skipped);
+    assert!(
+        !left.contains(&"dns.dkim".to_string())
+            && !left.contains(&"reputation.dnsbl".to_string())
+            && left.contains(&"dns.mx".to_string())
+            && left.contains(&"dns.ptr".to_string()),
+        "{left:?}"
+    );
+
+    for bad in [vec!["--check", "dns.spff"], vec!["--skip-check", "tsl"]] {
+        let out = ravelin_cli(&[&["audit"][..], &bad[..], &["example.org"]].concat(), WAIT);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("names no check"),
+            "{}",
+            describe(&out)
+        );
+    }
+    let out = ravelin_cli(&["audit", "--list-checks", "--format", "json"], WAIT);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).expect("--list-checks JSON");
+    let listed: Vec<&str> = listed.iter().filter_map(|c| c["id"].as_str()).collect();
+    let registered: Vec<&str> = ravelin_audit::registry().map(|c| c.id).collect();
+    assert_eq!(listed, registered);
+}
+
+/// The arguments that point an audit at a test world: its DNS server, the port of its MX
+/// hosts, a blocklist zone of its own (nothing is asked outside), no exit code for findings
+/// below critical.
+fn local_world_args<'a>(nameserver: &'a str, smtp_port: &'a str) -> [&'a str; 8] {
+    [
+        "--nameserver",
+        nameserver,
+        "--smtp-port",
+        smtp_port,
+        "--dnsbl",
+        "bl.example.org",
+        "--fail-on",
+        "critical",
+    ]
+}
+
 /// Connections the gateway has logged so far, once the count has stopped moving.
 fn connections(ravelin: &Ravelin) -> usize {
     let mut last = usize::MAX;
@@ -1069,17 +1174,10 @@ fn domains_sharing_an_mx_host_share_its_audit() {
     let audit = |domains: &[&str]| {
         let before = connections(&ravelin);
         let common = [
-            "--nameserver",
-            nameserver.as_str(),
-            "--smtp-port",
-            port.as_str(),
-            "--dnsbl",
-            "bl.example.org",
-            "--ca-file",
-            ca.as_str(),
-            "--fail-on",
-            "critical",
-        ];
+            &local_world_args(&nameserver, &port)[..],
+            &["--ca-file", ca.as_str()],
+        ]
+        .concat();
         let a = Audit::run(&[&common[..], domains].concat());
         assert_ne!(a.exit, 2, "{:#}\n{}", a.report, a.stderr);
         (a, connections(&ravelin) - before)

@@ -62,6 +62,9 @@ pub struct DnsOptions {
     /// The policy fetch's TLS configurations, built once per CA file for the run (loading
     /// the trust anchors costs more than a handshake) and shared by clones.
     pub mta_sts_tls: mta_sts::TlsConfigs,
+    /// The checks the run makes (`--check`, `--skip-check`): the DNS checks not selected
+    /// are not run, and the run leaves every other unselected finding out of the report.
+    pub checks: crate::select::Selection,
 }
 
 impl Default for DnsOptions {
@@ -74,6 +77,7 @@ impl Default for DnsOptions {
             mta_sts_ca_file: None,
             mta_sts_timeout: Duration::from_secs(10),
             mta_sts_tls: mta_sts::TlsConfigs::default(),
+            checks: crate::select::Selection::default(),
         }
     }
 }
@@ -223,22 +227,37 @@ where
     (mx, findings, out)
 }
 
-/// The findings of the checks that do not look at the MX set: SPF, DMARC, DKIM, TLS-RPT, CAA.
-struct WithoutMx([Finding; 5]);
+/// The findings of the checks that do not look at the MX set: SPF, DMARC, DKIM, TLS-RPT, CAA
+/// (none for a check the run does not make).
+struct WithoutMx([Option<Finding>; 5]);
+
+/// `check`'s finding when the run makes the check `id`; otherwise nothing, and `check` (a
+/// future not yet polled) sends no query.
+async fn selected(
+    ctx: &DnsCtx<'_>,
+    id: &str,
+    check: impl std::future::Future<Output = Finding>,
+) -> Option<Finding> {
+    if ctx.options.checks.wants(id) {
+        Some(check.await)
+    } else {
+        None
+    }
+}
 
 async fn without_mx(ctx: &DnsCtx<'_>) -> WithoutMx {
     let (spf, dmarc, dkim, tlsrpt, caa) = tokio::join!(
-        spf::check(ctx),
-        dmarc::check(ctx),
-        dkim::check(ctx),
-        tlsrpt::check(ctx),
-        caa::check(ctx),
+        selected(ctx, "dns.spf", spf::check(ctx)),
+        selected(ctx, "dns.dmarc", dmarc::check(ctx)),
+        selected(ctx, "dns.dkim", dkim::check(ctx)),
+        selected(ctx, "dns.tlsrpt", tlsrpt::check(ctx)),
+        selected(ctx, "dns.caa", caa::check(ctx)),
     );
     WithoutMx([spf, dmarc, dkim, tlsrpt, caa])
 }
 
 /// `dns.mta_sts` (skipped for a null MX) and `dns.dnssec`, which look at the MX set.
-async fn needing_mx(ctx: &DnsCtx<'_>, mx: &MxSet) -> [Finding; 2] {
+async fn needing_mx(ctx: &DnsCtx<'_>, mx: &MxSet) -> [Option<Finding>; 2] {
     let mta_sts = async {
         if mx.is_null() {
             not_receiving(ctx, "dns.mta_sts")
@@ -246,32 +265,34 @@ async fn needing_mx(ctx: &DnsCtx<'_>, mx: &MxSet) -> [Finding; 2] {
             mta_sts::check(ctx, mx).await
         }
     };
-    let (mta_sts, dnssec) = tokio::join!(mta_sts, dnssec::check(ctx, mx));
+    let (mta_sts, dnssec) = tokio::join!(
+        selected(ctx, "dns.mta_sts", mta_sts),
+        selected(ctx, "dns.dnssec", dnssec::check(ctx, mx)),
+    );
     [mta_sts, dnssec]
 }
 
-/// Every domain-level finding in a fixed order; `dns.tlsrpt` is skipped for a null MX.
+/// Every domain-level finding of the run's checks in a fixed order; `dns.tlsrpt` is skipped
+/// for a null MX.
 fn assemble(
     ctx: &DnsCtx<'_>,
     mx: &MxSet,
     WithoutMx([spf, dmarc, dkim, tlsrpt, caa]): WithoutMx,
-    [mta_sts, dnssec]: [Finding; 2],
+    [mta_sts, dnssec]: [Option<Finding>; 2],
 ) -> Vec<Finding> {
-    let tlsrpt = if mx.is_null() {
-        not_receiving(ctx, "dns.tlsrpt")
-    } else {
-        tlsrpt
+    let tlsrpt = match tlsrpt {
+        Some(_) if mx.is_null() => Some(not_receiving(ctx, "dns.tlsrpt")),
+        other => other,
     };
-    vec![
-        mx::finding(ctx, mx),
-        spf,
-        dmarc,
-        dkim,
-        mta_sts,
-        tlsrpt,
-        dnssec,
-        caa,
-    ]
+    let mx = ctx
+        .options
+        .checks
+        .wants("dns.mx")
+        .then(|| mx::finding(ctx, mx));
+    [mx, spf, dmarc, dkim, mta_sts, tlsrpt, dnssec, caa]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A check about receiving mail over TLS, skipped for a domain with a null MX (it takes no
@@ -301,7 +322,8 @@ pub async fn audit_endpoint(
     tls: &std::sync::Arc<crate::tls::TlsOptions>,
 ) -> Vec<Finding> {
     let mut findings = address_checks(ctx, endpoint, reachable, smtp).await;
-    findings.push(dane::check(ctx.resolver, endpoint, reachable, tls).await);
+    let dane = dane::check(ctx.resolver, endpoint, reachable, tls);
+    findings.extend(selected(ctx, "dns.dane", dane).await);
     findings
 }
 
@@ -324,8 +346,16 @@ async fn address_checks(
     smtp: &crate::smtp::SmtpOptions,
 ) -> Vec<Finding> {
     let (ptr, dnsbl) = tokio::join!(
-        ptr::check(ctx.resolver, endpoint, reachable, smtp),
-        dnsbl::check(ctx.resolver, endpoint, ctx.options),
+        selected(
+            ctx,
+            "dns.ptr",
+            ptr::check(ctx.resolver, endpoint, reachable, smtp)
+        ),
+        selected(
+            ctx,
+            "reputation.dnsbl",
+            dnsbl::check(ctx.resolver, endpoint, ctx.options)
+        ),
     );
-    vec![ptr, dnsbl]
+    [ptr, dnsbl].into_iter().flatten().collect()
 }
