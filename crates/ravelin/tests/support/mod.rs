@@ -1505,7 +1505,14 @@ impl RavelinConfig {
             retry_initial: "1s".into(),
             // Sender authentication would ask the system's resolver, outside loopback; tests
             // that want it call `checks`, with their own name servers.
-            lines: vec![("checks".into(), "enabled = false".into())],
+            // The embedded store runs each operation on the blocking pool and syncs a ban to
+            // disk; on a loaded test machine that can outlast the default 500 ms bound, and
+            // the gateway then fails open (no ban, no count): its designed behaviour, which
+            // the tests of an unreachable store ask for with a short timeout of their own.
+            lines: vec![
+                ("checks".into(), "enabled = false".into()),
+                ("state".into(), "timeout = \"5s\"".into()),
+            ],
             extra: String::new(),
         }
     }
@@ -1554,8 +1561,12 @@ impl RavelinConfig {
         self
     }
 
-    /// Adds `line` (e.g. `max_attempts = 3`) to `[section]` ("" for the top level).
+    /// Adds `line` (e.g. `max_attempts = 3`) to `[section]` ("" for the top level),
+    /// replacing a line of that section that sets the same key.
     pub fn set(mut self, section: &str, line: &str) -> Self {
+        let key = |l: &str| l.split('=').next().map(|k| k.trim().to_string());
+        self.lines
+            .retain(|(s, l)| !(s == section && l.contains('=') && key(l) == key(line)));
         self.lines.push((section.into(), line.into()));
         self
     }
