@@ -13,10 +13,14 @@
 //!   sockets cannot be opened (an IPv6 server on an IPv4-only host) fails every attempt sent
 //!   to it.
 //! - Queries start at the name server that answered last, and go to its sockets in turn.
-//! - Each query has a random ID unused on its socket (at most [`MAX_IN_FLIGHT`] per socket),
-//!   and an answer is taken only when it is a response with that ID whose question is the
+//! - Each query has a random ID unused on its socket, and an answer is taken only when it is a response with that ID whose question is the
 //!   query's (type and class equal, the name equal ignoring case, as hickory compares them;
 //!   RFC 5452 §9.1). Anything else is dropped and the query keeps waiting for its real answer.
+//! - A socket carries at most as many queries at once as its receive buffer has room for
+//!   answers ([`in_flight_bound`]: the buffer the kernel granted, which net.core.rmem_max
+//!   caps, over [`ANSWER_ROOM`]; never more than [`MAX_IN_FLIGHT`]); a query beyond that
+//!   waits for a free slot within its attempt's timeout, so that a burst of answers never
+//!   overflows the buffer and loses answers to timeouts.
 //! - One writer task per socket sends the queries queued since it last ran together, in one
 //!   `sendmmsg` (a batch run's queries come in bursts: one system call and one wake-up of the
 //!   name server per burst cost less than one per query); a query that cannot be sent fails
@@ -52,7 +56,7 @@ use nix::sys::socket::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::resolver::Failure;
@@ -60,18 +64,22 @@ use crate::resolver::Failure;
 /// The UDP sockets kept per name server.
 pub const LANES: usize = 4;
 
-/// The most queries waiting for an answer on one socket. A batch run has far fewer (its
-/// concurrency bounds them); the bound keeps the random ID of each a guess among 64 at worst
-/// for a forger, and the socket's receive buffer able to hold a burst of answers.
+/// The most queries waiting for an answer on one socket, however large its receive buffer:
+/// the bound keeps the random ID of each a guess among 64 at worst for a forger.
 pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// The receive-buffer memory counted per query in flight: what Linux charges for an answer
+/// of up to the 1 232-byte EDNS payload the resolver announces (measured on loopback: about
+/// 830 bytes for a 100-byte datagram, 1.3 KiB for 500, 2.3 KiB for 1 200).
+pub const ANSWER_ROOM: usize = 2304;
 
 /// How long a reader waits after a run of receive errors before reading again.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
-/// The receive buffer asked for each socket: room for a burst of answers to every query in
-/// flight (at about 1 KiB of kernel memory each) while the reader is not scheduled; the
-/// default (208 KiB on Linux) overflows at a concurrency of about 64, and a dropped answer
-/// costs its query a timeout.
+/// The receive buffer asked for each socket: room for a burst of answers to
+/// [`MAX_IN_FLIGHT`] queries while the reader is not scheduled. The kernel grants at most
+/// net.core.rmem_max (208 KiB by default on Linux, reported doubled), and the socket then
+/// carries fewer queries at once ([`in_flight_bound`]).
 const RECEIVE_BUFFER: usize = 2 << 20;
 
 /// The most answers one `recvmmsg` reads.
@@ -94,6 +102,8 @@ pub(crate) struct Multiplexer {
     timeout: Duration,
     attempts: usize,
     edns_payload: u16,
+    /// The receive buffer asked for each socket ([`RECEIVE_BUFFER`]; smaller in tests).
+    receive_buffer: usize,
 }
 
 /// A name server and its sockets, opened at its first query (or the reason they could not
@@ -106,6 +116,8 @@ struct Server {
 /// One socket, the queries waiting for an answer on it, and the queue of its writer.
 struct Lane {
     shared: Arc<Shared>,
+    /// One permit per query the socket's receive buffer has room to answer.
+    slots: Semaphore,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
@@ -182,6 +194,7 @@ impl Multiplexer {
             timeout,
             attempts: attempts.max(1),
             edns_payload,
+            receive_buffer: RECEIVE_BUFFER,
         }
     }
 
@@ -203,9 +216,11 @@ impl Multiplexer {
                 .lanes
                 .get_or_init(|| {
                     Box::pin(async {
-                        open_lanes(server.addr).await.map_err(|e| {
-                            format!("cannot open a DNS socket to {}: {e}", server.addr)
-                        })
+                        open_lanes(server.addr, self.receive_buffer)
+                            .await
+                            .map_err(|e| {
+                                format!("cannot open a DNS socket to {}: {e}", server.addr)
+                            })
                     })
                 })
                 .await
@@ -234,56 +249,62 @@ impl Multiplexer {
         last
     }
 
-    /// One attempt over one socket.
+    /// One attempt over one socket, within the timeout: waiting for a free slot on the
+    /// socket, then for the answer.
     async fn ask_lane(
         &self,
         lane: &Lane,
         server: SocketAddr,
         query: &Query,
     ) -> Result<Message, Failure> {
-        let (reply, answer) = oneshot::channel();
-        let ticket = lane.shared.tickets.fetch_add(1, Ordering::Relaxed);
-        let id = {
-            let mut waiting = lock(&lane.shared.waiting);
-            if waiting.len() >= MAX_IN_FLIGHT {
-                return Err(Failure::Other(format!(
-                    "more than {MAX_IN_FLIGHT} DNS queries in flight on one socket to {server}"
-                )));
-            }
-            let id = loop {
-                let id: u16 = rand::random();
-                if !waiting.contains_key(&id) {
-                    break id;
-                }
+        let attempt = async {
+            let closed = || Failure::Other(format!("the socket to {server} was closed"));
+            // Held until the attempt ends; the semaphore is never closed.
+            let _slot = lane.slots.acquire().await.map_err(|_| closed())?;
+            let (reply, answer) = oneshot::channel();
+            let ticket = lane.shared.tickets.fetch_add(1, Ordering::Relaxed);
+            let id = {
+                let mut waiting = lock(&lane.shared.waiting);
+                // The slots keep the table under MAX_IN_FLIGHT: an unused ID exists.
+                let id = loop {
+                    let id: u16 = rand::random();
+                    if !waiting.contains_key(&id) {
+                        break id;
+                    }
+                };
+                waiting.insert(
+                    id,
+                    Waiting {
+                        ticket,
+                        query: query.clone(),
+                        reply,
+                    },
+                );
+                id
             };
-            waiting.insert(
+            // Removes the entry however this attempt ends: answered, timed out or cancelled.
+            let _entry = Entry {
+                shared: &lane.shared,
                 id,
-                Waiting {
-                    ticket,
-                    query: query.clone(),
-                    reply,
-                },
-            );
-            id
+                ticket,
+            };
+            let bytes = encode(id, query, self.edns_payload)?;
+            // The writer's task ends only when the transport is dropped.
+            lane.outgoing
+                .send(Outgoing { id, ticket, bytes })
+                .map_err(|_| closed())?;
+            answer.await.map_err(|_| closed())?
         };
-        // Removes the entry however this attempt ends: answered, timed out or cancelled.
-        let _entry = Entry {
-            shared: &lane.shared,
-            id,
-            ticket,
-        };
-        let bytes = encode(id, query, self.edns_payload)?;
-        let closed = || Failure::Other(format!("the socket to {server} was closed"));
-        // The writer's task ends only when the transport is dropped.
-        lane.outgoing
-            .send(Outgoing { id, ticket, bytes })
-            .map_err(|_| closed())?;
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(closed()),
-            Err(_) => Err(Failure::Timeout),
-        }
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
     }
+}
+
+/// How many queries a socket whose receive buffer is `granted` bytes (as the kernel reports
+/// it) carries at once: one per [`ANSWER_ROOM`], at least one, at most [`MAX_IN_FLIGHT`].
+pub fn in_flight_bound(granted: usize) -> usize {
+    (granted / ANSWER_ROOM).clamp(1, MAX_IN_FLIGHT)
 }
 
 /// Removes a query from its socket's table when dropped, unless it was taken out already
@@ -300,8 +321,10 @@ impl Drop for Entry<'_> {
     }
 }
 
-/// [`LANES`] connected sockets to `server`, each with its reader and writer tasks.
-async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
+/// [`LANES`] connected sockets to `server`, each asking for a `receive_buffer` of that many
+/// bytes, with its reader and writer tasks and as many slots as the buffer it got has room
+/// for.
+async fn open_lanes(server: SocketAddr, receive_buffer: usize) -> io::Result<Vec<Lane>> {
     let local: IpAddr = match server {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
@@ -310,8 +333,19 @@ async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
     for _ in 0..LANES {
         let socket = UdpSocket::bind((local, 0)).await?;
         // Best effort: the kernel caps the size at net.core.rmem_max.
-        if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECEIVE_BUFFER) {
+        let buffer = socket2::SockRef::from(&socket);
+        if let Err(e) = buffer.set_recv_buffer_size(receive_buffer) {
             tracing::debug!(error = %e, "cannot enlarge a DNS socket's receive buffer");
+        }
+        // What was granted; Linux's default (208 KiB) when it cannot be read.
+        let granted = buffer.recv_buffer_size().unwrap_or(212_992);
+        let slots = in_flight_bound(granted);
+        if slots < MAX_IN_FLIGHT {
+            tracing::debug!(
+                granted,
+                slots,
+                "a DNS socket's receive buffer bounds its queries in flight (net.core.rmem_max)"
+            );
         }
         socket.connect(server).await?;
         let shared = Arc::new(Shared {
@@ -325,6 +359,7 @@ async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
         let writer = tokio::spawn(write_queries(shared.clone(), queue));
         lanes.push(Lane {
             shared,
+            slots: Semaphore::new(slots),
             outgoing,
             reader,
             writer,
@@ -336,8 +371,8 @@ async fn open_lanes(server: SocketAddr) -> io::Result<Vec<Lane>> {
 /// The writer of one socket: sends what is queued, as many queries at once as are ready when
 /// it runs (it lets the other ready tasks run first, so that a burst goes out in one system
 /// call). A query that gave up meanwhile (timed out or cancelled) is not sent; one the kernel
-/// refuses is answered with the error. The queue is unbounded: the waiting table bounds the
-/// live queries in it at [`MAX_IN_FLIGHT`], and those that gave up are dropped at each turn.
+/// refuses is answered with the error. The queue is unbounded: the socket's slots bound the
+/// live queries in it ([`in_flight_bound`]), and those that gave up are dropped at each turn.
 async fn write_queries(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let mut batch = Vec::with_capacity(SEND_BATCH);
     while queue.recv_many(&mut batch, SEND_BATCH).await > 0 {
@@ -594,7 +629,9 @@ mod tests {
 
     #[tokio::test]
     async fn lanes_ask_for_a_receive_buffer_that_holds_a_burst() {
-        let lanes = open_lanes("127.0.0.1:53".parse().unwrap()).await.unwrap();
+        let lanes = open_lanes("127.0.0.1:53".parse().unwrap(), RECEIVE_BUFFER)
+            .await
+            .unwrap();
         assert_eq!(lanes.len(), LANES);
         // The kernel caps the request at net.core.rmem_max and reports twice what it keeps
         // (an untouched socket reports net.core.rmem_default, at most rmem_max).
@@ -611,7 +648,86 @@ mod tests {
                 size >= 2 * RECEIVE_BUFFER.min(cap),
                 "{size} bytes, rmem_max {cap}"
             );
+            assert_eq!(lane.slots.available_permits(), in_flight_bound(size));
         }
+    }
+
+    #[test]
+    fn the_receive_buffer_granted_bounds_the_queries_in_flight() {
+        // Linux's default buffer, reported doubled: 184 answers of up to 1 232 bytes.
+        assert_eq!(in_flight_bound(425_984), 184);
+        assert_eq!(in_flight_bound(2 * RECEIVE_BUFFER), MAX_IN_FLIGHT);
+        assert_eq!(in_flight_bound(0), 1);
+    }
+
+    /// A name server that answers in bursts: it takes every query that arrives until none has
+    /// come for 50 ms, then sends all their answers back to back (NOERROR, no records), as a
+    /// fast server answers a batch run's burst of questions. Returns its address and the
+    /// largest burst it answered.
+    fn bursty_server() -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            server
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let (mut largest, mut idle) = (0, 0);
+            let mut buffer = [0u8; 512];
+            while idle < 40 {
+                let mut burst = Vec::new();
+                while let Ok((len, from)) = server.recv_from(&mut buffer) {
+                    let mut answer = Message::from_vec(&buffer[..len]).unwrap();
+                    answer.metadata.message_type = MessageType::Response;
+                    burst.push((answer.to_vec().unwrap(), from));
+                }
+                idle = if burst.is_empty() { idle + 1 } else { 0 };
+                largest = largest.max(burst.len());
+                for (bytes, from) in burst {
+                    server.send_to(&bytes, from).unwrap();
+                }
+            }
+            largest
+        });
+        (addr, thread)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_receive_buffer_slows_a_burst_down_and_loses_no_answer() {
+        let (server, largest) = bursty_server();
+        // The smallest buffer Linux grants (4.5 KiB, reported doubled): 4 slots per socket.
+        let mut transport = Multiplexer::new(vec![server], Duration::from_secs(3), 1, 1232);
+        transport.receive_buffer = 1;
+        let transport = Arc::new(transport);
+        let mut queries = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let transport = transport.clone();
+            queries.spawn(async move {
+                let name = format!("q{i}.example.test.");
+                let name = hickory_resolver::proto::rr::Name::from_ascii(&name).unwrap();
+                let query = Query::query(name, hickory_resolver::proto::rr::RecordType::TXT);
+                transport.ask(&query).await
+            });
+        }
+        let mut answered = 0;
+        while let Some(outcome) = queries.join_next().await {
+            match outcome.unwrap() {
+                Ok(_) => answered += 1,
+                Err(e) => panic!("a query was lost: {e:?}"),
+            }
+        }
+        assert_eq!(answered, 200);
+        drop(transport);
+        let largest = largest.join().unwrap();
+        let slots: usize = {
+            let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let buffer = socket2::SockRef::from(&probe);
+            buffer.set_recv_buffer_size(1).unwrap();
+            in_flight_bound(buffer.recv_buffer_size().unwrap())
+        };
+        assert!(
+            largest <= LANES * slots,
+            "a burst of {largest} answers, more than {LANES} sockets x {slots} slots"
+        );
     }
 
     /// A socket's shared state, connected to `server`.
