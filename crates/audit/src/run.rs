@@ -201,7 +201,7 @@ pub async fn audit(
                 }
                 Target::Host(_) => audit_target(&target, &options, &shared, &resolver).await,
             };
-            select_findings(&mut report.findings, &options.dns.checks);
+            select_findings(&mut report, &options.dns.checks);
             on_done(&report);
             (index, report)
         });
@@ -225,6 +225,18 @@ async fn audit_target(
     resolver: &Result<Resolver, String>,
 ) -> TargetReport {
     let name = target.to_string();
+    let checks = &options.dns.checks;
+    if !["smtp", "tls", "ports"]
+        .iter()
+        .any(|family| checks.wants_any_under(family))
+    {
+        // A host has only these checks: none is selected, nothing to connect for.
+        return TargetReport {
+            target: name,
+            endpoints: Vec::new(),
+            findings: Vec::new(),
+        };
+    }
     let endpoints = match resolve(target, &options.names, resolver).await {
         Ok(e) if !e.is_empty() => e,
         Ok(_) => return unresolved(name, "the name has no address".into()),
@@ -240,12 +252,16 @@ async fn audit_target(
     for endpoint in &endpoints {
         let lock = shared.locks.get(endpoint.addr.ip());
         let _held = lock.lock().await;
-        let findings = smtp::audit_endpoint(endpoint, &options.smtp).await;
+        let findings = smtp::audit_endpoint(endpoint, &options.smtp, checks).await;
         let tls_report = if reachable(&findings) {
             if endpoint.role == Role::Mx {
                 answered.push(endpoint.clone());
             }
-            Some(tls_checks(endpoint, options).await)
+            if checks.wants_any_under("tls") {
+                Some(tls_checks(endpoint, options).await)
+            } else {
+                None
+            }
         } else {
             None
         };
@@ -284,14 +300,21 @@ async fn tls_checks(endpoint: &Endpoint, options: &AuditOptions) -> tls::Endpoin
     tls::audit_endpoint_async(tls_target, options.tls.clone()).await
 }
 
-/// Keeps the findings of the checks `checks` selects, and the error telling that a target
-/// could not be reached at all (so that it still counts as not audited).
-pub fn select_findings(findings: &mut Vec<Finding>, checks: &Selection) {
-    if !checks.is_everything() {
-        findings.retain(|f| {
-            checks.wants(&f.id) || (f.id == "smtp.connect" && f.status == Status::Error)
-        });
+/// Keeps the findings of the checks `checks` selects, and those telling why a target could
+/// not be audited, so that it still counts as not audited ([`could_not_run`]): a server that
+/// could not be reached (`smtp.connect`), a configuration that could not be read
+/// (`postfix.config`), a domain without mail hosts to check (`dns.mx`, when it has no
+/// endpoint).
+pub fn select_findings(report: &mut TargetReport, checks: &Selection) {
+    if checks.is_everything() {
+        return;
     }
+    let no_endpoint = report.endpoints.is_empty();
+    report.findings.retain(|f| {
+        checks.wants(&f.id)
+            || (f.status == Status::Error && (f.id == "smtp.connect" || f.id == "postfix.config"))
+            || (f.id == "dns.mx" && no_endpoint)
+    });
 }
 
 /// Whether the SMTP checks reached the endpoint at all.
@@ -318,7 +341,8 @@ async fn audit_domain(
         options: &options.dns,
         domain,
     };
-    if options.dns_only || !options.dns.checks.needs_connection() {
+    let checks = &options.dns.checks;
+    if options.dns_only || !checks.needs_connection() {
         return dns_only(&ctx, port, options).await;
     }
     let (mx, findings, ()) = dns::resolve_and_audit(&ctx, |_| async {}).await;
@@ -340,9 +364,9 @@ async fn audit_domain(
         if seen.host.reachable() {
             let lock = shared.locks.get(endpoint.addr.ip());
             let _held = lock.lock().await;
-            report
-                .findings
-                .extend(smtp::audit_domain_checks(endpoint, &options.smtp, &seen.host).await);
+            report.findings.extend(
+                smtp::audit_domain_checks(endpoint, &options.smtp, &seen.host, checks).await,
+            );
         }
         if let Some(tls_report) = &seen.tls {
             report.findings.extend(tls_report.findings.iter().cloned());
@@ -422,7 +446,9 @@ async fn audit_mx_endpoint(
     let _held = lock.lock().await;
     let host = smtp::audit_host(endpoint, &options.smtp).await;
     let reachable = host.reachable();
-    let tls = if reachable {
+    // `dns.mta_sts` reads the TLS findings of the MX hosts an enforced policy names.
+    let checks = &options.dns.checks;
+    let tls = if reachable && (checks.wants_any_under("tls") || checks.wants("dns.mta_sts")) {
         Some(tls_checks(endpoint, options).await)
     } else {
         None
@@ -439,7 +465,7 @@ async fn exposed_ports(
     options: &AuditOptions,
     shared: &Shared,
 ) -> Vec<Finding> {
-    if !options.port_scan {
+    if !options.port_scan || !options.dns.checks.wants("ports.exposed") {
         return Vec::new();
     }
     let mut done: Vec<IpAddr> = Vec::new();

@@ -1,13 +1,22 @@
 //! Which checks a run makes (`--check` and `--skip-check`): patterns over check ids, where a
 //! pattern names one check (`dns.spf`) or every check below it (`dns`, `smtp.smuggling`).
 //!
-//! The DNS checks that are not selected are not run at all (their lookups are never sent),
-//! and a domain target for which no selected check needs a connection is audited without
-//! connecting to its mail hosts; every other check runs and its findings are left out of the
-//! report. How it fails: a pattern that names no check is refused by [`Selection::new`] with
-//! the families it could have meant, so a typo never silently selects nothing.
+//! A check that is not selected is not run: the DNS checks send no lookup; the SMTP checks
+//! that name the domain (recipients, relay, smuggling: the ones that can leave a message
+//! behind with `--active`), the TLS checks and the port scan make no connection; and a domain
+//! target for which no selected check needs its mail hosts is audited without connecting to
+//! them. A mail host whose checks are wanted still gets the passive SMTP session that tells
+//! whether it answers (its findings are left out of the report when not selected). How it
+//! fails: a pattern that names no check, or patterns that together select none, are refused
+//! by [`Selection::new`], so a typo never silently selects nothing.
 
-use crate::check_ids;
+use std::sync::OnceLock;
+
+/// Every check id, listed once per process.
+fn check_ids() -> &'static [String] {
+    static IDS: OnceLock<Vec<String>> = OnceLock::new();
+    IDS.get_or_init(crate::check_ids)
+}
 
 /// The check ids of a run: those matching an `only` pattern (every id when there is none),
 /// minus those matching a `skip` pattern.
@@ -19,12 +28,18 @@ pub struct Selection {
 
 /// The checks that talk to the mail host itself: a domain target whose selected checks are
 /// all outside these is audited like `--dns-only`. `dns.ptr` compares the PTR name with the
-/// host's banner and EHLO name, and `dns.dane` matches the certificate the host presents.
-const NEED_A_CONNECTION: &[&str] = &["smtp", "tls", "ports", "dns.ptr", "dns.dane"];
+/// host's banner and EHLO name, `dns.dane` matches the certificate the host presents, and
+/// `dns.mta_sts` checks the MX hosts' certificates against an enforced policy.
+pub const NEED_A_CONNECTION: &[&str] =
+    &["smtp", "tls", "ports", "dns.ptr", "dns.dane", "dns.mta_sts"];
+
+/// The family of the smuggling sequences, and the id of the notice that they were skipped.
+const SMUGGLING: &str = "smtp.smuggling";
 
 impl Selection {
     /// A selection from the patterns of `--check` (`only`) and `--skip-check` (`skip`),
-    /// lowercased; an error names the first pattern that matches no check id.
+    /// lowercased; an error names the first pattern that matches no check id, or says that
+    /// the patterns leave none.
     pub fn new(only: &[String], skip: &[String]) -> Result<Selection, String> {
         let ids = check_ids();
         let known = |pattern: &String| -> Result<String, String> {
@@ -45,14 +60,39 @@ impl Selection {
                 ))
             }
         };
-        Ok(Selection {
+        let selection = Selection {
             only: only.iter().map(known).collect::<Result<_, _>>()?,
             skip: skip.iter().map(known).collect::<Result<_, _>>()?,
-        })
+        };
+        if !ids.iter().any(|id| selection.wants(id)) {
+            return Err("these patterns leave no check to make".to_string());
+        }
+        Ok(selection)
     }
 
-    /// Whether the check `id` is selected.
+    /// Whether the check `id` is selected. `smtp.smuggling`, the id of the notice that the
+    /// sequences were not tested, is selected with any of its sequences.
     pub fn wants(&self, id: &str) -> bool {
+        if self.is_everything() {
+            return true;
+        }
+        if id == SMUGGLING {
+            return self.wants_any_under(SMUGGLING);
+        }
+        self.wants_id(id)
+    }
+
+    /// Whether any check of the family `family` (or the check `family` itself) is selected.
+    pub fn wants_any_under(&self, family: &str) -> bool {
+        if self.is_everything() {
+            return true;
+        }
+        check_ids()
+            .iter()
+            .any(|id| matches(family, id) && self.wants_id(id))
+    }
+
+    fn wants_id(&self, id: &str) -> bool {
         (self.only.is_empty() || self.only.iter().any(|p| matches(p, id)))
             && !self.skip.iter().any(|p| matches(p, id))
     }
@@ -64,9 +104,16 @@ impl Selection {
 
     /// Whether a selected check needs a connection to a domain's mail hosts.
     pub fn needs_connection(&self) -> bool {
-        check_ids()
-            .iter()
-            .any(|id| self.wants(id) && NEED_A_CONNECTION.iter().any(|family| matches(family, id)))
+        NEED_A_CONNECTION.iter().any(|f| self.wants_any_under(f))
+    }
+
+    /// Whether a selected check can run without connecting to a mail host (`--dns-only`).
+    pub fn wants_a_lookup(&self) -> bool {
+        check_ids().iter().any(|id| {
+            (matches("dns", id) || matches("reputation", id))
+                && !matches("dns.dane", id)
+                && self.wants(id)
+        })
     }
 }
 
@@ -108,10 +155,19 @@ mod tests {
 
         let family = select(&["dns"], &["dns.dkim"]);
         assert!(family.wants("dns.caa") && !family.wants("dns.dkim"));
-        // dns.ptr and dns.dane read what the host presents.
-        assert!(family.needs_connection());
-        assert!(!select(&["dns"], &["dns.ptr", "dns.dane"]).needs_connection());
+        // dns.ptr, dns.dane and dns.mta_sts read what the host presents.
+        assert!(family.needs_connection() && family.wants_a_lookup());
+        let lookups = select(&["dns"], &["dns.ptr", "dns.dane", "dns.mta_sts"]);
+        assert!(!lookups.needs_connection());
         assert!(select(&[], &["dns"]).needs_connection());
+        assert!(!select(&["tls", "dns.dane"], &[]).wants_a_lookup());
+
+        // The skipped-sequences notice goes with any sequence.
+        let one = crate::smtp::smuggling_ids().next().unwrap();
+        let sequence = select(&[one.as_str()], &[]);
+        assert!(sequence.wants("smtp.smuggling") && sequence.wants(&one));
+        assert!(sequence.wants_any_under("smtp") && !sequence.wants_any_under("tls"));
+        assert!(!select(&["smtp"], &["smtp.smuggling"]).wants("smtp.smuggling"));
     }
 
     #[test]
@@ -123,5 +179,7 @@ mod tests {
             "{err}"
         );
         assert!(Selection::new(&[], &["tsl".to_string()]).is_err());
+        let none = Selection::new(&["dns.spf".to_string()], &["dns".to_string()]).unwrap_err();
+        assert!(none.contains("no check"), "{none}");
     }
 }

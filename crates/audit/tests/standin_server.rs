@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use ravelin_audit::select::Selection;
 use ravelin_audit::smtp::ntlm::{OsVersion, build_challenge};
 use ravelin_audit::smtp::{self, SmtpOptions};
 use ravelin_audit::target::{Endpoint, Role};
@@ -150,7 +151,7 @@ async fn audit(addr: SocketAddr) -> Vec<Finding> {
         role: Role::Mx,
         domain: Some("example.org".into()),
     };
-    smtp::audit_endpoint(&endpoint, &SmtpOptions::default()).await
+    smtp::audit_endpoint(&endpoint, &SmtpOptions::default(), &Selection::default()).await
 }
 
 fn one<'a>(findings: &'a [Finding], id: &str) -> &'a Finding {
@@ -277,7 +278,7 @@ async fn a_server_that_ends_data_at_a_lone_cr_or_lf_fails_every_smuggling_sequen
         smuggling_wait: std::time::Duration::from_secs(2),
         ..SmtpOptions::default()
     };
-    let findings = smtp::audit_endpoint(&endpoint, &options).await;
+    let findings = smtp::audit_endpoint(&endpoint, &options, &Selection::default()).await;
     for seq in ravelin_audit::smtp::smuggling::SEQUENCES {
         let id = format!("smtp.smuggling.{}", seq.name);
         let f = one(&findings, &id);

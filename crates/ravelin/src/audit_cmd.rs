@@ -94,9 +94,11 @@ pub struct AuditArgs {
     #[arg(long)]
     no_port_scan: bool,
     /// Make only this check, or the checks of this family (repeatable): a check id
-    /// (dns.spf) or a family (dns, tls, smtp.smuggling). The DNS checks not chosen send no
-    /// query, and a domain none of whose chosen checks needs its mail hosts (smtp, tls,
-    /// ports, dns.ptr, dns.dane) is audited without connecting to them.
+    /// (dns.spf) or a family (dns, tls, smtp.smuggling). Checks not chosen are not run (no
+    /// query, no connection, nothing sent with --active), except the passive SMTP session
+    /// that tells whether a mail host answers; a domain none of whose chosen checks needs its
+    /// mail hosts (smtp, tls, ports, dns.ptr, dns.dane, dns.mta_sts) is audited without
+    /// connecting to them.
     #[arg(long = "check", value_name = "ID")]
     checks: Vec<String>,
     /// Leave out this check, or the checks of this family (repeatable; wins over --check).
@@ -169,17 +171,26 @@ fn read_targets_file(path: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// `--list-checks`: every check id and its description, one per line or as a JSON array.
+/// `--list-checks`: every check id (the smuggling sequences too) and its description, one
+/// per line or as a JSON array.
 fn list_checks(json: bool) -> ExitCode {
-    let checks = ravelin_audit::registry();
+    let checks: Vec<(String, &str)> = ravelin_audit::check_ids()
+        .into_iter()
+        .map(|id| {
+            let description = render::describe(&id).unwrap_or_default();
+            (id, description)
+        })
+        .collect();
     let text = if json {
         let list: Vec<serde_json::Value> = checks
-            .map(|c| serde_json::json!({"id": c.id, "description": c.description}))
+            .iter()
+            .map(|(id, description)| serde_json::json!({"id": id, "description": description}))
             .collect();
         serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
     } else {
         checks
-            .map(|c| format!("{:<28} {}\n", c.id, c.description))
+            .iter()
+            .map(|(id, description)| format!("{id:<32} {description}\n"))
             .collect()
     };
     use std::io::Write;
@@ -200,6 +211,12 @@ pub fn run(args: AuditArgs) -> ExitCode {
         Ok(checks) => checks,
         Err(e) => return usage(&format!("--check / --skip-check {e}")),
     };
+    if args.dns_only && !checks.wants_a_lookup() {
+        return usage(
+            "--dns-only makes no connection, and the checks chosen all need one (smtp, tls, \
+             ports, dns.dane): drop --dns-only",
+        );
+    }
     let mut specs = args.targets.clone();
     if let Some(path) = &args.targets_file {
         match read_targets_file(path) {
@@ -337,15 +354,13 @@ pub fn run(args: AuditArgs) -> ExitCode {
         bar.finish_and_clear();
     }
     for dir in &args.postfix_config {
-        report.targets.push(TargetReport {
+        let mut lint = TargetReport {
             target: format!("postfix:{}", dir.display()),
             endpoints: vec![dir.join("main.cf").display().to_string()],
-            findings: {
-                let mut findings = lint_postfix_config(dir);
-                run::select_findings(&mut findings, &checks);
-                findings
-            },
-        });
+            findings: lint_postfix_config(dir),
+        };
+        run::select_findings(&mut lint, &checks);
+        report.targets.push(lint);
     }
 
     let color = format == Format::Text

@@ -332,6 +332,29 @@ fn weak_postfix_fails_where_it_should_and_active_tests_deliver_nothing_unintende
         .map(str::to_string)
         .collect();
     assert!(queued.is_empty(), "a relay test was queued: {queued:#?}");
+
+    // With --active but only smtp.vrfy chosen, neither the relay tests nor the smuggling
+    // sequences run: no DATA, no relay recipient, no message.
+    let log_before = postfix.maillog();
+    let count = |log: &str, what: &str| log.matches(what).count();
+    let chosen = Audit::run(&["--active", "--check", "smtp.vrfy", &target]);
+    let ids: Vec<&str> = chosen
+        .findings(0)
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["smtp.vrfy"], "{:#}", chosen.report);
+    chosen.expect(0, &[("smtp.vrfy", "fail")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let log_after = postfix.maillog();
+    for what in ["after DATA", "relaytest", "smuggling"] {
+        assert_eq!(
+            count(&log_before, what),
+            count(&log_after, what),
+            "{what:?} in Postfix's log after the run of smtp.vrfy alone"
+        );
+    }
+    assert_eq!(postfix.messages().len(), delivered_after.len());
 }
 
 /// A Postfix whose SASL server (Dovecot) offers AUTH before TLS, on the mail exchanger too,
@@ -988,23 +1011,7 @@ fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
 
     // Without --dns-only the same run connects to the MX host (answered with a refusing
     // greeting): the listener above is what proves --dns-only did not.
-    let greeter = std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::time::Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    use std::io::Write;
-                    let _ = conn.write_all(b"554 5.3.2 not now\r\n");
-                    return true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("accept on the MX listener: {e}"),
-            }
-        }
-        false
-    });
+    let greeter = refuse_one_greeting(listener);
     let out = ravelin_cli(
         &[&["audit"][..], &common[..], &["example.org"]].concat(),
         WAIT,
@@ -1115,12 +1122,57 @@ fn chosen_checks_run_and_the_others_cost_nothing() {
             describe(&out)
         );
     }
+    let out = ravelin_cli(
+        &["audit", "--dns-only", "--check", "tls", "example.org"],
+        WAIT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let out = ravelin_cli(&["audit", "--list-checks", "--format", "json"], WAIT);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).expect("--list-checks JSON");
+    assert!(
+        listed
+            .iter()
+            .all(|c| c["description"].as_str().is_some_and(|d| !d.is_empty())),
+        "{listed:?}"
+    );
     let listed: Vec<&str> = listed.iter().filter_map(|c| c["id"].as_str()).collect();
-    let registered: Vec<&str> = ravelin_audit::registry().map(|c| c.id).collect();
-    assert_eq!(listed, registered);
+    assert_eq!(listed, ravelin_audit::check_ids());
+    assert!(listed.iter().any(|id| id.starts_with("smtp.smuggling.")));
+
+    // A chosen check of the mail host: the domain is connected to, and a host that cannot be
+    // audited (it refuses at the greeting) still makes the run exit 3 with its smtp.connect
+    // error, however few checks were chosen.
+    let greeter = refuse_one_greeting(listener);
+    let (refused, _) = queries(&["--check", "smtp.vrfy", "example.org"]);
+    assert!(
+        greeter.join().expect("greeter thread"),
+        "smtp.vrfy connects"
+    );
+    assert_eq!(refused.exit, 3, "{:#}", refused.report);
+    assert_eq!(ids(&refused), ["smtp.connect"], "{:#}", refused.report);
+}
+
+/// Answers the first connection to the non-blocking `listener` with a refusing greeting, as
+/// a mail host that cannot be audited; the thread returns whether one came within [`WAIT`].
+fn refuse_one_greeting(listener: std::net::TcpListener) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    use std::io::Write;
+                    let _ = conn.write_all(b"554 5.3.2 not now\r\n");
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept on the MX listener: {e}"),
+            }
+        }
+        false
+    })
 }
 
 /// The arguments that point an audit at a test world: its DNS server, the port of its MX

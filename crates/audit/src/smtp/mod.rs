@@ -54,6 +54,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ravelin_wire::Reply;
 
 use crate::finding::{Finding, Severity, Status};
+use crate::select::Selection;
 use crate::target::Endpoint;
 use probe::ProbeSettings;
 use session::{Ehlo, OpenError};
@@ -424,11 +425,16 @@ impl HostFindings {
     }
 }
 
-/// Runs every SMTP check on one endpoint: [`audit_host`], then [`audit_domain_checks`].
-pub async fn audit_endpoint(endpoint: &Endpoint, options: &SmtpOptions) -> Vec<Finding> {
+/// Runs the SMTP checks of `checks` on one endpoint: [`audit_host`], then
+/// [`audit_domain_checks`].
+pub async fn audit_endpoint(
+    endpoint: &Endpoint,
+    options: &SmtpOptions,
+    checks: &Selection,
+) -> Vec<Finding> {
     let host = audit_host(endpoint, options).await;
     let mut findings = host.findings.clone();
-    findings.extend(audit_domain_checks(endpoint, options, &host).await);
+    findings.extend(audit_domain_checks(endpoint, options, &host, checks).await);
     findings
 }
 
@@ -472,25 +478,38 @@ pub async fn audit_host(endpoint: &Endpoint, options: &SmtpOptions) -> HostFindi
 
 /// The checks that name the endpoint's mail domain (`endpoint.domain`): VRFY and EXPN of its
 /// postmaster, mail before TLS to it, open relay (its tricks go through the domain), catch-all
-/// and enumeration of its addresses, and smuggling (`--active`). Nothing when `host` could
-/// not connect.
+/// and enumeration of its addresses, and smuggling (`--active`): those `checks` selects
+/// (the others open no session, and send nothing with `--active`). Nothing when `host`
+/// could not connect.
 pub async fn audit_domain_checks(
     endpoint: &Endpoint,
     options: &SmtpOptions,
     host: &HostFindings,
+    checks: &Selection,
 ) -> Vec<Finding> {
     let Some(d) = &host.discovery else {
         return Vec::new();
     };
     let ctx = Ctx::new(endpoint, options);
-    let mut findings = vec![
-        recipients::vrfy(&ctx).await,
-        recipients::expn(&ctx).await,
-        auth::plaintext_mail(&ctx, d).await,
-        relay::open_relay(&ctx, d).await,
-    ];
-    findings.extend(recipients::catch_all_and_enumeration(&ctx).await);
-    findings.extend(smuggling::run(&ctx).await);
+    let mut findings = Vec::new();
+    if checks.wants("smtp.vrfy") {
+        findings.push(recipients::vrfy(&ctx).await);
+    }
+    if checks.wants("smtp.expn") {
+        findings.push(recipients::expn(&ctx).await);
+    }
+    if checks.wants("smtp.plaintext_mail_accepted") {
+        findings.push(auth::plaintext_mail(&ctx, d).await);
+    }
+    if checks.wants("smtp.open_relay") {
+        findings.push(relay::open_relay(&ctx, d).await);
+    }
+    if checks.wants("smtp.catch_all") || checks.wants("smtp.rcpt_enumeration") {
+        findings.extend(recipients::catch_all_and_enumeration(&ctx).await);
+    }
+    if checks.wants("smtp.smuggling") {
+        findings.extend(smuggling::run(&ctx, checks).await);
+    }
     findings
 }
 

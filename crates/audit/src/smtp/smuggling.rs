@@ -20,6 +20,7 @@
 use super::probe::ProbeError;
 use super::{Ctx, said, session};
 use crate::finding::{Finding, Severity, Status};
+use crate::select::Selection;
 use crate::target::Role;
 
 /// What the smuggling checks are about.
@@ -89,8 +90,8 @@ const FIX: &str = "Accept only <CRLF>.<CRLF> as the end of data and refuse bare 
     later. Exim: 4.97.1 or later. Exchange and appliances: apply the vendor's fix, or let the \
     gateway face the internet (it refuses bare CR and LF and re-sends canonical CRLF).";
 
-/// Runs every sequence (or reports the checks skipped without `--active`).
-pub async fn run(ctx: &Ctx<'_>) -> Vec<Finding> {
+/// Runs every sequence `checks` selects (or reports the checks skipped without `--active`).
+pub async fn run(ctx: &Ctx<'_>, checks: &Selection) -> Vec<Finding> {
     if !ctx.options.active {
         return vec![ctx.skipped(
             "smtp.smuggling",
@@ -109,11 +110,13 @@ pub async fn run(ctx: &Ctx<'_>) -> Vec<Finding> {
         None => "postmaster".to_string(),
     };
     let mut out = Vec::new();
-    for (i, seq) in SEQUENCES.iter().enumerate() {
+    let wanted = |seq: &&Sequence| checks.wants(&format!("smtp.smuggling.{}", seq.name));
+    let sequences: Vec<&Sequence> = SEQUENCES.iter().filter(wanted).collect();
+    for (i, seq) in sequences.iter().enumerate() {
         match one(ctx, seq, &recipient).await {
             Ok(f) => out.push(f),
             Err(Stop(why)) => {
-                for rest in &SEQUENCES[i..] {
+                for rest in &sequences[i..] {
                     out.push(ctx.skipped(format!("smtp.smuggling.{}", rest.name), why.clone()));
                 }
                 break;
