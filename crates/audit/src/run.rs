@@ -226,11 +226,8 @@ async fn audit_target(
 ) -> TargetReport {
     let name = target.to_string();
     let checks = &options.dns.checks;
-    if !["smtp", "tls", "ports"]
-        .iter()
-        .any(|family| checks.wants_any_under(family))
-    {
-        // A host has only these checks: none is selected, nothing to connect for.
+    if !checks.wants_a_host_check() {
+        // A host has no other checks: nothing to connect for.
         return TargetReport {
             target: name,
             endpoints: Vec::new(),

@@ -12,8 +12,8 @@
 
 use std::sync::OnceLock;
 
-/// Every check id, listed once per process.
-fn check_ids() -> &'static [String] {
+/// Every check id ([`crate::check_ids`]), listed once per process.
+fn all_ids() -> &'static [String] {
     static IDS: OnceLock<Vec<String>> = OnceLock::new();
     IDS.get_or_init(crate::check_ids)
 }
@@ -26,12 +26,15 @@ pub struct Selection {
     skip: Vec<String>,
 }
 
-/// The checks that talk to the mail host itself: a domain target whose selected checks are
-/// all outside these is audited like `--dns-only`. `dns.ptr` compares the PTR name with the
-/// host's banner and EHLO name, `dns.dane` matches the certificate the host presents, and
-/// `dns.mta_sts` checks the MX hosts' certificates against an enforced policy.
-pub const NEED_A_CONNECTION: &[&str] =
-    &["smtp", "tls", "ports", "dns.ptr", "dns.dane", "dns.mta_sts"];
+/// The check families of a mail host itself, the only checks of a host target.
+const HOST_FAMILIES: &[&str] = &["smtp", "tls", "ports"];
+
+/// The DNS checks that also read what a domain's mail hosts present: `dns.ptr` compares the
+/// PTR name with the host's banner and EHLO name, `dns.dane` matches the certificate the host
+/// presents, and `dns.mta_sts` checks the MX hosts' certificates against an enforced policy.
+/// With [`HOST_FAMILIES`], the checks that need a connection: a domain target whose selected
+/// checks are all outside them is audited like `--dns-only`.
+const DNS_READING_HOSTS: &[&str] = &["dns.ptr", "dns.dane", "dns.mta_sts"];
 
 /// The family of the smuggling sequences, and the id of the notice that they were skipped.
 const SMUGGLING: &str = "smtp.smuggling";
@@ -41,7 +44,7 @@ impl Selection {
     /// lowercased; an error names the first pattern that matches no check id, or says that
     /// the patterns leave none.
     pub fn new(only: &[String], skip: &[String]) -> Result<Selection, String> {
-        let ids = check_ids();
+        let ids = all_ids();
         let known = |pattern: &String| -> Result<String, String> {
             let pattern = pattern.trim().to_ascii_lowercase();
             if ids.iter().any(|id| matches(&pattern, id)) {
@@ -87,7 +90,7 @@ impl Selection {
         if self.is_everything() {
             return true;
         }
-        check_ids()
+        all_ids()
             .iter()
             .any(|id| matches(family, id) && self.wants_id(id))
     }
@@ -102,14 +105,19 @@ impl Selection {
         self.only.is_empty() && self.skip.is_empty()
     }
 
+    /// Whether a check of a mail host itself (SMTP, TLS, ports) is selected.
+    pub fn wants_a_host_check(&self) -> bool {
+        HOST_FAMILIES.iter().any(|f| self.wants_any_under(f))
+    }
+
     /// Whether a selected check needs a connection to a domain's mail hosts.
     pub fn needs_connection(&self) -> bool {
-        NEED_A_CONNECTION.iter().any(|f| self.wants_any_under(f))
+        self.wants_a_host_check() || DNS_READING_HOSTS.iter().any(|f| self.wants_any_under(f))
     }
 
     /// Whether a selected check can run without connecting to a mail host (`--dns-only`).
     pub fn wants_a_lookup(&self) -> bool {
-        check_ids().iter().any(|id| {
+        all_ids().iter().any(|id| {
             (matches("dns", id) || matches("reputation", id))
                 && !matches("dns.dane", id)
                 && self.wants(id)

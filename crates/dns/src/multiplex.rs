@@ -13,9 +13,9 @@
 //!   sockets cannot be opened (an IPv6 server on an IPv4-only host) fails every attempt sent
 //!   to it.
 //! - Queries start at the name server that answered last, and go to its sockets in turn.
-//! - Each query has a random ID unused on its socket, and an answer is taken only when it is a response with that ID whose question is the
-//!   query's (type and class equal, the name equal ignoring case, as hickory compares them;
-//!   RFC 5452 §9.1). Anything else is dropped and the query keeps waiting for its real answer.
+//! - Each query has a random ID unused on its socket, and an answer is taken only when it is
+//!   a response with that ID whose question is the query's (type and class equal, the name
+//!   equal ignoring case, as hickory compares them; RFC 5452 §9.1). Anything else is dropped and the query keeps waiting for its real answer.
 //! - A socket carries at most as many queries at once as its receive buffer has room for
 //!   answers ([`in_flight_bound`]: the buffer the kernel granted, which net.core.rmem_max
 //!   caps, over [`ANSWER_ROOM`]; never more than [`MAX_IN_FLIGHT`]); a query beyond that

@@ -173,9 +173,7 @@ pub const CHECKS: &[CheckInfo] = &[
 
 /// The ids of the remote smuggling checks, one per sequence.
 pub fn smuggling_ids() -> impl Iterator<Item = String> {
-    smuggling::SEQUENCES
-        .iter()
-        .map(|s| format!("smtp.smuggling.{}", s.name))
+    smuggling::SEQUENCES.iter().map(smuggling::Sequence::id)
 }
 
 /// What one check is about, for renderers (`None` for unknown ids).

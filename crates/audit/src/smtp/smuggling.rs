@@ -35,6 +35,13 @@ pub struct Sequence {
     pub bytes: &'static [u8],
 }
 
+impl Sequence {
+    /// The check id of the sequence: `smtp.smuggling.<name>`.
+    pub fn id(&self) -> String {
+        format!("smtp.smuggling.{}", self.name)
+    }
+}
+
 /// The sequences tested (SEC Consult's SMTP smuggling research and its follow-ups).
 pub const SEQUENCES: &[Sequence] = &[
     Sequence {
@@ -110,14 +117,13 @@ pub async fn run(ctx: &Ctx<'_>, checks: &Selection) -> Vec<Finding> {
         None => "postmaster".to_string(),
     };
     let mut out = Vec::new();
-    let wanted = |seq: &&Sequence| checks.wants(&format!("smtp.smuggling.{}", seq.name));
-    let sequences: Vec<&Sequence> = SEQUENCES.iter().filter(wanted).collect();
+    let sequences: Vec<&Sequence> = SEQUENCES.iter().filter(|s| checks.wants(&s.id())).collect();
     for (i, seq) in sequences.iter().enumerate() {
         match one(ctx, seq, &recipient).await {
             Ok(f) => out.push(f),
             Err(Stop(why)) => {
                 for rest in &sequences[i..] {
-                    out.push(ctx.skipped(format!("smtp.smuggling.{}", rest.name), why.clone()));
+                    out.push(ctx.skipped(rest.id(), why.clone()));
                 }
                 break;
             }
@@ -130,7 +136,7 @@ pub async fn run(ctx: &Ctx<'_>, checks: &Selection) -> Vec<Finding> {
 struct Stop(String);
 
 async fn one(ctx: &Ctx<'_>, seq: &Sequence, recipient: &str) -> Result<Finding, Stop> {
-    let id = format!("smtp.smuggling.{}", seq.name);
+    let id = seq.id();
     let mut s = match session::open(ctx.endpoint, ctx.options).await {
         Ok(s) => s,
         Err(e) => return Ok(ctx.open_error(id, &e)),
