@@ -23,7 +23,9 @@
 //! TTL. A run that asks many questions, many of them the same (a batch audit), builds its
 //! resolver with [`Resolver::for_batch`]: each query's outcome is then kept for its TTL and
 //! shared by concurrent callers ([`crate::cache`]), and queries share a few long-lived UDP
-//! sockets per name server instead of opening one each (`crate::multiplex`).
+//! sockets per name server instead of opening one each (`crate::multiplex`);
+//! [`Resolver::with_own_transport`] gives each thread of such a run its own sockets over the
+//! one cache.
 //!
 //! DNSSEC: every query carries the AD bit (RFC 6840 §5.7), which asks a validating resolver to
 //! say whether it validated the answer, without the bulk of RRSIG records that the DO bit would
@@ -277,7 +279,10 @@ struct Inner {
     nameservers: Vec<SocketAddr>,
     trust_ad: bool,
     deadline: Duration,
-    cache: Option<AnswerCache<Exchanged>>,
+    cache: Option<Arc<AnswerCache<Exchanged>>>,
+    /// What the resolver was built from, for [`Resolver::with_own_transport`].
+    settings: ResolverSettings,
+    batch: bool,
 }
 
 /// How queries reach the name servers.
@@ -325,17 +330,27 @@ impl Resolver {
         settings: &ResolverSettings,
         capacity: usize,
     ) -> Result<Resolver, ConfigError> {
-        Self::build(settings, true, Some(AnswerCache::new(capacity)))
+        Self::build(settings, true, Some(Arc::new(AnswerCache::new(capacity))))
+    }
+
+    /// A resolver with the same settings and the same answer cache (its outcomes and the
+    /// questions in flight), but a transport of its own. A batch run spread over several
+    /// threads, each with a runtime of its own, gives each its resolver this way: a batch
+    /// transport's sockets are served by tasks of the runtime that opened them, and each
+    /// thread's queries then never wait on another thread's tasks.
+    pub fn with_own_transport(&self) -> Result<Resolver, ConfigError> {
+        let inner = &self.inner;
+        Self::build(&inner.settings, inner.batch, inner.cache.clone())
     }
 
     fn build(
         settings: &ResolverSettings,
-        multiplexed: bool,
-        cache: Option<AnswerCache<Exchanged>>,
+        batch: bool,
+        cache: Option<Arc<AnswerCache<Exchanged>>>,
     ) -> Result<Resolver, ConfigError> {
         let (nameservers, options) = effective(settings)?;
         let (timeout, attempts) = (options.timeout, options.attempts);
-        let transport = if multiplexed && nameservers.iter().all(|a| multiplex::is_local(a.ip())) {
+        let transport = if batch && nameservers.iter().all(|a| multiplex::is_local(a.ip())) {
             Transport::Multiplexed(Multiplexer::new(
                 nameservers.clone(),
                 timeout,
@@ -367,6 +382,8 @@ impl Resolver {
                 trust_ad,
                 deadline,
                 cache,
+                settings: settings.clone(),
+                batch,
             }),
         })
     }

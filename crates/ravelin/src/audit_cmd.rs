@@ -27,7 +27,7 @@ use std::time::Duration;
 use clap::Args;
 use ravelin_audit::Severity;
 use ravelin_audit::dns::DnsOptions;
-use ravelin_audit::finding::TargetReport;
+use ravelin_audit::finding::{Report, TargetReport};
 use ravelin_audit::local::lint_postfix_config;
 use ravelin_audit::render::{self, Format};
 use ravelin_audit::run::{self, AuditOptions, NameService};
@@ -323,16 +323,6 @@ pub fn run(args: AuditArgs) -> ExitCode {
         },
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ravelin audit: cannot start the runtime: {e}");
-            return ExitCode::from(3);
-        }
-    };
     let bar = (targets.len() > 1 && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(targets.len() as u64);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -344,12 +334,19 @@ pub fn run(args: AuditArgs) -> ExitCode {
         bar
     });
     let progress = bar.clone();
-    let mut report = runtime.block_on(run::audit(targets, options, move |t| {
+    let audited = run::audit_blocking(targets, options, move |t| {
         if let Some(bar) = &progress {
             bar.set_message(t.target.clone());
             bar.inc(1);
         }
-    }));
+    });
+    let mut report = match audited {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("ravelin audit: cannot start the audit: {e}");
+            return ExitCode::from(3);
+        }
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -367,17 +364,12 @@ pub fn run(args: AuditArgs) -> ExitCode {
         && args.output.is_none()
         && std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let rendered = render::render(&report, format, color);
     let written = match &args.output {
-        Some(path) => std::fs::write(path, rendered.as_bytes())
+        Some(path) => std::fs::File::create(path)
+            .and_then(|file| write_report(&report, format, color, file))
             .map_err(|e| format!("cannot write {}: {e}", path.display())),
-        None => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            out.write_all(rendered.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(|e| format!("cannot write the report: {e}"))
-        }
+        None => write_report(&report, format, color, std::io::stdout().lock())
+            .map_err(|e| format!("cannot write the report: {e}")),
     };
     if let Err(e) = written {
         eprintln!("ravelin audit: {e}");
@@ -390,4 +382,17 @@ pub fn run(args: AuditArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Writes the rendered report to `out` through a buffer, and flushes it.
+fn write_report(
+    report: &Report,
+    format: Format,
+    color: bool,
+    out: impl std::io::Write,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+    render::write(report, format, color, &mut out)?;
+    out.flush()
 }

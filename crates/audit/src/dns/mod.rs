@@ -231,15 +231,16 @@ where
 /// (none for a check the run does not make).
 struct WithoutMx([Option<Finding>; 5]);
 
-/// `check`'s finding when the run makes the check `id`; otherwise nothing, and `check` (a
-/// future not yet polled) sends no query.
-async fn selected(
+/// The finding of the check `check` starts when the run makes the check `id`; otherwise
+/// nothing, and no query is sent. (A closure rather than the future itself: a future passed
+/// in would be held twice in this one's state, as the argument and as the awaited future.)
+async fn selected<F: std::future::Future<Output = Finding>>(
     ctx: &DnsCtx<'_>,
     id: &str,
-    check: impl std::future::Future<Output = Finding>,
+    check: impl FnOnce() -> F,
 ) -> Option<Finding> {
     if ctx.options.checks.wants(id) {
-        Some(check.await)
+        Some(check().await)
     } else {
         None
     }
@@ -247,18 +248,18 @@ async fn selected(
 
 async fn without_mx(ctx: &DnsCtx<'_>) -> WithoutMx {
     let (spf, dmarc, dkim, tlsrpt, caa) = tokio::join!(
-        selected(ctx, "dns.spf", spf::check(ctx)),
-        selected(ctx, "dns.dmarc", dmarc::check(ctx)),
-        selected(ctx, "dns.dkim", dkim::check(ctx)),
-        selected(ctx, "dns.tlsrpt", tlsrpt::check(ctx)),
-        selected(ctx, "dns.caa", caa::check(ctx)),
+        selected(ctx, "dns.spf", || spf::check(ctx)),
+        selected(ctx, "dns.dmarc", || dmarc::check(ctx)),
+        selected(ctx, "dns.dkim", || dkim::check(ctx)),
+        selected(ctx, "dns.tlsrpt", || tlsrpt::check(ctx)),
+        selected(ctx, "dns.caa", || caa::check(ctx)),
     );
     WithoutMx([spf, dmarc, dkim, tlsrpt, caa])
 }
 
 /// `dns.mta_sts` (skipped for a null MX) and `dns.dnssec`, which look at the MX set.
 async fn needing_mx(ctx: &DnsCtx<'_>, mx: &MxSet) -> [Option<Finding>; 2] {
-    let mta_sts = async {
+    let mta_sts = || async {
         if mx.is_null() {
             not_receiving(ctx, "dns.mta_sts")
         } else {
@@ -267,7 +268,7 @@ async fn needing_mx(ctx: &DnsCtx<'_>, mx: &MxSet) -> [Option<Finding>; 2] {
     };
     let (mta_sts, dnssec) = tokio::join!(
         selected(ctx, "dns.mta_sts", mta_sts),
-        selected(ctx, "dns.dnssec", dnssec::check(ctx, mx)),
+        selected(ctx, "dns.dnssec", || dnssec::check(ctx, mx)),
     );
     [mta_sts, dnssec]
 }
@@ -322,7 +323,7 @@ pub async fn audit_endpoint(
     tls: &std::sync::Arc<crate::tls::TlsOptions>,
 ) -> Vec<Finding> {
     let mut findings = address_checks(ctx, endpoint, reachable, smtp).await;
-    let dane = dane::check(ctx.resolver, endpoint, reachable, tls);
+    let dane = || dane::check(ctx.resolver, endpoint, reachable, tls);
     findings.extend(selected(ctx, "dns.dane", dane).await);
     findings
 }
@@ -346,16 +347,17 @@ async fn address_checks(
     smtp: &crate::smtp::SmtpOptions,
 ) -> Vec<Finding> {
     let (ptr, dnsbl) = tokio::join!(
-        selected(
-            ctx,
-            "dns.ptr",
-            ptr::check(ctx.resolver, endpoint, reachable, smtp)
-        ),
-        selected(
-            ctx,
-            "reputation.dnsbl",
-            dnsbl::check(ctx.resolver, endpoint, ctx.options)
-        ),
+        selected(ctx, "dns.ptr", || ptr::check(
+            ctx.resolver,
+            endpoint,
+            reachable,
+            smtp
+        )),
+        selected(ctx, "reputation.dnsbl", || dnsbl::check(
+            ctx.resolver,
+            endpoint,
+            ctx.options
+        )),
     );
     [ptr, dnsbl].into_iter().flatten().collect()
 }

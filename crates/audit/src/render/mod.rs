@@ -44,6 +44,24 @@ pub fn render(report: &Report, format: Format, color: bool) -> String {
     }
 }
 
+/// Writes the report to `out` as [`render`] would return it. JSON is written as it is
+/// serialised, so a large batch report is not held a second time as one string; the other
+/// formats are rendered first. Fails only when `out` does.
+pub fn write(
+    report: &Report,
+    format: Format,
+    color: bool,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, report)?;
+            out.write_all(b"\n")
+        }
+        _ => out.write_all(render(report, format, color).as_bytes()),
+    }
+}
+
 /// The JSON document of the DESIGN.md contract, pretty-printed, with a final newline.
 pub fn json(report: &Report) -> String {
     let mut s = serde_json::to_string_pretty(report).unwrap_or_else(|e| {
