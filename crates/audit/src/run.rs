@@ -171,6 +171,8 @@ struct Shared {
     /// `ports.exposed` of each audited address, once per name it is reached by (an MX host
     /// name, or none for a host target given by address): the findings carry that name.
     ports: OncePer<(Option<String>, IpAddr), Vec<Finding>>,
+    /// The lookups of each MX endpoint that need no connection (`--dns-only`).
+    lookups: OncePer<EndpointKey, Vec<Finding>>,
 }
 
 /// Audits every target on the current runtime and returns the report; `on_done` is called
@@ -490,7 +492,7 @@ async fn audit_domain(
     };
     let checks = &options.dns.checks;
     if options.dns_only || !checks.needs_connection() {
-        return dns_only(&ctx, port, options).await;
+        return dns_only(&ctx, port, options, shared).await;
     }
     let (mx, findings, ()) = dns::resolve_and_audit(&ctx, |_| async {}).await;
     let endpoints = mx_endpoints(&mx, port);
@@ -541,39 +543,28 @@ async fn audit_domain(
 
 /// `--dns-only`: the domain's DNS checks, and the lookups of its MX addresses alongside
 /// them as soon as the MX set is known, all addresses at once (nothing connects to a host, so
-/// no per-host turn is taken).
-async fn dns_only(ctx: &DnsCtx<'_>, port: u16, options: &AuditOptions) -> TargetReport {
+/// no per-host turn is taken). An MX endpoint shared by several domains is looked up once per
+/// run, as its audit is in a full run, and its findings copied into each domain's report.
+async fn dns_only(
+    ctx: &DnsCtx<'_>,
+    port: u16,
+    options: &AuditOptions,
+    shared: &Shared,
+) -> TargetReport {
     let addresses = |mx: dns::MxSet| async move {
         let endpoints = mx_endpoints(&mx, port);
-        let mut lookups = tokio::task::JoinSet::new();
-        for (index, endpoint) in endpoints.iter().cloned().enumerate() {
-            let (resolver, dns_options, smtp) = (
-                ctx.resolver.clone(),
-                ctx.options.clone(),
-                options.smtp.clone(),
-            );
-            let domain = ctx.domain.to_string();
-            lookups.spawn(async move {
-                let ctx = DnsCtx {
-                    resolver: &resolver,
-                    options: &dns_options,
-                    domain: &domain,
-                };
-                (index, dns::lookup_endpoint(&ctx, &endpoint, &smtp).await)
-            });
-        }
-        let mut found: Vec<(usize, Vec<Finding>)> = Vec::new();
-        while let Some(done) = lookups.join_next().await {
-            match done {
-                Ok(f) => found.push(f),
-                Err(e) => tracing::error!(event = "audit_task_failed", reason = %e),
-            }
-        }
-        found.sort_by_key(|(index, _)| *index);
+        let found = futures_util::future::join_all(endpoints.iter().map(|endpoint| async move {
+            let key = (endpoint.name.clone(), endpoint.addr, endpoint.role);
+            let cell = shared.lookups.get(key);
+            cell.get_or_init(|| dns::lookup_endpoint(ctx, endpoint, &options.smtp))
+                .await
+                .clone()
+        }))
+        .await;
         (endpoints, found)
     };
     let (_, mut findings, (endpoints, per_address)) = dns::resolve_and_audit(ctx, addresses).await;
-    findings.extend(per_address.into_iter().flat_map(|(_, f)| f));
+    findings.extend(per_address.into_iter().flatten());
     TargetReport {
         target: ctx.domain.to_string(),
         endpoints: endpoints.iter().map(Endpoint::to_string).collect(),

@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
@@ -561,19 +561,49 @@ fn answers(message: &Message, id: u16, query: &Query) -> bool {
                 && echoed.name() == query.name())
 }
 
-/// The query message: ID, recursion desired, the AD bit (RFC 6840 §5.7), EDNS with the
-/// payload size.
+/// The query message: ID, recursion desired, the AD bit (RFC 6840 §5.7), the question, and
+/// an EDNS OPT record announcing `edns_payload` bytes (RFC 6891 §6.1.2; at least 512). Written
+/// here rather than through hickory's `Message`: every query of a batch run is encoded once,
+/// and these are the bytes hickory's encoder writes (a test compares them) for a tenth of
+/// its work.
 fn encode(id: u16, query: &Query, edns_payload: u16) -> Result<Vec<u8>, Failure> {
-    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
-    message.metadata.recursion_desired = true;
-    message.metadata.authentic_data = true;
-    message.add_query(query.clone());
-    let mut edns = Edns::new();
-    edns.set_max_payload(edns_payload);
-    message.set_edns(edns);
-    message
-        .to_vec()
-        .map_err(|e| Failure::Other(format!("cannot encode the query: {e}")))
+    let name = query.name();
+    let mut bytes = Vec::with_capacity(12 + 256 + 4 + 11);
+    bytes.extend_from_slice(&id.to_be_bytes());
+    // QR 0 (a query), opcode QUERY, RD; then AD.
+    bytes.extend_from_slice(&[0x01, 0x20]);
+    // QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 1 (the OPT record).
+    bytes.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+    for label in name.iter() {
+        // `Name` keeps labels to 63 bytes and names to 255; checked again, as the wire needs.
+        match u8::try_from(label.len()) {
+            Ok(len @ 1..=63) => {
+                bytes.push(len);
+                bytes.extend_from_slice(label);
+            }
+            _ => {
+                return Err(Failure::Other(format!(
+                    "cannot encode the query: a label of {} bytes",
+                    label.len()
+                )));
+            }
+        }
+    }
+    bytes.push(0);
+    if bytes.len() - 12 > 255 {
+        return Err(Failure::Other(
+            "cannot encode the query: a name longer than 255 bytes".to_string(),
+        ));
+    }
+    bytes.extend_from_slice(&u16::from(query.query_type()).to_be_bytes());
+    bytes.extend_from_slice(&u16::from(query.query_class()).to_be_bytes());
+    // OPT: the root name, type 41, the payload size as its class, extended RCODE 0, version
+    // 0, no flags (DO clear), no options.
+    bytes.push(0);
+    bytes.extend_from_slice(&41u16.to_be_bytes());
+    bytes.extend_from_slice(&edns_payload.max(512).to_be_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    Ok(bytes)
 }
 
 /// The question over TCP, after a truncated UDP answer: one connection, the length-prefixed
@@ -626,6 +656,48 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_resolver::proto::op::Edns;
+
+    /// The query as hickory's encoder writes it.
+    fn hickory_encode(id: u16, query: &Query, edns_payload: u16) -> Vec<u8> {
+        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.metadata.authentic_data = true;
+        message.add_query(query.clone());
+        let mut edns = Edns::new();
+        edns.set_max_payload(edns_payload);
+        message.set_edns(edns);
+        message.to_vec().expect("hickory encodes the query")
+    }
+
+    #[test]
+    fn queries_are_encoded_as_hickory_encodes_them() {
+        use hickory_resolver::proto::rr::{DNSClass, Name, RecordType};
+        let long = format!("{}.{}.example.", "a".repeat(63), "b".repeat(63));
+        for (name, rtype) in [
+            ("example.org.", RecordType::MX),
+            ("selector1._domainkey.Example.ORG.", RecordType::TXT),
+            ("_mta-sts.c0001.test.", RecordType::TXT),
+            ("1.0.0.127.in-addr.arpa.", RecordType::PTR),
+            ("_25._tcp.mx1.hosting.test.", RecordType::TLSA),
+            (".", RecordType::DNSKEY),
+            (long.as_str(), RecordType::CAA),
+        ] {
+            let mut query = Query::query(Name::from_ascii(name).expect("a name"), rtype);
+            for class in [DNSClass::IN, DNSClass::CH] {
+                query.set_query_class(class);
+                for payload in [1232, u16::MAX, 100] {
+                    for id in [0, 0x1234, u16::MAX] {
+                        assert_eq!(
+                            encode(id, &query, payload).expect("encoded"),
+                            hickory_encode(id, &query, payload),
+                            "{name} {rtype} {class} payload {payload} id {id}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[tokio::test]
     async fn lanes_ask_for_a_receive_buffer_that_holds_a_burst() {

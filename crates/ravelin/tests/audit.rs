@@ -945,7 +945,9 @@ fn a_domain_is_audited_through_its_mx_host() {
 
 /// `--dns-only`: a domain gets its DNS checks and the PTR and blocklist lookups of its MX
 /// address, and nothing connects to the MX host (a listener that would see the connection in
-/// its accept queue); a host target, or `--active` with it, is a usage error.
+/// its accept queue); a batch of domains sharing that MX host (on a thread per CPU) gets a
+/// report per domain in the order given, each with the host's lookups; a host target, or
+/// `--active` with it, is a usage error.
 #[test]
 fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
@@ -955,12 +957,19 @@ fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
     let port = listener.local_addr().expect("listener address").port();
     let zone = "@ MX 10 mx\nmx A 127.0.0.1\n@ TXT \"v=spf1 mx -all\"\n\
                 _dmarc TXT \"v=DMARC1; p=none\"\n";
-    let dns = ravelin_dns::testing::TestDnsServer::start(&[
+    let customers: Vec<(String, String)> = (1..=6)
+        .map(|n| {
+            let zone = "@ MX 10 mx.example.org.\n@ TXT \"v=spf1 -all\"\n".to_string();
+            (format!("c{n}.example"), zone)
+        })
+        .collect();
+    let mut zones = vec![
         ("example.org", zone),
         ("127.in-addr.arpa", "1.0.0 PTR mx.example.org.\n"),
         ("bl.example.org", "2.0.0.127 A 127.0.0.2\n"),
-    ])
-    .expect("in-process DNS server");
+    ];
+    zones.extend(customers.iter().map(|(d, z)| (d.as_str(), z.as_str())));
+    let dns = ravelin_dns::testing::TestDnsServer::start(&zones).expect("in-process DNS server");
     let port_arg = port.to_string();
     let nameserver = dns.addr().to_string();
     let common = local_world_args(&nameserver, &port_arg);
@@ -1008,6 +1017,41 @@ fn dns_only_audits_the_records_without_connecting_to_the_mail_hosts() {
         Ok((_, peer)) => panic!("--dns-only connected to the MX host (from {peer})"),
         Err(e) => panic!("accept on the MX listener: {e}"),
     }
+
+    // A batch: the customers share the MX host, looked up once and reported in each.
+    let mut batch: Vec<&str> = common.to_vec();
+    batch.push("--dns-only");
+    batch.extend(customers.iter().map(|(d, _)| d.as_str()));
+    batch.push("example.org");
+    let b = Audit::run(&batch);
+    assert_eq!(b.exit, 0, "{:#}\n{}", b.report, b.stderr);
+    let targets: Vec<&str> = b.report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["target"].as_str())
+        .collect();
+    let mut expected: Vec<&str> = customers.iter().map(|(d, _)| d.as_str()).collect();
+    expected.push("example.org");
+    assert_eq!(
+        targets, expected,
+        "one report per domain, in the order given"
+    );
+    for index in 0..expected.len() {
+        assert_eq!(b.finding(index, "dns.ptr")["endpoint"], endpoint.as_str());
+        assert_eq!(b.evidence(index, "dns.ptr"), a.evidence(0, "dns.ptr"));
+        assert_eq!(
+            b.finding(index, "reputation.dnsbl")["status"],
+            "pass",
+            "{:#}",
+            b.report
+        );
+    }
+    assert_eq!(b.finding(0, "dns.spf")["status"], "pass");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "--dns-only connected to the MX host in a batch"
+    );
 
     // Without --dns-only the same run connects to the MX host (answered with a refusing
     // greeting): the listener above is what proves --dns-only did not.
