@@ -296,6 +296,28 @@ enum Transport {
 /// The outcome of one query: the answer records and the AD bit.
 type Exchanged = Result<(Vec<Record>, bool), LookupError>;
 
+/// Whether a lookup's answer may serve other lookups of the run (through the answer cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Shared,
+    Unshared,
+}
+
+/// A TXT record's text: its strings joined, as UTF-8 with invalid bytes replaced.
+fn txt_text(rdata: &RData) -> Option<String> {
+    match rdata {
+        RData::TXT(txt) => {
+            let bytes: Vec<u8> = txt
+                .txt_data
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        _ => None,
+    }
+}
+
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resolver")
@@ -407,31 +429,34 @@ impl Resolver {
     /// TXT records, each record's strings joined without separator (RFC 7208 §3.3), decoded
     /// as UTF-8 with invalid bytes replaced.
     pub async fn txt(&self, name: &str) -> Result<Answer<String>, LookupError> {
-        self.typed(name, RecordType::TXT, |rdata| match rdata {
-            RData::TXT(txt) => {
-                let bytes: Vec<u8> = txt
-                    .txt_data
-                    .iter()
-                    .flat_map(|s| s.iter().copied())
-                    .collect();
-                Some(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            _ => None,
-        })
-        .await
+        self.typed(name, RecordType::TXT, Sharing::Shared, txt_text)
+            .await
+    }
+
+    /// [`Resolver::txt`] for a name that no other lookup of the run asks (a DKIM selector under
+    /// one domain): past a batch resolver's answer cache, which then holds only answers that
+    /// are asked again.
+    pub async fn txt_unshared(&self, name: &str) -> Result<Answer<String>, LookupError> {
+        self.typed(name, RecordType::TXT, Sharing::Unshared, txt_text)
+            .await
     }
 
     /// MX records sorted by preference (stable among equal preferences: callers that want
     /// RFC 5321's random order among equals shuffle them). See [`Answer::is_null_mx`].
     pub async fn mx(&self, domain: &str) -> Result<Answer<Mx>, LookupError> {
         let mut answer = self
-            .typed(domain, RecordType::MX, |rdata| match rdata {
-                RData::MX(mx) => Some(Mx {
-                    preference: mx.preference,
-                    exchange: name_text(&mx.exchange),
-                }),
-                _ => None,
-            })
+            .typed(
+                domain,
+                RecordType::MX,
+                Sharing::Shared,
+                |rdata| match rdata {
+                    RData::MX(mx) => Some(Mx {
+                        preference: mx.preference,
+                        exchange: name_text(&mx.exchange),
+                    }),
+                    _ => None,
+                },
+            )
             .await?;
         answer.records.sort_by_key(|mx| mx.preference);
         Ok(answer)
@@ -439,7 +464,7 @@ impl Resolver {
 
     /// IPv4 addresses (A records).
     pub async fn ipv4(&self, name: &str) -> Result<Answer<Ipv4Addr>, LookupError> {
-        self.typed(name, RecordType::A, |rdata| match rdata {
+        self.typed(name, RecordType::A, Sharing::Shared, |rdata| match rdata {
             RData::A(a) => Some(a.0),
             _ => None,
         })
@@ -448,10 +473,15 @@ impl Resolver {
 
     /// IPv6 addresses (AAAA records).
     pub async fn ipv6(&self, name: &str) -> Result<Answer<Ipv6Addr>, LookupError> {
-        self.typed(name, RecordType::AAAA, |rdata| match rdata {
-            RData::AAAA(aaaa) => Some(aaaa.0),
-            _ => None,
-        })
+        self.typed(
+            name,
+            RecordType::AAAA,
+            Sharing::Shared,
+            |rdata| match rdata {
+                RData::AAAA(aaaa) => Some(aaaa.0),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -510,19 +540,29 @@ impl Resolver {
 
     /// PTR names of an address (`in-addr.arpa` / `ip6.arpa`), lowercase without the final dot.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Answer<String>, LookupError> {
-        self.typed(&reverse_name(ip), RecordType::PTR, |rdata| match rdata {
-            RData::PTR(ptr) => Some(name_text(&ptr.0)),
-            _ => None,
-        })
+        self.typed(
+            &reverse_name(ip),
+            RecordType::PTR,
+            Sharing::Shared,
+            |rdata| match rdata {
+                RData::PTR(ptr) => Some(name_text(&ptr.0)),
+                _ => None,
+            },
+        )
         .await
     }
 
     /// The CNAME record of a name itself (not followed): one target.
     pub async fn cname(&self, name: &str) -> Result<Answer<String>, LookupError> {
-        self.typed(name, RecordType::CNAME, |rdata| match rdata {
-            RData::CNAME(cname) => Some(name_text(&cname.0)),
-            _ => None,
-        })
+        self.typed(
+            name,
+            RecordType::CNAME,
+            Sharing::Shared,
+            |rdata| match rdata {
+                RData::CNAME(cname) => Some(name_text(&cname.0)),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -530,28 +570,38 @@ impl Resolver {
     pub async fn tlsa(&self, host: &str, port: u16) -> Result<Answer<Tlsa>, LookupError> {
         let host = host.trim_end_matches('.');
         let name = format!("_{port}._tcp.{host}");
-        self.typed(&name, RecordType::TLSA, |rdata| match rdata {
-            RData::TLSA(tlsa) => Some(Tlsa {
-                usage: tlsa.cert_usage.into(),
-                selector: tlsa.selector.into(),
-                matching: tlsa.matching.into(),
-                data: tlsa.cert_data.clone(),
-            }),
-            _ => None,
-        })
+        self.typed(
+            &name,
+            RecordType::TLSA,
+            Sharing::Shared,
+            |rdata| match rdata {
+                RData::TLSA(tlsa) => Some(Tlsa {
+                    usage: tlsa.cert_usage.into(),
+                    selector: tlsa.selector.into(),
+                    matching: tlsa.matching.into(),
+                    data: tlsa.cert_data.clone(),
+                }),
+                _ => None,
+            },
+        )
         .await
     }
 
     /// CAA records of exactly this name (no climbing to the parent domains).
     pub async fn caa(&self, name: &str) -> Result<Answer<Caa>, LookupError> {
-        self.typed(name, RecordType::CAA, |rdata| match rdata {
-            RData::CAA(caa) => Some(Caa {
-                critical: caa.issuer_critical,
-                tag: caa.tag.clone(),
-                value: String::from_utf8_lossy(&caa.value).into_owned(),
-            }),
-            _ => None,
-        })
+        self.typed(
+            name,
+            RecordType::CAA,
+            Sharing::Shared,
+            |rdata| match rdata {
+                RData::CAA(caa) => Some(Caa {
+                    critical: caa.issuer_critical,
+                    tag: caa.tag.clone(),
+                    value: String::from_utf8_lossy(&caa.value).into_owned(),
+                }),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -560,11 +610,14 @@ impl Resolver {
         &self,
         name: &str,
         rtype: RecordType,
+        sharing: Sharing,
         convert: impl Fn(&RData) -> Option<T>,
     ) -> Result<Answer<T>, LookupError> {
         let name = parse_name(name)?;
         let resolved =
-            match tokio::time::timeout(self.inner.deadline, self.resolve(name, rtype)).await {
+            match tokio::time::timeout(self.inner.deadline, self.resolve(name, rtype, sharing))
+                .await
+            {
                 Ok(result) => result?,
                 Err(_) => return Err(LookupError::Failed(Failure::Timeout)),
             };
@@ -582,13 +635,18 @@ impl Resolver {
 
     /// Queries `name`/`rtype`, following CNAMEs within the answer and, where a recursive
     /// resolver returned only part of a chain, with further queries.
-    async fn resolve(&self, name: Name, rtype: RecordType) -> Result<Resolved, LookupError> {
+    async fn resolve(
+        &self,
+        name: Name,
+        rtype: RecordType,
+        sharing: Sharing,
+    ) -> Result<Resolved, LookupError> {
         let mut current = name;
         let mut secure = true;
         let mut ttl = u32::MAX;
         let mut hops = 0usize;
         loop {
-            let (records, ad) = self.exchange(&current, rtype).await?;
+            let (records, ad) = self.exchange(&current, rtype, sharing).await?;
             secure &= ad;
             let hops_before = hops;
             // Follow the chain inside this response.
@@ -636,15 +694,15 @@ impl Resolver {
         }
     }
 
-    /// One question: through the answer cache when there is one.
-    async fn exchange(&self, name: &Name, rtype: RecordType) -> Exchanged {
+    /// One question: through the answer cache when there is one and the answer may be shared.
+    async fn exchange(&self, name: &Name, rtype: RecordType, sharing: Sharing) -> Exchanged {
         match &self.inner.cache {
-            Some(cache) => {
+            Some(cache) if sharing == Sharing::Shared => {
                 cache
                     .get_or_query(name, rtype, || self.query(name, rtype))
                     .await
             }
-            None => self.query(name, rtype).await.0,
+            _ => self.query(name, rtype).await.0,
         }
     }
 

@@ -412,6 +412,40 @@ async fn the_answer_cache_asks_each_question_once_within_its_ttl() {
         Err(LookupError::NxDomain)
     );
 
+    // A lookup no other shares (a DKIM selector) passes the cache by, both ways.
+    let before = server.queries();
+    for _ in 0..2 {
+        assert_eq!(
+            resolver
+                .txt_unshared("selector1._domainkey.example.test")
+                .await,
+            Err(LookupError::NxDomain)
+        );
+        assert_eq!(
+            resolver.txt_unshared("MX1.example.test").await,
+            Err(LookupError::NoRecords)
+        );
+    }
+    assert_eq!(asked(before), 4, "unshared lookups are asked every time");
+    assert_eq!(
+        resolver.txt("selector1._domainkey.example.test").await,
+        Err(LookupError::NxDomain)
+    );
+    assert_eq!(asked(before), 5, "and leave nothing in the cache");
+
+    // Another thread's resolver over the same cache: its own sockets, the same answers.
+    let sibling = resolver.with_own_transport().unwrap();
+    assert_eq!(sibling.multiplexed(), resolver.multiplexed());
+    let before = server.queries();
+    assert_eq!(
+        sibling.mx("example.test").await.unwrap().records[0].exchange,
+        "mx1.example.test"
+    );
+    assert_eq!(asked(before), 0, "the sibling reads the shared cache");
+    sibling.txt("new.example.test").await.unwrap_err();
+    resolver.txt("new.example.test").await.unwrap_err();
+    assert_eq!(asked(before), 1, "and fills it for the first resolver");
+
     // Without the cache (the gateway's resolver), every lookup is a query.
     let plain = server.resolver().unwrap();
     let before = server.queries();

@@ -20,7 +20,7 @@
 use ravelin_dns::LookupError;
 use ravelin_dns::records::dkim::{self, KeyType};
 
-use super::{DnsCtx, txt, verdict};
+use super::{DnsCtx, verdict};
 use crate::finding::{Finding, Severity, Status};
 
 const ID: &str = "dns.dkim";
@@ -84,10 +84,16 @@ pub async fn check(ctx: &DnsCtx<'_>) -> Finding {
     }
     selectors.truncate(MAX_SELECTORS);
     // All selectors at once, polled within this task (a task each would cost more than the
-    // lookups, which the run's answer cache and transport make cheap).
+    // lookups). A selector's name is the domain's own: no other lookup of a batch shares its
+    // answer, so the run's answer cache is passed by.
     let answers = futures_util::future::join_all(selectors.iter().map(|selector| {
         let name = format!("{selector}._domainkey.{}", ctx.domain);
-        async move { txt(ctx.resolver, &name).await }
+        async move {
+            ctx.resolver
+                .txt_unshared(&name)
+                .await
+                .map(|answer| answer.records)
+        }
     }))
     .await;
     let mut found: Vec<String> = Vec::new();
