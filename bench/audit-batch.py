@@ -520,6 +520,11 @@ def timed(cmd, out, env=None, limit=1800, world=()):
         watchdog.start()
         try:
             rc = proc.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C): the run does not outlive the bench.
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             watchdog.cancel()
     secs = time.perf_counter() - start

@@ -11,8 +11,10 @@
 //! [`AuditOptions::dns_only`], or when none of the checks the run makes needs a connection
 //! ([`crate::select`]: `--check dns.spf`), a domain gets its DNS checks and the lookups of its MX addresses
 //! that need no connection (`dns.ptr` without the banner comparison, `reputation.dnsbl`):
-//! nothing connects to a mail host. One [`Resolver`] serves the whole run: `--nameserver`, or
-//! the system's resolvers, with an answer cache of [`DNS_CACHE_ENTRIES`] questions (answers
+//! nothing connects to a mail host. One [`Resolver`] serves the whole run (on threads of its
+//! own, [`audit_blocking`], one per thread with its own sockets over the same cache):
+//! `--nameserver`, or the system's resolvers, with an answer cache of [`DNS_CACHE_ENTRIES`]
+//! questions (answers
 //! kept for their TTL, one query in flight per question): the domains of a batch share MX
 //! hosts, SPF includes and report domains, and each is asked once. Targets run
 //! with at most [`AuditOptions::concurrency`] targets in progress at once and never two
@@ -184,12 +186,11 @@ pub async fn audit(
 ) -> Report {
     let resolver = resolver(&options.names);
     let run = Arc::new(Run::new(targets, options));
-    let turns = run.options.concurrency;
-    let done = run
-        .clone()
+    let turns = run.options.concurrency.min(run.count);
+    run.clone()
         .take_turns(resolver, turns, Arc::new(on_done))
         .await;
-    run.report(vec![done])
+    run.report()
 }
 
 /// Audits every target on threads of its own and returns the report, for a caller without a
@@ -209,8 +210,8 @@ pub async fn audit(
 /// of their own such runs took a tenth longer). Either way everything else of the run is
 /// shared as with [`audit`].
 ///
-/// How it fails: when a thread or a runtime cannot be started, with that error and nothing
-/// audited.
+/// How it fails: when a runtime or a thread's resolver cannot be made, or no thread can be
+/// started, with that error and nothing audited (threads that did start take every target).
 pub fn audit_blocking(
     targets: Vec<Target>,
     options: AuditOptions,
@@ -236,39 +237,51 @@ fn audit_in_threads(
 ) -> std::io::Result<Report> {
     let concurrency = options.concurrency.max(1);
     let threads = threads.clamp(1, concurrency.min(targets.len()).max(1));
+    // Everything a thread needs is made before the first starts, so that a failure leaves no
+    // thread behind auditing for a run that reports an error.
     let first = resolver(&options.names);
-    let run = Arc::new(Run::new(targets, options));
-    let on_done: OnDone = Arc::new(on_done);
     let mut shards = Vec::with_capacity(threads);
     for index in 0..threads {
         let resolver = match &first {
-            Ok(shared) if index > 0 => shared
+            Ok(shared) if index > 0 => Ok(shared
                 .with_own_transport()
-                .map_err(|e| format!("cannot set up the DNS resolver: {e}")),
+                .map_err(|e| std::io::Error::other(format!("the DNS resolver: {e}")))?),
             first => first.clone(),
         };
-        let turns = concurrency / threads + usize::from(index < concurrency % threads);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (run, on_done) = (run.clone(), on_done.clone());
-        let shard = std::thread::Builder::new()
-            .name(format!("audit-{index}"))
-            .spawn(move || runtime.block_on(run.take_turns(resolver, turns, on_done)))?;
-        shards.push(shard);
+        let turns = concurrency / threads + usize::from(index < concurrency % threads);
+        shards.push((resolver, runtime, turns));
     }
-    let mut done = Vec::with_capacity(threads);
-    for shard in shards {
-        match shard.join() {
-            Ok(finished) => done.push(finished),
-            // Each target's audit is already caught (take_turns): this is the driver itself.
-            Err(_) => tracing::error!(
-                event = "audit_task_failed",
-                reason = "an audit thread panicked"
-            ),
+    let run = Arc::new(Run::new(targets, options));
+    let on_done: OnDone = Arc::new(on_done);
+    let mut started = Vec::with_capacity(threads);
+    for (index, (resolver, runtime, turns)) in shards.into_iter().enumerate() {
+        let (run, on_done) = (run.clone(), on_done.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("audit-{index}"))
+            .spawn(move || runtime.block_on(run.take_turns(resolver, turns, on_done)));
+        match spawned {
+            Ok(thread) => started.push(thread),
+            // The threads started take every target from the queue between them.
+            Err(e) if !started.is_empty() => {
+                tracing::warn!(event = "audit_thread_not_started", reason = %e);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(run.report(done))
+    for thread in started {
+        if thread.join().is_err() {
+            // Each target's audit is caught (take_turns): this is a thread's driver itself.
+            // The targets it finished are in the report already.
+            tracing::error!(
+                event = "audit_task_failed",
+                reason = "an audit thread panicked"
+            );
+        }
+    }
+    Ok(run.report())
 }
 
 /// What every target of a run shares: its options, the targets not yet started and the
@@ -278,11 +291,10 @@ struct Run {
     /// The targets not yet taken, with their place in the report.
     queue: Mutex<std::iter::Enumerate<std::vec::IntoIter<Target>>>,
     count: usize,
+    /// Each target's report, in its place, as soon as it is finished.
+    reports: Mutex<Vec<Option<TargetReport>>>,
     shared: Shared,
 }
-
-/// Finished targets with their place in the report.
-type Finished = Vec<(usize, TargetReport)>;
 
 /// What is called as each target finishes.
 type OnDone = Arc<dyn Fn(&TargetReport) + Send + Sync>;
@@ -292,6 +304,7 @@ impl Run {
         Run {
             options,
             count: targets.len(),
+            reports: Mutex::new(vec![None; targets.len()]),
             queue: Mutex::new(targets.into_iter().enumerate()),
             shared: Shared::default(),
         }
@@ -300,23 +313,23 @@ impl Run {
     /// Audits targets from the queue on the current runtime, `turns` at a time (a task each),
     /// until none is left. A target is taken only when a turn is free: a domain's audit is a
     /// large future (tens of KiB), which a task per target would allocate and copy for every
-    /// target of the run before its turn. A target whose audit panics (a bug) is left out of
-    /// the report and logged; its turn goes on with the next target.
+    /// target of the run before its turn. Each finished report goes into its place in
+    /// [`Run::reports`] at once. A target whose audit panics (a bug; the panic message is on
+    /// stderr) is left out of the report and logged; its turn goes on with the next target.
     async fn take_turns(
         self: Arc<Self>,
         resolver: Result<Resolver, String>,
         turns: usize,
         on_done: OnDone,
-    ) -> Finished {
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..turns.max(1) {
             let (run, resolver, on_done) = (self.clone(), resolver.clone(), on_done.clone());
             tasks.spawn(async move {
-                let mut done = Vec::new();
                 loop {
                     let next = run.queue.lock().unwrap_or_else(|p| p.into_inner()).next();
                     let Some((index, target)) = next else {
-                        return done;
+                        return;
                     };
                     let audited = AssertUnwindSafe(Box::pin(run.target(&target, &resolver)))
                         .catch_unwind()
@@ -324,7 +337,10 @@ impl Run {
                     match audited {
                         Ok(report) => {
                             on_done(&report);
-                            done.push((index, report));
+                            let mut reports = run.reports.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(place) = reports.get_mut(index) {
+                                *place = Some(report);
+                            }
                         }
                         Err(_) => tracing::error!(
                             event = "audit_task_failed",
@@ -335,14 +351,11 @@ impl Run {
                 }
             });
         }
-        let mut finished = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(done) => finished.extend(done),
-                Err(e) => tracing::error!(event = "audit_task_failed", reason = %e),
+            if let Err(e) = done {
+                tracing::error!(event = "audit_task_failed", reason = %e);
             }
         }
-        finished
     }
 
     /// One target's report, with the findings of the run's checks only.
@@ -359,11 +372,8 @@ impl Run {
     }
 
     /// The report: the finished targets in the order given.
-    fn report(&self, parts: Vec<Finished>) -> Report {
-        let mut reports: Vec<Option<TargetReport>> = vec![None; self.count];
-        for (index, target) in parts.into_iter().flatten() {
-            reports[index] = Some(target);
-        }
+    fn report(&self) -> Report {
+        let reports = std::mem::take(&mut *self.reports.lock().unwrap_or_else(|p| p.into_inner()));
         let mut report = Report::new();
         report.targets = reports.into_iter().flatten().collect();
         report
@@ -544,7 +554,8 @@ async fn audit_domain(
 /// `--dns-only`: the domain's DNS checks, and the lookups of its MX addresses alongside
 /// them as soon as the MX set is known, all addresses at once (nothing connects to a host, so
 /// no per-host turn is taken). An MX endpoint shared by several domains is looked up once per
-/// run, as its audit is in a full run, and its findings copied into each domain's report.
+/// run, as its audit is in a full run, and its findings copied into each domain's report;
+/// lookups that failed (an `error` finding) are not kept, and the next domain asks again.
 async fn dns_only(
     ctx: &DnsCtx<'_>,
     port: u16,
@@ -554,11 +565,20 @@ async fn dns_only(
     let addresses = |mx: dns::MxSet| async move {
         let endpoints = mx_endpoints(&mx, port);
         let found = futures_util::future::join_all(endpoints.iter().map(|endpoint| async move {
-            let key = (endpoint.name.clone(), endpoint.addr, endpoint.role);
-            let cell = shared.lookups.get(key);
-            cell.get_or_init(|| dns::lookup_endpoint(ctx, endpoint, &options.smtp))
-                .await
-                .clone()
+            let cell = shared
+                .lookups
+                .get((endpoint.name.clone(), endpoint.addr, endpoint.role));
+            if let Some(found) = cell.get() {
+                return found.clone();
+            }
+            // Kept only when no lookup failed: a timeout is asked again by the next domain, as
+            // the answer cache asks again (the domains audited meanwhile ask at once, and
+            // their questions are shared there).
+            let found = dns::lookup_endpoint(ctx, endpoint, &options.smtp).await;
+            if found.iter().all(|f| f.status != Status::Error) {
+                let _ = cell.set(found.clone());
+            }
+            found
         }))
         .await;
         (endpoints, found)

@@ -358,8 +358,9 @@ impl Resolver {
     /// A resolver with the same settings and the same answer cache (its outcomes and the
     /// questions in flight), but a transport of its own. A batch run spread over several
     /// threads, each with a runtime of its own, gives each its resolver this way: a batch
-    /// transport's sockets are served by tasks of the runtime that opened them, and each
-    /// thread's queries then never wait on another thread's tasks.
+    /// transport's sockets are served by tasks of the runtime that opened them, and a thread's
+    /// queries then wait on another thread only for a question that thread is already asking
+    /// (the cache's one query per question).
     pub fn with_own_transport(&self) -> Result<Resolver, ConfigError> {
         let inner = &self.inner;
         Self::build(&inner.settings, inner.batch, inner.cache.clone())
@@ -434,8 +435,8 @@ impl Resolver {
     }
 
     /// [`Resolver::txt`] for a name that no other lookup of the run asks (a DKIM selector under
-    /// one domain): past a batch resolver's answer cache, which then holds only answers that
-    /// are asked again.
+    /// one domain): its question goes past a batch resolver's answer cache, which then holds
+    /// only answers that are asked again (the targets of its CNAMEs still go through it).
     pub async fn txt_unshared(&self, name: &str) -> Result<Answer<String>, LookupError> {
         self.typed(name, RecordType::TXT, Sharing::Unshared, txt_text)
             .await
@@ -645,8 +646,12 @@ impl Resolver {
         let mut secure = true;
         let mut ttl = u32::MAX;
         let mut hops = 0usize;
+        // Only the name asked may be the caller's own: the targets of its CNAMEs (a mail
+        // provider's key, say) are shared as any other name.
+        let mut sharing = sharing;
         loop {
             let (records, ad) = self.exchange(&current, rtype, sharing).await?;
+            sharing = Sharing::Shared;
             secure &= ad;
             let hops_before = hops;
             // Follow the chain inside this response.
