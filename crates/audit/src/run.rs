@@ -118,17 +118,21 @@ pub fn resolver(names: &NameService) -> Result<Resolver, String> {
         .map_err(|e| format!("cannot set up the DNS resolver: {e}"))
 }
 
+/// Locks `mutex`, also after a panic while it was held: what each mutex here guards (maps of
+/// shared cells, the queue, the finished reports) is whole between statements.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One lock per mail host address: endpoint audits of one host never overlap.
 #[derive(Default)]
 struct HostLocks(Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>);
 
 impl HostLocks {
     fn get(&self, ip: IpAddr) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(ip).or_default().clone()
+        lock(&self.0).entry(ip).or_default().clone()
     }
 }
 
@@ -156,11 +160,7 @@ impl<K, V> Default for OncePer<K, V> {
 
 impl<K: Eq + std::hash::Hash, V> OncePer<K, V> {
     fn get(&self, key: K) -> Arc<tokio::sync::OnceCell<V>> {
-        let mut map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(key).or_default().clone()
+        lock(&self.0).entry(key).or_default().clone()
     }
 }
 
@@ -185,8 +185,8 @@ pub async fn audit(
     on_done: impl Fn(&TargetReport) + Send + Sync + 'static,
 ) -> Report {
     let resolver = resolver(&options.names);
+    let turns = options.concurrency.min(targets.len());
     let run = Arc::new(Run::new(targets, options));
-    let turns = run.options.concurrency.min(run.count);
     run.clone()
         .take_turns(resolver, turns, Arc::new(on_done))
         .await;
@@ -290,7 +290,6 @@ struct Run {
     options: AuditOptions,
     /// The targets not yet taken, with their place in the report.
     queue: Mutex<std::iter::Enumerate<std::vec::IntoIter<Target>>>,
-    count: usize,
     /// Each target's report, in its place, as soon as it is finished.
     reports: Mutex<Vec<Option<TargetReport>>>,
     shared: Shared,
@@ -303,7 +302,6 @@ impl Run {
     fn new(targets: Vec<Target>, options: AuditOptions) -> Run {
         Run {
             options,
-            count: targets.len(),
             reports: Mutex::new(vec![None; targets.len()]),
             queue: Mutex::new(targets.into_iter().enumerate()),
             shared: Shared::default(),
@@ -327,7 +325,7 @@ impl Run {
             let (run, resolver, on_done) = (self.clone(), resolver.clone(), on_done.clone());
             tasks.spawn(async move {
                 loop {
-                    let next = run.queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let next = lock(&run.queue).next();
                     let Some((index, target)) = next else {
                         return;
                     };
@@ -337,7 +335,7 @@ impl Run {
                     match audited {
                         Ok(report) => {
                             on_done(&report);
-                            let mut reports = run.reports.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut reports = lock(&run.reports);
                             if let Some(place) = reports.get_mut(index) {
                                 *place = Some(report);
                             }
@@ -373,7 +371,7 @@ impl Run {
 
     /// The report: the finished targets in the order given.
     fn report(&self) -> Report {
-        let reports = std::mem::take(&mut *self.reports.lock().unwrap_or_else(|p| p.into_inner()));
+        let reports = std::mem::take(&mut *lock(&self.reports));
         let mut report = Report::new();
         report.targets = reports.into_iter().flatten().collect();
         report

@@ -279,10 +279,10 @@ struct Inner {
     nameservers: Vec<SocketAddr>,
     trust_ad: bool,
     deadline: Duration,
+    /// The answer cache of a batch resolver ([`Resolver::for_batch`]); none otherwise.
     cache: Option<Arc<AnswerCache<Exchanged>>>,
     /// What the resolver was built from, for [`Resolver::with_own_transport`].
     settings: ResolverSettings,
-    batch: bool,
 }
 
 /// How queries reach the name servers.
@@ -338,7 +338,7 @@ struct Resolved {
 impl Resolver {
     /// A resolver for the settings. With no name servers, `/etc/resolv.conf` is read now.
     pub fn new(settings: &ResolverSettings) -> Result<Resolver, ConfigError> {
-        Self::build(settings, false, None)
+        Self::build(settings, None)
     }
 
     /// A resolver for runs that ask many questions, many of them the same, such as a batch
@@ -352,7 +352,7 @@ impl Resolver {
         settings: &ResolverSettings,
         capacity: usize,
     ) -> Result<Resolver, ConfigError> {
-        Self::build(settings, true, Some(Arc::new(AnswerCache::new(capacity))))
+        Self::build(settings, Some(Arc::new(AnswerCache::new(capacity))))
     }
 
     /// A resolver with the same settings and the same answer cache (its outcomes and the
@@ -362,15 +362,15 @@ impl Resolver {
     /// queries then wait on another thread only for a question that thread is already asking
     /// (the cache's one query per question).
     pub fn with_own_transport(&self) -> Result<Resolver, ConfigError> {
-        let inner = &self.inner;
-        Self::build(&inner.settings, inner.batch, inner.cache.clone())
+        Self::build(&self.inner.settings, self.inner.cache.clone())
     }
 
+    /// A resolver for `settings`; with a `cache`, a batch resolver ([`Resolver::for_batch`]).
     fn build(
         settings: &ResolverSettings,
-        batch: bool,
         cache: Option<Arc<AnswerCache<Exchanged>>>,
     ) -> Result<Resolver, ConfigError> {
+        let batch = cache.is_some();
         let (nameservers, options) = effective(settings)?;
         let (timeout, attempts) = (options.timeout, options.attempts);
         let transport = if batch && nameservers.iter().all(|a| multiplex::is_local(a.ip())) {
@@ -406,7 +406,6 @@ impl Resolver {
                 deadline,
                 cache,
                 settings: settings.clone(),
-                batch,
             }),
         })
     }
@@ -430,15 +429,14 @@ impl Resolver {
     /// TXT records, each record's strings joined without separator (RFC 7208 §3.3), decoded
     /// as UTF-8 with invalid bytes replaced.
     pub async fn txt(&self, name: &str) -> Result<Answer<String>, LookupError> {
-        self.typed(name, RecordType::TXT, Sharing::Shared, txt_text)
-            .await
+        self.typed(name, RecordType::TXT, txt_text).await
     }
 
     /// [`Resolver::txt`] for a name that no other lookup of the run asks (a DKIM selector under
     /// one domain): its question goes past a batch resolver's answer cache, which then holds
     /// only answers that are asked again (the targets of its CNAMEs still go through it).
     pub async fn txt_unshared(&self, name: &str) -> Result<Answer<String>, LookupError> {
-        self.typed(name, RecordType::TXT, Sharing::Unshared, txt_text)
+        self.typed_sharing(name, RecordType::TXT, Sharing::Unshared, txt_text)
             .await
     }
 
@@ -446,18 +444,13 @@ impl Resolver {
     /// RFC 5321's random order among equals shuffle them). See [`Answer::is_null_mx`].
     pub async fn mx(&self, domain: &str) -> Result<Answer<Mx>, LookupError> {
         let mut answer = self
-            .typed(
-                domain,
-                RecordType::MX,
-                Sharing::Shared,
-                |rdata| match rdata {
-                    RData::MX(mx) => Some(Mx {
-                        preference: mx.preference,
-                        exchange: name_text(&mx.exchange),
-                    }),
-                    _ => None,
-                },
-            )
+            .typed(domain, RecordType::MX, |rdata| match rdata {
+                RData::MX(mx) => Some(Mx {
+                    preference: mx.preference,
+                    exchange: name_text(&mx.exchange),
+                }),
+                _ => None,
+            })
             .await?;
         answer.records.sort_by_key(|mx| mx.preference);
         Ok(answer)
@@ -465,7 +458,7 @@ impl Resolver {
 
     /// IPv4 addresses (A records).
     pub async fn ipv4(&self, name: &str) -> Result<Answer<Ipv4Addr>, LookupError> {
-        self.typed(name, RecordType::A, Sharing::Shared, |rdata| match rdata {
+        self.typed(name, RecordType::A, |rdata| match rdata {
             RData::A(a) => Some(a.0),
             _ => None,
         })
@@ -474,15 +467,10 @@ impl Resolver {
 
     /// IPv6 addresses (AAAA records).
     pub async fn ipv6(&self, name: &str) -> Result<Answer<Ipv6Addr>, LookupError> {
-        self.typed(
-            name,
-            RecordType::AAAA,
-            Sharing::Shared,
-            |rdata| match rdata {
-                RData::AAAA(aaaa) => Some(aaaa.0),
-                _ => None,
-            },
-        )
+        self.typed(name, RecordType::AAAA, |rdata| match rdata {
+            RData::AAAA(aaaa) => Some(aaaa.0),
+            _ => None,
+        })
         .await
     }
 
@@ -541,29 +529,19 @@ impl Resolver {
 
     /// PTR names of an address (`in-addr.arpa` / `ip6.arpa`), lowercase without the final dot.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Answer<String>, LookupError> {
-        self.typed(
-            &reverse_name(ip),
-            RecordType::PTR,
-            Sharing::Shared,
-            |rdata| match rdata {
-                RData::PTR(ptr) => Some(name_text(&ptr.0)),
-                _ => None,
-            },
-        )
+        self.typed(&reverse_name(ip), RecordType::PTR, |rdata| match rdata {
+            RData::PTR(ptr) => Some(name_text(&ptr.0)),
+            _ => None,
+        })
         .await
     }
 
     /// The CNAME record of a name itself (not followed): one target.
     pub async fn cname(&self, name: &str) -> Result<Answer<String>, LookupError> {
-        self.typed(
-            name,
-            RecordType::CNAME,
-            Sharing::Shared,
-            |rdata| match rdata {
-                RData::CNAME(cname) => Some(name_text(&cname.0)),
-                _ => None,
-            },
-        )
+        self.typed(name, RecordType::CNAME, |rdata| match rdata {
+            RData::CNAME(cname) => Some(name_text(&cname.0)),
+            _ => None,
+        })
         .await
     }
 
@@ -571,43 +549,44 @@ impl Resolver {
     pub async fn tlsa(&self, host: &str, port: u16) -> Result<Answer<Tlsa>, LookupError> {
         let host = host.trim_end_matches('.');
         let name = format!("_{port}._tcp.{host}");
-        self.typed(
-            &name,
-            RecordType::TLSA,
-            Sharing::Shared,
-            |rdata| match rdata {
-                RData::TLSA(tlsa) => Some(Tlsa {
-                    usage: tlsa.cert_usage.into(),
-                    selector: tlsa.selector.into(),
-                    matching: tlsa.matching.into(),
-                    data: tlsa.cert_data.clone(),
-                }),
-                _ => None,
-            },
-        )
+        self.typed(&name, RecordType::TLSA, |rdata| match rdata {
+            RData::TLSA(tlsa) => Some(Tlsa {
+                usage: tlsa.cert_usage.into(),
+                selector: tlsa.selector.into(),
+                matching: tlsa.matching.into(),
+                data: tlsa.cert_data.clone(),
+            }),
+            _ => None,
+        })
         .await
     }
 
     /// CAA records of exactly this name (no climbing to the parent domains).
     pub async fn caa(&self, name: &str) -> Result<Answer<Caa>, LookupError> {
-        self.typed(
-            name,
-            RecordType::CAA,
-            Sharing::Shared,
-            |rdata| match rdata {
-                RData::CAA(caa) => Some(Caa {
-                    critical: caa.issuer_critical,
-                    tag: caa.tag.clone(),
-                    value: String::from_utf8_lossy(&caa.value).into_owned(),
-                }),
-                _ => None,
-            },
-        )
+        self.typed(name, RecordType::CAA, |rdata| match rdata {
+            RData::CAA(caa) => Some(Caa {
+                critical: caa.issuer_critical,
+                tag: caa.tag.clone(),
+                value: String::from_utf8_lossy(&caa.value).into_owned(),
+            }),
+            _ => None,
+        })
         .await
     }
 
     /// Looks up `name`/`rtype` and converts the records with `convert`.
     async fn typed<T>(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        convert: impl Fn(&RData) -> Option<T>,
+    ) -> Result<Answer<T>, LookupError> {
+        self.typed_sharing(name, rtype, Sharing::Shared, convert)
+            .await
+    }
+
+    /// [`Resolver::typed`], saying whether the answer may serve other lookups.
+    async fn typed_sharing<T>(
         &self,
         name: &str,
         rtype: RecordType,
